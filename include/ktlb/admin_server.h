@@ -1,0 +1,34 @@
+// The admin listener: plain HTTP, GET /metrics (Prometheus text) and /healthz.
+//
+// It runs on its own thread with blocking sockets: scrapes are rare and must
+// never cost a worker a loop turn.
+#pragma once
+
+#include <atomic>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "ktlb/config.h"
+#include "ktlb/metrics.h"
+
+namespace ktlb {
+
+class AdminServer {
+ public:
+  AdminServer(const SocketAddress& addr, MetricsRegistry* metrics);
+  ~AdminServer();  // stops the thread
+  absl::Status Start();
+  void Stop();
+
+ private:
+  void Serve();
+  void HandleClient(int fd);
+
+  SocketAddress addr_;
+  MetricsRegistry* metrics_;
+  int listen_fd_ = -1;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+}  // namespace ktlb

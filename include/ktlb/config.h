@@ -1,0 +1,110 @@
+// The validated, immutable configuration snapshot.
+//
+// A Config is produced once by LoadConfigFile() and then shared read-only by
+// every worker (std::shared_ptr<const Config>). Nothing in it is mutated after
+// loading; reload builds a new snapshot and swaps the pointer.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <netinet/in.h>
+
+#include "absl/status/statusor.h"
+
+namespace ktlb {
+
+// An IPv4/IPv6 socket address parsed from "host:port" or "[v6]:port".
+struct SocketAddress {
+  sockaddr_storage storage{};
+  socklen_t len = 0;
+  std::string text;  // as written in the config, for logs and metrics labels
+};
+
+enum class ListenerMode { kTerminate, kPassthrough };
+enum class UnknownSniPolicy { kDefault, kReject };
+enum class KtlsMode { kAuto, kOff, kRequire };
+enum class BalanceAlgorithm { kRoundRobin };
+
+// All durations are in milliseconds.
+struct Timeouts {
+  uint32_t handshake_ms = 10'000;        // TCP accept -> TLS handshake done
+  uint32_t request_header_ms = 30'000;   // first byte of a request -> full head
+  uint32_t keepalive_ms = 60'000;        // idle between requests
+  uint32_t upstream_connect_ms = 5'000;
+  uint32_t upstream_response_ms = 60'000;  // request sent -> response head; also idle during body
+  uint32_t drain_ms = 10'000;            // SIGTERM -> forced exit
+};
+
+struct ServerConfig {
+  uint32_t workers = 0;  // 0 = one per online CPU, resolved at startup
+  bool has_admin = false;
+  SocketAddress admin_listen;
+  Timeouts timeouts;
+  uint32_t max_request_line = 8192;   // bytes; longer -> 414
+  uint32_t max_header_bytes = 32768;  // whole head; larger -> 431
+};
+
+struct CertificateConfig {
+  std::string name;
+  std::string cert_path;  // resolved against the config file's directory
+  std::string key_path;
+};
+
+struct ListenerConfig {
+  std::string name;
+  SocketAddress listen;
+  ListenerMode mode = ListenerMode::kTerminate;
+  std::vector<std::string> certificates;  // names into Config::certificates, in order
+  UnknownSniPolicy unknown_sni = UnknownSniPolicy::kDefault;
+  std::vector<std::string> alpn = {"http/1.1"};  // in preference order; empty in passthrough
+  KtlsMode ktls = KtlsMode::kAuto;
+};
+
+struct RouteConfig {
+  std::string listener;     // listener name
+  std::string sni;          // "" = any; exact or "*.suffix"; stored lowercase
+  std::string host;         // "" = any; compared case-insensitively, port stripped;
+                            // stored lowercase, never with a port
+  std::string path_prefix;  // "" = any
+  std::string upstream;     // upstream name
+};
+
+struct UpstreamConfig {
+  std::string name;
+  std::vector<SocketAddress> servers;
+  BalanceAlgorithm balance = BalanceAlgorithm::kRoundRobin;
+  uint32_t max_idle_per_server = 64;  // pooled keep-alive connections per worker
+};
+
+struct Config {
+  std::string path;  // the file it came from
+  ServerConfig server;
+  std::vector<ListenerConfig> listeners;
+  std::vector<CertificateConfig> certificates;
+  std::vector<RouteConfig> routes;
+  std::vector<UpstreamConfig> upstreams;
+
+  const CertificateConfig* FindCertificate(std::string_view name) const;
+  const UpstreamConfig* FindUpstream(std::string_view name) const;
+  const ListenerConfig* FindListener(std::string_view name) const;
+};
+
+// Parses and validates a config. Every error is "FILE:LINE: key: problem"
+// (InvalidArgument), e.g. "/etc/ktlb.toml:12: listeners[0].mode: must be
+// \"terminate\" or \"passthrough\""; TOML syntax errors use the key "(toml)".
+// LoadConfigFile reports an unreadable file as "FILE: cannot open: <errno text>"
+// with the errno's status code.
+// Relative paths are resolved against the directory of `path` and made
+// absolute; certificate and key files must exist and be readable.
+absl::StatusOr<std::shared_ptr<const Config>> LoadConfigFile(const std::string& path);
+absl::StatusOr<std::shared_ptr<const Config>> ParseConfig(std::string_view toml_text,
+                                                          const std::string& path);
+
+// "127.0.0.1:8443", "[::1]:8443", "localhost:80" (localhost only; no DNS).
+absl::StatusOr<SocketAddress> ParseSocketAddress(std::string_view text);
+
+}  // namespace ktlb

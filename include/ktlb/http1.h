@@ -1,0 +1,190 @@
+// HTTP/1.1 message framing and header rewriting over llhttp.
+//
+// Pure functions and parsers over caller-owned buffers: no I/O, no allocation
+// beyond the small vectors inside the result structs. Views in RequestHead /
+// ResponseHead point into the buffer passed to ParseHead() and are valid only
+// while that buffer is unchanged. Fuzz targets and unit tests drive these
+// directly.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ktlb::http1 {
+
+// Why a request was refused. Each has a stable metric label and a status code.
+enum class RequestError {
+  kNone = 0,
+  kBadRequest,            // generic garbage / llhttp error not listed below
+  kRequestLineTooLong,    // 414
+  kHeadersTooLarge,       // 431
+  kBothContentLengthAndTransferEncoding,
+  kDuplicateContentLength,  // differing values (identical duplicates are folded)
+  kBadContentLength,
+  kBadTransferEncoding,   // TE present but chunked not last / unknown coding
+  kObsFold,               // header continuation line
+  kBareCr,                // CR not followed by LF
+  kBadChunk,              // invalid chunk size / framing in a chunked body
+  kBadVersion,            // not HTTP/1.0 or HTTP/1.1
+  kMissingHost,           // HTTP/1.1 request without Host
+  kBadHeader,             // invalid header name or value characters
+};
+// Also kBadRequest: bare LF, more than one Host, CONNECT, malformed request
+// line, absolute-form target whose authority differs from Host, unknown
+// method. kHeadersTooLarge also covers more than Limits::max_headers fields.
+const char* RequestErrorLabel(RequestError e);  // "obs_fold", "bare_cr", ...
+// 414 (line), 431 (head), 501 (transfer coding), 505 (version), else 400.
+int RequestErrorStatus(RequestError e);
+
+struct Header {
+  std::string_view name;
+  std::string_view value;
+};
+
+enum class BodyKind { kNone, kContentLength, kChunked, kUntilClose /* responses only */ };
+
+struct RequestHead {
+  std::string_view method;
+  std::string_view target;
+  int version_minor = 1;  // HTTP/1.x
+  std::vector<Header> headers;
+  std::string_view host;  // Host header value ("" if absent)
+  // kNone also for "Content-Length: 0": kNone always means no body bytes follow.
+  BodyKind body = BodyKind::kNone;
+  uint64_t content_length = 0;
+  bool keep_alive = true;        // after version + Connection header
+  bool expect_continue = false;  // Expect: 100-continue
+  bool upgrade = false;          // Connection: upgrade + Upgrade header
+  bool idempotent = false;       // GET HEAD OPTIONS TRACE PUT DELETE
+  bool is_head = false;          // method == HEAD
+  size_t head_len = 0;           // bytes of the head, including the final CRLF CRLF
+};
+
+struct ResponseHead {
+  int status = 0;
+  int version_minor = 1;
+  std::string_view reason;
+  // Content-Length fields are left out when Transfer-Encoding is present
+  // (Transfer-Encoding decides the framing, so Content-Length must not be
+  // forwarded), and identical duplicates are folded into one.
+  std::vector<Header> headers;
+  BodyKind body = BodyKind::kNone;  // kNone for Content-Length: 0
+  uint64_t content_length = 0;
+  bool keep_alive = true;  // the upstream connection may be reused after this response
+  size_t head_len = 0;
+};
+
+struct Limits {
+  uint32_t max_request_line = 8192;  // request line (status line) without CRLF
+  uint32_t max_header_bytes = 32768;  // whole head; also caps chunked trailers
+  // Header fields per message. Head structs are reused with their capacity, so
+  // this bounds what one connection's RequestHead can hold on to.
+  uint32_t max_headers = 256;
+};
+
+enum class ParseStatus { kIncomplete, kDone, kError };
+
+// Request side. One parser per client connection, reused across keep-alive
+// requests (Reset() between messages is done by ParseHead itself).
+class RequestParser {
+ public:
+  explicit RequestParser(Limits limits);
+  ~RequestParser();
+  RequestParser(const RequestParser&) = delete;
+  RequestParser& operator=(const RequestParser&) = delete;
+
+  // `buf` starts at the first byte of a request. kIncomplete: need more bytes
+  // (limits are enforced on what is already there, so an oversized head fails
+  // without waiting for its end). kDone: *head filled, head->head_len bytes
+  // belong to the head. kError: error() says why.
+  // After kIncomplete, call again with the same bytes plus more (the buffer
+  // may move; work already done is kept as offsets, so a head that trickles in
+  // costs O(size) overall). *head is only written on kDone. After kDone (or
+  // after the body ended), the next call starts a new request. kError is
+  // final: the connection must be closed.
+  ParseStatus ParseHead(std::string_view buf, RequestHead* head);
+
+  // After a head with a body: feeds body bytes. *consumed is how many bytes of
+  // `buf` belong to this message's body (framing included, for chunked: the
+  // bytes are forwarded as-is). kDone when the body ended (the rest of buf is
+  // the next request), kIncomplete when all of buf was body and more is due.
+  ParseStatus ParseBody(std::string_view buf, size_t* consumed);
+
+  RequestError error() const { return error_; }
+  // Human-readable detail of the last kError, for logs (static string).
+  const char* error_reason() const { return error_reason_; }
+
+ private:
+  struct Impl;
+  ParseStatus Fail(RequestError e, const char* reason);
+
+  std::unique_ptr<Impl> impl_;
+  RequestError error_ = RequestError::kNone;
+  const char* error_reason_ = "";
+};
+
+// Response side. One parser per upstream exchange.
+class ResponseParser {
+ public:
+  ResponseParser();  // Limits{} defaults
+  explicit ResponseParser(Limits limits);
+  ~ResponseParser();
+  ResponseParser(const ResponseParser&) = delete;
+  ResponseParser& operator=(const ResponseParser&) = delete;
+
+  // `request_was_head`: a response to HEAD has no body whatever its headers say.
+  // 1xx, 204 and 304 have no body. A 1xx head is kDone too; the caller forwards
+  // it and calls ParseHead again for the final response.
+  ParseStatus ParseHead(std::string_view buf, bool request_was_head, ResponseHead* head);
+  // Like RequestParser::ParseBody. For kUntilClose, every byte is body and the
+  // caller ends the body at EOF.
+  ParseStatus ParseBody(std::string_view buf, size_t* consumed);
+  // Human-readable reason of the last kError.
+  const char* error_reason() const { return error_reason_; }
+
+ private:
+  struct Impl;
+  ParseStatus Fail(const char* reason);
+
+  std::unique_ptr<Impl> impl_;
+  const char* error_reason_ = "";
+};
+
+// What ktlb tells the backend about the client connection.
+struct ForwardingInfo {
+  std::string_view client_ip;    // "203.0.113.7" or "2001:db8::1"
+  uint16_t client_port = 0;
+  std::string_view proto = "https";
+  std::string_view sni;          // may be empty
+};
+
+// Writes the request head to send upstream into *out (appending): request line
+// as HTTP/1.1, the client's headers minus hop-by-hop ones (Connection and the
+// names it lists, Keep-Alive, TE, Trailer, Transfer-Encoding is KEPT for
+// framing, Upgrade unless head.upgrade, Proxy-*), minus any X-Forwarded-For,
+// X-Forwarded-Proto, X-Forwarded-Host, X-Forwarded-Port, X-Real-IP and
+// Forwarded the client sent; then ktlb's own X-Forwarded-For, X-Forwarded-Proto,
+// X-Forwarded-Host (from Host), Forwarded (RFC 7239, IPv6 quoted and
+// bracketed), and "Connection: upgrade" + Upgrade when upgrading.
+void BuildUpstreamRequestHead(const RequestHead& head, const ForwardingInfo& fwd,
+                              std::string* out);
+
+// Writes the response head to send to the client into *out (appending):
+// status line as HTTP/1.1 (or 1.0 for a 1.0 client), upstream headers minus
+// hop-by-hop ones, then "Connection: close" when `close_client` or
+// "Connection: keep-alive" for a keep-alive HTTP/1.0 client.
+void BuildClientResponseHead(const ResponseHead& head, int client_version_minor,
+                             bool close_client, std::string* out);
+
+// A complete short response generated by ktlb itself (400, 414, 431, 502, 504,
+// ...): status line, Content-Type text/plain, Content-Length, Connection: close
+// when `close`, and a one-line body.
+void BuildErrorResponse(int status, bool close, std::string* out);
+
+// True when `name` equals `lower` case-insensitively (`lower` is lowercase).
+bool HeaderNameIs(std::string_view name, std::string_view lower);
+
+}  // namespace ktlb::http1

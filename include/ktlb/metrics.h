@@ -1,0 +1,85 @@
+// Counters every worker writes and the admin listener reads.
+//
+// Each worker owns a WorkerMetrics and is its only writer, so an increment is a
+// relaxed load + store (no locked instruction on the request path); the admin
+// thread sums all workers with relaxed loads when /metrics is scraped.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ktlb {
+
+class Counter {
+ public:
+  void Inc(uint64_t n = 1) { v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  void Dec(uint64_t n = 1) { v_.store(v_.load(std::memory_order_relaxed) - n, std::memory_order_relaxed); }
+  uint64_t Get() const { return v_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<uint64_t> v_{0};
+};
+
+inline constexpr size_t kMaxReasons = 32;
+
+enum class TimeoutKind : uint8_t {
+  kHandshake, kRequestHeader, kKeepalive, kUpstreamConnect, kUpstreamResponse, kDrain, kCount
+};
+const char* TimeoutKindLabel(TimeoutKind k);
+
+struct ListenerMetrics {
+  Counter accepted;
+  Counter active;  // gauge: incremented on accept, decremented on close
+  Counter handshakes_full;
+  Counter handshakes_resumed;
+  std::array<Counter, kMaxReasons> handshake_failures;  // by tls::HandshakeFailure
+  std::array<Counter, 6> requests_by_class;             // [1..5] = 1xx..5xx
+  std::array<Counter, kMaxReasons> parse_errors;        // by http1::RequestError
+  Counter client_resets;
+  // kTLS
+  Counter ktls_tx;
+  Counter ktls_rx;
+  std::array<Counter, kMaxReasons> ktls_fallbacks;
+};
+
+struct UpstreamMetrics {
+  Counter requests;
+  Counter connect_failures;
+  Counter timeouts;
+  Counter retries;
+  Counter resets;
+};
+
+struct WorkerMetrics {
+  std::vector<ListenerMetrics> listeners;  // by listener index in the config
+  std::vector<UpstreamMetrics> upstreams;  // by upstream index in the config
+  std::array<Counter, static_cast<size_t>(TimeoutKind::kCount)> timeouts;
+  Counter loop_turns;
+};
+
+// Names needed to render label values; filled once at startup.
+struct MetricsLabels {
+  std::vector<std::string> listeners;
+  std::vector<std::string> upstreams;
+  std::vector<const char*> handshake_failures;  // index -> label
+  std::vector<const char*> parse_errors;        // index -> label
+  std::vector<const char*> ktls_fallbacks;      // index -> label
+};
+
+class MetricsRegistry {
+ public:
+  MetricsRegistry(MetricsLabels labels, size_t workers);
+  WorkerMetrics& worker(size_t i) { return *workers_[i]; }
+  // Prometheus text exposition format, summed over workers.
+  std::string Render() const;
+
+ private:
+  MetricsLabels labels_;
+  std::vector<std::unique_ptr<WorkerMetrics>> workers_;
+};
+
+}  // namespace ktlb

@@ -1,0 +1,24 @@
+// unique_ptr owners for OpenSSL objects, so no happy path calls *_free.
+#pragma once
+
+#include <memory>
+
+#include <openssl/bio.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+namespace ktlb {
+
+template <typename T, void (*F)(T*)>
+struct OpenSslDeleter {
+  void operator()(T* p) const { F(p); }
+};
+
+using UniqueSsl = std::unique_ptr<SSL, OpenSslDeleter<SSL, SSL_free>>;
+using UniqueSslCtx = std::unique_ptr<SSL_CTX, OpenSslDeleter<SSL_CTX, SSL_CTX_free>>;
+using UniqueX509 = std::unique_ptr<X509, OpenSslDeleter<X509, X509_free>>;
+using UniqueEvpPkey = std::unique_ptr<EVP_PKEY, OpenSslDeleter<EVP_PKEY, EVP_PKEY_free>>;
+using UniqueBio = std::unique_ptr<BIO, OpenSslDeleter<BIO, BIO_free_all>>;
+
+}  // namespace ktlb

@@ -1,0 +1,89 @@
+// A worker's io_uring: submission batching and a provided-buffer ring.
+//
+// One Ring per worker thread, never shared. SQEs are queued during a loop turn
+// and submitted together with the wait (SubmitAndWait), so a turn costs one
+// io_uring_enter. Completions carry a tagged user_data (see UserData) that the
+// worker dispatches on.
+#pragma once
+
+#include <liburing.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "absl/status/status.h"
+
+namespace ktlb {
+
+// user_data layout: | kind:8 | op:8 | generation:16 | index:32 |
+// kind says which table `index` points into; the generation guards against a
+// completion for a slot that was released and reused.
+struct UserData {
+  uint8_t kind = 0;
+  uint8_t op = 0;
+  uint16_t gen = 0;
+  uint32_t index = 0;
+
+  uint64_t Pack() const {
+    return (uint64_t{kind} << 56) | (uint64_t{op} << 48) | (uint64_t{gen} << 32) | index;
+  }
+  static UserData Unpack(uint64_t v) {
+    return UserData{static_cast<uint8_t>(v >> 56), static_cast<uint8_t>(v >> 48),
+                    static_cast<uint16_t>(v >> 32), static_cast<uint32_t>(v)};
+  }
+};
+
+// Kernel-provided receive buffers: recv picks a free buffer only when bytes
+// arrive, so an idle connection holds none. Buffers are handed back with
+// Recycle() as soon as their bytes are consumed.
+class BufferRing {
+ public:
+  BufferRing() = default;
+  ~BufferRing();
+  BufferRing(const BufferRing&) = delete;
+  BufferRing& operator=(const BufferRing&) = delete;
+
+  // `count` must be a power of two.
+  absl::Status Init(io_uring* ring, uint16_t group_id, uint32_t count, uint32_t buf_size);
+  uint16_t group_id() const { return group_id_; }
+  uint32_t buf_size() const { return buf_size_; }
+  std::string_view Data(uint16_t bid, uint32_t len) const {
+    return {base_ + size_t{bid} * buf_size_, len};
+  }
+  void Recycle(uint16_t bid);
+
+ private:
+  io_uring* ring_ = nullptr;
+  io_uring_buf_ring* br_ = nullptr;
+  size_t br_bytes_ = 0;
+  char* base_ = nullptr;
+  size_t base_bytes_ = 0;
+  uint16_t group_id_ = 0;
+  uint32_t count_ = 0;
+  uint32_t buf_size_ = 0;
+};
+
+class Ring {
+ public:
+  Ring() = default;
+  ~Ring();
+  Ring(const Ring&) = delete;
+  Ring& operator=(const Ring&) = delete;
+
+  absl::Status Init(unsigned entries);
+  io_uring* raw() { return &ring_; }
+
+  // Never null: when the SQ is full the queued entries are submitted first.
+  io_uring_sqe* Sqe();
+
+  // Submits everything queued and waits for at least one completion or until
+  // `timeout_ms` passes. Returns the number of completions ready.
+  unsigned SubmitAndWait(uint32_t timeout_ms);
+
+ private:
+  io_uring ring_{};
+  bool inited_ = false;
+};
+
+}  // namespace ktlb

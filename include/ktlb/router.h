@@ -1,0 +1,55 @@
+// Route selection and server balancing: pure functions over the config.
+//
+// Routes are compiled once per config snapshot into per-listener lists; a
+// request is matched in file order (first match wins) on SNI, Host and path
+// prefix, giving an upstream index.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ktlb/config.h"
+
+namespace ktlb {
+
+// True when `name` matches `pattern`: exact (case-insensitive) or a
+// single-label wildcard "*.example.test". An empty pattern matches anything.
+bool SniPatternMatches(std::string_view pattern, std::string_view name);
+
+// Host header value without the port and a trailing dot, for comparison.
+std::string_view HostWithoutPort(std::string_view host);
+
+class Router {
+ public:
+  explicit Router(const Config& config);
+  // The upstream index for a request, or -1 when no route matches.
+  int Match(size_t listener_index, std::string_view sni, std::string_view host,
+            std::string_view path) const;
+
+ private:
+  struct Route {
+    std::string sni, host, path_prefix;
+    int upstream = -1;
+  };
+  std::vector<std::vector<Route>> by_listener_;
+};
+
+// Per-worker round robin over an upstream's servers. Workers start at
+// different offsets so N workers do not hit server 0 together.
+class RoundRobin {
+ public:
+  explicit RoundRobin(size_t start = 0) : next_(start) {}
+  // The next server index among `n`, skipping `avoid` (for retries) when n > 1.
+  size_t Pick(size_t n, int avoid = -1) {
+    size_t i = next_++ % n;
+    if (n > 1 && static_cast<int>(i) == avoid) i = next_++ % n;
+    return i;
+  }
+
+ private:
+  size_t next_;
+};
+
+}  // namespace ktlb

@@ -1,0 +1,41 @@
+// The process-level server: loads the snapshot, starts one pinned worker
+// thread per configured worker and the admin listener, drains on request.
+#pragma once
+
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "ktlb/admin_server.h"
+#include "ktlb/metrics.h"
+#include "ktlb/snapshot.h"
+
+namespace ktlb {
+
+class Worker;
+
+class Server {
+ public:
+  explicit Server(std::shared_ptr<const Snapshot> snapshot);
+  ~Server();
+
+  // Starts every worker; fails (and stops those started) if any cannot bind or
+  // build its TLS contexts.
+  absl::Status Start();
+  // Asks every worker to drain, waits for them (bounded by drain_timeout_ms).
+  void StopAndWait();
+  size_t worker_count() const { return workers_.size(); }
+
+ private:
+  std::shared_ptr<const Snapshot> snapshot_;
+  std::unique_ptr<MetricsRegistry> metrics_;
+  std::unique_ptr<AdminServer> admin_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::vector<std::thread> threads_;
+};
+
+// Labels for the metrics registry from the config and the module enums.
+MetricsLabels BuildMetricsLabels(const Config& config);
+
+}  // namespace ktlb

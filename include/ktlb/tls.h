@@ -1,0 +1,119 @@
+// TLS termination building blocks: certificates, SNI selection, per-worker
+// SSL_CTX, the buffer BIO that io_uring feeds, handshake failure naming.
+//
+// Ownership: certificates are loaded once (LoadCertificates) and shared
+// read-only by all workers. Each worker builds its own ServerTlsContext per
+// listener (OpenSSL 3.0 contends on shared SSL_CTX state across threads); all
+// of them use the same TicketKeys so a session resumes on any worker.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "ktlb/config.h"
+#include "ktlb/openssl_ptr.h"
+
+namespace ktlb::tls {
+
+struct LoadedCertificate {
+  std::string name;                 // [[certificates]] name
+  UniqueX509 leaf;
+  std::vector<UniqueX509> chain;    // intermediates, in file order
+  UniqueEvpPkey key;
+  std::vector<std::string> dns_names;  // SAN dNSName entries, lowercase (CN if no SAN)
+};
+using CertificatePtr = std::shared_ptr<const LoadedCertificate>;
+
+// Loads every [[certificates]] entry. Errors name the file and what is wrong:
+// unreadable file, no certificate, key does not match certificate, expired is
+// NOT an error (logged by the caller if wanted).
+absl::StatusOr<std::vector<CertificatePtr>> LoadCertificates(const Config& config);
+
+// Maps an SNI host name to the index of a certificate: exact names first, then
+// single-label wildcards ("*.example.test" matches "a.example.test", not
+// "example.test" nor "a.b.example.test"). Case-insensitive; a trailing dot in
+// the SNI is ignored. Earlier Add() calls win ties.
+class SniTable {
+ public:
+  void Add(std::string_view pattern, int index);
+  int Match(std::string_view server_name) const;  // -1 if nothing matches
+ private:
+  std::vector<std::pair<std::string, int>> exact_;     // sorted? small: linear is fine
+  std::vector<std::pair<std::string, int>> wildcard_;  // stored as ".example.test"
+};
+
+// 80 bytes of session-ticket key material (name, HMAC, AES), generated once at
+// startup and given to every worker's contexts.
+struct TicketKeys {
+  unsigned char bytes[80];
+  static TicketKeys Generate();
+};
+
+// Why a handshake failed: a stable metric label each.
+enum class HandshakeFailure {
+  kUnknownSni,       // unknown_sni = "reject" and no certificate matched
+  kNoSharedCipher,
+  kProtocolVersion,  // TLS 1.0/1.1 or SSLv3 offered
+  kPlainHttp,        // first bytes were an HTTP request, not a TLS record
+  kTimeout,
+  kClientReset,      // EOF / reset during the handshake
+  kBadRecord,        // malformed TLS
+  kOther,
+};
+const char* HandshakeFailureLabel(HandshakeFailure f);
+// Call right after SSL_do_handshake() failed with `ssl_error` (SSL_get_error).
+// Consumes (clears) the OpenSSL error queue. Never returns kTimeout: only the
+// caller's timer knows about that.
+HandshakeFailure ClassifyHandshakeFailure(SSL* ssl, int ssl_error);
+
+// One listener's TLS server context on one worker.
+class ServerTlsContext {
+ public:
+  // `certs` are the listener's certificates in the listener's order (the first
+  // is the default for unknown SNI when the policy is kDefault).
+  static absl::StatusOr<std::unique_ptr<ServerTlsContext>> Create(
+      const ListenerConfig& listener, const std::vector<CertificatePtr>& certs,
+      const TicketKeys& keys);
+  ~ServerTlsContext();
+
+  // A new server-side SSL bound to `bio` (ownership of bio passes to the SSL;
+  // on failure the bio is freed and nullptr returned). The SSL's handshake
+  // callbacks point into this object: it must outlive every SSL it created
+  // that may still be handshaking (e.g. across a reload, keep it alive with
+  // the connections of its snapshot).
+  UniqueSsl NewSsl(BIO* bio) const;
+
+ private:
+  ServerTlsContext() = default;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The BIO between OpenSSL and the io_uring connection: reads come from `in`
+// (the caller points it at received ciphertext and sees how much is left),
+// writes append to *out (the caller sends it). Reads on empty input ask to
+// retry unless `in_eof`. BIO_flush always succeeds.
+struct BioIo {
+  std::string_view in{};  // {} so designated initializers may omit it (-Wextra)
+  bool in_eof = false;
+  std::string* out = nullptr;
+};
+BIO* NewBufferBio(BioIo* io);  // io must outlive the BIO
+
+// The name the client asked for (SNI), "" if none.
+std::string_view ServerName(const SSL* ssl);
+
+namespace internal {
+// The "refused: no certificate matches the SNI" mark that the servername
+// callback (server_context.cc) leaves on an SSL for ClassifyHandshakeFailure
+// (handshake_failure.cc). Declared here because src/tls has no private
+// headers; nothing outside src/tls should call these.
+void MarkUnknownSniRejected(SSL* ssl);
+bool WasUnknownSniRejected(const SSL* ssl);
+}  // namespace internal
+
+}  // namespace ktlb::tls

@@ -1,0 +1,90 @@
+#include "ktlb/admin_server.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
+
+namespace ktlb {
+
+AdminServer::AdminServer(const SocketAddress& addr, MetricsRegistry* metrics)
+    : addr_(addr), metrics_(metrics) {}
+
+AdminServer::~AdminServer() { Stop(); }
+
+absl::Status AdminServer::Start() {
+  int fd = socket(addr_.storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::InternalError(absl::StrCat("admin socket: ", strerror(errno)));
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (bind(fd, reinterpret_cast<const sockaddr*>(&addr_.storage), addr_.len) != 0 ||
+      listen(fd, 64) != 0) {
+    int e = errno;
+    close(fd);
+    return absl::UnavailableError(absl::StrCat("admin_listen ", addr_.text, ": ", strerror(e)));
+  }
+  listen_fd_ = fd;
+  thread_ = std::thread([this] { Serve(); });
+  return absl::OkStatus();
+}
+
+void AdminServer::Stop() {
+  stop_.store(true);
+  if (thread_.joinable()) thread_.join();
+  if (listen_fd_ >= 0) {
+    close(listen_fd_);
+    listen_fd_ = -1;
+  }
+}
+
+void AdminServer::Serve() {
+  while (!stop_.load()) {
+    // Poll with a short timeout so Stop() is noticed without signals.
+    pollfd p{listen_fd_, POLLIN, 0};
+    if (poll(&p, 1, 200) <= 0) continue;
+    int c = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (c < 0) continue;
+    timeval tv{2, 0};
+    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    HandleClient(c);
+    close(c);
+  }
+}
+
+void AdminServer::HandleClient(int fd) {
+  std::string req;
+  char buf[2048];
+  while (req.find("\r\n\r\n") == std::string::npos && req.size() < 8192) {
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) return;
+    req.append(buf, static_cast<size_t>(n));
+  }
+  std::string status = "200 OK", type = "text/plain; charset=utf-8", body;
+  if (absl::StartsWith(req, "GET /metrics ") || absl::StartsWith(req, "GET /metrics?")) {
+    type = "text/plain; version=0.0.4";
+    body = metrics_->Render();
+  } else if (absl::StartsWith(req, "GET /healthz ")) {
+    body = "ok\n";
+  } else {
+    status = "404 Not Found";
+    body = "not found\n";
+  }
+  std::string resp = absl::StrCat("HTTP/1.1 ", status, "\r\nContent-Type: ", type,
+                                  "\r\nContent-Length: ", body.size(),
+                                  "\r\nConnection: close\r\n\r\n", body);
+  size_t off = 0;
+  while (off < resp.size()) {
+    ssize_t n = send(fd, resp.data() + off, resp.size() - off, MSG_NOSIGNAL);
+    if (n <= 0) return;
+    off += static_cast<size_t>(n);
+  }
+}
+
+}  // namespace ktlb

@@ -1,0 +1,151 @@
+#include "ktlb/metrics.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace ktlb {
+
+const char* TimeoutKindLabel(TimeoutKind k) {
+  switch (k) {
+    case TimeoutKind::kHandshake: return "handshake";
+    case TimeoutKind::kRequestHeader: return "request_header";
+    case TimeoutKind::kKeepalive: return "keepalive";
+    case TimeoutKind::kUpstreamConnect: return "upstream_connect";
+    case TimeoutKind::kUpstreamResponse: return "upstream_response";
+    case TimeoutKind::kDrain: return "drain";
+    case TimeoutKind::kCount: break;
+  }
+  return "unknown";
+}
+
+MetricsRegistry::MetricsRegistry(MetricsLabels labels, size_t workers) : labels_(std::move(labels)) {
+  for (size_t i = 0; i < workers; ++i) {
+    auto w = std::make_unique<WorkerMetrics>();
+    w->listeners = std::vector<ListenerMetrics>(labels_.listeners.size());
+    w->upstreams = std::vector<UpstreamMetrics>(labels_.upstreams.size());
+    workers_.push_back(std::move(w));
+  }
+}
+
+namespace {
+
+// Sums one counter over every worker.
+template <typename F>
+uint64_t Sum(const std::vector<std::unique_ptr<WorkerMetrics>>& ws, F&& pick) {
+  uint64_t total = 0;
+  for (const auto& w : ws) total += pick(*w).Get();
+  return total;
+}
+
+void Family(std::string* out, const char* name, const char* type, const char* help) {
+  absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
+}
+
+}  // namespace
+
+std::string MetricsRegistry::Render() const {
+  std::string out;
+  const auto& L = labels_.listeners;
+  auto per_listener = [&](const char* name, const char* type, const char* help,
+                          auto pick) {
+    Family(&out, name, type, help);
+    for (size_t i = 0; i < L.size(); ++i) {
+      absl::StrAppend(&out, name, "{listener=\"", L[i], "\"} ",
+                      Sum(workers_, [&](const WorkerMetrics& w) -> const Counter& {
+                        return pick(w.listeners[i]);
+                      }),
+                      "\n");
+    }
+  };
+  per_listener("ktlb_connections_accepted_total", "counter", "TCP connections accepted.",
+               [](const ListenerMetrics& m) -> const Counter& { return m.accepted; });
+  per_listener("ktlb_connections_active", "gauge", "Client connections open now.",
+               [](const ListenerMetrics& m) -> const Counter& { return m.active; });
+  per_listener("ktlb_client_resets_total", "counter", "Client connections reset mid-exchange.",
+               [](const ListenerMetrics& m) -> const Counter& { return m.client_resets; });
+
+  Family(&out, "ktlb_tls_handshakes_total", "counter", "Completed TLS handshakes by kind.");
+  for (size_t i = 0; i < L.size(); ++i) {
+    absl::StrAppend(&out, "ktlb_tls_handshakes_total{listener=\"", L[i], "\",kind=\"full\"} ",
+                    Sum(workers_, [&](const WorkerMetrics& w) -> const Counter& {
+                      return w.listeners[i].handshakes_full;
+                    }),
+                    "\n");
+    absl::StrAppend(&out, "ktlb_tls_handshakes_total{listener=\"", L[i], "\",kind=\"resumed\"} ",
+                    Sum(workers_, [&](const WorkerMetrics& w) -> const Counter& {
+                      return w.listeners[i].handshakes_resumed;
+                    }),
+                    "\n");
+  }
+
+  auto reasons = [&](const char* name, const char* help, const std::vector<const char*>& labels,
+                     auto pick) {
+    Family(&out, name, "counter", help);
+    for (size_t i = 0; i < L.size(); ++i) {
+      for (size_t r = 0; r < labels.size() && r < kMaxReasons; ++r) {
+        if (labels[r] == nullptr) continue;
+        uint64_t v = Sum(workers_, [&](const WorkerMetrics& w) -> const Counter& {
+          return pick(w.listeners[i])[r];
+        });
+        absl::StrAppend(&out, name, "{listener=\"", L[i], "\",reason=\"", labels[r], "\"} ", v,
+                        "\n");
+      }
+    }
+  };
+  reasons("ktlb_tls_handshake_failures_total", "Failed TLS handshakes by reason.",
+          labels_.handshake_failures,
+          [](const ListenerMetrics& m) -> const auto& { return m.handshake_failures; });
+  reasons("ktlb_http_parse_errors_total", "Refused HTTP requests by reason.", labels_.parse_errors,
+          [](const ListenerMetrics& m) -> const auto& { return m.parse_errors; });
+
+  Family(&out, "ktlb_http_requests_total", "counter", "Responses sent to clients by status class.");
+  for (size_t i = 0; i < L.size(); ++i) {
+    for (int c = 1; c <= 5; ++c) {
+      absl::StrAppend(&out, "ktlb_http_requests_total{listener=\"", L[i], "\",class=\"", c, "xx\"} ",
+                      Sum(workers_, [&](const WorkerMetrics& w) -> const Counter& {
+                        return w.listeners[i].requests_by_class[c];
+                      }),
+                      "\n");
+    }
+  }
+
+  per_listener("ktlb_ktls_tx_total", "counter", "Connections with kernel TLS transmit offload.",
+               [](const ListenerMetrics& m) -> const Counter& { return m.ktls_tx; });
+  per_listener("ktlb_ktls_rx_total", "counter", "Connections with kernel TLS receive offload.",
+               [](const ListenerMetrics& m) -> const Counter& { return m.ktls_rx; });
+  reasons("ktlb_ktls_fallbacks_total", "Connections left in userspace TLS, by reason.",
+          labels_.ktls_fallbacks,
+          [](const ListenerMetrics& m) -> const auto& { return m.ktls_fallbacks; });
+
+  const auto& U = labels_.upstreams;
+  auto per_upstream = [&](const char* name, const char* help, auto pick) {
+    Family(&out, name, "counter", help);
+    for (size_t i = 0; i < U.size(); ++i) {
+      absl::StrAppend(&out, name, "{upstream=\"", U[i], "\"} ",
+                      Sum(workers_, [&](const WorkerMetrics& w) -> const Counter& {
+                        return pick(w.upstreams[i]);
+                      }),
+                      "\n");
+    }
+  };
+  per_upstream("ktlb_upstream_requests_total", "Requests sent upstream.",
+               [](const UpstreamMetrics& m) -> const Counter& { return m.requests; });
+  per_upstream("ktlb_upstream_connect_failures_total", "Upstream connects that failed.",
+               [](const UpstreamMetrics& m) -> const Counter& { return m.connect_failures; });
+  per_upstream("ktlb_upstream_timeouts_total", "Upstream connect or response timeouts.",
+               [](const UpstreamMetrics& m) -> const Counter& { return m.timeouts; });
+  per_upstream("ktlb_upstream_retries_total", "Requests retried on another server.",
+               [](const UpstreamMetrics& m) -> const Counter& { return m.retries; });
+  per_upstream("ktlb_upstream_resets_total", "Upstream connections reset or closed early.",
+               [](const UpstreamMetrics& m) -> const Counter& { return m.resets; });
+
+  Family(&out, "ktlb_timeouts_total", "counter", "Timeouts fired, by kind.");
+  for (size_t k = 0; k < static_cast<size_t>(TimeoutKind::kCount); ++k) {
+    absl::StrAppend(&out, "ktlb_timeouts_total{kind=\"", TimeoutKindLabel(static_cast<TimeoutKind>(k)),
+                    "\"} ",
+                    Sum(workers_, [&](const WorkerMetrics& w) -> const Counter& { return w.timeouts[k]; }),
+                    "\n");
+  }
+  return out;
+}
+
+}  // namespace ktlb

@@ -1,0 +1,32 @@
+// Lookups on a loaded Config snapshot.
+//
+// Linear scans on purpose: a config holds a handful of certificates and
+// upstreams, lookups happen when a snapshot is wired up (not per request), and
+// vectors keep the file order that error messages and "first wins" rules use.
+
+#include <algorithm>
+#include <string_view>
+
+#include "ktlb/config.h"
+
+namespace ktlb {
+
+const CertificateConfig* Config::FindCertificate(std::string_view name) const {
+  auto it = std::find_if(certificates.begin(), certificates.end(),
+                         [name](const CertificateConfig& c) { return c.name == name; });
+  return it == certificates.end() ? nullptr : &*it;
+}
+
+const UpstreamConfig* Config::FindUpstream(std::string_view name) const {
+  auto it = std::find_if(upstreams.begin(), upstreams.end(),
+                         [name](const UpstreamConfig& u) { return u.name == name; });
+  return it == upstreams.end() ? nullptr : &*it;
+}
+
+const ListenerConfig* Config::FindListener(std::string_view name) const {
+  auto it = std::find_if(listeners.begin(), listeners.end(),
+                         [name](const ListenerConfig& l) { return l.name == name; });
+  return it == listeners.end() ? nullptr : &*it;
+}
+
+}  // namespace ktlb

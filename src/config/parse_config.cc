@@ -1,0 +1,847 @@
+// ParseConfig / LoadConfigFile: TOML text -> validated Config snapshot.
+//
+// The whole file is validated before anything listens, and every problem is
+// reported as "FILE:LINE: key: problem" so `ktlb --check` output points the
+// operator at the exact line. Validation stops at the first problem: one
+// precise message beats a cascade of follow-on errors.
+//
+// Strictness is deliberate: unknown keys, wrong types and values that could
+// never match anything are errors, because a typo that silently falls back to
+// a default is how edge proxies end up serving the wrong thing.
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <filesystem>
+#include <initializer_list>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include <arpa/inet.h>
+#include <toml++/toml.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "ktlb/config.h"
+
+namespace ktlb {
+namespace {
+
+// Limits. Upper bounds exist so a stray digit cannot turn into a
+// resource-exhaustion setting; they are far above any sane value.
+constexpr uint32_t kMaxWorkers = 1024;
+constexpr uint32_t kMaxTimeoutMs = 86'400'000;  // one day
+constexpr uint32_t kMaxHeadLimit = 1 << 20;     // 1 MiB for request line / head
+constexpr uint32_t kMaxIdlePerServer = 65535;
+constexpr size_t kMaxConfigFileBytes = 16 << 20;
+
+using StringNode = toml::value<std::string>;
+
+// Debian's abseil is built with ABSL_OPTION_USE_STD_STRING_VIEW=0, so
+// absl::string_view is a distinct type that std::string_view does not convert
+// to. Everything here speaks std::string_view (like toml++ and config.h) and
+// crosses into absl::StrCat and friends through these two adapters.
+absl::string_view Av(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+std::string_view Sv(absl::string_view s) { return std::string_view(s.data(), s.size()); }
+
+// Config text is untrusted (the fuzzer feeds it arbitrary bytes, operators
+// paste from anywhere): escape anything that could split or garble a log line.
+std::string Quote(std::string_view s) { return absl::StrCat("\"", absl::CHexEscape(Av(s)), "\""); }
+
+// Like Quote, but for prose (toml++ descriptions): only control bytes are
+// escaped so the message stays readable.
+std::string Printable(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (unsigned char c : s) {
+    if (c < 0x20 || c == 0x7f) {
+      absl::StrAppend(&out, "\\x", absl::Hex(c, absl::kZeroPad2));
+    } else {
+      out.push_back(static_cast<char>(c));
+    }
+  }
+  return out;
+}
+
+bool IsBareKeyChar(char c) { return absl::ascii_isalnum(c) || c == '_' || c == '-'; }
+
+// TOML keys may be quoted arbitrary strings. Print bare-key spellings as-is
+// and quote everything else, so a key containing '.' or a newline cannot make
+// the message point somewhere else.
+std::string KeyText(std::string_view key) {
+  if (!key.empty() && std::all_of(key.begin(), key.end(), IsBareKeyChar)) return std::string(key);
+  return Quote(key);
+}
+
+std::string_view TypeName(toml::node_type type) {
+  switch (type) {
+    case toml::node_type::table: return "a table";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a float";
+    case toml::node_type::boolean: return "a boolean";
+    case toml::node_type::date: return "a date";
+    case toml::node_type::time: return "a time";
+    case toml::node_type::date_time: return "a date-time";
+    case toml::node_type::none: break;
+  }
+  return "nothing";
+}
+
+// toml++ leaves line 0 on nodes it synthesised; never print "FILE:0:".
+uint32_t LineOf(const toml::node& node) { return std::max<uint32_t>(node.source().begin.line, 1); }
+
+// "a" | "a" or "b" | "a", "b" or "c" — for enum-like strings.
+std::string ChoiceList(const std::vector<std::string_view>& choices) {
+  std::string out;
+  for (size_t i = 0; i < choices.size(); ++i) {
+    if (i > 0) out += (i + 1 == choices.size()) ? " or " : ", ";
+    absl::StrAppend(&out, "\"", Av(choices[i]), "\"");
+  }
+  return out;
+}
+
+// Names end up in metrics labels, log lines and cross-references, so keep
+// them to characters that need no escaping anywhere.
+bool IsValidName(std::string_view name) {
+  return !name.empty() && name.size() <= 64 &&
+         std::all_of(name.begin(), name.end(), [](char c) {
+           return absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.';
+         });
+}
+
+// A DNS-style host name: dot-separated labels of letters, digits, '-' and
+// '_' (seen in real internal names), no empty labels.
+bool IsHostName(std::string_view s) {
+  if (s.empty() || s.size() > 253) return false;
+  for (absl::string_view label : absl::StrSplit(Av(s), '.')) {
+    if (label.empty() || label.size() > 63) return false;
+    if (!std::all_of(label.begin(), label.end(), [](char c) {
+          return absl::ascii_isalnum(c) || c == '-' || c == '_';
+        })) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// SNI matchers: an exact name or a single leftmost wildcard label, the only
+// wildcard form certificates (RFC 6125) and our SNI table support.
+bool IsValidSniPattern(std::string_view s) {
+  if (absl::StartsWith(Av(s), "*.")) s.remove_prefix(2);
+  return IsHostName(s);
+}
+
+bool HasControlChars(std::string_view s) {
+  return std::any_of(s.begin(), s.end(), [](char c) {
+    return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+  });
+}
+
+// The byte identity of a socket address (family, address, port). Parsed
+// addresses have zeroed padding, so equal addresses give equal bytes; this
+// makes "localhost:80" and "127.0.0.1:80" collide as they do in bind().
+std::string AddressIdentity(const SocketAddress& a) {
+  return std::string(reinterpret_cast<const char*>(&a.storage), a.len);
+}
+
+uint16_t PortOf(const SocketAddress& a) {
+  if (a.storage.ss_family == AF_INET6) {
+    return ntohs(reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_port);
+  }
+  return ntohs(reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_port);
+}
+
+// Per-parse state: where messages point and where relative paths resolve.
+struct Context {
+  std::string file;                 // FILE in "FILE:LINE: ..."
+  std::filesystem::path base_dir;   // directory of the config file
+
+  absl::Status Error(uint32_t line, std::string_view key, std::string_view problem) const {
+    return absl::InvalidArgumentError(
+        absl::StrCat(file, ":", std::max<uint32_t>(line, 1), ": ", Av(key), ": ", Av(problem)));
+  }
+};
+
+// One TOML table being read, with its position in the document
+// ("listeners[0]"), so every error can name the full key.
+class Section {
+ public:
+  Section(const Context& ctx, const toml::table& table, std::string path)
+      : ctx_(ctx), table_(table), path_(std::move(path)) {}
+
+  const std::string& path() const { return path_; }
+  uint32_t line() const { return LineOf(table_); }
+
+  std::string Key(std::string_view key) const {
+    return path_.empty() ? KeyText(key) : absl::StrCat(path_, ".", KeyText(key));
+  }
+  std::string ElementKey(std::string_view key, size_t index) const {
+    return absl::StrCat(Key(key), "[", index, "]");
+  }
+
+  absl::Status ErrorAt(const toml::node& at, std::string_view key, std::string_view problem) const {
+    return ctx_.Error(LineOf(at), Key(key), problem);
+  }
+  // A missing key has no line of its own; point at the table that lacks it.
+  absl::Status Missing(std::string_view key, std::string_view problem = "missing required key") const {
+    return ctx_.Error(line(), Key(key), problem);
+  }
+  absl::Status WrongType(const toml::node& at, std::string_view key, std::string_view expected) const {
+    return ErrorAt(at, key, absl::StrCat("expected ", Av(expected), ", got ", Av(TypeName(at.type()))));
+  }
+
+  // Checked before any value is read so that a misspelt key is reported as
+  // such, not as the "missing required key" it causes. Reports the
+  // first unknown key in file order (the table itself iterates sorted).
+  absl::Status CheckKnownKeys(std::initializer_list<std::string_view> known) const {
+    const toml::key* first = nullptr;
+    uint32_t first_line = 0;
+    for (auto&& [key, value] : table_) {
+      if (std::find(known.begin(), known.end(), key.str()) != known.end()) continue;
+      const uint32_t line = key.source().begin.line > 0 ? key.source().begin.line : LineOf(value);
+      if (first == nullptr || line < first_line) {
+        first = &key;
+        first_line = line;
+      }
+    }
+    if (first == nullptr) return absl::OkStatus();
+    return ctx_.Error(first_line, Key(first->str()), "unknown key");
+  }
+
+  const toml::node* Find(std::string_view key) const { return table_.get(key); }
+
+  // nullptr when absent; an error when present with another type.
+  absl::StatusOr<const StringNode*> String(std::string_view key) const {
+    const toml::node* node = Find(key);
+    if (node == nullptr) return nullptr;
+    if (!node->is_string()) return WrongType(*node, key, "a string");
+    return node->as_string();
+  }
+
+  // Present, a string, and not empty.
+  absl::StatusOr<const StringNode*> RequiredString(std::string_view key) const {
+    absl::StatusOr<const StringNode*> node = String(key);
+    if (!node.ok()) return node.status();
+    if (*node == nullptr) return Missing(key);
+    if ((*node)->get().empty()) return ErrorAt(**node, key, "must not be empty");
+    return *node;
+  }
+
+  absl::StatusOr<const StringNode*> Name(std::string_view key) const {
+    absl::StatusOr<const StringNode*> node = RequiredString(key);
+    if (!node.ok()) return node.status();
+    if (!IsValidName((*node)->get())) {
+      return ErrorAt(**node, key,
+                     "must be 1-64 characters of letters, digits, '-', '_' or '.'");
+    }
+    return *node;
+  }
+
+  // Leaves *out untouched (the default) when the key is absent.
+  absl::Status Uint32(std::string_view key, uint32_t min, uint32_t max, uint32_t* out) const {
+    const toml::node* node = Find(key);
+    if (node == nullptr) return absl::OkStatus();
+    if (!node->is_integer()) return WrongType(*node, key, "an integer");
+    const int64_t value = node->as_integer()->get();
+    if (value < min || value > max) {
+      return ErrorAt(*node, key, absl::StrCat("must be between ", min, " and ", max));
+    }
+    *out = static_cast<uint32_t>(value);
+    return absl::OkStatus();
+  }
+
+  template <typename E>
+  absl::Status Enum(std::string_view key,
+                    std::initializer_list<std::pair<std::string_view, E>> choices, E* out) const {
+    absl::StatusOr<const StringNode*> node = String(key);
+    if (!node.ok()) return node.status();
+    if (*node == nullptr) return absl::OkStatus();
+    std::vector<std::string_view> names;
+    for (const auto& [text, value] : choices) {
+      if ((*node)->get() == text) {
+        *out = value;
+        return absl::OkStatus();
+      }
+      names.push_back(text);
+    }
+    return ErrorAt(**node, key, absl::StrCat("must be ", ChoiceList(names)));
+  }
+
+  // nullptr when absent; every element is checked to be a string.
+  absl::StatusOr<const toml::array*> StringArray(std::string_view key) const {
+    const toml::node* node = Find(key);
+    if (node == nullptr) return nullptr;
+    if (!node->is_array()) return WrongType(*node, key, "an array of strings");
+    const toml::array& array = *node->as_array();
+    for (size_t i = 0; i < array.size(); ++i) {
+      if (!array[i].is_string()) {
+        return ctx_.Error(LineOf(array[i]), ElementKey(key, i),
+                          absl::StrCat("expected a string, got ", Av(TypeName(array[i].type()))));
+      }
+    }
+    return &array;
+  }
+
+  absl::StatusOr<const toml::table*> Table(std::string_view key) const {
+    const toml::node* node = Find(key);
+    if (node == nullptr) return nullptr;
+    if (!node->is_table()) return WrongType(*node, key, "a table ([" + std::string(key) + "])");
+    return node->as_table();
+  }
+
+  // [[key]] sections. An empty array is allowed here; callers decide whether
+  // zero entries is acceptable.
+  absl::StatusOr<const toml::array*> TableArray(std::string_view key) const {
+    const toml::node* node = Find(key);
+    if (node == nullptr) return nullptr;
+    const std::string expected = absl::StrCat("an array of tables ([[", Av(key), "]])");
+    if (!node->is_array()) return WrongType(*node, key, expected);
+    const toml::array& array = *node->as_array();
+    for (size_t i = 0; i < array.size(); ++i) {
+      if (!array[i].is_table()) {
+        return ctx_.Error(LineOf(array[i]), ElementKey(key, i),
+                          absl::StrCat("expected a table, got ", Av(TypeName(array[i].type()))));
+      }
+    }
+    return &array;
+  }
+
+  const Context& ctx() const { return ctx_; }
+
+ private:
+  const Context& ctx_;
+  const toml::table& table_;
+  std::string path_;
+};
+
+// Names that must be unique within one kind of section, remembering where
+// each was first defined so the duplicate error can point back to it.
+class NameSet {
+ public:
+  // Returns the line of the earlier definition, or 0 if `name` is new.
+  uint32_t Insert(const std::string& name, uint32_t line) {
+    auto [it, inserted] = lines_.emplace(name, line);
+    return inserted ? 0 : it->second;
+  }
+
+ private:
+  std::map<std::string, uint32_t, std::less<>> lines_;
+};
+
+absl::Status CheckUnique(const Section& s, std::string_view key, const StringNode& node,
+                         NameSet* names) {
+  const uint32_t earlier = names->Insert(node.get(), LineOf(node));
+  if (earlier == 0) return absl::OkStatus();
+  return s.ErrorAt(node, key,
+                   absl::StrCat("duplicate name ", Quote(node.get()), " (first defined at line ",
+                                earlier, ")"));
+}
+
+// Where each listen address is used, so a repeat names the first user.
+class AddressSet {
+ public:
+  // Returns the description of the earlier user, or "" if the address is new.
+  std::string Insert(const SocketAddress& address, std::string owner) {
+    // Port 0 asks the kernel for a fresh ephemeral port on every bind, so
+    // two port-0 listeners never collide.
+    if (PortOf(address) == 0) return "";
+    auto [it, inserted] = owners_.emplace(AddressIdentity(address), std::move(owner));
+    return inserted ? "" : it->second;
+  }
+
+ private:
+  std::map<std::string, std::string> owners_;
+};
+
+absl::Status ParseAddressAt(const Section& s, std::string_view key, const StringNode& node,
+                            SocketAddress* out) {
+  absl::StatusOr<SocketAddress> address = ParseSocketAddress(node.get());
+  if (!address.ok()) return s.ErrorAt(node, key, Sv(address.status().message()));
+  *out = *std::move(address);
+  return absl::OkStatus();
+}
+
+// Resolves a certificate/key path against the config directory and checks it
+// can be opened now, so a typo fails `--check` instead of the first handshake.
+absl::Status ResolveReadableFile(const Section& s, std::string_view key, const StringNode& node,
+                                 std::string* out) {
+  const std::string& value = node.get();
+  if (HasControlChars(value)) {  // includes NUL, which would truncate the C path
+    return s.ErrorAt(node, key, "must not contain control characters");
+  }
+  std::filesystem::path path(value);
+  if (path.is_relative()) path = (s.ctx().base_dir / path).lexically_normal();
+  std::string resolved = path.string();
+
+  // stat() first: opening a FIFO or device could block or have side effects.
+  struct stat st {};
+  if (::stat(resolved.c_str(), &st) != 0) {
+    return s.ErrorAt(node, key,
+                     absl::StrCat("cannot read ", Quote(resolved), ": ",
+                                  std::generic_category().message(errno)));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return s.ErrorAt(node, key, absl::StrCat(Quote(resolved), " is not a regular file"));
+  }
+  // stat() does not check permissions; opening does (key files are often
+  // mode 0600 owned by another user).
+  const int fd = ::open(resolved.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (fd < 0) {
+    return s.ErrorAt(node, key,
+                     absl::StrCat("cannot read ", Quote(resolved), ": ",
+                                  std::generic_category().message(errno)));
+  }
+  ::close(fd);
+  *out = std::move(resolved);
+  return absl::OkStatus();
+}
+
+absl::Status ReadServer(const Section& s, ServerConfig* server) {
+  if (absl::Status st = s.CheckKnownKeys({"workers", "admin_listen", "handshake_timeout_ms",
+                                          "request_header_timeout_ms", "keepalive_timeout_ms",
+                                          "upstream_connect_timeout_ms",
+                                          "upstream_response_timeout_ms", "drain_timeout_ms",
+                                          "max_request_line", "max_header_bytes"});
+      !st.ok()) {
+    return st;
+  }
+  if (absl::Status st = s.Uint32("workers", 0, kMaxWorkers, &server->workers); !st.ok()) return st;
+
+  absl::StatusOr<const StringNode*> admin = s.String("admin_listen");
+  if (!admin.ok()) return admin.status();
+  if (*admin != nullptr) {
+    if (absl::Status st = ParseAddressAt(s, "admin_listen", **admin, &server->admin_listen);
+        !st.ok()) {
+      return st;
+    }
+    server->has_admin = true;
+  }
+
+  Timeouts& t = server->timeouts;
+  const std::pair<std::string_view, uint32_t*> timeouts[] = {
+      {"handshake_timeout_ms", &t.handshake_ms},
+      {"request_header_timeout_ms", &t.request_header_ms},
+      {"keepalive_timeout_ms", &t.keepalive_ms},
+      {"upstream_connect_timeout_ms", &t.upstream_connect_ms},
+      {"upstream_response_timeout_ms", &t.upstream_response_ms},
+      {"drain_timeout_ms", &t.drain_ms},
+  };
+  for (const auto& [key, field] : timeouts) {
+    if (absl::Status st = s.Uint32(key, 1, kMaxTimeoutMs, field); !st.ok()) return st;
+  }
+  if (absl::Status st = s.Uint32("max_request_line", 1, kMaxHeadLimit, &server->max_request_line);
+      !st.ok()) {
+    return st;
+  }
+  return s.Uint32("max_header_bytes", 1, kMaxHeadLimit, &server->max_header_bytes);
+}
+
+absl::Status ReadCertificate(const Section& s, NameSet* names, CertificateConfig* cert) {
+  if (absl::Status st = s.CheckKnownKeys({"name", "cert", "key"}); !st.ok()) return st;
+  absl::StatusOr<const StringNode*> name = s.Name("name");
+  if (!name.ok()) return name.status();
+  if (absl::Status st = CheckUnique(s, "name", **name, names); !st.ok()) return st;
+  cert->name = (*name)->get();
+
+  for (const auto& [key, out] : {std::pair<std::string_view, std::string*>{"cert", &cert->cert_path},
+                                 {"key", &cert->key_path}}) {
+    absl::StatusOr<const StringNode*> node = s.RequiredString(key);
+    if (!node.ok()) return node.status();
+    if (absl::Status st = ResolveReadableFile(s, key, **node, out); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadUpstream(const Section& s, NameSet* names, UpstreamConfig* upstream) {
+  if (absl::Status st = s.CheckKnownKeys({"name", "servers", "balance", "max_idle_per_server"});
+      !st.ok()) {
+    return st;
+  }
+  absl::StatusOr<const StringNode*> name = s.Name("name");
+  if (!name.ok()) return name.status();
+  if (absl::Status st = CheckUnique(s, "name", **name, names); !st.ok()) return st;
+  upstream->name = (*name)->get();
+
+  absl::StatusOr<const toml::array*> servers = s.StringArray("servers");
+  if (!servers.ok()) return servers.status();
+  if (*servers == nullptr) return s.Missing("servers");
+  if ((*servers)->empty()) return s.ErrorAt(**servers, "servers", "must list at least one server");
+  for (size_t i = 0; i < (*servers)->size(); ++i) {
+    const toml::node& node = (**servers)[i];
+    absl::StatusOr<SocketAddress> address = ParseSocketAddress(node.as_string()->get());
+    if (!address.ok()) {
+      return s.ctx().Error(LineOf(node), s.ElementKey("servers", i), Sv(address.status().message()));
+    }
+    if (PortOf(*address) == 0) {
+      return s.ctx().Error(LineOf(node), s.ElementKey("servers", i),
+                           "port 0 cannot be connected to");
+    }
+    upstream->servers.push_back(*std::move(address));
+  }
+
+  if (absl::Status st = s.Enum<BalanceAlgorithm>(
+          "balance", {{"round_robin", BalanceAlgorithm::kRoundRobin}}, &upstream->balance);
+      !st.ok()) {
+    return st;
+  }
+  return s.Uint32("max_idle_per_server", 0, kMaxIdlePerServer, &upstream->max_idle_per_server);
+}
+
+// Listener keys that only mean something when ktlb terminates TLS.
+constexpr std::string_view kTerminateOnlyKeys[] = {"certificates", "unknown_sni", "alpn", "ktls"};
+
+absl::Status ReadListener(const Section& s, const Config& config, NameSet* names,
+                          AddressSet* addresses, ListenerConfig* listener) {
+  if (absl::Status st = s.CheckKnownKeys(
+          {"name", "listen", "mode", "certificates", "unknown_sni", "alpn", "ktls"});
+      !st.ok()) {
+    return st;
+  }
+  absl::StatusOr<const StringNode*> name = s.Name("name");
+  if (!name.ok()) return name.status();
+  if (absl::Status st = CheckUnique(s, "name", **name, names); !st.ok()) return st;
+  listener->name = (*name)->get();
+
+  absl::StatusOr<const StringNode*> listen = s.RequiredString("listen");
+  if (!listen.ok()) return listen.status();
+  if (absl::Status st = ParseAddressAt(s, "listen", **listen, &listener->listen); !st.ok()) {
+    return st;
+  }
+  if (std::string earlier = addresses->Insert(listener->listen, s.path()); !earlier.empty()) {
+    return s.ErrorAt(**listen, "listen",
+                     absl::StrCat("address ", Quote(listener->listen.text), " is already used by ",
+                                  earlier));
+  }
+
+  if (absl::Status st = s.Enum<ListenerMode>("mode",
+                                             {{"terminate", ListenerMode::kTerminate},
+                                              {"passthrough", ListenerMode::kPassthrough}},
+                                             &listener->mode);
+      !st.ok()) {
+    return st;
+  }
+
+  if (listener->mode == ListenerMode::kPassthrough) {
+    // Passthrough never decrypts: these keys would be silently ignored.
+    for (std::string_view key : kTerminateOnlyKeys) {
+      if (const toml::node* node = s.Find(key); node != nullptr) {
+        return s.ErrorAt(*node, key, "only valid for mode = \"terminate\"");
+      }
+    }
+    listener->alpn.clear();
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<const toml::array*> certs = s.StringArray("certificates");
+  if (!certs.ok()) return certs.status();
+  if (*certs == nullptr) return s.Missing("certificates", "required for mode = \"terminate\"");
+  if ((*certs)->empty()) {
+    return s.ErrorAt(**certs, "certificates", "must list at least one certificate");
+  }
+  for (size_t i = 0; i < (*certs)->size(); ++i) {
+    const toml::node& node = (**certs)[i];
+    const std::string& cert = node.as_string()->get();
+    if (config.FindCertificate(cert) == nullptr) {
+      return s.ctx().Error(LineOf(node), s.ElementKey("certificates", i),
+                           absl::StrCat("no [[certificates]] entry named ", Quote(cert)));
+    }
+    if (std::find(listener->certificates.begin(), listener->certificates.end(), cert) !=
+        listener->certificates.end()) {
+      return s.ctx().Error(LineOf(node), s.ElementKey("certificates", i),
+                           absl::StrCat(Quote(cert), " is listed twice"));
+    }
+    listener->certificates.push_back(cert);
+  }
+
+  if (absl::Status st = s.Enum<UnknownSniPolicy>("unknown_sni",
+                                                 {{"default", UnknownSniPolicy::kDefault},
+                                                  {"reject", UnknownSniPolicy::kReject}},
+                                                 &listener->unknown_sni);
+      !st.ok()) {
+    return st;
+  }
+
+  absl::StatusOr<const toml::array*> alpn = s.StringArray("alpn");
+  if (!alpn.ok()) return alpn.status();
+  if (*alpn != nullptr) {
+    if ((*alpn)->empty()) return s.ErrorAt(**alpn, "alpn", "must list at least one protocol");
+    listener->alpn.clear();
+    for (size_t i = 0; i < (*alpn)->size(); ++i) {
+      const toml::node& node = (**alpn)[i];
+      const std::string& proto = node.as_string()->get();
+      if (proto != "h2" && proto != "http/1.1") {
+        return s.ctx().Error(LineOf(node), s.ElementKey("alpn", i),
+                             "must be \"h2\" or \"http/1.1\"");
+      }
+      if (std::find(listener->alpn.begin(), listener->alpn.end(), proto) !=
+          listener->alpn.end()) {
+        return s.ctx().Error(LineOf(node), s.ElementKey("alpn", i),
+                             absl::StrCat(Quote(proto), " is listed twice"));
+      }
+      listener->alpn.push_back(proto);
+    }
+  }
+
+  return s.Enum<KtlsMode>(
+      "ktls", {{"auto", KtlsMode::kAuto}, {"off", KtlsMode::kOff}, {"require", KtlsMode::kRequire}},
+      &listener->ktls);
+}
+
+absl::Status ReadRoute(const Section& s, const Config& config, RouteConfig* route) {
+  if (absl::Status st = s.CheckKnownKeys({"listener", "sni", "host", "path_prefix", "upstream"});
+      !st.ok()) {
+    return st;
+  }
+
+  absl::StatusOr<const StringNode*> listener_node = s.RequiredString("listener");
+  if (!listener_node.ok()) return listener_node.status();
+  route->listener = (*listener_node)->get();
+  const ListenerConfig* listener = config.FindListener(route->listener);
+  if (listener == nullptr) {
+    return s.ErrorAt(**listener_node, "listener",
+                     absl::StrCat("no [[listeners]] entry named ", Quote(route->listener)));
+  }
+
+  absl::StatusOr<const StringNode*> sni = s.String("sni");
+  if (!sni.ok()) return sni.status();
+  if (*sni != nullptr) {
+    // SNI is case-insensitive (RFC 6066 host names); store lowercase so the
+    // TLS side compares with a plain ==.
+    route->sni = absl::AsciiStrToLower((*sni)->get());
+    if (!IsValidSniPattern(route->sni)) {
+      return s.ErrorAt(**sni, "sni",
+                       "must be a host name (\"example.test\") or a wildcard of the leftmost "
+                       "label (\"*.example.test\")");
+    }
+  }
+
+  for (const auto& [key, out] : {std::pair<std::string_view, std::string*>{"host", &route->host},
+                                 {"path_prefix", &route->path_prefix}}) {
+    absl::StatusOr<const StringNode*> node = s.String(key);
+    if (!node.ok()) return node.status();
+    if (*node == nullptr) continue;
+    // The bytes are never seen in passthrough mode, so these could not match.
+    if (listener->mode == ListenerMode::kPassthrough) {
+      return s.ErrorAt(**node, key,
+                       absl::StrCat("cannot be matched on passthrough listener ",
+                                    Quote(listener->name), " (only sni is)"));
+    }
+    *out = (*node)->get();
+  }
+
+  if (const toml::node* host_node = s.Find("host"); host_node != nullptr) {
+    const toml::node& node = *host_node;
+    std::string_view host = route->host;
+    const bool ipv6_literal = host.size() > 2 && host.front() == '[' && host.back() == ']';
+    in6_addr unused{};
+    if (ipv6_literal) {
+      if (inet_pton(AF_INET6, std::string(host.substr(1, host.size() - 2)).c_str(), &unused) != 1) {
+        return s.ErrorAt(node, "host", "not a valid bracketed IPv6 address");
+      }
+    } else if (host.find(':') != std::string_view::npos) {
+      return s.ErrorAt(node, "host", "must not include a port (ports are ignored when matching)");
+    } else if (!IsHostName(host)) {
+      return s.ErrorAt(node, "host", "must be a host name like \"api.example.test\"");
+    }
+    // Host headers are case-insensitive; store lowercase for a plain compare.
+    route->host = absl::AsciiStrToLower(route->host);
+  }
+
+  if (const toml::node* node = s.Find("path_prefix"); node != nullptr) {
+    if (!absl::StartsWith(route->path_prefix, "/")) {
+      return s.ErrorAt(*node, "path_prefix", "must start with \"/\"");
+    }
+    if (std::any_of(route->path_prefix.begin(), route->path_prefix.end(),
+                    [](char c) { return static_cast<unsigned char>(c) <= 0x20 || c == 0x7f; })) {
+      return s.ErrorAt(*node, "path_prefix", "must not contain spaces or control characters");
+    }
+  }
+
+  absl::StatusOr<const StringNode*> upstream = s.RequiredString("upstream");
+  if (!upstream.ok()) return upstream.status();
+  route->upstream = (*upstream)->get();
+  if (config.FindUpstream(route->upstream) == nullptr) {
+    return s.ErrorAt(**upstream, "upstream",
+                     absl::StrCat("no [[upstreams]] entry named ", Quote(route->upstream)));
+  }
+  return absl::OkStatus();
+}
+
+// Runs `read` over each table of a [[key]] array, appending to `out`.
+template <typename T, typename ReadFn>
+absl::Status ReadEach(const Section& root, std::string_view key, std::vector<T>* out,
+                      ReadFn read) {
+  absl::StatusOr<const toml::array*> array = root.TableArray(key);
+  if (!array.ok()) return array.status();
+  if (*array == nullptr) return absl::OkStatus();
+  for (size_t i = 0; i < (*array)->size(); ++i) {
+    Section s(root.ctx(), *(**array)[i].as_table(), root.ElementKey(key, i));
+    T item;
+    if (absl::Status st = read(s, &item); !st.ok()) return st;
+    out->push_back(std::move(item));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Build(const Context& ctx, const toml::table& root_table, Config* config) {
+  const Section root(ctx, root_table, "");
+  if (absl::Status st =
+          root.CheckKnownKeys({"server", "listeners", "certificates", "routes", "upstreams"});
+      !st.ok()) {
+    return st;
+  }
+
+  absl::StatusOr<const toml::table*> server = root.Table("server");
+  if (!server.ok()) return server.status();
+  if (*server != nullptr) {
+    if (absl::Status st = ReadServer(Section(ctx, **server, "server"), &config->server); !st.ok()) {
+      return st;
+    }
+  }
+
+  // Order matters: each section may only refer to sections read before it
+  // (listeners -> certificates, routes -> listeners and upstreams).
+  NameSet cert_names;
+  if (absl::Status st = ReadEach(root, "certificates", &config->certificates,
+                                 [&](const Section& s, CertificateConfig* c) {
+                                   return ReadCertificate(s, &cert_names, c);
+                                 });
+      !st.ok()) {
+    return st;
+  }
+
+  NameSet upstream_names;
+  if (absl::Status st = ReadEach(root, "upstreams", &config->upstreams,
+                                 [&](const Section& s, UpstreamConfig* u) {
+                                   return ReadUpstream(s, &upstream_names, u);
+                                 });
+      !st.ok()) {
+    return st;
+  }
+
+  NameSet listener_names;
+  AddressSet addresses;
+  if (config->server.has_admin) addresses.Insert(config->server.admin_listen, "server.admin_listen");
+  if (absl::Status st = ReadEach(root, "listeners", &config->listeners,
+                                 [&](const Section& s, ListenerConfig* l) {
+                                   return ReadListener(s, *config, &listener_names, &addresses, l);
+                                 });
+      !st.ok()) {
+    return st;
+  }
+  if (config->listeners.empty()) {
+    return ctx.Error(1, "listeners", "at least one [[listeners]] entry is required");
+  }
+
+  if (absl::Status st = ReadEach(
+          root, "routes", &config->routes,
+          [&](const Section& s, RouteConfig* r) { return ReadRoute(s, *config, r); });
+      !st.ok()) {
+    return st;
+  }
+
+  // A listener no route points at would accept connections only to fail them.
+  const toml::array& listener_tables = *root_table.get("listeners")->as_array();
+  for (size_t i = 0; i < config->listeners.size(); ++i) {
+    const std::string& name = config->listeners[i].name;
+    const bool routed = std::any_of(config->routes.begin(), config->routes.end(),
+                                    [&](const RouteConfig& r) { return r.listener == name; });
+    if (!routed) {
+      return ctx.Error(LineOf(listener_tables[i]), root.ElementKey("listeners", i),
+                       absl::StrCat("no [[routes]] entry has listener = ", Quote(name)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::filesystem::path BaseDir(const std::string& config_path) {
+  std::filesystem::path dir = std::filesystem::path(config_path).parent_path();
+  if (dir.empty()) dir = ".";
+  // Absolute, so the snapshot's paths stay valid whatever the process's
+  // working directory is when the TLS module later opens them.
+  std::error_code ec;
+  std::filesystem::path absolute = std::filesystem::absolute(dir, ec);
+  return ec ? dir : absolute.lexically_normal();
+}
+
+// Closes a file descriptor on every return path.
+class FdCloser {
+ public:
+  explicit FdCloser(int fd) : fd_(fd) {}
+  FdCloser(const FdCloser&) = delete;
+  FdCloser& operator=(const FdCloser&) = delete;
+  ~FdCloser() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+
+ private:
+  int fd_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<const Config>> ParseConfig(std::string_view toml_text,
+                                                          const std::string& path) {
+  const Context ctx{path.empty() ? std::string("<config>") : path, BaseDir(path)};
+
+  // Debian builds toml++ with exceptions enabled (the shared library exports
+  // toml::v3::ex::parse), so syntax errors arrive as toml::parse_error; they
+  // must not cross the module boundary.
+  toml::table root;
+  try {
+    root = toml::parse(toml_text, std::string_view(path));
+  } catch (const toml::parse_error& e) {
+    return ctx.Error(e.source().begin.line, "(toml)", Printable(e.description()));
+  }
+
+  auto config = std::make_shared<Config>();
+  config->path = path;
+  if (absl::Status st = Build(ctx, root, config.get()); !st.ok()) return st;
+  return std::shared_ptr<const Config>(std::move(config));
+}
+
+absl::StatusOr<std::shared_ptr<const Config>> LoadConfigFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot open"));
+  FdCloser closer(fd);
+
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot stat"));
+  if (S_ISDIR(st.st_mode)) return absl::InvalidArgumentError(absl::StrCat(path, ": is a directory"));
+
+  // Read to EOF rather than trusting st_size, so pipes (--config <(...)) work;
+  // the cap keeps a mistaken /dev/zero from eating memory.
+  std::string text;
+  char buf[16384];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot read"));
+    }
+    if (n == 0) break;
+    if (text.size() + static_cast<size_t>(n) > kMaxConfigFileBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": larger than ", kMaxConfigFileBytes, " bytes"));
+    }
+    text.append(buf, static_cast<size_t>(n));
+  }
+  return ParseConfig(text, path);
+}
+
+}  // namespace ktlb

@@ -1,0 +1,205 @@
+// Building blocks shared by the HTTP/1 request and response parsers. Not a
+// public header: only src/http1/*.cc include it.
+//
+// Why there is a tokenizer of our own next to llhttp: the llhttp that Debian
+// ships is compiled in its loose mode, which accepts "Name : value",
+// "Na me: value", bare-LF line ends, obs-fold, and does not check the CRLF that
+// ends chunk data. Each of those is a known request-smuggling primitive. So
+// every head and every chunked body is read by two parsers: the strict code
+// below (which also produces the views) and llhttp (which must agree on every
+// boundary and on the framing). A message is accepted only if both accept it.
+#pragma once
+
+#include <llhttp.h>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "ktlb/http1.h"
+
+namespace ktlb::http1::internal {
+
+// ---------------------------------------------------------------- characters
+
+enum CharClass : uint8_t {
+  kTchar = 1,       // token (RFC 9110 5.6.2): header names, methods, codings
+  kFieldChar = 2,   // VCHAR / obs-text: inside header values, reason phrases
+  kTargetChar = 4,  // request-target bytes: visible ASCII only
+  kHostChar = 8,    // uri-host [ ":" port ]: reg-name, IP literals, port
+  kHexDigit = 16,
+  kLineEnd = 32,    // CR or LF: the only bytes the head scanner stops at
+};
+
+inline constexpr std::array<uint8_t, 256> kCharClasses = [] {
+  std::array<uint8_t, 256> t{};
+  for (int c = 0x21; c <= 0x7e; ++c) t[c] |= kFieldChar | kTargetChar;
+  for (int c = 0x80; c <= 0xff; ++c) t[c] |= kFieldChar;
+  for (int c = '0'; c <= '9'; ++c) t[c] |= kTchar | kHostChar | kHexDigit;
+  for (int c = 'a'; c <= 'z'; ++c) t[c] |= kTchar | kHostChar;
+  for (int c = 'A'; c <= 'Z'; ++c) t[c] |= kTchar | kHostChar;
+  for (int c = 'a'; c <= 'f'; ++c) t[c] |= kHexDigit;
+  for (int c = 'A'; c <= 'F'; ++c) t[c] |= kHexDigit;
+  for (char c : std::string_view("!#$%&'*+-.^_`|~")) t[static_cast<uint8_t>(c)] |= kTchar;
+  // No '"', '\\', '/', '@', '?', '#', space or controls: a host that passes
+  // can be echoed into X-Forwarded-Host and a quoted Forwarded host= safely.
+  for (char c : std::string_view("-._~!$&'()*+,;=%:[]")) t[static_cast<uint8_t>(c)] |= kHostChar;
+  t['\r'] |= kLineEnd;
+  t['\n'] |= kLineEnd;
+  return t;
+}();
+
+inline bool Is(char c, CharClass cls) { return (kCharClasses[static_cast<uint8_t>(c)] & cls) != 0; }
+inline bool IsOws(char c) { return c == ' ' || c == '\t'; }
+bool AllOf(std::string_view s, CharClass cls);
+std::string_view TrimOws(std::string_view s);
+// ASCII case-insensitive equality of two arbitrary strings.
+bool EqualsNoCase(std::string_view a, std::string_view b);
+// Like HeaderNameIs, but '_' in `name` matches '-' in `lower`. Backends behind
+// CGI-style gateways (PHP, many frameworks) map both to the same variable, so
+// "X_Forwarded_For" or "Content_Length" must be treated as the real thing.
+bool HeaderNameIsLoose(std::string_view name, std::string_view lower);
+
+// Calls f(token) for each non-empty element of a comma-separated list
+// (RFC 9110 5.6.1), elements trimmed of OWS. Stops early when f returns false.
+template <typename F>
+void ForEachListElement(std::string_view value, F&& f) {
+  size_t start = 0;
+  while (start <= value.size()) {
+    size_t comma = value.find(',', start);
+    if (comma == std::string_view::npos) comma = value.size();
+    std::string_view elem = TrimOws(value.substr(start, comma - start));
+    if (!elem.empty() && !f(elem)) return;
+    start = comma + 1;
+  }
+}
+
+// Content-Length: 1*DIGIT, at most INT64_MAX. Larger values are refused
+// because intermediaries disagree on how they overflow (signed vs unsigned).
+bool ParseContentLength(std::string_view v, uint64_t* out);
+
+// Splits a header line (no CRLF) into name and OWS-trimmed value. False when
+// the name is not a token, is empty, or is followed by anything but ':', or
+// when the value holds a control character.
+bool SplitHeaderLine(std::string_view line, Header* out);
+
+// Host header value: empty, or host chars only (see kHostChar).
+inline bool IsValidHost(std::string_view host) { return AllOf(host, kHostChar); }
+
+// Header names the parsers and rewriters care about, classified once.
+enum class KnownHeader : uint8_t {
+  kOther,
+  kHost,
+  kContentLength,
+  kTransferEncoding,
+  kConnection,
+  kExpect,
+  kUpgrade,
+  kSpoofedFraming,  // host/content-length/transfer-encoding spelled with '_'
+};
+KnownHeader ClassifyHeader(std::string_view name);
+
+// Tokens of Connection headers that matter to framing and keep-alive.
+struct ConnectionTokens {
+  bool close = false;
+  bool keep_alive = false;
+  bool upgrade = false;
+  bool others = false;  // names other hop-by-hop headers
+  void Add(std::string_view value);
+};
+
+// ------------------------------------------------------------- head scanner
+
+enum class ScanError : uint8_t { kNone, kFirstLineTooLong, kHeadTooLarge, kBareCr, kBareLf, kObsFold };
+
+// Finds the end of a message head incrementally, enforcing line structure
+// (every line ends in CRLF, no bare CR or LF, no obs-fold) and the size limits
+// on whatever has arrived. State is offsets only, so the caller may move its
+// buffer between calls as long as the bytes already seen stay the same.
+// Errors are reported at the first offending byte in stream order, so the
+// outcome does not depend on how the bytes were split into calls.
+class HeadScanner {
+ public:
+  void Reset() { *this = HeadScanner(); }
+  ParseStatus Scan(std::string_view buf, uint32_t max_first_line, uint32_t max_head);
+
+  ScanError error() const { return error_; }
+  // Valid after kDone. Leading empty lines (RFC 9112 2.2) precede the first.
+  size_t first_line_start() const { return first_line_start_; }
+  size_t first_line_end() const { return first_line_end_; }  // index of its CR
+  size_t head_end() const { return head_end_; }              // after CRLF CRLF
+
+ private:
+  size_t pos_ = 0;
+  size_t line_start_ = 0;
+  size_t first_line_start_ = 0;
+  size_t first_line_end_ = 0;
+  size_t head_end_ = 0;
+  bool seen_first_line_ = false;
+  ScanError error_ = ScanError::kNone;
+};
+
+// ----------------------------------------------------------- chunked bodies
+
+// Strict validator of chunked framing (RFC 9112 7.1): hex size without BWS,
+// extensions of visible characters, CRLF after every size line and every chunk
+// of data, trailer fields with token names and no obs-fold. Finds the exact
+// end of the message. It never copies: data is skipped in bulk.
+class ChunkedScanner {
+ public:
+  // Longest accepted chunk-size line (size plus extensions).
+  static constexpr uint32_t kMaxSizeLine = 4096;
+
+  void Reset(uint32_t max_trailer_bytes);
+  // kDone: *consumed bytes complete the body. kIncomplete: all of buf is body.
+  ParseStatus Scan(std::string_view buf, size_t* consumed);
+
+ private:
+  enum class State : uint8_t {
+    kSizeFirst, kSize, kExt, kSizeLf, kData, kDataCr, kDataLf,
+    kTrailerStart, kTrailerName, kTrailerValue, kTrailerLf, kFinalLf, kDone, kError,
+  };
+  State state_ = State::kSizeFirst;
+  uint64_t size_ = 0;  // of the chunk being read, then what is left of it
+  uint32_t line_bytes_ = 0;
+  uint32_t trailer_bytes_ = 0;
+  uint32_t max_trailer_bytes_ = 0;
+};
+
+// ------------------------------------------------------------------- llhttp
+
+// llhttp settings that pause at the end of the head and at the end of the
+// message, so llhttp_get_error_pos() tells exactly where llhttp thinks those
+// are. No data callbacks: llhttp is used as a validator, the views come from
+// our tokenizer.
+const llhttp_settings_t* PausingSettings();
+
+// Lines of the head that llhttp must not see: identical duplicate
+// Content-Length lines (llhttp rejects any duplicate, we fold identical ones)
+// and, in responses, Content-Length next to Transfer-Encoding.
+struct SkipList {
+  static constexpr size_t kMax = 4;
+  std::array<std::pair<size_t, size_t>, kMax> ranges{};  // [begin, end)
+  size_t size = 0;
+  bool Add(size_t begin, size_t end) {
+    if (size == kMax) return false;
+    ranges[size++] = {begin, end};
+    return true;
+  }
+};
+
+// Runs `ll` (freshly initialised) over buf[0, head_end) minus `skips`. Returns
+// HPE_OK when llhttp accepted the head and paused in on_headers_complete
+// exactly at head_end; llhttp's error otherwise (HPE_INTERNAL when llhttp
+// simply disagrees about where the head ends).
+llhttp_errno_t LlhttpCheckHead(llhttp_t* ll, std::string_view buf, size_t head_end,
+                               const SkipList& skips);
+
+// Runs a resumed `ll` over the body bytes the ChunkedScanner attributed to the
+// message. `done`: the scanner saw the end, so llhttp must pause in
+// on_message_complete exactly at the end of `bytes`; otherwise llhttp must
+// take all of `bytes` without finishing. True when llhttp agrees.
+bool LlhttpCheckChunked(llhttp_t* ll, std::string_view bytes, bool done);
+
+}  // namespace ktlb::http1::internal

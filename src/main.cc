@@ -1,0 +1,106 @@
+// ktlb: flags, signals, startup.
+//
+//   ktlb --config FILE          run in the foreground, log to stderr
+//   ktlb --check --config FILE  validate and exit 0, or print FILE:LINE: key: problem
+//
+// SIGTERM / SIGINT drain in-flight requests and exit 0.
+#include <signal.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "ktlb/config.h"
+#include "ktlb/server.h"
+#include "ktlb/snapshot.h"
+#include "ktlb/tls.h"
+
+namespace {
+
+void Usage() {
+  fprintf(stderr,
+          "usage: ktlb --config FILE\n"
+          "       ktlb --check --config FILE\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string config_path;
+  bool check = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--check") {
+      check = true;
+    } else if (a == "--config" && i + 1 < argc) {
+      config_path = argv[++i];
+    } else if (a.rfind("--config=", 0) == 0) {
+      config_path = a.substr(9);
+    } else if (a == "--help" || a == "-h") {
+      Usage();
+      return 0;
+    } else {
+      fprintf(stderr, "ktlb: unknown argument %s\n", a.c_str());
+      Usage();
+      return 2;
+    }
+  }
+  if (config_path.empty()) {
+    Usage();
+    return 2;
+  }
+
+  auto config = ktlb::LoadConfigFile(config_path);
+  if (!config.ok()) {
+    fprintf(stderr, "%s\n", std::string(config.status().message()).c_str());
+    return 1;
+  }
+  // Certificates are part of validation: a key that does not match its
+  // certificate must fail --check too.
+  auto snapshot = ktlb::BuildSnapshot(*config, ktlb::tls::TicketKeys::Generate());
+  if (!snapshot.ok()) {
+    fprintf(stderr, "%s: %s\n", config_path.c_str(), std::string(snapshot.status().message()).c_str());
+    return 1;
+  }
+  if (check) {
+    fprintf(stderr, "%s: ok\n", config_path.c_str());
+    return 0;
+  }
+
+  // Signals are taken synchronously by this thread; workers never see them.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  ktlb::Server server(*snapshot);
+  if (absl::Status s = server.Start(); !s.ok()) {
+    fprintf(stderr, "ktlb: startup failed: %s\n", std::string(s.message()).c_str());
+    return 1;
+  }
+  const ktlb::Config& cfg = *(*snapshot)->config;
+  for (const auto& l : cfg.listeners) {
+    fprintf(stderr, "ktlb: listener \"%s\" on %s (%zu workers)\n", l.name.c_str(),
+            l.listen.text.c_str(), server.worker_count());
+  }
+  if (cfg.server.has_admin) {
+    fprintf(stderr, "ktlb: admin on http://%s/metrics\n", cfg.server.admin_listen.text.c_str());
+  }
+
+  for (;;) {
+    int sig = 0;
+    if (sigwait(&set, &sig) != 0) continue;
+    if (sig == SIGHUP) {
+      fprintf(stderr, "ktlb: SIGHUP: config reload is not implemented yet; ignoring\n");
+      continue;
+    }
+    fprintf(stderr, "ktlb: %s: draining\n", strsignal(sig));
+    break;
+  }
+  server.StopAndWait();
+  fprintf(stderr, "ktlb: stopped\n");
+  return 0;
+}

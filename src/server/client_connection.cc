@@ -1,0 +1,591 @@
+#include "client_connection.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include <openssl/err.h>
+
+#include "ktlb/sockets.h"
+#include "upstream_connection.h"
+#include "worker.h"
+
+namespace ktlb {
+
+namespace {
+// Stop decrypting more client bytes while this much is queued either way; it
+// bounds a connection's memory however large the bodies are.
+constexpr size_t kMaxUpstreamBacklog = 256 * 1024;
+constexpr size_t kMaxClientBacklog = 512 * 1024;
+constexpr uint32_t kLingerMs = 2000;
+constexpr size_t kPlainChunk = 16 * 1024;
+
+int StatusClass(int status) { return status >= 100 && status < 600 ? status / 100 : 5; }
+}  // namespace
+
+uint64_t ClientConnection::Tag(uint8_t op) const {
+  return UserData{static_cast<uint8_t>(OpKind::kClient), op, generation, slot_index}.Pack();
+}
+
+void ClientConnection::Start(Worker* w, size_t listener_index, int fd, const sockaddr_storage& peer,
+                             const tls::ServerTlsContext& tls) {
+  w_ = w;
+  listener_ = listener_index;
+  fd_ = fd;
+  peer_ = peer;
+  peer_ip_ = AddressIp(peer);
+  peer_port_ = AddressPort(peer);
+  timer_.target = this;
+  bio_ = tls::BioIo{};
+  bio_.out = &tls_out_;
+  ssl_ = tls.NewSsl(tls::NewBufferBio(&bio_));
+  cipher_stash_.clear();
+  tls_out_.clear();
+  sending_.clear();
+  sending_off_ = 0;
+  recv_inflight_ = send_inflight_ = peer_eof_ = false;
+  inflight_ = 0;
+  plain_.clear();
+  plain_off_ = 0;
+  const ServerConfig& sc = w->config().server;
+  if (!parser_) parser_.emplace(http1::Limits{sc.max_request_line, sc.max_header_bytes});
+  up_ = nullptr;
+  req_body_done_ = true;
+  resp_done_ = false;
+  keep_alive_ = true;
+  state_ = State::kHandshake;
+  w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kHandshake), sc.timeouts.handshake_ms);
+  ArmRecv();
+}
+
+bool ClientConnection::ReadingAllowed() const {
+  switch (state_) {
+    case State::kHandshake:
+    case State::kLingering:
+      return true;
+    case State::kReadingHead:
+      // A head larger than the limit is refused anyway; do not buffer beyond it.
+      return plain_.size() - plain_off_ <= w_->config().server.max_header_bytes + kPlainChunk;
+    case State::kProxying:
+      if (!req_body_done_) {
+        return up_ != nullptr && up_->SendBacklog() < kMaxUpstreamBacklog;
+      }
+      return false;  // pipelined requests wait until this response is done
+    default:
+      return false;
+  }
+}
+
+void ClientConnection::ArmRecv() {
+  if (recv_inflight_ || peer_eof_ || fd_ < 0) return;
+  if (!ReadingAllowed()) return;
+  io_uring_sqe* sqe = w_->ring().Sqe();
+  io_uring_prep_recv(sqe, fd_, nullptr, w_->buffers().buf_size(), 0);
+  sqe->flags |= IOSQE_BUFFER_SELECT;
+  sqe->buf_group = w_->buffers().group_id();
+  io_uring_sqe_set_data64(sqe, Tag(static_cast<uint8_t>(ConnOp::kRecv)));
+  recv_inflight_ = true;
+  ++inflight_;
+}
+
+void ClientConnection::FlushSend() {
+  if (send_inflight_ || fd_ < 0) return;
+  if (sending_off_ >= sending_.size()) {
+    sending_.clear();
+    sending_off_ = 0;
+    if (tls_out_.empty()) return;
+    sending_.swap(tls_out_);
+  }
+  io_uring_sqe* sqe = w_->ring().Sqe();
+  io_uring_prep_send(sqe, fd_, sending_.data() + sending_off_, sending_.size() - sending_off_,
+                     MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(sqe, Tag(static_cast<uint8_t>(ConnOp::kSend)));
+  send_inflight_ = true;
+  ++inflight_;
+}
+
+void ClientConnection::OnSend(int res) {
+  send_inflight_ = false;
+  --inflight_;
+  if (state_ == State::kClosed) return MaybeRelease();
+  if (res < 0) {
+    if (res == -EAGAIN || res == -EINTR) return FlushSend();
+    w_->metrics().listeners[listener_].client_resets.Inc();
+    return CloseNow();
+  }
+  sending_off_ += static_cast<size_t>(res);
+  FlushSend();
+  if (state_ == State::kClosing && !send_inflight_) {
+    // Everything is out: half-close and wait briefly for the client's FIN so
+    // unread request bytes do not turn our last response into a reset.
+    state_ = State::kLingering;
+    shutdown(fd_, SHUT_WR);
+    w_->ArmTimer(&timer_, kTimerLinger, kLingerMs);
+    ArmRecv();
+    return;
+  }
+  if (state_ == State::kProxying && up_ != nullptr && ClientBacklog() < kMaxClientBacklog) {
+    up_->OnClientWritable();
+  }
+}
+
+void ClientConnection::OnRecv(int res, uint32_t flags) {
+  recv_inflight_ = false;
+  --inflight_;
+  if (state_ == State::kClosed) {
+    if (flags & IORING_CQE_F_BUFFER) w_->buffers().Recycle(static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT));
+    return MaybeRelease();
+  }
+  if (res == -ENOBUFS) {
+    w_->DeferRecv(Tag(static_cast<uint8_t>(ConnOp::kRecv)));
+    return;
+  }
+  if (res <= 0) {
+    peer_eof_ = true;
+    if (state_ == State::kLingering) return CloseNow();
+    if (state_ == State::kHandshake) {
+      w_->metrics().listeners[listener_].handshake_failures[static_cast<size_t>(
+          tls::HandshakeFailure::kClientReset)].Inc();
+      return CloseNow();
+    }
+    if (state_ == State::kProxying || (state_ == State::kReadingHead && plain_.size() > plain_off_)) {
+      w_->metrics().listeners[listener_].client_resets.Inc();
+    }
+    if (state_ == State::kProxying && up_ != nullptr) {
+      up_->Abandon();
+      up_ = nullptr;
+    }
+    return CloseNow();
+  }
+  uint16_t bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+  std::string_view data = w_->buffers().Data(bid, static_cast<uint32_t>(res));
+  if (state_ == State::kLingering) {
+    w_->buffers().Recycle(bid);
+    return ArmRecv();
+  }
+  if (state_ == State::kHandshake && cipher_stash_.empty() && SSL_in_before(ssl_.get()) &&
+      static_cast<uint8_t>(data[0]) != 0x16) {
+    // Not a TLS handshake record: most likely plain HTTP sent to the TLS port.
+    w_->buffers().Recycle(bid);
+    w_->metrics().listeners[listener_].handshake_failures[static_cast<size_t>(
+        tls::HandshakeFailure::kPlainHttp)].Inc();
+    DeadlineQueue::Cancel(&timer_);
+    tls_out_.clear();
+    http1::BuildErrorResponse(400, true, &tls_out_);
+    BeginClose();
+    return;
+  }
+  if (cipher_stash_.empty()) {
+    bio_.in = data;
+  } else {
+    cipher_stash_.append(data);
+    bio_.in = cipher_stash_;
+  }
+  DriveTls();
+  // OpenSSL takes every byte it is offered into its own record buffer; what is
+  // left only survives a early exit (an error), so keep it off the ring buffer.
+  if (!bio_.in.empty() && state_ != State::kClosed) {
+    std::string rest(bio_.in);
+    cipher_stash_.swap(rest);
+  } else {
+    cipher_stash_.clear();
+  }
+  bio_.in = {};
+  w_->buffers().Recycle(bid);
+  FlushSend();
+  ArmRecv();
+}
+
+void ClientConnection::DriveTls() {
+  if (state_ == State::kHandshake) {
+    int r = SSL_do_handshake(ssl_.get());
+    if (r != 1) {
+      int err = SSL_get_error(ssl_.get(), r);
+      if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return;
+      return FailHandshake(err);
+    }
+    OnHandshakeDone();
+  }
+  // Decrypt everything available into the plaintext buffer.
+  for (;;) {
+    if (state_ == State::kClosed || state_ == State::kClosing || state_ == State::kLingering) return;
+    if (plain_off_ > 0 && plain_off_ == plain_.size()) {
+      plain_.clear();
+      plain_off_ = 0;
+    }
+    size_t old = plain_.size();
+    plain_.resize(old + kPlainChunk);
+    int n = SSL_read(ssl_.get(), plain_.data() + old, static_cast<int>(kPlainChunk));
+    if (n > 0) {
+      plain_.resize(old + static_cast<size_t>(n));
+      continue;
+    }
+    plain_.resize(old);
+    int err = SSL_get_error(ssl_.get(), n);
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) break;
+    if (err == SSL_ERROR_ZERO_RETURN) {
+      peer_eof_ = true;  // close_notify: finish what is buffered, then close
+      break;
+    }
+    ERR_clear_error();
+    w_->metrics().listeners[listener_].client_resets.Inc();
+    if (up_ != nullptr) {
+      up_->Abandon();
+      up_ = nullptr;
+    }
+    return CloseNow();
+  }
+  ProcessPlain();
+  if (peer_eof_ && state_ == State::kReadingHead) BeginClose();
+}
+
+void ClientConnection::OnHandshakeDone() {
+  ListenerMetrics& lm = w_->metrics().listeners[listener_];
+  if (SSL_session_reused(ssl_.get())) {
+    lm.handshakes_resumed.Inc();
+  } else {
+    lm.handshakes_full.Inc();
+  }
+  state_ = State::kReadingHead;
+  w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kKeepalive),
+               w_->config().server.timeouts.request_header_ms);
+}
+
+void ClientConnection::FailHandshake(int ssl_error) {
+  tls::HandshakeFailure f = tls::ClassifyHandshakeFailure(ssl_.get(), ssl_error);
+  w_->metrics().listeners[listener_].handshake_failures[static_cast<size_t>(f)].Inc();
+  if (f != tls::HandshakeFailure::kClientReset) {
+    fprintf(stderr, "ktlb: tls: handshake with %s:%u failed: %s\n", peer_ip_.c_str(), peer_port_,
+            tls::HandshakeFailureLabel(f));
+  }
+  DeadlineQueue::Cancel(&timer_);
+  BeginClose();  // sends the alert OpenSSL queued, if any
+}
+
+void ClientConnection::ProcessPlain() {
+  for (;;) {
+    if (state_ == State::kReadingHead) {
+      std::string_view buf(plain_.data() + plain_off_, plain_.size() - plain_off_);
+      if (buf.empty()) return;
+      if (timer_.kind == static_cast<uint8_t>(TimeoutKind::kKeepalive) && timer_.armed()) {
+        // First bytes of a request: the header deadline starts now.
+        w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kRequestHeader),
+                     w_->config().server.timeouts.request_header_ms);
+      }
+      head_.headers.clear();
+      http1::ParseStatus st = parser_->ParseHead(buf, &head_);
+      if (st == http1::ParseStatus::kIncomplete) return;
+      if (st == http1::ParseStatus::kError) return RefuseRequest(parser_->error());
+      StartExchange();
+      continue;
+    }
+    if (state_ == State::kProxying) {
+      if (!req_body_done_) ForwardRequestBody();
+      if (state_ != State::kProxying) return;
+      if (resp_done_ && req_body_done_) {
+        FinishExchange();
+        continue;
+      }
+      return;
+    }
+    return;
+  }
+}
+
+void ClientConnection::RefuseRequest(http1::RequestError e) {
+  w_->metrics().listeners[listener_].parse_errors[static_cast<size_t>(e)].Inc();
+  int status = http1::RequestErrorStatus(e);
+  fprintf(stderr, "ktlb: http: refused request from %s:%u: %s (%d)\n", peer_ip_.c_str(), peer_port_,
+          http1::RequestErrorLabel(e), status);
+  RespondError(status, true);
+}
+
+void ClientConnection::RespondError(int status, bool close) {
+  w_->metrics().listeners[listener_].requests_by_class[StatusClass(status)].Inc();
+  scratch_.clear();
+  http1::BuildErrorResponse(status, close, &scratch_);
+  SSL_write(ssl_.get(), scratch_.data(), static_cast<int>(scratch_.size()));
+  if (close) {
+    DeadlineQueue::Cancel(&timer_);
+    BeginClose();
+  }
+}
+
+void ClientConnection::StartExchange() {
+  // Route on SNI, Host and the path part of the target.
+  std::string_view target = head_.target;
+  std::string_view path = target.substr(0, target.find('?'));
+  int upstream = w_->snapshot().router.Match(listener_, tls::ServerName(ssl_.get()), head_.host, path);
+  request_idempotent_ = head_.idempotent;
+  request_has_body_ = head_.body != http1::BodyKind::kNone;
+  keep_alive_ = head_.keep_alive && !w_->draining();
+  resp_head_seen_ = resp_done_ = false;
+  resp_status_ = 0;
+  attempts_ = 0;
+  DeadlineQueue::Cancel(&timer_);
+
+  // The upstream head is built before the client's head bytes are released:
+  // head_'s views point into plain_.
+  up_head_.clear();
+  http1::ForwardingInfo fwd;
+  fwd.client_ip = peer_ip_;
+  fwd.client_port = peer_port_;
+  fwd.sni = tls::ServerName(ssl_.get());
+  http1::BuildUpstreamRequestHead(head_, fwd, &up_head_);
+  plain_off_ += head_.head_len;
+  req_body_done_ = !request_has_body_;
+  state_ = State::kProxying;
+
+  if (upstream < 0) {
+    // Nothing routes this request: answer here, never guess a backend.
+    keep_alive_ = keep_alive_ && !request_has_body_;
+    state_ = State::kReadingHead;
+    RespondError(404, !keep_alive_);
+    if (keep_alive_) {
+      w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kKeepalive),
+                   w_->config().server.timeouts.keepalive_ms);
+    }
+    return;
+  }
+  upstream_index_ = upstream;
+  if (!ConnectUpstream(-1)) return;
+}
+
+bool ClientConnection::ConnectUpstream(int avoid_server) {
+  const UpstreamConfig& uc = w_->config().upstreams[upstream_index_];
+  ++attempts_;
+  size_t server = w_->balancer(upstream_index_).Pick(uc.servers.size(), avoid_server);
+  server_index_ = static_cast<int>(server);
+  // A retry always opens a fresh connection: a pooled one may be just as stale.
+  UpstreamConnection* u = avoid_server < 0 ? w_->TakeIdleUpstream(upstream_index_, server) : nullptr;
+  if (u == nullptr) {
+    u = w_->AcquireUpstream();
+    if (!u->Connect(w_, upstream_index_, server)) {
+      OnUpstreamFailed(false, false);
+      return false;
+    }
+  }
+  up_ = u;
+  w_->metrics().upstreams[upstream_index_].requests.Inc();
+  u->Begin(this, up_head_, head_.is_head);
+  if (!req_body_done_) ForwardRequestBody();
+  return true;
+}
+
+void ClientConnection::ForwardRequestBody() {
+  if (up_ == nullptr) return;
+  std::string_view buf(plain_.data() + plain_off_, plain_.size() - plain_off_);
+  if (buf.empty()) return;
+  size_t consumed = 0;
+  http1::ParseStatus st = parser_->ParseBody(buf, &consumed);
+  if (st == http1::ParseStatus::kError) {
+    // The head already went upstream; that exchange cannot be finished.
+    up_->Abandon();
+    up_ = nullptr;
+    w_->metrics().listeners[listener_].parse_errors[static_cast<size_t>(parser_->error())].Inc();
+    if (!resp_head_seen_) {
+      RespondError(http1::RequestErrorStatus(parser_->error()), true);
+    } else {
+      CloseNow();
+    }
+    return;
+  }
+  if (consumed > 0) up_->Send(buf.substr(0, consumed));
+  plain_off_ += consumed;
+  if (st == http1::ParseStatus::kDone) req_body_done_ = true;
+}
+
+void ClientConnection::OnUpstreamWritable() {
+  if (state_ != State::kProxying) return;
+  ForwardRequestBody();
+  ArmRecv();
+}
+
+void ClientConnection::SendToClient(std::string_view plain) {
+  if (state_ == State::kClosed) return;
+  // SSL_MODE_ENABLE_PARTIAL_WRITE + a BIO that never blocks: one call
+  // encrypts everything.
+  while (!plain.empty()) {
+    int n = SSL_write(ssl_.get(), plain.data(), static_cast<int>(std::min<size_t>(plain.size(), 1 << 30)));
+    if (n <= 0) {
+      ERR_clear_error();
+      return CloseNow();
+    }
+    plain.remove_prefix(static_cast<size_t>(n));
+  }
+  FlushSend();
+}
+
+void ClientConnection::OnResponseHead(int status, bool close_after) {
+  if (status >= 200) {
+    resp_head_seen_ = true;
+    resp_status_ = status;
+  }
+  if (close_after) keep_alive_ = false;
+}
+
+void ClientConnection::OnResponseComplete(int status) {
+  w_->metrics().listeners[listener_].requests_by_class[StatusClass(status)].Inc();
+  resp_done_ = true;
+  if (!req_body_done_) {
+    // The backend answered before reading the whole body (e.g. 413): the rest
+    // of the body can't be framed for a next request, so this is the last one.
+    keep_alive_ = false;
+    if (up_ != nullptr) {
+      up_->Abandon();
+      up_ = nullptr;
+    }
+    req_body_done_ = true;
+  }
+  up_ = nullptr;
+  ProcessPlain();
+  if (state_ == State::kReadingHead) {
+    FlushSend();
+    ArmRecv();
+  }
+}
+
+void ClientConnection::FinishExchange() {
+  up_ = nullptr;
+  upstream_index_ = -1;
+  if (!keep_alive_ || w_->draining()) {
+    state_ = State::kReadingHead;  // so BeginClose flushes from a settled state
+    BeginClose();
+    return;
+  }
+  state_ = State::kReadingHead;
+  if (plain_off_ == plain_.size()) {
+    plain_.clear();
+    plain_off_ = 0;
+    ShrinkIdleBuffers();
+    w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kKeepalive),
+                 w_->config().server.timeouts.keepalive_ms);
+  } else {
+    w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kRequestHeader),
+                 w_->config().server.timeouts.request_header_ms);
+  }
+}
+
+void ClientConnection::OnUpstreamFailed(bool timed_out, bool got_response_bytes) {
+  UpstreamConnection* failed = up_;
+  up_ = nullptr;
+  int failed_server = server_index_;
+  bool reused = failed != nullptr && failed->reused();
+  // Replaying is safe only when nothing of the response was seen and the whole
+  // request is still in hand (no streamed body).
+  bool can_retry = !timed_out && !got_response_bytes && !request_has_body_ && attempts_ < 2 &&
+                   (request_idempotent_ || reused);
+  if (can_retry && upstream_index_ >= 0) {
+    if (!reused) w_->metrics().upstreams[upstream_index_].retries.Inc();
+    ConnectUpstream(reused ? -1 : failed_server);
+    // A stale pooled connection is retried on a fresh one, maybe the same server.
+    return;
+  }
+  int status = timed_out ? 504 : 502;
+  keep_alive_ = keep_alive_ && req_body_done_;
+  RespondError(status, !keep_alive_);
+  if (keep_alive_) {
+    resp_done_ = true;
+    req_body_done_ = true;
+    FinishExchange();
+    FlushSend();
+    ArmRecv();
+    ProcessPlain();
+  }
+}
+
+void ClientConnection::OnUpstreamAborted() {
+  up_ = nullptr;
+  CloseNow();
+}
+
+void ClientConnection::OnDeadline(uint8_t kind) {
+  if (kind == kTimerLinger) return CloseNow();
+  auto k = static_cast<TimeoutKind>(kind);
+  if (state_ == State::kReadingHead && k == TimeoutKind::kKeepalive &&
+      plain_.size() == plain_off_) {
+    w_->CountTimeout(TimeoutKind::kKeepalive);
+    return BeginClose();
+  }
+  w_->CountTimeout(k);
+  if (k == TimeoutKind::kHandshake) {
+    w_->metrics().listeners[listener_].handshake_failures[static_cast<size_t>(
+        tls::HandshakeFailure::kTimeout)].Inc();
+    return CloseNow();
+  }
+  if (k == TimeoutKind::kRequestHeader || k == TimeoutKind::kKeepalive) {
+    // nginx and haproxy answer a slow head with 408 and close.
+    return RespondError(408, true);
+  }
+  CloseNow();
+}
+
+void ClientConnection::Drain() {
+  if (state_ == State::kClosed || fd_ < 0) return;
+  if (state_ == State::kHandshake) return CloseNow();
+  if (state_ == State::kReadingHead && plain_.size() == plain_off_) return BeginClose();
+  keep_alive_ = false;
+}
+
+void ClientConnection::BeginClose() {
+  if (state_ == State::kClosed || state_ == State::kClosing || state_ == State::kLingering) return;
+  if (state_ != State::kHandshake && ssl_ && SSL_is_init_finished(ssl_.get())) {
+    SSL_shutdown(ssl_.get());  // queue close_notify behind the response
+  }
+  ERR_clear_error();
+  state_ = State::kClosing;
+  FlushSend();
+  if (!send_inflight_) {
+    state_ = State::kLingering;
+    shutdown(fd_, SHUT_WR);
+    w_->ArmTimer(&timer_, kTimerLinger, kLingerMs);
+    ArmRecv();
+  }
+}
+
+void ClientConnection::CloseNow() {
+  if (state_ == State::kClosed) return;
+  if (up_ != nullptr) {
+    up_->Abandon();
+    up_ = nullptr;
+  }
+  state_ = State::kClosed;
+  DeadlineQueue::Cancel(&timer_);
+  // Pending ops complete (with 0 or an error) once the socket is shut down;
+  // the slot is released when the last one is back.
+  shutdown(fd_, SHUT_RDWR);
+  MaybeRelease();
+}
+
+void ClientConnection::MaybeRelease() {
+  if (state_ != State::kClosed || inflight_ > 0) return;
+  if (fd_ >= 0) {
+    close(fd_);
+    fd_ = -1;
+  }
+  ssl_.reset();
+  w_->metrics().listeners[listener_].active.Dec();
+  plain_.clear();
+  ShrinkIdleBuffers();
+  w_->ReleaseClient(this);
+}
+
+void ClientConnection::ShrinkIdleBuffers() {
+  // Idle keep-alive connections should cost a few KiB: give back what a large
+  // body grew.
+  constexpr size_t kKeep = 4096;
+  if (plain_.capacity() > kKeep && plain_.empty()) std::string().swap(plain_);
+  if (tls_out_.capacity() > kKeep && tls_out_.empty()) std::string().swap(tls_out_);
+  if (!send_inflight_ && sending_.capacity() > kKeep) {
+    if (sending_off_ >= sending_.size()) {
+      std::string().swap(sending_);
+      sending_off_ = 0;
+    }
+  }
+  if (cipher_stash_.capacity() > kKeep && cipher_stash_.empty()) std::string().swap(cipher_stash_);
+}
+
+}  // namespace ktlb

@@ -1,0 +1,95 @@
+#include "ktlb/server.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <future>
+
+#include "ktlb/http1.h"
+#include "ktlb/tls.h"
+#include "worker.h"
+
+namespace ktlb {
+
+MetricsLabels BuildMetricsLabels(const Config& config) {
+  MetricsLabels labels;
+  for (const auto& l : config.listeners) labels.listeners.push_back(l.name);
+  for (const auto& u : config.upstreams) labels.upstreams.push_back(u.name);
+  for (int f = 0; f <= static_cast<int>(tls::HandshakeFailure::kOther); ++f) {
+    labels.handshake_failures.push_back(
+        tls::HandshakeFailureLabel(static_cast<tls::HandshakeFailure>(f)));
+  }
+  labels.parse_errors.push_back(nullptr);  // kNone is not an error
+  for (int e = 1; e <= static_cast<int>(http1::RequestError::kBadHeader); ++e) {
+    labels.parse_errors.push_back(http1::RequestErrorLabel(static_cast<http1::RequestError>(e)));
+  }
+  return labels;
+}
+
+Server::Server(std::shared_ptr<const Snapshot> snapshot) : snapshot_(std::move(snapshot)) {}
+
+Server::~Server() { StopAndWait(); }
+
+absl::Status Server::Start() {
+  const Config& cfg = *snapshot_->config;
+  size_t n = cfg.server.workers;
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  if (n == 0) n = cpus > 0 ? static_cast<size_t>(cpus) : 1;
+  metrics_ = std::make_unique<MetricsRegistry>(BuildMetricsLabels(cfg), n);
+
+  for (size_t i = 0; i < n; ++i) {
+    workers_.push_back(std::make_unique<Worker>(i, snapshot_, &metrics_->worker(i)));
+  }
+  // Each worker initialises on its own thread (its ring is single-issuer) and
+  // reports back before the server declares itself started.
+  std::vector<std::promise<absl::Status>> ready(n);
+  std::vector<std::future<absl::Status>> ready_f;
+  for (auto& p : ready) ready_f.push_back(p.get_future());
+  for (size_t i = 0; i < n; ++i) {
+    threads_.emplace_back([this, i, &ready, cpus] {
+      if (cpus > 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(static_cast<int>(i % static_cast<size_t>(cpus)), &set);
+        pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+      }
+      char name[16];
+      snprintf(name, sizeof name, "ktlb-w%zu", i);
+      pthread_setname_np(pthread_self(), name);
+      absl::Status s = workers_[i]->Init();
+      bool ok = s.ok();
+      ready[i].set_value(std::move(s));
+      if (ok) workers_[i]->Run();
+    });
+  }
+  absl::Status first_error;
+  for (auto& f : ready_f) {
+    absl::Status s = f.get();
+    if (!s.ok() && first_error.ok()) first_error = s;
+  }
+  if (!first_error.ok()) {
+    StopAndWait();
+    return first_error;
+  }
+  if (cfg.server.has_admin) {
+    admin_ = std::make_unique<AdminServer>(cfg.server.admin_listen, metrics_.get());
+    if (absl::Status s = admin_->Start(); !s.ok()) {
+      StopAndWait();
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+void Server::StopAndWait() {
+  for (auto& w : workers_) w->Stop();
+  for (auto& t : threads_) {
+    if (t.joinable()) t.join();
+  }
+  threads_.clear();
+  if (admin_) admin_->Stop();
+}
+
+}  // namespace ktlb

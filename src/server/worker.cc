@@ -1,0 +1,287 @@
+#include "worker.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "ktlb/sockets.h"
+
+namespace ktlb {
+
+namespace {
+constexpr unsigned kRingEntries = 1024;
+constexpr uint32_t kRecvBufCount = 256;       // power of two
+constexpr uint32_t kRecvBufSize = 32 * 1024;  // two full TLS records
+constexpr uint16_t kBufGroup = 1;
+constexpr uint32_t kMaxWaitMs = 1000;
+}  // namespace
+
+Worker::Worker(size_t id, std::shared_ptr<const Snapshot> snapshot, WorkerMetrics* metrics)
+    : id_(id), snapshot_(std::move(snapshot)), metrics_(metrics) {
+  for (auto& q : timers_) (void)q;
+}
+
+Worker::~Worker() {
+  for (Listener& l : listeners_) {
+    if (l.fd >= 0) close(l.fd);
+  }
+  if (wake_fd_ >= 0) close(wake_fd_);
+}
+
+absl::Status Worker::Init() {
+  if (absl::Status s = ring_.Init(kRingEntries); !s.ok()) return s;
+  if (absl::Status s = buffers_.Init(ring_.raw(), kBufGroup, kRecvBufCount, kRecvBufSize); !s.ok()) {
+    return s;
+  }
+  wake_fd_ = eventfd(0, EFD_CLOEXEC);
+  if (wake_fd_ < 0) return absl::InternalError(absl::StrCat("eventfd: ", strerror(errno)));
+
+  const Config& cfg = config();
+  for (size_t i = 0; i < cfg.listeners.size(); ++i) {
+    const ListenerConfig& lc = cfg.listeners[i];
+    if (lc.mode != ListenerMode::kTerminate) {
+      return absl::UnimplementedError(
+          absl::StrCat("listener \"", lc.name, "\": passthrough mode is not implemented yet"));
+    }
+    Listener l;
+    l.index = i;
+    auto fd = OpenListenSocket(lc.listen.storage, lc.listen.len, 4096);
+    if (!fd.ok()) {
+      return absl::Status(fd.status().code(), absl::StrCat("listener \"", lc.name, "\" ",
+                                                           lc.listen.text, ": ", fd.status().message()));
+    }
+    l.fd = *fd;
+    auto ctx = tls::ServerTlsContext::Create(lc, snapshot_->ListenerCertificates(i),
+                                             snapshot_->ticket_keys);
+    if (!ctx.ok()) {
+      close(l.fd);
+      return ctx.status();
+    }
+    l.tls = *std::move(ctx);
+    listeners_.push_back(std::move(l));
+  }
+  idle_.resize(cfg.upstreams.size());
+  for (size_t u = 0; u < cfg.upstreams.size(); ++u) {
+    idle_[u].resize(cfg.upstreams[u].servers.size());
+    balancers_.emplace_back(id_);
+  }
+  return absl::OkStatus();
+}
+
+void Worker::Stop() {
+  stop_requested_.store(true, std::memory_order_release);
+  uint64_t one = 1;
+  ssize_t n = write(wake_fd_, &one, sizeof one);
+  (void)n;
+}
+
+void Worker::ArmAccept(Listener& l) {
+  io_uring_sqe* sqe = ring_.Sqe();
+  io_uring_prep_multishot_accept(sqe, l.fd, nullptr, nullptr, SOCK_CLOEXEC);
+  io_uring_sqe_set_data64(
+      sqe, UserData{static_cast<uint8_t>(OpKind::kAccept), 0, 0, static_cast<uint32_t>(l.index)}.Pack());
+  l.accept_armed = true;
+}
+
+void Worker::ArmWake() {
+  io_uring_sqe* sqe = ring_.Sqe();
+  io_uring_prep_read(sqe, wake_fd_, &wake_buf_, sizeof wake_buf_, 0);
+  io_uring_sqe_set_data64(sqe, UserData{static_cast<uint8_t>(OpKind::kWake), 0, 0, 0}.Pack());
+}
+
+void Worker::Run() {
+  now_ms_ = NowMs();
+  for (Listener& l : listeners_) ArmAccept(l);
+  ArmWake();
+  for (;;) {
+    if (stop_requested_.load(std::memory_order_acquire) && !draining_) BeginDrain();
+    if (draining_ && clients_.live() == 0) break;
+    if (draining_ && now_ms_ >= drain_deadline_ms_) {
+      fprintf(stderr, "ktlb: worker %zu: drain timeout, closing %zu connections\n", id_,
+              clients_.live());
+      CountTimeout(TimeoutKind::kDrain);
+      break;
+    }
+
+    ring_.SubmitAndWait(NextWaitMs());
+    now_ms_ = NowMs();
+    metrics_->loop_turns.Inc();
+
+    io_uring_cqe* cqe;
+    unsigned head;
+    unsigned seen = 0;
+    io_uring_for_each_cqe(ring_.raw(), head, cqe) {
+      HandleCompletion(cqe);
+      ++seen;
+    }
+    io_uring_cq_advance(ring_.raw(), seen);
+
+    ExpireTimers();
+    if (!deferred_recvs_.empty()) {
+      std::vector<uint64_t> retry;
+      retry.swap(deferred_recvs_);
+      for (uint64_t ud : retry) {
+        UserData d = UserData::Unpack(ud);
+        if (d.kind == static_cast<uint8_t>(OpKind::kClient)) {
+          if (ClientConnection* c = clients_.Get(d.index, d.gen)) c->RetryRecv();
+        } else if (UpstreamConnection* u = upstreams_.Get(d.index, d.gen)) {
+          u->RetryRecv();
+        }
+      }
+    }
+  }
+  // Whatever is left after the drain deadline is cut; the process exits next.
+  for (Listener& l : listeners_) {
+    if (l.fd >= 0) {
+      close(l.fd);
+      l.fd = -1;
+    }
+  }
+}
+
+uint32_t Worker::NextWaitMs() const {
+  if (!deferred_recvs_.empty()) return 1;
+  uint64_t next = UINT64_MAX;
+  for (const DeadlineQueue& q : timers_) next = std::min(next, q.NextDeadline());
+  if (draining_) next = std::min(next, drain_deadline_ms_);
+  if (next == UINT64_MAX) return kMaxWaitMs;
+  if (next <= now_ms_) return 0;
+  return static_cast<uint32_t>(std::min<uint64_t>(next - now_ms_, kMaxWaitMs));
+}
+
+void Worker::ExpireTimers() {
+  for (uint8_t k = 0; k < kTimerKinds; ++k) {
+    while (DeadlineNode* n = timers_[k].PopExpired(now_ms_)) {
+      n->target->OnDeadline(k);
+    }
+  }
+}
+
+void Worker::HandleCompletion(io_uring_cqe* cqe) {
+  UserData d = UserData::Unpack(io_uring_cqe_get_data64(cqe));
+  switch (static_cast<OpKind>(d.kind)) {
+    case OpKind::kAccept: {
+      for (Listener& l : listeners_) {
+        if (l.index == d.index) OnAccept(l, cqe->res, cqe->flags);
+      }
+      return;
+    }
+    case OpKind::kWake:
+      // op 0 is the eventfd read; other ops are cancellations we ignore.
+      if (d.op == 0 && !stop_requested_.load(std::memory_order_acquire)) ArmWake();
+      return;
+    case OpKind::kClient: {
+      ClientConnection* c = clients_.Get(d.index, d.gen);
+      if (c == nullptr) return;
+      switch (static_cast<ConnOp>(d.op)) {
+        case ConnOp::kRecv: c->OnRecv(cqe->res, cqe->flags); break;
+        case ConnOp::kSend: c->OnSend(cqe->res); break;
+        default: break;
+      }
+      return;
+    }
+    case OpKind::kUpstream: {
+      UpstreamConnection* u = upstreams_.Get(d.index, d.gen);
+      if (u == nullptr) return;
+      switch (static_cast<ConnOp>(d.op)) {
+        case ConnOp::kRecv: u->OnRecv(cqe->res, cqe->flags); break;
+        case ConnOp::kSend: u->OnSend(cqe->res); break;
+        case ConnOp::kConnect: u->OnConnect(cqe->res); break;
+      }
+      return;
+    }
+  }
+}
+
+void Worker::OnAccept(Listener& l, int res, uint32_t flags) {
+  if (!(flags & IORING_CQE_F_MORE)) {
+    l.accept_armed = false;
+    if (!draining_ && l.fd >= 0) ArmAccept(l);
+  }
+  if (res < 0) {
+    if (res != -ECANCELED) {
+      fprintf(stderr, "ktlb: tcp: accept on %s failed: %s\n",
+              config().listeners[l.index].listen.text.c_str(), strerror(-res));
+    }
+    return;
+  }
+  if (draining_) {
+    close(res);
+    return;
+  }
+  sockaddr_storage peer{};
+  socklen_t plen = sizeof peer;
+  getpeername(res, reinterpret_cast<sockaddr*>(&peer), &plen);
+  ListenerMetrics& lm = metrics_->listeners[l.index];
+  lm.accepted.Inc();
+  lm.active.Inc();
+  ClientConnection* c = clients_.Acquire();
+  c->Start(this, l.index, res, peer, *l.tls);
+}
+
+void Worker::BeginDrain() {
+  draining_ = true;
+  drain_deadline_ms_ = now_ms_ + config().server.timeouts.drain_ms;
+  for (Listener& l : listeners_) {
+    if (l.accept_armed) {
+      io_uring_sqe* sqe = ring_.Sqe();
+      io_uring_prep_cancel64(sqe, UserData{static_cast<uint8_t>(OpKind::kAccept), 0, 0,
+                                           static_cast<uint32_t>(l.index)}.Pack(), 0);
+      io_uring_sqe_set_data64(sqe, UserData{static_cast<uint8_t>(OpKind::kWake), 1, 0, 0}.Pack());
+    }
+    // Closing our reuseport socket makes the kernel stop queueing new
+    // connections to it; pending ones in its backlog are reset.
+    if (l.fd >= 0) {
+      close(l.fd);
+      l.fd = -1;
+    }
+  }
+  clients_.ForEachSlot([](ClientConnection* c) { c->Drain(); });
+  for (auto& per_upstream : idle_) {
+    for (auto& per_server : per_upstream) {
+      std::vector<UpstreamConnection*> conns;
+      conns.swap(per_server);
+      for (UpstreamConnection* u : conns) u->CloseIdle();
+    }
+  }
+}
+
+void Worker::ReleaseClient(ClientConnection* c) { clients_.Release(c); }
+
+UpstreamConnection* Worker::AcquireUpstream() { return upstreams_.Acquire(); }
+
+void Worker::ReleaseUpstream(UpstreamConnection* u) { upstreams_.Release(u); }
+
+UpstreamConnection* Worker::TakeIdleUpstream(size_t upstream, size_t server) {
+  auto& list = idle_[upstream][server];
+  if (list.empty()) return nullptr;
+  UpstreamConnection* u = list.back();
+  list.pop_back();
+  return u;
+}
+
+bool Worker::ParkIdleUpstream(UpstreamConnection* u) {
+  if (draining_) return false;
+  auto& list = idle_[u->upstream()][u->server()];
+  if (list.size() >= config().upstreams[u->upstream()].max_idle_per_server) return false;
+  list.push_back(u);
+  return true;
+}
+
+void Worker::ForgetIdleUpstream(UpstreamConnection* u) {
+  auto& list = idle_[u->upstream()][u->server()];
+  for (size_t i = 0; i < list.size(); ++i) {
+    if (list[i] == u) {
+      list.erase(list.begin() + static_cast<long>(i));
+      return;
+    }
+  }
+}
+
+}  // namespace ktlb

@@ -1,0 +1,114 @@
+// A worker: one thread, one io_uring, its own listen sockets, connections,
+// upstream pools and timers. Nothing here is touched by another thread except
+// Wake() (an eventfd write) and the metrics it writes.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "ktlb/deadline_queue.h"
+#include "ktlb/metrics.h"
+#include "ktlb/ring.h"
+#include "ktlb/router.h"
+#include "ktlb/slot_pool.h"
+#include "ktlb/snapshot.h"
+#include "ktlb/tls.h"
+#include "client_connection.h"
+#include "upstream_connection.h"
+
+namespace ktlb {
+
+// Completion kinds (UserData::kind).
+enum class OpKind : uint8_t { kAccept = 1, kClient = 2, kUpstream = 3, kWake = 4 };
+// Per-connection operations (UserData::op).
+enum class ConnOp : uint8_t { kRecv = 1, kSend = 2, kConnect = 3 };
+
+// Timer kinds beyond the counted TimeoutKind values.
+inline constexpr uint8_t kTimerLinger = static_cast<uint8_t>(TimeoutKind::kCount);
+inline constexpr size_t kTimerKinds = kTimerLinger + 1;
+
+class Worker {
+ public:
+  Worker(size_t id, std::shared_ptr<const Snapshot> snapshot, WorkerMetrics* metrics);
+  ~Worker();
+
+  // Runs on the worker's own thread (io_uring SINGLE_ISSUER): creates the
+  // ring, buffers, listen sockets and TLS contexts.
+  absl::Status Init();
+  // The event loop; returns after Stop() once drained (or the drain deadline).
+  void Run();
+  // Thread-safe: asks the loop to drain and exit.
+  void Stop();
+
+  // --- used by the connection objects ---
+  Ring& ring() { return ring_; }
+  BufferRing& buffers() { return buffers_; }
+  const Snapshot& snapshot() const { return *snapshot_; }
+  const Config& config() const { return *snapshot_->config; }
+  WorkerMetrics& metrics() { return *metrics_; }
+  bool draining() const { return draining_; }
+  uint64_t now_ms() const { return now_ms_; }
+  size_t id() const { return id_; }
+
+  void ArmTimer(DeadlineNode* node, uint8_t kind, uint32_t duration_ms) {
+    timers_[kind].Arm(node, now_ms_ + duration_ms, kind);
+  }
+  void CountTimeout(TimeoutKind k) { metrics_->timeouts[static_cast<size_t>(k)].Inc(); }
+
+  // Retry the recv for `user_data` on the next loop turn (buffer ring was empty).
+  void DeferRecv(uint64_t user_data) { deferred_recvs_.push_back(user_data); }
+
+  // Connection pools.
+  void ReleaseClient(ClientConnection* c);
+  UpstreamConnection* AcquireUpstream();
+  void ReleaseUpstream(UpstreamConnection* u);
+  // An idle keep-alive connection to (upstream, server), or nullptr.
+  UpstreamConnection* TakeIdleUpstream(size_t upstream, size_t server);
+  // Parks a connection whose exchange ended cleanly; false if the pool is full.
+  bool ParkIdleUpstream(UpstreamConnection* u);
+  void ForgetIdleUpstream(UpstreamConnection* u);
+  RoundRobin& balancer(size_t upstream) { return balancers_[upstream]; }
+  UpstreamConnection* UpstreamAt(uint32_t index, uint16_t gen) { return upstreams_.Get(index, gen); }
+  ClientConnection* ClientAt(uint32_t index, uint16_t gen) { return clients_.Get(index, gen); }
+
+ private:
+  struct Listener {
+    size_t index = 0;  // into config().listeners
+    int fd = -1;
+    std::unique_ptr<tls::ServerTlsContext> tls;
+    bool accept_armed = false;
+  };
+
+  void ArmAccept(Listener& l);
+  void ArmWake();
+  void HandleCompletion(io_uring_cqe* cqe);
+  void OnAccept(Listener& l, int res, uint32_t flags);
+  void ExpireTimers();
+  void BeginDrain();
+  uint32_t NextWaitMs() const;
+
+  size_t id_;
+  std::shared_ptr<const Snapshot> snapshot_;
+  WorkerMetrics* metrics_;
+  Ring ring_;
+  BufferRing buffers_;
+  std::vector<Listener> listeners_;
+  SlotPool<ClientConnection> clients_;
+  SlotPool<UpstreamConnection> upstreams_;
+  // idle_[upstream][server]: parked keep-alive connections, most recent last.
+  std::vector<std::vector<std::vector<UpstreamConnection*>>> idle_;
+  std::vector<RoundRobin> balancers_;
+  DeadlineQueue timers_[kTimerKinds];
+  std::vector<uint64_t> deferred_recvs_;
+  int wake_fd_ = -1;
+  uint64_t wake_buf_ = 0;
+  std::atomic<bool> stop_requested_{false};
+  bool draining_ = false;
+  uint64_t drain_deadline_ms_ = 0;
+  uint64_t now_ms_ = 0;
+};
+
+}  // namespace ktlb

@@ -1,0 +1,235 @@
+// Loads the [[certificates]] of a config into memory: leaf, intermediates,
+// private key, and the DNS names SNI selection matches against. Runs at
+// startup and on reload, never on the connection path.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <memory>
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include <openssl/bio.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "ktlb/tls.h"
+
+namespace ktlb::tls {
+namespace {
+
+using UniqueGeneralNames =
+    std::unique_ptr<GENERAL_NAMES, OpenSslDeleter<GENERAL_NAMES, GENERAL_NAMES_free>>;
+
+struct OpenSslStringFree {
+  void operator()(unsigned char* p) const { OPENSSL_free(p); }
+};
+using UniqueOpenSslString = std::unique_ptr<unsigned char, OpenSslStringFree>;
+
+struct FdCloser {
+  int fd;
+  ~FdCloser() { ::close(fd); }
+};
+
+std::string Quoted(const CertificateConfig& c) { return absl::StrCat("certificate \"", c.name, "\""); }
+
+// Why OpenSSL failed, in words, then an empty queue: later unrelated calls on
+// this thread must not pick up our leftovers.
+std::string TakeOpenSslReason() {
+  unsigned long err = ERR_peek_last_error();
+  const char* reason = err != 0 ? ERR_reason_error_string(err) : nullptr;
+  std::string text = reason != nullptr ? reason : "unknown OpenSSL error";
+  ERR_clear_error();
+  return text;
+}
+
+// Reads the whole file ourselves (rather than BIO_new_file) so the error says
+// exactly which path failed and why, in errno terms operators know.
+absl::StatusOr<std::string> ReadWholeFile(const CertificateConfig& c, const std::string& path) {
+  auto io_error = [&](int err) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        Quoted(c), ": cannot read ", path, ": ", std::generic_category().message(err)));
+  };
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return io_error(errno);
+  FdCloser closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return io_error(errno);
+  if (S_ISDIR(st.st_mode)) return io_error(EISDIR);
+
+  std::string data;
+  char buf[16384];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return io_error(errno);
+    }
+    if (n == 0) break;
+    data.append(buf, static_cast<size_t>(n));
+  }
+  if (data.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(Quoted(c), ": ", path, " is empty"));
+  }
+  return data;
+}
+
+UniqueBio MemoryBio(const std::string& data) {
+  return UniqueBio(BIO_new_mem_buf(data.data(), static_cast<int>(data.size())));
+}
+
+// True when the last queued error is PEM's "no more PEM blocks", i.e. the
+// file simply ended; anything else means a damaged block.
+bool PemQueueEndedCleanly() {
+  unsigned long err = ERR_peek_last_error();
+  return ERR_GET_LIB(err) == ERR_LIB_PEM && ERR_GET_REASON(err) == PEM_R_NO_START_LINE;
+}
+
+absl::Status ReadCertificates(const CertificateConfig& c, LoadedCertificate& out) {
+  absl::StatusOr<std::string> pem = ReadWholeFile(c, c.cert_path);
+  if (!pem.ok()) return pem.status();
+  UniqueBio bio = MemoryBio(*pem);
+  if (bio == nullptr) return absl::ResourceExhaustedError("BIO_new_mem_buf failed");
+
+  ERR_clear_error();
+  // PEM_read_bio_X509 skips blocks of other types (a key in the same file),
+  // so a combined cert+key file still works.
+  while (X509* x = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) {
+    if (out.leaf == nullptr) {
+      out.leaf.reset(x);
+    } else {
+      out.chain.emplace_back(x);
+    }
+  }
+  if (!PemQueueEndedCleanly()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        Quoted(c), ": bad PEM certificate in ", c.cert_path, " (after ",
+        out.chain.size() + (out.leaf ? 1 : 0), " good ones): ", TakeOpenSslReason()));
+  }
+  ERR_clear_error();
+  if (out.leaf == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Quoted(c), ": no PEM certificate in ", c.cert_path));
+  }
+  return absl::OkStatus();
+}
+
+// Called by PEM when the key is encrypted. We never prompt (we are a daemon);
+// recording the request lets the error say "encrypted" instead of a vague
+// decoding failure.
+int RefusePassphrase(char* /*buf*/, int /*size*/, int /*rwflag*/, void* asked) {
+  *static_cast<bool*>(asked) = true;
+  return -1;
+}
+
+absl::Status ReadKey(const CertificateConfig& c, LoadedCertificate& out) {
+  absl::StatusOr<std::string> pem = ReadWholeFile(c, c.key_path);
+  if (!pem.ok()) return pem.status();
+  UniqueBio bio = MemoryBio(*pem);
+  if (bio == nullptr) return absl::ResourceExhaustedError("BIO_new_mem_buf failed");
+
+  ERR_clear_error();
+  bool asked_passphrase = false;
+  out.key.reset(PEM_read_bio_PrivateKey(bio.get(), nullptr, RefusePassphrase, &asked_passphrase));
+  if (out.key == nullptr) {
+    if (asked_passphrase) {
+      ERR_clear_error();
+      return absl::InvalidArgumentError(absl::StrCat(
+          Quoted(c), ": key ", c.key_path, " is encrypted; ktlb needs an unencrypted PEM key"));
+    }
+    // OpenSSL 3.0's decoder chain reports every failure as "unsupported",
+    // so tell the two real cases apart ourselves.
+    ERR_clear_error();
+    if (pem->find("PRIVATE KEY-----") != std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(Quoted(c), ": cannot decode the private key in ", c.key_path));
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat(Quoted(c), ": no PEM private key in ", c.key_path));
+  }
+  ERR_clear_error();
+  return absl::OkStatus();
+}
+
+// SAN dNSName entries, lowercased, in certificate order. Clients match SAN
+// only; the subject CN is used solely for certificates with no DNS SAN at
+// all (old self-signed ones), as RFC 6125 allows.
+std::vector<std::string> DnsNames(X509* leaf) {
+  std::vector<std::string> names;
+  UniqueGeneralNames sans(static_cast<GENERAL_NAMES*>(
+      X509_get_ext_d2i(leaf, NID_subject_alt_name, nullptr, nullptr)));
+  if (sans != nullptr) {
+    for (int i = 0; i < sk_GENERAL_NAME_num(sans.get()); ++i) {
+      const GENERAL_NAME* gn = sk_GENERAL_NAME_value(sans.get(), i);
+      if (gn->type != GEN_DNS) continue;
+      const ASN1_STRING* s = gn->d.dNSName;
+      std::string name(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
+                       static_cast<size_t>(ASN1_STRING_length(s)));
+      // An embedded NUL is the classic "good.test\0.evil.test" trick; such a
+      // name is never a real host, so it never enters the SNI table.
+      if (name.empty() || name.find('\0') != std::string::npos) continue;
+      names.push_back(absl::AsciiStrToLower(name));
+    }
+  }
+  if (!names.empty()) return names;
+
+  const X509_NAME* subject = X509_get_subject_name(leaf);
+  int pos = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+  if (pos < 0) return names;
+  const ASN1_STRING* cn = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, pos));
+  unsigned char* utf8 = nullptr;
+  int len = ASN1_STRING_to_UTF8(&utf8, cn);
+  UniqueOpenSslString owned(utf8);
+  if (len > 0) {
+    std::string name(reinterpret_cast<const char*>(utf8), static_cast<size_t>(len));
+    if (name.find('\0') == std::string::npos) names.push_back(absl::AsciiStrToLower(name));
+  }
+  return names;
+}
+
+absl::StatusOr<CertificatePtr> LoadOne(const CertificateConfig& c) {
+  auto cert = std::make_shared<LoadedCertificate>();
+  cert->name = c.name;
+  if (absl::Status s = ReadCertificates(c, *cert); !s.ok()) return s;
+  if (absl::Status s = ReadKey(c, *cert); !s.ok()) return s;
+
+  if (X509_check_private_key(cert->leaf.get(), cert->key.get()) != 1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(absl::StrCat(Quoted(c), ": key ", c.key_path,
+                                                   " does not match certificate ", c.cert_path));
+  }
+  // Only RSA and ECDSA certificates serve both TLS 1.2 and 1.3 clients.
+  if (!EVP_PKEY_is_a(cert->key.get(), "RSA") && !EVP_PKEY_is_a(cert->key.get(), "EC")) {
+    const char* type = EVP_PKEY_get0_type_name(cert->key.get());
+    return absl::InvalidArgumentError(
+        absl::StrCat(Quoted(c), ": key ", c.key_path, " is ", type != nullptr ? type : "unknown",
+                     "; use an RSA or ECDSA key"));
+  }
+  cert->dns_names = DnsNames(cert->leaf.get());
+  return CertificatePtr(std::move(cert));
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<CertificatePtr>> LoadCertificates(const Config& config) {
+  std::vector<CertificatePtr> certs;
+  certs.reserve(config.certificates.size());
+  for (const CertificateConfig& c : config.certificates) {
+    absl::StatusOr<CertificatePtr> cert = LoadOne(c);
+    if (!cert.ok()) return cert.status();
+    certs.push_back(*std::move(cert));
+  }
+  return certs;
+}
+
+}  // namespace ktlb::tls

@@ -1,0 +1,67 @@
+#include "ktlb/router.h"
+
+#include <strings.h>
+
+namespace ktlb {
+
+namespace {
+// Debian's abseil is built with its own string_view type, so these stay std-only.
+bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && strncasecmp(a.data(), b.data(), a.size()) == 0;
+}
+bool EndsWithIgnoreCase(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && EqualsIgnoreCase(s.substr(s.size() - suffix.size()), suffix);
+}
+}  // namespace
+
+bool SniPatternMatches(std::string_view pattern, std::string_view name) {
+  if (pattern.empty()) return true;
+  if (!name.empty() && name.back() == '.') name.remove_suffix(1);
+  if (pattern.starts_with("*.")) {
+    std::string_view suffix = pattern.substr(1);  // ".example.test"
+    if (name.size() <= suffix.size()) return false;
+    if (!EndsWithIgnoreCase(name, suffix)) return false;
+    std::string_view label = name.substr(0, name.size() - suffix.size());
+    return label.find('.') == std::string_view::npos;  // exactly one label
+  }
+  return EqualsIgnoreCase(pattern, name);
+}
+
+std::string_view HostWithoutPort(std::string_view host) {
+  if (!host.empty() && host.front() == '[') {  // [v6]:port
+    size_t end = host.find(']');
+    return end == std::string_view::npos ? host : host.substr(0, end + 1);
+  }
+  size_t colon = host.rfind(':');
+  if (colon != std::string_view::npos) host = host.substr(0, colon);
+  if (!host.empty() && host.back() == '.') host.remove_suffix(1);
+  return host;
+}
+
+Router::Router(const Config& config) : by_listener_(config.listeners.size()) {
+  for (const RouteConfig& rc : config.routes) {
+    for (size_t l = 0; l < config.listeners.size(); ++l) {
+      if (config.listeners[l].name != rc.listener) continue;
+      Route r{rc.sni, rc.host, rc.path_prefix, -1};
+      for (size_t u = 0; u < config.upstreams.size(); ++u) {
+        if (config.upstreams[u].name == rc.upstream) r.upstream = static_cast<int>(u);
+      }
+      by_listener_[l].push_back(std::move(r));
+    }
+  }
+}
+
+int Router::Match(size_t listener_index, std::string_view sni, std::string_view host,
+                  std::string_view path) const {
+  if (listener_index >= by_listener_.size()) return -1;
+  std::string_view bare_host = HostWithoutPort(host);
+  for (const Route& r : by_listener_[listener_index]) {
+    if (!r.sni.empty() && !SniPatternMatches(r.sni, sni)) continue;
+    if (!r.host.empty() && !EqualsIgnoreCase(r.host, bare_host)) continue;
+    if (!r.path_prefix.empty() && !path.starts_with(r.path_prefix)) continue;
+    return r.upstream;
+  }
+  return -1;
+}
+
+}  // namespace ktlb

@@ -1,0 +1,248 @@
+// ResponseParser: status, framing and reuse decisions.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <string_view>
+
+#include "ktlb/http1.h"
+
+namespace ktlb::http1 {
+namespace {
+
+struct Parsed {
+  ParseStatus status;
+  ResponseHead head;
+  std::string reason;  // error_reason() on kError
+};
+
+Parsed Parse(std::string_view text, bool request_was_head = false) {
+  ResponseParser p;
+  Parsed out;
+  out.status = p.ParseHead(text, request_was_head, &out.head);
+  out.reason = p.error_reason();
+  return out;
+}
+
+TEST(Http1ResponseParser, ContentLengthResponse) {
+  const std::string text = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nServer: o\r\n\r\nhello";
+  ResponseParser p;
+  ResponseHead head;
+  ASSERT_EQ(p.ParseHead(text, false, &head), ParseStatus::kDone);
+  EXPECT_EQ(head.status, 200);
+  EXPECT_EQ(head.reason, "OK");
+  EXPECT_EQ(head.version_minor, 1);
+  EXPECT_EQ(head.body, BodyKind::kContentLength);
+  EXPECT_EQ(head.content_length, 5u);
+  EXPECT_TRUE(head.keep_alive);
+  EXPECT_EQ(head.head_len, text.size() - 5);
+  ASSERT_EQ(head.headers.size(), 2u);
+  EXPECT_EQ(head.headers[1].value, "o");
+  size_t consumed = 0;
+  EXPECT_EQ(p.ParseBody(std::string_view(text).substr(head.head_len), &consumed),
+            ParseStatus::kDone);
+  EXPECT_EQ(consumed, 5u);
+}
+
+TEST(Http1ResponseParser, ResponseToHeadHasNoBody) {
+  Parsed r = Parse("HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", /*request_was_head=*/true);
+  ASSERT_EQ(r.status, ParseStatus::kDone);
+  EXPECT_EQ(r.head.body, BodyKind::kNone);
+  EXPECT_TRUE(r.head.keep_alive);
+  r = Parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", true);
+  EXPECT_EQ(r.head.body, BodyKind::kNone);
+}
+
+TEST(Http1ResponseParser, NoContentAndNotModifiedHaveNoBody) {
+  for (const char* text : {"HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n",
+                           "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+                           "HTTP/1.1 304 Not Modified\r\n\r\n"}) {
+    Parsed r = Parse(text);
+    ASSERT_EQ(r.status, ParseStatus::kDone) << text;
+    EXPECT_EQ(r.head.body, BodyKind::kNone) << text;
+    EXPECT_TRUE(r.head.keep_alive) << text;
+  }
+}
+
+TEST(Http1ResponseParser, InformationalThenFinal) {
+  const std::string text =
+      "HTTP/1.1 100 Continue\r\n\r\n"
+      "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+      "HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok";
+  ResponseParser p;
+  ResponseHead head;
+  std::string_view rest = text;
+  ASSERT_EQ(p.ParseHead(rest, false, &head), ParseStatus::kDone);
+  EXPECT_EQ(head.status, 100);
+  EXPECT_EQ(head.body, BodyKind::kNone);
+  rest.remove_prefix(head.head_len);
+  ASSERT_EQ(p.ParseHead(rest, false, &head), ParseStatus::kDone);
+  EXPECT_EQ(head.status, 103);
+  EXPECT_EQ(head.body, BodyKind::kNone);
+  rest.remove_prefix(head.head_len);
+  ASSERT_EQ(p.ParseHead(rest, false, &head), ParseStatus::kDone);
+  EXPECT_EQ(head.status, 201);
+  EXPECT_EQ(head.body, BodyKind::kContentLength);
+  rest.remove_prefix(head.head_len);
+  size_t consumed = 0;
+  EXPECT_EQ(p.ParseBody(rest, &consumed), ParseStatus::kDone);
+  EXPECT_EQ(consumed, 2u);
+}
+
+TEST(Http1ResponseParser, SwitchingProtocolsIsNotReusable) {
+  Parsed r = Parse("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\n\r\n");
+  ASSERT_EQ(r.status, ParseStatus::kDone);
+  EXPECT_EQ(r.head.body, BodyKind::kNone);
+  EXPECT_FALSE(r.head.keep_alive);
+}
+
+TEST(Http1ResponseParser, CloseDelimited) {
+  const std::string text = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nsome bytes";
+  ResponseParser p;
+  ResponseHead head;
+  ASSERT_EQ(p.ParseHead(text, false, &head), ParseStatus::kDone);
+  EXPECT_EQ(head.body, BodyKind::kUntilClose);
+  EXPECT_FALSE(head.keep_alive);
+  size_t consumed = 0;
+  EXPECT_EQ(p.ParseBody(std::string_view(text).substr(head.head_len), &consumed),
+            ParseStatus::kIncomplete);
+  EXPECT_EQ(consumed, 10u);
+}
+
+TEST(Http1ResponseParser, KeepAliveRules) {
+  struct Case {
+    const char* text;
+    bool keep_alive;
+  } cases[] = {
+      {"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", true},
+      {"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", false},
+      {"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false},
+      {"HTTP/1.0 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n", true},
+      {"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n", false},  // until close
+  };
+  for (const Case& c : cases) {
+    Parsed r = Parse(c.text);
+    ASSERT_EQ(r.status, ParseStatus::kDone) << c.text;
+    EXPECT_EQ(r.head.keep_alive, c.keep_alive) << c.text;
+  }
+}
+
+TEST(Http1ResponseParser, ChunkedWithTrailers) {
+  const std::string body = "3;x=y\r\nabc\r\n0\r\nServer-Timing: t;dur=1\r\n\r\n";
+  const std::string text = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body;
+  ResponseParser p;
+  ResponseHead head;
+  ASSERT_EQ(p.ParseHead(text, false, &head), ParseStatus::kDone);
+  EXPECT_EQ(head.body, BodyKind::kChunked);
+  EXPECT_TRUE(head.keep_alive);
+  for (size_t i = 0; i < body.size(); ++i) {
+    size_t consumed = 0;
+    const ParseStatus st = p.ParseBody(std::string_view(body).substr(i, 1), &consumed);
+    ASSERT_EQ(consumed, 1u) << i;
+    ASSERT_EQ(st, i + 1 == body.size() ? ParseStatus::kDone : ParseStatus::kIncomplete) << i;
+  }
+}
+
+TEST(Http1ResponseParser, BothContentLengthAndChunkedUsesChunkedAndCloses) {
+  const std::string text =
+      "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\nX: 1\r\n\r\n"
+      "2\r\nok\r\n0\r\n\r\nHTTP/1.1 200 OK";
+  ResponseParser p;
+  ResponseHead head;
+  ASSERT_EQ(p.ParseHead(text, false, &head), ParseStatus::kDone);
+  EXPECT_EQ(head.body, BodyKind::kChunked);
+  EXPECT_FALSE(head.keep_alive);
+  for (const Header& h : head.headers) EXPECT_FALSE(HeaderNameIs(h.name, "content-length"));
+  EXPECT_EQ(head.headers.size(), 2u);
+  size_t consumed = 0;
+  EXPECT_EQ(p.ParseBody(std::string_view(text).substr(head.head_len), &consumed),
+            ParseStatus::kDone);
+  EXPECT_EQ(consumed, 12u);
+}
+
+TEST(Http1ResponseParser, NonChunkedCodingIsCloseDelimited) {
+  Parsed r = Parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+  ASSERT_EQ(r.status, ParseStatus::kDone) << r.reason;
+  EXPECT_EQ(r.head.body, BodyKind::kUntilClose);
+  EXPECT_FALSE(r.head.keep_alive);
+  r = Parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+  ASSERT_EQ(r.status, ParseStatus::kDone) << r.reason;
+  EXPECT_EQ(r.head.body, BodyKind::kChunked);
+}
+
+TEST(Http1ResponseParser, IdenticalDuplicateContentLengthFolded) {
+  Parsed r = Parse("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n");
+  ASSERT_EQ(r.status, ParseStatus::kDone) << r.reason;
+  EXPECT_EQ(r.head.headers.size(), 1u);
+  EXPECT_EQ(r.head.content_length, 3u);
+}
+
+TEST(Http1ResponseParser, MissingReasonPhrase) {
+  for (const char* text : {"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n",
+                           "HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n"}) {
+    Parsed r = Parse(text);
+    ASSERT_EQ(r.status, ParseStatus::kDone) << text << r.reason;
+    EXPECT_EQ(r.head.status, 200);
+    EXPECT_EQ(r.head.reason, "");
+  }
+}
+
+TEST(Http1ResponseParser, Refused) {
+  for (const char* text : {
+           "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+           "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+           "HTTP/2.0 200 OK\r\n\r\n",
+           "HTTP/1.1 20 OK\r\n\r\n",
+           "HTTP/1.1 2000 OK\r\n\r\n",
+           "HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",
+           "HTTP/1.1 200 OK\r\nX : a\r\n\r\n",
+           "HTTP/1.1 200 OK\rX: a\r\n\r\n",
+           "HTTP/1.1 200 OK\nX: a\n\n",
+           "ICY 200 OK\r\n\r\n",
+       }) {
+    Parsed r = Parse(text);
+    EXPECT_EQ(r.status, ParseStatus::kError) << text;
+    EXPECT_NE(r.reason, "") << text;
+  }
+}
+
+TEST(Http1ResponseParser, BadChunkIsAnError) {
+  const std::string text = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXX";
+  ResponseParser p;
+  ResponseHead head;
+  ASSERT_EQ(p.ParseHead(text, false, &head), ParseStatus::kDone);
+  size_t consumed = 0;
+  EXPECT_EQ(p.ParseBody(std::string_view(text).substr(head.head_len), &consumed),
+            ParseStatus::kError);
+  EXPECT_STRNE(p.error_reason(), "");
+}
+
+TEST(Http1ResponseParser, HeadTooLarge) {
+  Limits l;
+  l.max_header_bytes = 128;
+  ResponseParser p(l);
+  ResponseHead head;
+  const std::string text = "HTTP/1.1 200 OK\r\nSet-Cookie: " + std::string(200, 'c');
+  EXPECT_EQ(p.ParseHead(text, false, &head), ParseStatus::kError);
+}
+
+TEST(Http1ResponseParser, ReusedForKeepAliveResponses) {
+  const std::string text =
+      "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nb\r\n0\r\n\r\n"
+      "HTTP/1.1 304 Not Modified\r\n\r\n";
+  ResponseParser p;
+  ResponseHead head;
+  std::string_view rest = text;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(p.ParseHead(rest, false, &head), ParseStatus::kDone) << i << p.error_reason();
+    rest.remove_prefix(head.head_len);
+    size_t consumed = 0;
+    ASSERT_EQ(p.ParseBody(rest, &consumed), ParseStatus::kDone) << i;
+    rest.remove_prefix(consumed);
+  }
+  EXPECT_TRUE(rest.empty());
+}
+
+}  // namespace
+}  // namespace ktlb::http1

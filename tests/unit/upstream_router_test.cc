@@ -1,0 +1,74 @@
+#include "ktlb/router.h"
+
+#include <gtest/gtest.h>
+
+namespace ktlb {
+namespace {
+
+TEST(SniPatternTest, ExactAndWildcard) {
+  EXPECT_TRUE(SniPatternMatches("", "anything"));
+  EXPECT_TRUE(SniPatternMatches("api.example.test", "API.example.test"));
+  EXPECT_TRUE(SniPatternMatches("api.example.test", "api.example.test."));
+  EXPECT_FALSE(SniPatternMatches("api.example.test", "www.example.test"));
+  EXPECT_TRUE(SniPatternMatches("*.example.test", "a.example.test"));
+  EXPECT_FALSE(SniPatternMatches("*.example.test", "example.test"));
+  EXPECT_FALSE(SniPatternMatches("*.example.test", "a.b.example.test"));
+  EXPECT_FALSE(SniPatternMatches("*.example.test", ".example.test"));
+  EXPECT_FALSE(SniPatternMatches("*.example.test", ""));
+}
+
+TEST(HostTest, StripsPort) {
+  EXPECT_EQ(HostWithoutPort("example.test:8443"), "example.test");
+  EXPECT_EQ(HostWithoutPort("example.test."), "example.test");
+  EXPECT_EQ(HostWithoutPort("[::1]:8443"), "[::1]");
+  EXPECT_EQ(HostWithoutPort("example.test"), "example.test");
+}
+
+Config TwoListeners() {
+  Config c;
+  c.listeners.resize(2);
+  c.listeners[0].name = "public";
+  c.listeners[1].name = "internal";
+  c.upstreams.resize(3);
+  c.upstreams[0].name = "api";
+  c.upstreams[1].name = "web";
+  c.upstreams[2].name = "other";
+  c.routes = {
+      {"public", "", "api.example.test", "/v1/", "api"},
+      {"public", "*.other.test", "", "", "other"},
+      {"public", "", "", "", "web"},
+      {"internal", "", "", "/admin/", "other"},
+  };
+  return c;
+}
+
+TEST(RouterTest, FirstMatchWinsInFileOrder) {
+  Config c = TwoListeners();
+  Router r(c);
+  EXPECT_EQ(r.Match(0, "api.example.test", "api.example.test", "/v1/users"), 0);
+  EXPECT_EQ(r.Match(0, "api.example.test", "API.example.test:8443", "/v1/users"), 0);
+  // upstream indices: api 0, web 1, other 2
+  EXPECT_EQ(r.Match(0, "api.example.test", "api.example.test", "/v2/users"), 1);
+  EXPECT_EQ(r.Match(0, "x.other.test", "api.example.test", "/v1/"), 0);
+  EXPECT_EQ(r.Match(0, "x.other.test", "x.other.test", "/"), 2);
+  EXPECT_EQ(r.Match(0, "", "whatever", "/"), 1);
+  EXPECT_EQ(r.Match(1, "", "whatever", "/admin/x"), 2);
+  EXPECT_EQ(r.Match(1, "", "whatever", "/"), -1);
+  EXPECT_EQ(r.Match(7, "", "", "/"), -1);
+}
+
+TEST(RoundRobinTest, CyclesAndAvoids) {
+  RoundRobin rr;
+  EXPECT_EQ(rr.Pick(3), 0u);
+  EXPECT_EQ(rr.Pick(3), 1u);
+  EXPECT_EQ(rr.Pick(3), 2u);
+  EXPECT_EQ(rr.Pick(3), 0u);
+  RoundRobin rr2;
+  EXPECT_EQ(rr2.Pick(2, 0), 1u);  // would pick 0, avoided
+  EXPECT_EQ(rr2.Pick(1, 0), 0u);  // only one server: no choice
+  RoundRobin offset(1);
+  EXPECT_EQ(offset.Pick(2), 1u);
+}
+
+}  // namespace
+}  // namespace ktlb
