@@ -171,7 +171,7 @@ def haproxy_proxy(d, origin_port, certs):
         f.write(f"""
 global
   nbthread 1
-  maxconn 20000
+  maxconn 4000
   tune.ssl.default-dh-param 2048
 defaults
   mode http

@@ -28,6 +28,7 @@ if [[ -e "$dir/ca.crt" ]]; then
   exit 0
 fi
 mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)  # absolute: the work below happens in a scratch dir
 work=$(mktemp -d "$dir/.gen-certs.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 cd "$work"

@@ -24,7 +24,7 @@ enum class RequestError {
   kBothContentLengthAndTransferEncoding,
   kDuplicateContentLength,  // differing values (identical duplicates are folded)
   kBadContentLength,
-  kBadTransferEncoding,   // TE present but chunked not last / unknown coding
+  kBadTransferEncoding,   // TE other than exactly "chunked" (or any TE in HTTP/1.0)
   kObsFold,               // header continuation line
   kBareCr,                // CR not followed by LF
   kBadChunk,              // invalid chunk size / framing in a chunked body
@@ -50,14 +50,16 @@ struct RequestHead {
   std::string_view method;
   std::string_view target;
   int version_minor = 1;  // HTTP/1.x
-  std::vector<Header> headers;
-  std::string_view host;  // Host header value ("" if absent)
+  std::vector<Header> headers;  // identical duplicate Content-Length folded into one
+  // Host header value ("" if absent; the authority of an absolute-form target
+  // when an HTTP/1.0 request has no Host). Only host characters: safe to echo.
+  std::string_view host;
   // kNone also for "Content-Length: 0": kNone always means no body bytes follow.
   BodyKind body = BodyKind::kNone;
   uint64_t content_length = 0;
   bool keep_alive = true;        // after version + Connection header
   bool expect_continue = false;  // Expect: 100-continue
-  bool upgrade = false;          // Connection: upgrade + Upgrade header
+  bool upgrade = false;          // Connection: upgrade + Upgrade header, 1.1, never h2c
   bool idempotent = false;       // GET HEAD OPTIONS TRACE PUT DELETE
   bool is_head = false;          // method == HEAD
   size_t head_len = 0;           // bytes of the head, including the final CRLF CRLF
@@ -169,6 +171,13 @@ struct ForwardingInfo {
 // Forwarded the client sent; then ktlb's own X-Forwarded-For, X-Forwarded-Proto,
 // X-Forwarded-Host (from Host), Forwarded (RFC 7239, IPv6 quoted and
 // bracketed), and "Connection: upgrade" + Upgrade when upgrading.
+// Details: Connection cannot nominate Host, Content-Length or
+// Transfer-Encoding (they stay); client forwarding headers are also matched
+// with '_' for '-' (X_Forwarded_For); "Proxy" and HTTP2-Settings are dropped
+// too; Expect is dropped for HTTP/1.0 clients (RFC 9110 10.1.1). A request
+// without a Host field (HTTP/1.0) gets "Host: " + head.host, else fwd.sni.
+// Forwarded's host= is quoted unless it is a token ("example.test:8443").
+// Allocation-free when *out already has the capacity.
 void BuildUpstreamRequestHead(const RequestHead& head, const ForwardingInfo& fwd,
                               std::string* out);
 
@@ -176,6 +185,10 @@ void BuildUpstreamRequestHead(const RequestHead& head, const ForwardingInfo& fwd
 // status line as HTTP/1.1 (or 1.0 for a 1.0 client), upstream headers minus
 // hop-by-hop ones, then "Connection: close" when `close_client` or
 // "Connection: keep-alive" for a keep-alive HTTP/1.0 client.
+// A 101 keeps its Upgrade field and gets "Connection: upgrade" (unless
+// close_client). Framing fields are forwarded as parsed: the body bytes
+// follow as-is, so a chunked body stays chunked even for a 1.0 client; the
+// caller closes such a client connection (and any kUntilClose one).
 void BuildClientResponseHead(const ResponseHead& head, int client_version_minor,
                              bool close_client, std::string* out);
 

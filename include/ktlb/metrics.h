@@ -43,6 +43,7 @@ struct ListenerMetrics {
   // kTLS
   Counter ktls_tx;
   Counter ktls_rx;
+  Counter ktls_keyupdates;
   std::array<Counter, kMaxReasons> ktls_fallbacks;
 };
 

@@ -15,6 +15,8 @@
 
 #include "absl/status/statusor.h"
 #include "ktlb/config.h"
+#include "ktlb/ktls.h"
+#include "ktlb/output_queue.h"
 #include "ktlb/openssl_ptr.h"
 
 namespace ktlb::tls {
@@ -95,12 +97,17 @@ class ServerTlsContext {
 
 // The BIO between OpenSSL and the io_uring connection: reads come from `in`
 // (the caller points it at received ciphertext and sees how much is left),
-// writes append to *out (the caller sends it). Reads on empty input ask to
-// retry unless `in_eof`. BIO_flush always succeeds.
+// writes append to *queue (or, for simple users and tests, to *out); the
+// caller sends them. Reads on empty input ask to retry unless `in_eof`.
+// BIO_flush always succeeds. With `ktls` set, OpenSSL's kTLS controls
+// (72-76) reach the hooks and control records land in *queue as records.
 struct BioIo {
-  std::string_view in{};  // {} so designated initializers may omit it (-Wextra)
+  std::string_view in{};
   bool in_eof = false;
   std::string* out = nullptr;
+  OutputQueue* queue = nullptr;
+  KtlsHooks* ktls = nullptr;
+  int ctrl_record_type = -1;  // set between controls 74 and 75
 };
 BIO* NewBufferBio(BioIo* io);  // io must outlive the BIO
 

@@ -112,6 +112,9 @@ std::string MetricsRegistry::Render() const {
                [](const ListenerMetrics& m) -> const Counter& { return m.ktls_tx; });
   per_listener("ktlb_ktls_rx_total", "counter", "Connections with kernel TLS receive offload.",
                [](const ListenerMetrics& m) -> const Counter& { return m.ktls_rx; });
+  per_listener("ktlb_ktls_keyupdates_total", "counter",
+               "TLS 1.3 KeyUpdates received on kTLS RX sockets (connection closed).",
+               [](const ListenerMetrics& m) -> const Counter& { return m.ktls_keyupdates; });
   reasons("ktlb_ktls_fallbacks_total", "Connections left in userspace TLS, by reason.",
           labels_.ktls_fallbacks,
           [](const ListenerMetrics& m) -> const auto& { return m.ktls_fallbacks; });

@@ -31,8 +31,7 @@ ParseStatus HeadScanner::Scan(std::string_view buf, uint32_t max_first_line, uin
     const size_t first_limit =
         seen_first_line_ ? avail : line_start_ + static_cast<size_t>(max_first_line) + 1;
     const size_t bound = std::min(avail, first_limit);
-    size_t i = pos_;
-    while (i < bound && !Is(p[i], kLineEnd)) ++i;
+    const size_t i = FindLineEnd(p, pos_, bound);
     pos_ = i;
     if (i == bound) {
       if (!seen_first_line_ && bound == first_limit) return fail(ScanError::kFirstLineTooLong);

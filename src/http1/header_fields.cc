@@ -72,9 +72,7 @@ bool SplitHeaderLine(std::string_view line, Header* out) {
   // RFC 9112 5.1: no whitespace between name and colon; a server MUST reject.
   if (i == 0 || i == line.size() || line[i] != ':') return false;
   std::string_view value = TrimOws(line.substr(i + 1));
-  for (char c : value) {
-    if (!Is(c, kFieldChar) && !IsOws(c)) return false;
-  }
+  if (!IsFieldValue(value)) return false;
   out->name = line.substr(0, i);
   out->value = value;
   return true;

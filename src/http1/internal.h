@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
+#include <utility>
 
 #include "ktlb/http1.h"
 
@@ -52,6 +53,54 @@ inline constexpr std::array<uint8_t, 256> kCharClasses = [] {
 
 inline bool Is(char c, CharClass cls) { return (kCharClasses[static_cast<uint8_t>(c)] & cls) != 0; }
 inline bool IsOws(char c) { return c == ' ' || c == '\t'; }
+
+// Eight bytes at a time (SWAR) for the two hot loops: finding line ends and
+// validating field values. Each test is exact as a yes/no over the word; on
+// "yes" the caller falls back to its byte loop for those bytes.
+namespace swar {
+inline constexpr uint64_t kOnes = 0x0101010101010101ULL;
+inline constexpr uint64_t kHighs = 0x8080808080808080ULL;
+inline uint64_t Load(const char* p) {
+  uint64_t w;
+  __builtin_memcpy(&w, p, sizeof(w));  // unaligned-safe
+  return w;
+}
+// Some byte of w is < n (n <= 128).
+inline bool HasLess(uint64_t w, uint8_t n) { return ((w - kOnes * n) & ~w & kHighs) != 0; }
+// Some byte of w equals b.
+inline bool Has(uint64_t w, uint8_t b) { return HasLess(w ^ (kOnes * b), 1); }
+}  // namespace swar
+
+// Index of the first CR or LF in [from, to), or `to`.
+inline size_t FindLineEnd(const char* p, size_t from, size_t to) {
+  size_t i = from;
+  while (i + 8 <= to) {
+    const uint64_t w = swar::Load(p + i);
+    if (swar::Has(w, '\r') || swar::Has(w, '\n')) break;
+    i += 8;
+  }
+  while (i < to && !Is(p[i], kLineEnd)) ++i;
+  return i;
+}
+
+// field-value bytes: VCHAR, obs-text, SP, HTAB (RFC 9110 5.5).
+inline bool IsFieldValue(std::string_view v) {
+  const char* p = v.data();
+  const size_t n = v.size();
+  size_t i = 0;
+  while (i < n) {
+    if (i + 8 <= n) {
+      const uint64_t w = swar::Load(p + i);
+      if (!swar::HasLess(w, 0x20) && !swar::Has(w, 0x7f)) {
+        i += 8;
+        continue;
+      }
+    }
+    const char c = p[i++];
+    if (!Is(c, kFieldChar) && !IsOws(c)) return false;
+  }
+  return true;
+}
 bool AllOf(std::string_view s, CharClass cls);
 std::string_view TrimOws(std::string_view s);
 // ASCII case-insensitive equality of two arbitrary strings.

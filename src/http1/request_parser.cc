@@ -153,6 +153,7 @@ Verdict RequestParser::Impl::BuildHead(std::string_view buf, RequestHead* head) 
   bool te_only_chunked = true;
   uint32_t host_count = 0;
   bool has_upgrade_header = false;
+  bool upgrade_to_h2c = false;
   bool expect_continue = false;
   ConnectionTokens conn;
   SkipList skips;
@@ -213,6 +214,10 @@ Verdict RequestParser::Impl::BuildHead(std::string_view buf, RequestHead* head) 
         break;
       case KnownHeader::kUpgrade:
         has_upgrade_header = true;
+        internal::ForEachListElement(h.value, [&](std::string_view protocol) {
+          if (EqualsNoCase(protocol.substr(0, protocol.find('/')), "h2c")) upgrade_to_h2c = true;
+          return true;
+        });
         break;
       case KnownHeader::kOther:
         break;
@@ -259,7 +264,10 @@ Verdict RequestParser::Impl::BuildHead(std::string_view buf, RequestHead* head) 
   head->keep_alive = minor == 1 ? !conn.close : (conn.keep_alive && !conn.close);
   // 1.0 clients cannot take a 100 (RFC 9110 10.1.1) or an upgrade (RFC 9110 7.8).
   head->expect_continue = minor == 1 && expect_continue;
-  head->upgrade = minor == 1 && conn.upgrade && has_upgrade_header;
+  // Never h2c: after a 101 ktlb would tunnel a whole HTTP/2 connection whose
+  // requests bypass routing ("h2c smuggling"). The Upgrade field is then
+  // dropped as hop-by-hop and the request is served as plain HTTP/1.1.
+  head->upgrade = minor == 1 && conn.upgrade && has_upgrade_header && !upgrade_to_h2c;
   head->idempotent = IsIdempotent(head->method);
   head->is_head = head->method == "HEAD";
   head->content_length = cl;

@@ -50,11 +50,7 @@ const char* ParseStatusLine(std::string_view line, ResponseHead* head) {
   if (line.size() > 12) {
     if (line[12] != ' ') return "malformed status line";
     head->reason = line.substr(13);
-    for (char c : head->reason) {
-      if (!internal::Is(c, internal::kFieldChar) && !internal::IsOws(c)) {
-        return "invalid reason phrase";
-      }
-    }
+    if (!internal::IsFieldValue(head->reason)) return "invalid reason phrase";
   }
   return nullptr;
 }

@@ -33,7 +33,7 @@ void AppendUint(std::string* out, uint64_t v) {
 // is the httpoxy vector: CGI turns it into HTTP_PROXY. HTTP2-Settings belongs
 // to an h2c upgrade on this hop only.
 bool IsHopByHop(std::string_view name) {
-  if (name.size() > 6 && HeaderNameIs(name.substr(0, 6), "proxy-")) return true;
+  if (name.size() >= 6 && HeaderNameIs(name.substr(0, 6), "proxy-")) return true;
   switch (name.size()) {
     case 2:
       return HeaderNameIs(name, "te");

@@ -16,13 +16,6 @@
 namespace ktlb {
 
 namespace {
-// Stop decrypting more client bytes while this much is queued either way; it
-// bounds a connection's memory however large the bodies are.
-constexpr size_t kMaxUpstreamBacklog = 256 * 1024;
-constexpr size_t kMaxClientBacklog = 512 * 1024;
-constexpr uint32_t kLingerMs = 2000;
-constexpr size_t kPlainChunk = 16 * 1024;
-
 int StatusClass(int status) { return status >= 100 && status < 600 ? status / 100 : 5; }
 }  // namespace
 
@@ -40,13 +33,24 @@ void ClientConnection::Start(Worker* w, size_t listener_index, int fd, const soc
   peer_port_ = AddressPort(peer);
   timer_.target = this;
   bio_ = tls::BioIo{};
-  bio_.out = &tls_out_;
+  bio_.queue = &out_;
   ssl_ = tls.NewSsl(tls::NewBufferBio(&bio_));
   cipher_stash_.clear();
-  tls_out_.clear();
-  sending_.clear();
-  sending_off_ = 0;
-  recv_inflight_ = send_inflight_ = peer_eof_ = false;
+  out_.Clear();
+  recv_inflight_ = send_inflight_ = peer_eof_ = flush_scheduled_ = false;
+  const ListenerConfig& lc = w->config().listeners[listener_index];
+  ktls_allowed_ = lc.ktls != KtlsMode::kOff && w->kernel_ktls();
+  tx_taken_ = tx_active_ = rx_active_ = ulp_attached_ = rx12_offered_ = require_failed_ = false;
+  rx_sync_ = RxSync::kNone;
+  rx_records_ = 0;
+  client_secret_len_ = 0;
+  exact_need_ = 0;
+  if (ktls_allowed_) {
+    bio_.ktls = this;
+    SSL_set_app_data(ssl_.get(), static_cast<tls::KtlsHooks*>(this));
+  } else if (lc.ktls != KtlsMode::kOff) {
+    FallBack(tls::KtlsFallback::kNoModule);
+  }
   inflight_ = 0;
   plain_.clear();
   plain_off_ = 0;
@@ -79,169 +83,6 @@ bool ClientConnection::ReadingAllowed() const {
   }
 }
 
-void ClientConnection::ArmRecv() {
-  if (recv_inflight_ || peer_eof_ || fd_ < 0) return;
-  if (!ReadingAllowed()) return;
-  io_uring_sqe* sqe = w_->ring().Sqe();
-  io_uring_prep_recv(sqe, fd_, nullptr, w_->buffers().buf_size(), 0);
-  sqe->flags |= IOSQE_BUFFER_SELECT;
-  sqe->buf_group = w_->buffers().group_id();
-  io_uring_sqe_set_data64(sqe, Tag(static_cast<uint8_t>(ConnOp::kRecv)));
-  recv_inflight_ = true;
-  ++inflight_;
-}
-
-void ClientConnection::FlushSend() {
-  if (send_inflight_ || fd_ < 0) return;
-  if (sending_off_ >= sending_.size()) {
-    sending_.clear();
-    sending_off_ = 0;
-    if (tls_out_.empty()) return;
-    sending_.swap(tls_out_);
-  }
-  io_uring_sqe* sqe = w_->ring().Sqe();
-  io_uring_prep_send(sqe, fd_, sending_.data() + sending_off_, sending_.size() - sending_off_,
-                     MSG_NOSIGNAL);
-  io_uring_sqe_set_data64(sqe, Tag(static_cast<uint8_t>(ConnOp::kSend)));
-  send_inflight_ = true;
-  ++inflight_;
-}
-
-void ClientConnection::OnSend(int res) {
-  send_inflight_ = false;
-  --inflight_;
-  if (state_ == State::kClosed) return MaybeRelease();
-  if (res < 0) {
-    if (res == -EAGAIN || res == -EINTR) return FlushSend();
-    w_->metrics().listeners[listener_].client_resets.Inc();
-    return CloseNow();
-  }
-  sending_off_ += static_cast<size_t>(res);
-  FlushSend();
-  if (state_ == State::kClosing && !send_inflight_) {
-    // Everything is out: half-close and wait briefly for the client's FIN so
-    // unread request bytes do not turn our last response into a reset.
-    state_ = State::kLingering;
-    shutdown(fd_, SHUT_WR);
-    w_->ArmTimer(&timer_, kTimerLinger, kLingerMs);
-    ArmRecv();
-    return;
-  }
-  if (state_ == State::kProxying && up_ != nullptr && ClientBacklog() < kMaxClientBacklog) {
-    up_->OnClientWritable();
-  }
-}
-
-void ClientConnection::OnRecv(int res, uint32_t flags) {
-  recv_inflight_ = false;
-  --inflight_;
-  if (state_ == State::kClosed) {
-    if (flags & IORING_CQE_F_BUFFER) w_->buffers().Recycle(static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT));
-    return MaybeRelease();
-  }
-  if (res == -ENOBUFS) {
-    w_->DeferRecv(Tag(static_cast<uint8_t>(ConnOp::kRecv)));
-    return;
-  }
-  if (res <= 0) {
-    peer_eof_ = true;
-    if (state_ == State::kLingering) return CloseNow();
-    if (state_ == State::kHandshake) {
-      w_->metrics().listeners[listener_].handshake_failures[static_cast<size_t>(
-          tls::HandshakeFailure::kClientReset)].Inc();
-      return CloseNow();
-    }
-    if (state_ == State::kProxying || (state_ == State::kReadingHead && plain_.size() > plain_off_)) {
-      w_->metrics().listeners[listener_].client_resets.Inc();
-    }
-    if (state_ == State::kProxying && up_ != nullptr) {
-      up_->Abandon();
-      up_ = nullptr;
-    }
-    return CloseNow();
-  }
-  uint16_t bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
-  std::string_view data = w_->buffers().Data(bid, static_cast<uint32_t>(res));
-  if (state_ == State::kLingering) {
-    w_->buffers().Recycle(bid);
-    return ArmRecv();
-  }
-  if (state_ == State::kHandshake && cipher_stash_.empty() && SSL_in_before(ssl_.get()) &&
-      static_cast<uint8_t>(data[0]) != 0x16) {
-    // Not a TLS handshake record: most likely plain HTTP sent to the TLS port.
-    w_->buffers().Recycle(bid);
-    w_->metrics().listeners[listener_].handshake_failures[static_cast<size_t>(
-        tls::HandshakeFailure::kPlainHttp)].Inc();
-    DeadlineQueue::Cancel(&timer_);
-    tls_out_.clear();
-    http1::BuildErrorResponse(400, true, &tls_out_);
-    BeginClose();
-    return;
-  }
-  if (cipher_stash_.empty()) {
-    bio_.in = data;
-  } else {
-    cipher_stash_.append(data);
-    bio_.in = cipher_stash_;
-  }
-  DriveTls();
-  // OpenSSL takes every byte it is offered into its own record buffer; what is
-  // left only survives a early exit (an error), so keep it off the ring buffer.
-  if (!bio_.in.empty() && state_ != State::kClosed) {
-    std::string rest(bio_.in);
-    cipher_stash_.swap(rest);
-  } else {
-    cipher_stash_.clear();
-  }
-  bio_.in = {};
-  w_->buffers().Recycle(bid);
-  FlushSend();
-  ArmRecv();
-}
-
-void ClientConnection::DriveTls() {
-  if (state_ == State::kHandshake) {
-    int r = SSL_do_handshake(ssl_.get());
-    if (r != 1) {
-      int err = SSL_get_error(ssl_.get(), r);
-      if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return;
-      return FailHandshake(err);
-    }
-    OnHandshakeDone();
-  }
-  // Decrypt everything available into the plaintext buffer.
-  for (;;) {
-    if (state_ == State::kClosed || state_ == State::kClosing || state_ == State::kLingering) return;
-    if (plain_off_ > 0 && plain_off_ == plain_.size()) {
-      plain_.clear();
-      plain_off_ = 0;
-    }
-    size_t old = plain_.size();
-    plain_.resize(old + kPlainChunk);
-    int n = SSL_read(ssl_.get(), plain_.data() + old, static_cast<int>(kPlainChunk));
-    if (n > 0) {
-      plain_.resize(old + static_cast<size_t>(n));
-      continue;
-    }
-    plain_.resize(old);
-    int err = SSL_get_error(ssl_.get(), n);
-    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) break;
-    if (err == SSL_ERROR_ZERO_RETURN) {
-      peer_eof_ = true;  // close_notify: finish what is buffered, then close
-      break;
-    }
-    ERR_clear_error();
-    w_->metrics().listeners[listener_].client_resets.Inc();
-    if (up_ != nullptr) {
-      up_->Abandon();
-      up_ = nullptr;
-    }
-    return CloseNow();
-  }
-  ProcessPlain();
-  if (peer_eof_ && state_ == State::kReadingHead) BeginClose();
-}
-
 void ClientConnection::OnHandshakeDone() {
   ListenerMetrics& lm = w_->metrics().listeners[listener_];
   if (SSL_session_reused(ssl_.get())) {
@@ -252,6 +93,7 @@ void ClientConnection::OnHandshakeDone() {
   state_ = State::kReadingHead;
   w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kKeepalive),
                w_->config().server.timeouts.request_header_ms);
+  if (ktls_allowed_) StartRxOffload();
 }
 
 void ClientConnection::FailHandshake(int ssl_error) {
@@ -320,6 +162,7 @@ void ClientConnection::StartExchange() {
   std::string_view path = target.substr(0, target.find('?'));
   int upstream = w_->snapshot().router.Match(listener_, tls::ServerName(ssl_.get()), head_.host, path);
   request_idempotent_ = head_.idempotent;
+  request_version_minor_ = head_.version_minor;
   request_has_body_ = head_.body != http1::BodyKind::kNone;
   keep_alive_ = head_.keep_alive && !w_->draining();
   resp_head_seen_ = resp_done_ = false;
@@ -416,7 +259,22 @@ void ClientConnection::SendToClient(std::string_view plain) {
     }
     plain.remove_prefix(static_cast<size_t>(n));
   }
+  // Sent at the end of the loop turn: a response's head, body and a
+  // close_notify then leave in one send.
+  if (!flush_scheduled_) {
+    flush_scheduled_ = true;
+    w_->ScheduleFlush(Tag(static_cast<uint8_t>(ConnOp::kSend)));
+  }
+}
+
+void ClientConnection::OnScheduledFlush() {
+  flush_scheduled_ = false;
+  if (state_ == State::kClosed) return;
   FlushSend();
+}
+
+bool ClientConnection::closing_after_response() const {
+  return !keep_alive_ || w_->draining() || peer_eof_;
 }
 
 void ClientConnection::OnResponseHead(int status, bool close_after) {
@@ -538,12 +396,18 @@ void ClientConnection::BeginClose() {
   ERR_clear_error();
   state_ = State::kClosing;
   FlushSend();
-  if (!send_inflight_) {
-    state_ = State::kLingering;
-    shutdown(fd_, SHUT_WR);
-    w_->ArmTimer(&timer_, kTimerLinger, kLingerMs);
-    ArmRecv();
-  }
+  if (!send_inflight_ && out_.empty()) EnterLinger();
+}
+
+void ClientConnection::EnterLinger() {
+  // The client already closed its side: nothing left to wait for.
+  if (peer_eof_) return CloseNow();
+  // Everything is out: half-close and wait briefly for the client's FIN so
+  // unread request bytes do not turn our last response into a reset.
+  state_ = State::kLingering;
+  shutdown(fd_, SHUT_WR);
+  w_->ArmTimer(&timer_, kTimerLinger, kLingerMs);
+  ArmRecv();
 }
 
 void ClientConnection::CloseNow() {
@@ -578,13 +442,7 @@ void ClientConnection::ShrinkIdleBuffers() {
   // body grew.
   constexpr size_t kKeep = 4096;
   if (plain_.capacity() > kKeep && plain_.empty()) std::string().swap(plain_);
-  if (tls_out_.capacity() > kKeep && tls_out_.empty()) std::string().swap(tls_out_);
-  if (!send_inflight_ && sending_.capacity() > kKeep) {
-    if (sending_off_ >= sending_.size()) {
-      std::string().swap(sending_);
-      sending_off_ = 0;
-    }
-  }
+  if (!send_inflight_ && out_.empty()) out_.Shrink();
   if (cipher_stash_.capacity() > kKeep && cipher_stash_.empty()) std::string().swap(cipher_stash_);
 }
 

@@ -4,14 +4,18 @@
 #pragma once
 
 #include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 
 #include "ktlb/deadline_queue.h"
 #include "ktlb/http1.h"
+#include "ktlb/ktls.h"
 #include "ktlb/openssl_ptr.h"
+#include "ktlb/output_queue.h"
 #include "ktlb/tls.h"
 
 namespace ktlb {
@@ -19,7 +23,7 @@ namespace ktlb {
 class Worker;
 class UpstreamConnection;
 
-class ClientConnection : public DeadlineTarget {
+class ClientConnection : public DeadlineTarget, public tls::KtlsHooks {
  public:
   uint32_t slot_index = 0;
   uint16_t generation = 0;
@@ -29,6 +33,9 @@ class ClientConnection : public DeadlineTarget {
 
   void OnRecv(int res, uint32_t flags);
   void OnSend(int res);
+  // Completions of the kTLS side paths (control records, RX resync reads).
+  void OnRecvMsg(int res);
+  void OnRecvExact(int res);
   void OnDeadline(uint8_t kind) override;
   // Arms the recv again after the buffer ring ran dry.
   void RetryRecv() { ArmRecv(); }
@@ -38,6 +45,8 @@ class ClientConnection : public DeadlineTarget {
   // --- called by the UpstreamConnection serving the current request ---
   // Response bytes (head already rewritten, or body) to encrypt and send.
   void SendToClient(std::string_view plain);
+  // The worker's end-of-turn flush for SendToClient.
+  void OnScheduledFlush();
   // The response is complete; `upstream_reusable` says nothing is left unread.
   void OnResponseComplete(int status);
   // The response head arrived (used for the status metric and keep-alive).
@@ -47,14 +56,33 @@ class ClientConnection : public DeadlineTarget {
   // The upstream failed mid-response: the client connection cannot be saved.
   void OnUpstreamAborted();
   // Bytes queued towards the client, for upstream backpressure.
-  size_t ClientBacklog() const { return tls_out_.size() + (sending_.size() - sending_off_); }
+  size_t ClientBacklog() const { return out_.bytes(); }
   // The upstream drained its send queue: more request body may be read.
   void OnUpstreamWritable();
   const std::string& upstream_request_head() const { return up_head_; }
   bool request_body_pending() const { return !req_body_done_; }
 
+  // tls::KtlsHooks (called from inside OpenSSL through the BIO).
+  bool OfferTx(const tls::KtlsCryptoInfo& info) override;
+  bool OfferRx(const tls::KtlsCryptoInfo& info) override;
+  bool TxTaken() const override { return tx_taken_; }
+  bool RxTaken() const override { return false; }  // RX is always installed by us
+  void OnClientTrafficSecret(const unsigned char* secret, size_t len) override;
+  int request_version_minor() const { return request_version_minor_; }
+  // True when this response is the connection's last (say "Connection: close").
+  bool closing_after_response() const;
+
  private:
+  // Stop decrypting more client bytes while this much is queued either way;
+  // it bounds a connection's memory however large the bodies are.
+  static constexpr size_t kMaxUpstreamBacklog = 256 * 1024;
+  static constexpr size_t kMaxClientBacklog = 512 * 1024;
+  static constexpr uint32_t kLingerMs = 2000;
+  static constexpr size_t kPlainChunk = 16 * 1024;  // slack over the head limit
+
   enum class State { kHandshake, kReadingHead, kProxying, kClosing, kLingering, kClosed };
+  // Where the RX offload stands after the handshake.
+  enum class RxSync { kNone, kPending, kDone };
 
   uint64_t Tag(uint8_t op) const;
   void ArmRecv();
@@ -70,11 +98,22 @@ class ClientConnection : public DeadlineTarget {
   void RespondError(int status, bool close);
   void RefuseRequest(http1::RequestError e);
   void BeginClose();  // flush what is queued, then close
+  void EnterLinger();
   void CloseNow();
   void MaybeRelease();
   void ShrinkIdleBuffers();
   void DetachUpstream(bool reusable);
   void ForwardRequestBody();
+  // kTLS (client_ktls.cc).
+  void FallBack(tls::KtlsFallback why);
+  bool InstallTxNow();
+  void StartRxOffload();
+  void FinishRxOffload();
+  void ArmRecvMsg();
+  void ArmRecvExact(size_t n);
+  void HandleControlRecord(int type, std::string_view payload);
+  void HandlePlainFromKernel(std::string_view data);
+  void RefuseWithoutOffload();
 
   Worker* w_ = nullptr;
   size_t listener_ = 0;
@@ -86,13 +125,37 @@ class ClientConnection : public DeadlineTarget {
   UniqueSsl ssl_;
   tls::BioIo bio_;
   std::string cipher_stash_;  // received ciphertext OpenSSL has not taken yet
-  std::string tls_out_;       // ciphertext waiting to be sent
-  std::string sending_;       // ciphertext of the send in flight
-  size_t sending_off_ = 0;
+  OutputQueue out_;           // bytes (and kTLS events) waiting to be sent
   bool recv_inflight_ = false;
   bool send_inflight_ = false;
   bool peer_eof_ = false;
+  bool flush_scheduled_ = false;
   int inflight_ = 0;
+
+  // kTLS state.
+  bool ktls_allowed_ = false;  // listener allows it and the kernel has it
+  bool tx_taken_ = false;      // OpenSSL handed TX to us; install pending or done
+  bool tx_active_ = false;     // TLS_TX is on the socket
+  bool rx_active_ = false;     // TLS_RX is on the socket
+  bool ulp_attached_ = false;
+  bool rx12_offered_ = false;
+  bool require_failed_ = false;  // ktls = "require" and offload failed
+  RxSync rx_sync_ = RxSync::kNone;
+  uint64_t rx_records_ = 0;  // post-handshake records OpenSSL decrypted
+  tls::KtlsCryptoInfo tx_info_;
+  tls::KtlsCryptoInfo rx12_info_;
+  unsigned char client_secret_[64] = {};
+  size_t client_secret_len_ = 0;
+  // sendmsg / recvmsg state for control records; allocated on first use.
+  struct ControlIo {
+    msghdr msg{};
+    iovec iov{};
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))] = {};
+    char data[512];
+  };
+  std::unique_ptr<ControlIo> send_ctl_;
+  std::unique_ptr<ControlIo> recv_ctl_;
+  size_t exact_need_ = 0;  // RX resync: bytes still to read into cipher_stash_
 
   State state_ = State::kClosed;
   DeadlineNode timer_;
@@ -116,6 +179,7 @@ class ClientConnection : public DeadlineTarget {
   bool request_idempotent_ = false;
   bool request_has_body_ = false;
   int resp_status_ = 0;
+  int request_version_minor_ = 1;
 };
 
 }  // namespace ktlb

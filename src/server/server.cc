@@ -5,9 +5,14 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "absl/strings/str_cat.h"
 #include <future>
 
 #include "ktlb/http1.h"
+#include "ktlb/ktls.h"
 #include "ktlb/tls.h"
 #include "worker.h"
 
@@ -25,6 +30,9 @@ MetricsLabels BuildMetricsLabels(const Config& config) {
   for (int e = 1; e <= static_cast<int>(http1::RequestError::kBadHeader); ++e) {
     labels.parse_errors.push_back(http1::RequestErrorLabel(static_cast<http1::RequestError>(e)));
   }
+  for (int f = 0; f < static_cast<int>(tls::KtlsFallback::kCount); ++f) {
+    labels.ktls_fallbacks.push_back(tls::KtlsFallbackLabel(static_cast<tls::KtlsFallback>(f)));
+  }
   return labels;
 }
 
@@ -39,8 +47,33 @@ absl::Status Server::Start() {
   if (n == 0) n = cpus > 0 ? static_cast<size_t>(cpus) : 1;
   metrics_ = std::make_unique<MetricsRegistry>(BuildMetricsLabels(cfg), n);
 
+  // kTLS needs the kernel's "tls" ULP and OpenSSL 3.0's key hand-off; probe
+  // once so every connection does not pay for a failing setsockopt.
+  bool wants_ktls = false, requires_ktls = false;
+  for (const auto& l : cfg.listeners) {
+    wants_ktls |= l.ktls != KtlsMode::kOff;
+    requires_ktls |= l.ktls == KtlsMode::kRequire;
+  }
+  bool kernel_ktls = false;
+  if (wants_ktls) {
+    int rc = tls::ProbeKernelKtls();
+    bool handoff = tls::OpenSslSupportsKtlsHandoff();
+    kernel_ktls = rc == 0 && handoff;
+    if (kernel_ktls) {
+      fprintf(stderr, "ktlb: kTLS available: record crypto goes to the kernel\n");
+    } else {
+      std::string why = rc != 0 ? absl::StrCat("the kernel has no \"tls\" ULP (", strerror(rc), ")")
+                                : std::string("this OpenSSL is not 3.0.x");
+      if (requires_ktls) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("ktls = \"require\" but ", why, "; load the tls module or set ktls = \"auto\""));
+      }
+      fprintf(stderr, "ktlb: kTLS unavailable (%s): using userspace TLS\n", why.c_str());
+    }
+  }
+
   for (size_t i = 0; i < n; ++i) {
-    workers_.push_back(std::make_unique<Worker>(i, snapshot_, &metrics_->worker(i)));
+    workers_.push_back(std::make_unique<Worker>(i, snapshot_, &metrics_->worker(i), kernel_ktls));
   }
   // Each worker initialises on its own thread (its ring is single-issuer) and
   // reports back before the server declares itself started.

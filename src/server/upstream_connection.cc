@@ -15,6 +15,8 @@ namespace ktlb {
 
 namespace {
 constexpr size_t kMaxClientBacklog = 512 * 1024;
+// A response head and a body piece up to this size go out as one TLS record.
+constexpr size_t kCoalesceMax = 16 * 1024;
 }
 
 uint64_t UpstreamConnection::Tag(uint8_t op) const {
@@ -61,6 +63,7 @@ void UpstreamConnection::Begin(ClientConnection* client, std::string_view reques
   request_is_head_ = request_is_head;
   got_bytes_ = head_done_ = resp_done_ = reusable_ = false;
   head_buf_.clear();
+  scratch_.clear();
   if (!parser_) parser_.emplace();
   out_.append(request_head);
   if (state_ == State::kIdle) {
@@ -209,22 +212,26 @@ void UpstreamConnection::HandleBytes(std::string_view data) {
       // The rest of this read, past the head, is body (or the next head).
       size_t consumed_from_data =
           head_buf_.empty() ? head_.head_len : head_.head_len - (head_buf_.size() - data.size());
+      // A close-delimited body forces the client connection to end with it;
+      // otherwise the client side decides (its Connection header, draining).
       bool close_client = head_.body == http1::BodyKind::kUntilClose;
       client_->OnResponseHead(head_.status, close_client);
-      scratch_.clear();
-      // Keep-alive decisions on the client side are the client's; the head
-      // says close only when this response's framing forces it.
-      http1::BuildClientResponseHead(head_, 1, close_client, &scratch_);
-      client_->SendToClient(scratch_);
-      if (client_ == nullptr || state_ != State::kActive) return;
+      // The head waits in scratch_ so a small body joins it in one TLS record.
+      http1::BuildClientResponseHead(head_, client_->request_version_minor(),
+                                     client_->closing_after_response(), &scratch_);
       data.remove_prefix(consumed_from_data);
       head_buf_.clear();
-      if (head_.status < 200) continue;  // 1xx: the final head follows
+      if (head_.status < 200) {  // 1xx: the final head follows
+        EmitToClient();
+        if (client_ == nullptr || state_ != State::kActive) return;
+        continue;
+      }
       head_done_ = true;
       reusable_ = head_.keep_alive;
       if (head_.body == http1::BodyKind::kNone) {
         resp_done_ = true;
         if (!data.empty()) reusable_ = false;  // bytes after a complete response
+        EmitToClient();
         return Finish();
       }
       continue;
@@ -240,15 +247,32 @@ void UpstreamConnection::HandleBytes(std::string_view data) {
       c->OnUpstreamAborted();
       return;
     }
-    if (consumed > 0) client_->SendToClient(data.substr(0, consumed));
+    if (consumed > 0) {
+      std::string_view piece = data.substr(0, consumed);
+      if (!scratch_.empty() && scratch_.size() + piece.size() <= kCoalesceMax) {
+        scratch_.append(piece);
+      } else {
+        EmitToClient();
+        if (client_ == nullptr || state_ != State::kActive) return;
+        client_->SendToClient(piece);
+      }
+    }
     if (client_ == nullptr || state_ != State::kActive) return;
     data.remove_prefix(consumed);
     if (st == http1::ParseStatus::kDone) {
       resp_done_ = true;
       if (!data.empty()) reusable_ = false;
+      EmitToClient();
       return Finish();
     }
   }
+  EmitToClient();
+}
+
+void UpstreamConnection::EmitToClient() {
+  if (scratch_.empty()) return;
+  if (client_ != nullptr) client_->SendToClient(scratch_);
+  scratch_.clear();
 }
 
 void UpstreamConnection::Finish() {

@@ -53,6 +53,7 @@ class UpstreamConnection : public DeadlineTarget {
   void ArmRecv();
   void FlushSend();
   void HandleBytes(std::string_view data);
+  void EmitToClient();  // sends what scratch_ holds
   void Fail(bool timed_out);
   void CloseNow();
   void MaybeRelease();

@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -22,10 +23,9 @@ constexpr uint16_t kBufGroup = 1;
 constexpr uint32_t kMaxWaitMs = 1000;
 }  // namespace
 
-Worker::Worker(size_t id, std::shared_ptr<const Snapshot> snapshot, WorkerMetrics* metrics)
-    : id_(id), snapshot_(std::move(snapshot)), metrics_(metrics) {
-  for (auto& q : timers_) (void)q;
-}
+Worker::Worker(size_t id, std::shared_ptr<const Snapshot> snapshot, WorkerMetrics* metrics,
+               bool kernel_ktls)
+    : id_(id), kernel_ktls_(kernel_ktls), snapshot_(std::move(snapshot)), metrics_(metrics) {}
 
 Worker::~Worker() {
   for (Listener& l : listeners_) {
@@ -57,7 +57,10 @@ absl::Status Worker::Init() {
                                                            lc.listen.text, ": ", fd.status().message()));
     }
     l.fd = *fd;
-    auto ctx = tls::ServerTlsContext::Create(lc, snapshot_->ListenerCertificates(i),
+    // Without kernel support OpenSSL need not offer keys nor log secrets.
+    ListenerConfig effective = lc;
+    if (!kernel_ktls_) effective.ktls = KtlsMode::kOff;
+    auto ctx = tls::ServerTlsContext::Create(effective, snapshot_->ListenerCertificates(i),
                                              snapshot_->ticket_keys);
     if (!ctx.ok()) {
       close(l.fd);
@@ -123,6 +126,7 @@ void Worker::Run() {
     io_uring_cq_advance(ring_.raw(), seen);
 
     ExpireTimers();
+    FlushPending();
     if (!deferred_recvs_.empty()) {
       std::vector<uint64_t> retry;
       retry.swap(deferred_recvs_);
@@ -141,6 +145,19 @@ void Worker::Run() {
     if (l.fd >= 0) {
       close(l.fd);
       l.fd = -1;
+    }
+  }
+}
+
+void Worker::FlushPending() {
+  // Flushing may schedule more (a flush can finish an exchange that queues a
+  // close_notify); loop until quiet.
+  while (!pending_flushes_.empty()) {
+    flush_scratch_.clear();
+    flush_scratch_.swap(pending_flushes_);
+    for (uint64_t ud : flush_scratch_) {
+      UserData d = UserData::Unpack(ud);
+      if (ClientConnection* c = clients_.Get(d.index, d.gen)) c->OnScheduledFlush();
     }
   }
 }
@@ -182,6 +199,8 @@ void Worker::HandleCompletion(io_uring_cqe* cqe) {
       switch (static_cast<ConnOp>(d.op)) {
         case ConnOp::kRecv: c->OnRecv(cqe->res, cqe->flags); break;
         case ConnOp::kSend: c->OnSend(cqe->res); break;
+        case ConnOp::kRecvMsg: c->OnRecvMsg(cqe->res); break;
+        case ConnOp::kRecvExact: c->OnRecvExact(cqe->res); break;
         default: break;
       }
       return;
@@ -193,6 +212,7 @@ void Worker::HandleCompletion(io_uring_cqe* cqe) {
         case ConnOp::kRecv: u->OnRecv(cqe->res, cqe->flags); break;
         case ConnOp::kSend: u->OnSend(cqe->res); break;
         case ConnOp::kConnect: u->OnConnect(cqe->res); break;
+        default: break;
       }
       return;
     }
@@ -235,9 +255,11 @@ void Worker::BeginDrain() {
                                            static_cast<uint32_t>(l.index)}.Pack(), 0);
       io_uring_sqe_set_data64(sqe, UserData{static_cast<uint8_t>(OpKind::kWake), 1, 0, 0}.Pack());
     }
-    // Closing our reuseport socket makes the kernel stop queueing new
-    // connections to it; pending ones in its backlog are reset.
+    // shutdown() takes a listening socket out of the reuseport group at once
+    // (a pending io_uring accept would otherwise keep it listening until the
+    // ring goes away); connections still in its backlog are reset.
     if (l.fd >= 0) {
+      shutdown(l.fd, SHUT_RDWR);
       close(l.fd);
       l.fd = -1;
     }

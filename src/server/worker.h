@@ -24,7 +24,7 @@ namespace ktlb {
 // Completion kinds (UserData::kind).
 enum class OpKind : uint8_t { kAccept = 1, kClient = 2, kUpstream = 3, kWake = 4 };
 // Per-connection operations (UserData::op).
-enum class ConnOp : uint8_t { kRecv = 1, kSend = 2, kConnect = 3 };
+enum class ConnOp : uint8_t { kRecv = 1, kSend = 2, kConnect = 3, kRecvMsg = 4, kRecvExact = 5 };
 
 // Timer kinds beyond the counted TimeoutKind values.
 inline constexpr uint8_t kTimerLinger = static_cast<uint8_t>(TimeoutKind::kCount);
@@ -32,7 +32,9 @@ inline constexpr size_t kTimerKinds = kTimerLinger + 1;
 
 class Worker {
  public:
-  Worker(size_t id, std::shared_ptr<const Snapshot> snapshot, WorkerMetrics* metrics);
+  // `kernel_ktls`: the kernel takes the "tls" ULP and OpenSSL can hand keys over.
+  Worker(size_t id, std::shared_ptr<const Snapshot> snapshot, WorkerMetrics* metrics,
+         bool kernel_ktls);
   ~Worker();
 
   // Runs on the worker's own thread (io_uring SINGLE_ISSUER): creates the
@@ -44,6 +46,8 @@ class Worker {
   void Stop();
 
   // --- used by the connection objects ---
+  static constexpr size_t kReadScratch = 16 * 1024;
+  char* read_scratch() { return read_scratch_.get(); }
   Ring& ring() { return ring_; }
   BufferRing& buffers() { return buffers_; }
   const Snapshot& snapshot() const { return *snapshot_; }
@@ -52,6 +56,7 @@ class Worker {
   bool draining() const { return draining_; }
   uint64_t now_ms() const { return now_ms_; }
   size_t id() const { return id_; }
+  bool kernel_ktls() const { return kernel_ktls_; }
 
   void ArmTimer(DeadlineNode* node, uint8_t kind, uint32_t duration_ms) {
     timers_[kind].Arm(node, now_ms_ + duration_ms, kind);
@@ -60,6 +65,8 @@ class Worker {
 
   // Retry the recv for `user_data` on the next loop turn (buffer ring was empty).
   void DeferRecv(uint64_t user_data) { deferred_recvs_.push_back(user_data); }
+  // Flush a client's queued output at the end of this loop turn.
+  void ScheduleFlush(uint64_t user_data) { pending_flushes_.push_back(user_data); }
 
   // Connection pools.
   void ReleaseClient(ClientConnection* c);
@@ -87,10 +94,12 @@ class Worker {
   void HandleCompletion(io_uring_cqe* cqe);
   void OnAccept(Listener& l, int res, uint32_t flags);
   void ExpireTimers();
+  void FlushPending();
   void BeginDrain();
   uint32_t NextWaitMs() const;
 
   size_t id_;
+  bool kernel_ktls_;
   std::shared_ptr<const Snapshot> snapshot_;
   WorkerMetrics* metrics_;
   Ring ring_;
@@ -103,6 +112,9 @@ class Worker {
   std::vector<RoundRobin> balancers_;
   DeadlineQueue timers_[kTimerKinds];
   std::vector<uint64_t> deferred_recvs_;
+  std::vector<uint64_t> pending_flushes_;
+  std::vector<uint64_t> flush_scratch_;
+  std::unique_ptr<char[]> read_scratch_ = std::make_unique<char[]>(kReadScratch);
   int wake_fd_ = -1;
   uint64_t wake_buf_ = 0;
   std::atomic<bool> stop_requested_{false};

@@ -35,16 +35,35 @@ int BufferRead(BIO* b, char* buf, int len) {
 int BufferWrite(BIO* b, const char* buf, int len) {
   BIO_clear_retry_flags(b);
   BioIo* io = IoOf(b);
-  if (io == nullptr || io->out == nullptr) return -1;
+  if (io == nullptr || (io->out == nullptr && io->queue == nullptr)) return -1;
   if (buf == nullptr || len <= 0) return 0;
   // Always accept everything: the connection owns the output queue and its
   // backpressure. A retry here would surface from SSL_write/handshake as
-  // WANT_WRITE with nothing the caller could wait on.
-  io->out->append(buf, static_cast<size_t>(len));
+  // WANT_WRITE with nothing the caller could wait on. After TX went to the
+  // kernel OpenSSL hands us the caller's plaintext buffer: it is copied here.
+  std::string_view bytes(buf, static_cast<size_t>(len));
+  if (io->queue != nullptr) {
+    if (io->ctrl_record_type >= 0) {
+      // A non-application record on an offloaded socket (alert,
+      // NewSessionTicket): it must go out alone with its record type.
+      io->queue->AppendRecord(static_cast<uint8_t>(io->ctrl_record_type), bytes);
+    } else {
+      io->queue->Append(bytes);
+    }
+  } else {
+    io->out->append(bytes);
+  }
   return len;
 }
 
-long BufferCtrl(BIO* b, int cmd, long num, void* /*ptr*/) {
+// OpenSSL 3.0's internal BIO controls for kTLS (internal/bio.h).
+constexpr int kCtrlSetKtls = 72;
+constexpr int kCtrlGetKtlsSend = 73;
+constexpr int kCtrlSetKtlsTxSendCtrlMsg = 74;
+constexpr int kCtrlClearKtlsTxCtrlMsg = 75;
+constexpr int kCtrlGetKtlsRecv = 76;
+
+long BufferCtrl(BIO* b, int cmd, long num, void* ptr) {
   BioIo* io = IoOf(b);
   switch (cmd) {
     case BIO_CTRL_FLUSH:
@@ -76,14 +95,27 @@ long BufferCtrl(BIO* b, int cmd, long num, void* /*ptr*/) {
       // Refuse: a duplicate would consume the same connection's bytes and
       // interleave writes into the same output behind the owner's back.
       return 0;
-    // kTLS hand-off (KTLS.md, "The hand-off to a custom BIO") goes here:
-    //   72 BIO_CTRL_SET_KTLS           (TX arrives with num 2, RX with num 0)
-    //   73 BIO_CTRL_GET_KTLS_SEND
-    //   74 BIO_CTRL_SET_KTLS_TX_SEND_CTRL_MSG
-    //   75 BIO_CTRL_CLEAR_KTLS_TX_CTRL_MSG
-    //   76 BIO_CTRL_GET_KTLS_RECV
-    // Until then they fall through to "unsupported" (0), which OpenSSL takes
-    // as "this BIO cannot offload" and keeps record crypto in userspace.
+    // kTLS hand-off (KTLS.md, "The hand-off to a custom BIO"). Without hooks
+    // every one answers 0: "this BIO cannot offload", userspace crypto stays.
+    case kCtrlSetKtls: {
+      // OpenSSL 3.0 passes `which & SSL3_CC_WRITE`: TX arrives as 2, RX as 0.
+      if (io == nullptr || io->ktls == nullptr || ptr == nullptr) return 0;
+      auto info = CryptoInfoFromOpenSsl(ptr);
+      if (!info.ok()) return 0;
+      return num != 0 ? io->ktls->OfferTx(*info) : io->ktls->OfferRx(*info);
+    }
+    case kCtrlGetKtlsSend:
+      return io != nullptr && io->ktls != nullptr && io->ktls->TxTaken() ? 1 : 0;
+    case kCtrlGetKtlsRecv:
+      return io != nullptr && io->ktls != nullptr && io->ktls->RxTaken() ? 1 : 0;
+    case kCtrlSetKtlsTxSendCtrlMsg:
+      if (io == nullptr || io->queue == nullptr) return 0;
+      io->ctrl_record_type = static_cast<int>(num);
+      return 1;
+    case kCtrlClearKtlsTxCtrlMsg:
+      if (io == nullptr || io->queue == nullptr) return 0;
+      io->ctrl_record_type = -1;
+      return 1;
     default:
       return 0;
   }

@@ -180,6 +180,9 @@ absl::StatusOr<UniqueSslCtx> ServerTlsContext::Impl::BuildCtx(const ListenerConf
                                      sizeof(keys.bytes)) != 1) {
     return fail("SSL_CTX_set_tlsext_ticket_keys");
   }
+  // kTLS RX for TLS 1.3 needs the client traffic secret, which OpenSSL 3.0
+  // only reveals through the key-log callback.
+  if (listener.ktls != KtlsMode::kOff) EnableTrafficSecretCapture(c);
   if (SSL_CTX_set_num_tickets(c, 2) != 1) return fail("SSL_CTX_set_num_tickets");
   if (SSL_CTX_set_session_id_context(c, kSessionIdContext, sizeof(kSessionIdContext) - 1) != 1) {
     return fail("SSL_CTX_set_session_id_context");

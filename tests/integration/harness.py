@@ -20,6 +20,7 @@ values (readiness probes open connections too).
 """
 
 import atexit
+import fcntl
 import hashlib
 import os
 import re
@@ -179,19 +180,24 @@ def file_sha256(path):
 
 
 # ---------------------------------------------------------------------------
-# Certificates: generated once per process, copied into each class's temp dir.
+# Certificates: gen-certs.sh runs once per machine and script version (a few
+# seconds of RSA key generation), under a lock so that parallel ctest runs
+# share it; each test class gets its own copy.
 
-_CERT_CACHE = None
+
+def _cert_cache():
+    with open(GEN_CERTS, "rb") as f:
+        version = hashlib.sha256(f.read()).hexdigest()[:16]
+    cache = os.path.join(tempfile.gettempdir(), f"ktlb-it-certs-{os.getuid()}-{version}")
+    with open(cache + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(os.path.join(cache, "ca.crt")):
+            subprocess.run(["bash", GEN_CERTS, cache], check=True, timeout=120)
+    return cache
 
 
 def make_certs(dest):
-    global _CERT_CACHE
-    if _CERT_CACHE is None:
-        cache = tempfile.mkdtemp(prefix="ktlb-certs-")
-        atexit.register(shutil.rmtree, cache, True)
-        subprocess.run(["bash", GEN_CERTS, os.path.join(cache, "certs")], check=True, timeout=120)
-        _CERT_CACHE = os.path.join(cache, "certs")
-    shutil.copytree(_CERT_CACHE, dest)
+    shutil.copytree(_cert_cache(), dest, ignore=shutil.ignore_patterns(".*"))
 
 
 # ---------------------------------------------------------------------------

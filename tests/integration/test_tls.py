@@ -4,7 +4,6 @@ plain HTTP on the TLS port, session resumption across workers, handshake timeout
 import os
 import re
 import socket
-import time
 
 import harness
 

@@ -112,6 +112,14 @@ TEST(Http1RequestParser, FlagsExpectUpgradeIdempotentHead) {
             ParseStatus::kDone);
   EXPECT_TRUE(head.upgrade);
 
+  // h2c is never an upgrade: a tunnelled HTTP/2 connection would bypass routing.
+  ASSERT_EQ(ParseOnce("GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                      "Upgrade: websocket, H2C\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+                      &head)
+                .status,
+            ParseStatus::kDone);
+  EXPECT_FALSE(head.upgrade);
+
   // Upgrade without the Connection token is not an upgrade.
   ASSERT_EQ(ParseOnce(Get("Upgrade: websocket\r\n"), &head).status, ParseStatus::kDone);
   EXPECT_FALSE(head.upgrade);
@@ -190,7 +198,8 @@ TEST(Http1RequestParser, AsteriskOnlyForOptions) {
 
 TEST(Http1RequestParser, ObsTextAllowedInValues) {
   RequestHead head;
-  ASSERT_EQ(ParseOnce(Get("X-Name: caf\xc3\xa9\r\n"), &head).status, ParseStatus::kDone);
+  const std::string req = Get("X-Name: caf\xc3\xa9\r\n");  // views point into it
+  ASSERT_EQ(ParseOnce(req, &head).status, ParseStatus::kDone);
   EXPECT_EQ(head.headers[1].value, "caf\xc3\xa9");
 }
 

@@ -139,6 +139,22 @@ TEST(Http1Rewrite, WebSocketUpgradeIsCarried) {
             "\r\n");
 }
 
+TEST(Http1Rewrite, H2cUpgradeIsStripped) {
+  EXPECT_EQ(Upstream("GET / HTTP/1.1\r\n"
+                     "Host: a\r\n"
+                     "Connection: Upgrade, HTTP2-Settings\r\n"
+                     "Upgrade: h2c\r\n"
+                     "HTTP2-Settings: AAMAAABkAAQAAP__\r\n"
+                     "\r\n"),
+            "GET / HTTP/1.1\r\n"
+            "Host: a\r\n"
+            "X-Forwarded-For: 203.0.113.7\r\n"
+            "X-Forwarded-Proto: https\r\n"
+            "X-Forwarded-Host: a\r\n"
+            "Forwarded: for=203.0.113.7;proto=https;host=a\r\n"
+            "\r\n");
+}
+
 TEST(Http1Rewrite, ChunkedRequestKeepsTransferEncodingAndOneContentLength) {
   EXPECT_EQ(Upstream("POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"),
             "POST /c HTTP/1.1\r\n"

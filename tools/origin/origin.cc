@@ -211,8 +211,8 @@ class ByteBuffer {
     return buf_.get() + wpos_;
   }
   void Commit(size_t n) { wpos_ += n; }
-  void Release() {  // drop storage of an idle, empty buffer
-    if (empty() && cap_ > 2 * kReadChunk) {
+  void Release() {  // an idle connection holds no buffer
+    if (empty() && buf_) {
       buf_.reset();
       cap_ = rpos_ = wpos_ = 0;
     }
@@ -466,7 +466,12 @@ class Worker {
         return;
       }
       if (!progress) {
-        if (c->state == State::kHead && c->in.empty()) c->in.Release();
+        if (c->state == State::kHead && c->in.empty() && !c->HasOutput()) {
+          // Idle keep-alive connection: give its buffers back, so that many
+          // idle benchmark connections cost little memory.
+          c->in.Release();
+          if (c->out.capacity() > 4096) std::string().swap(c->out);
+        }
         return;
       }
     }
@@ -595,7 +600,6 @@ class Worker {
       }
       if (!c->HasOutput() || ++rounds >= 4) break;  // bounded: be fair to others
     }
-    if (c->out.capacity() > 4 * kOutHighWater && c->out.empty()) c->out.shrink_to_fit();
     return wrote ? 1 : 0;
   }
 

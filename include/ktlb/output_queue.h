@@ -1,0 +1,101 @@
+// The bytes a connection has yet to send, in order, with the rare events that
+// must happen between them.
+//
+// Most of the time this is one growing byte segment. kTLS adds two events that
+// must keep their place in the stream: "install TLS_TX here" (everything before
+// is ciphertext OpenSSL made, everything after is plaintext the kernel will
+// encrypt) and "send this payload as a record of type T" (alerts and
+// post-handshake messages, which need a sendmsg control message). The front
+// segment is frozen while a send from it is in flight, so appends never move
+// memory the kernel is reading.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ktlb {
+
+class OutputQueue {
+ public:
+  enum class Kind : uint8_t { kBytes, kRecord, kInstallTx };
+  struct Segment {
+    Kind kind = Kind::kBytes;
+    uint8_t record_type = 0;  // kRecord only
+    std::string data;
+    size_t off = 0;  // bytes of `data` already sent
+    std::string_view unsent() const { return std::string_view(data).substr(off); }
+  };
+
+  void Append(std::string_view bytes) {
+    if (bytes.empty()) return;
+    if (segs_.empty() || segs_.back().kind != Kind::kBytes || (segs_.size() == 1 && front_busy_)) {
+      PushSegment(Kind::kBytes, 0);
+    }
+    segs_.back().data.append(bytes);
+    bytes_ += bytes.size();
+  }
+  void AppendRecord(uint8_t type, std::string_view payload) {
+    PushSegment(Kind::kRecord, type);
+    segs_.back().data.assign(payload);
+    bytes_ += payload.size();
+  }
+  void AppendInstallTx() { PushSegment(Kind::kInstallTx, 0); }
+
+  bool empty() const { return segs_.empty(); }
+  // Unsent payload bytes, for backpressure.
+  size_t bytes() const { return bytes_; }
+  Segment& front() { return segs_.front(); }
+  // The front segment is being sent: appends go to a new segment.
+  void set_front_busy(bool busy) { front_busy_ = busy; }
+  bool front_busy() const { return front_busy_; }
+  // Marks `n` bytes of the front segment sent; drops it when done.
+  void Consume(size_t n) {
+    Segment& f = segs_.front();
+    f.off += n;
+    bytes_ -= n;
+    if (f.off >= f.data.size()) PopFront();
+  }
+  void PopFront() {
+    Segment& f = segs_.front();
+    bytes_ -= f.data.size() - f.off;
+    if (spares_.size() < 2 && f.data.capacity() <= kMaxSpare) {
+      f.data.clear();
+      spares_.push_back(std::move(f.data));
+    }
+    segs_.pop_front();
+  }
+  void Clear() {
+    while (!segs_.empty()) PopFront();
+    front_busy_ = false;
+  }
+  // Gives memory back (idle connections should cost a few KiB).
+  void Shrink() {
+    if (segs_.empty()) {
+      spares_.clear();
+      std::deque<Segment>().swap(segs_);
+    }
+  }
+
+ private:
+  static constexpr size_t kMaxSpare = 64 * 1024;
+  void PushSegment(Kind kind, uint8_t type) {
+    Segment s;
+    s.kind = kind;
+    s.record_type = type;
+    if (!spares_.empty()) {
+      s.data = std::move(spares_.back());
+      spares_.pop_back();
+    }
+    segs_.push_back(std::move(s));
+  }
+
+  std::deque<Segment> segs_;
+  std::vector<std::string> spares_;
+  size_t bytes_ = 0;
+  bool front_busy_ = false;
+};
+
+}  // namespace ktlb

@@ -1,0 +1,251 @@
+// Kernel TLS for a client connection (../shared/KTLS.md): taking OpenSSL's TX
+// keys at the right point of the output stream, installing RX ourselves after
+// the handshake at an exact record boundary, and the control records (alerts,
+// KeyUpdate) an offloaded socket delivers out of band.
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include <openssl/crypto.h>
+
+#include "client_connection.h"
+#include "worker.h"
+
+namespace ktlb {
+
+void ClientConnection::FallBack(tls::KtlsFallback why) {
+  w_->metrics().listeners[listener_].ktls_fallbacks[static_cast<size_t>(why)].Inc();
+  // May run inside an OpenSSL callback: the connection is closed by the
+  // caller's next check, never from here.
+  if (w_->config().listeners[listener_].ktls == KtlsMode::kRequire) require_failed_ = true;
+}
+
+bool ClientConnection::OfferTx(const tls::KtlsCryptoInfo& info) {
+  if (!ktls_allowed_ || tx_taken_) return false;
+  if (!ulp_attached_) {
+    int rc = tls::AttachTlsUlp(fd_);
+    if (rc != 0) {
+      FallBack(rc == ENOENT ? tls::KtlsFallback::kNoModule : tls::KtlsFallback::kSetsockopt);
+      ktls_allowed_ = false;
+      return false;
+    }
+    ulp_attached_ = true;
+  }
+  // OpenSSL has queued ciphertext up to here; from now on it hands us
+  // plaintext. TLS_TX goes on when the queue reaches this marker.
+  tx_info_ = info;
+  out_.AppendInstallTx();
+  tx_taken_ = true;
+  return true;
+}
+
+bool ClientConnection::OfferRx(const tls::KtlsCryptoInfo& info) {
+  // TLS 1.2 offers RX at the peer's ChangeCipherSpec, before its Finished.
+  // Declined: OpenSSL keeps decrypting until the handshake is done and we
+  // install at an exact record boundary with the right sequence number.
+  if (ktls_allowed_) {
+    rx12_info_ = info;
+    rx12_offered_ = true;
+  }
+  return false;
+}
+
+void ClientConnection::OnClientTrafficSecret(const unsigned char* secret, size_t len) {
+  if (len > sizeof client_secret_) return;
+  memcpy(client_secret_, secret, len);
+  client_secret_len_ = len;
+}
+
+bool ClientConnection::InstallTxNow() {
+  int rc = tls::InstallKtls(fd_, tls::kTlsTx, tx_info_);
+  tx_info_.Wipe();
+  if (rc != 0) {
+    // OpenSSL already writes plaintext for this connection: it cannot go back
+    // to userspace crypto, so it ends here (and is counted).
+    fprintf(stderr, "ktlb: tls: TLS_TX for %s:%u failed: %s\n", peer_ip_.c_str(), peer_port_,
+            strerror(rc));
+    FallBack(rc == ENOENT || rc == EOPNOTSUPP || rc == EINVAL ? tls::KtlsFallback::kUnsupportedCipher
+                                                               : tls::KtlsFallback::kSetsockopt);
+    return false;
+  }
+  tx_active_ = true;
+  w_->metrics().listeners[listener_].ktls_tx.Inc();
+  return true;
+}
+
+void ClientConnection::StartRxOffload() {
+  // Called the moment SSL_do_handshake() returned 1; bio_.in holds whatever
+  // arrived after the peer's Finished (often the first request).
+  int version = SSL_version(ssl_.get());
+  if (version == TLS1_3_VERSION && client_secret_len_ == 0) {
+    FallBack(tls::KtlsFallback::kNoSecret);
+    return;
+  }
+  if (version == TLS1_2_VERSION && !rx12_offered_) {
+    // OpenSSL offers only what the kernel struct can carry (no CBC, ...).
+    FallBack(tls::KtlsFallback::kUnsupportedCipher);
+    return;
+  }
+  if (version != TLS1_2_VERSION && version != TLS1_3_VERSION) return;
+  if (!ulp_attached_) {
+    int rc = tls::AttachTlsUlp(fd_);
+    if (rc != 0) {
+      FallBack(rc == ENOENT ? tls::KtlsFallback::kNoModule : tls::KtlsFallback::kSetsockopt);
+      return;
+    }
+    ulp_attached_ = true;
+  }
+  // Every record after the handshake that OpenSSL decrypts shifts the
+  // kernel's starting sequence number by one; a partial last record must be
+  // completed (exactly, no further) so the socket resumes at a boundary.
+  size_t complete = 0, missing = 0;
+  tls::CountRecords(bio_.in, &complete, &missing);
+  rx_records_ = complete + (missing > 0 ? 1 : 0);
+  exact_need_ = missing;
+  rx_sync_ = RxSync::kPending;
+}
+
+void ClientConnection::ArmRecvExact(size_t n) {
+  // Reads only the missing bytes of the record OpenSSL holds half of; the
+  // data lands in cipher_stash_, which is empty at this point.
+  cipher_stash_.resize(n);
+  io_uring_sqe* sqe = w_->ring().Sqe();
+  io_uring_prep_recv(sqe, fd_, cipher_stash_.data(), n, 0);
+  io_uring_sqe_set_data64(sqe, Tag(static_cast<uint8_t>(ConnOp::kRecvExact)));
+  recv_inflight_ = true;
+  ++inflight_;
+}
+
+void ClientConnection::OnRecvExact(int res) {
+  recv_inflight_ = false;
+  --inflight_;
+  if (state_ == State::kClosed) return MaybeRelease();
+  if (res <= 0) {
+    peer_eof_ = true;
+    return CloseNow();
+  }
+  size_t got = static_cast<size_t>(res);
+  // A short read keeps only what arrived and asks for the rest.
+  std::string chunk = cipher_stash_.substr(0, got);
+  cipher_stash_.clear();
+  exact_need_ -= got;
+  bio_.in = chunk;
+  DriveTls();
+  bio_.in = {};
+  if (state_ == State::kClosed) return;
+  if (exact_need_ > 0) {
+    ArmRecvExact(exact_need_);
+  } else {
+    FinishRxOffload();
+  }
+  FlushSend();
+  ArmRecv();
+}
+
+void ClientConnection::FinishRxOffload() {
+  rx_sync_ = RxSync::kDone;
+  if (SSL_pending(ssl_.get()) > 0) {
+    // Not expected (every SSL_read drained to WANT_READ), but installing now
+    // would lose the plaintext OpenSSL still holds.
+    FallBack(tls::KtlsFallback::kSetsockopt);
+    return;
+  }
+  tls::KtlsCryptoInfo info;
+  if (SSL_version(ssl_.get()) == TLS1_3_VERSION) {
+    auto built = tls::Tls13CryptoInfo(ssl_.get(), client_secret_, client_secret_len_, rx_records_);
+    OPENSSL_cleanse(client_secret_, sizeof client_secret_);
+    client_secret_len_ = 0;
+    if (!built.ok()) {
+      FallBack(tls::KtlsFallback::kUnsupportedCipher);
+      return;
+    }
+    info = *built;
+  } else {
+    // The peer's Finished was record 0 under these keys.
+    info = rx12_info_;
+    info.SetRecordSequence(1 + rx_records_);
+  }
+  int rc = tls::InstallKtls(fd_, tls::kTlsRx, info);
+  info.Wipe();
+  rx12_info_.Wipe();
+  if (rc != 0) {
+    // Nothing was read past the boundary, so OpenSSL simply keeps RX.
+    FallBack(rc == ENOENT || rc == EOPNOTSUPP || rc == EINVAL ? tls::KtlsFallback::kUnsupportedCipher
+                                                               : tls::KtlsFallback::kSetsockopt);
+    return;
+  }
+  rx_active_ = true;
+  w_->metrics().listeners[listener_].ktls_rx.Inc();
+}
+
+void ClientConnection::ArmRecvMsg() {
+  if (recv_inflight_ || fd_ < 0) return;
+  if (!recv_ctl_) recv_ctl_ = std::make_unique<ControlIo>();
+  ControlIo& c = *recv_ctl_;
+  c.iov.iov_base = c.data;
+  c.iov.iov_len = sizeof c.data;
+  c.msg = msghdr{};
+  c.msg.msg_iov = &c.iov;
+  c.msg.msg_iovlen = 1;
+  c.msg.msg_control = c.cbuf;
+  c.msg.msg_controllen = sizeof c.cbuf;
+  io_uring_sqe* sqe = w_->ring().Sqe();
+  io_uring_prep_recvmsg(sqe, fd_, &c.msg, 0);
+  io_uring_sqe_set_data64(sqe, Tag(static_cast<uint8_t>(ConnOp::kRecvMsg)));
+  recv_inflight_ = true;
+  ++inflight_;
+}
+
+void ClientConnection::OnRecvMsg(int res) {
+  recv_inflight_ = false;
+  --inflight_;
+  if (state_ == State::kClosed) return MaybeRelease();
+  if (res <= 0) {
+    peer_eof_ = true;
+    if (res < 0) {
+      fprintf(stderr, "ktlb: tls: kTLS record from %s:%u: %s\n", peer_ip_.c_str(), peer_port_,
+              strerror(-res));
+    }
+    return CloseNow();
+  }
+  ControlIo& c = *recv_ctl_;
+  int type = tls::RecordTypeFromCmsg(c.cbuf, c.msg.msg_controllen);
+  std::string_view payload(c.data, static_cast<size_t>(res));
+  if (type < 0 || type == tls::kRecordApplicationData) {
+    HandlePlainFromKernel(payload);
+  } else {
+    HandleControlRecord(type, payload);
+  }
+  FlushSend();
+  ArmRecv();
+}
+
+void ClientConnection::HandleControlRecord(int type, std::string_view payload) {
+  if (type == tls::kRecordAlert && payload.size() >= 2 && payload[1] == 0) {
+    // close_notify: answer what is in flight, then close.
+    peer_eof_ = true;
+    keep_alive_ = false;
+    if (state_ == State::kReadingHead) BeginClose();
+    return;
+  }
+  if (type == tls::kRecordHandshake && !payload.empty() && payload[0] == 24) {
+    // KeyUpdate. Linux 6.1 cannot take a new RX key (later reads fail with
+    // EBADMSG, a second TLS_RX gives EBUSY), so the connection ends cleanly
+    // after the current exchange instead of spinning on errors.
+    w_->metrics().listeners[listener_].ktls_keyupdates.Inc();
+    fprintf(stderr, "ktlb: tls: KeyUpdate from %s:%u on a kTLS RX socket: closing\n",
+            peer_ip_.c_str(), peer_port_);
+    peer_eof_ = true;
+    keep_alive_ = false;
+    if (state_ == State::kReadingHead || state_ == State::kHandshake) BeginClose();
+    return;
+  }
+  // Any other alert or handshake message: the session is over.
+  fprintf(stderr, "ktlb: tls: record type %d from %s:%u on a kTLS socket: closing\n", type,
+          peer_ip_.c_str(), peer_port_);
+  CloseNow();
+}
+
+}  // namespace ktlb

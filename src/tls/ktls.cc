@@ -1,0 +1,250 @@
+#include "ktlb/ktls.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/kdf.h>
+#include <openssl/params.h>
+#include <openssl/tls1.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+namespace ktlb::tls {
+
+namespace {
+
+// Sizes of the kernel's struct tls12_crypto_info_* (uapi/linux/tls.h).
+size_t InfoLength(uint16_t cipher_type) {
+  switch (cipher_type) {
+    case kCipherAesGcm128: return 40;
+    case kCipherAesGcm256: return 56;
+    case kCipherAesCcm128: return 40;
+    case kCipherChaCha20Poly1305: return 56;
+    default: return 0;
+  }
+}
+
+bool ExpandLabel(const char* digest, const unsigned char* secret, size_t secret_len,
+                 const char* label, unsigned char* out, size_t out_len) {
+  EVP_KDF* kdf = EVP_KDF_fetch(nullptr, "TLS13-KDF", nullptr);
+  if (kdf == nullptr) return false;
+  EVP_KDF_CTX* ctx = EVP_KDF_CTX_new(kdf);
+  EVP_KDF_free(kdf);
+  if (ctx == nullptr) return false;
+  int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
+  static const char kPrefix[] = "tls13 ";
+  OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
+      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, const_cast<char*>(digest), 0),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<unsigned char*>(secret),
+                                        secret_len),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_PREFIX, const_cast<char*>(kPrefix),
+                                        sizeof(kPrefix) - 1),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_LABEL, const_cast<char*>(label),
+                                        strlen(label)),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_DATA, nullptr, 0),
+      OSSL_PARAM_construct_end(),
+  };
+  bool ok = EVP_KDF_derive(ctx, out, out_len, params) > 0;
+  EVP_KDF_CTX_free(ctx);
+  return ok;
+}
+
+void PutLe16(unsigned char* p, uint16_t v) {
+  p[0] = static_cast<unsigned char>(v);
+  p[1] = static_cast<unsigned char>(v >> 8);
+}
+
+}  // namespace
+
+void KtlsCryptoInfo::SetRecordSequence(uint64_t seq) {
+  for (int i = 0; i < 8; ++i) bytes[len - 1 - i] = static_cast<unsigned char>(seq >> (8 * i));
+}
+
+void KtlsCryptoInfo::Wipe() { OPENSSL_cleanse(bytes, sizeof bytes); }
+
+absl::StatusOr<KtlsCryptoInfo> CryptoInfoFromOpenSsl(const void* ptr) {
+  KtlsCryptoInfo info;
+  memcpy(info.bytes, ptr, 4);
+  size_t len = InfoLength(info.cipher_type());
+  if (len == 0) return absl::UnimplementedError("cipher type not supported by kTLS");
+  memcpy(info.bytes, ptr, len);
+  info.len = len;
+  return info;
+}
+
+absl::StatusOr<KtlsCryptoInfo> Tls13CryptoInfo(const SSL* ssl, const unsigned char* secret,
+                                               size_t secret_len, uint64_t rec_seq) {
+  const SSL_CIPHER* cipher = SSL_get_current_cipher(ssl);
+  if (cipher == nullptr) return absl::FailedPreconditionError("no cipher");
+  const EVP_MD* md = SSL_CIPHER_get_handshake_digest(cipher);
+  if (md == nullptr) return absl::FailedPreconditionError("no handshake digest");
+  const char* digest = EVP_MD_get0_name(md);
+  uint16_t cipher_type;
+  size_t key_len;
+  switch (SSL_CIPHER_get_id(cipher)) {
+    case TLS1_3_CK_AES_128_GCM_SHA256: cipher_type = kCipherAesGcm128; key_len = 16; break;
+    case TLS1_3_CK_AES_256_GCM_SHA384: cipher_type = kCipherAesGcm256; key_len = 32; break;
+    case TLS1_3_CK_CHACHA20_POLY1305_SHA256: cipher_type = kCipherChaCha20Poly1305; key_len = 32; break;
+    default: return absl::UnimplementedError("TLS 1.3 cipher not supported by kTLS");
+  }
+  unsigned char key[32], iv[12];
+  if (!ExpandLabel(digest, secret, secret_len, "key", key, key_len) ||
+      !ExpandLabel(digest, secret, secret_len, "iv", iv, sizeof iv)) {
+    OPENSSL_cleanse(key, sizeof key);
+    return absl::InternalError("TLS13-KDF failed");
+  }
+  KtlsCryptoInfo info;
+  info.len = InfoLength(cipher_type);
+  PutLe16(info.bytes, TLS1_3_VERSION);
+  PutLe16(info.bytes + 2, cipher_type);
+  unsigned char* p = info.bytes + 4;
+  if (cipher_type == kCipherChaCha20Poly1305) {
+    // struct: iv[12] key[32] (no salt) rec_seq[8]
+    memcpy(p, iv, 12);
+    memcpy(p + 12, key, 32);
+  } else {
+    // struct: iv[8] key[16|32] salt[4] rec_seq[8]; the TLS 1.3 nonce is salt || iv.
+    memcpy(p, iv + 4, 8);
+    memcpy(p + 8, key, key_len);
+    memcpy(p + 8 + key_len, iv, 4);
+  }
+  info.SetRecordSequence(rec_seq);
+  OPENSSL_cleanse(key, sizeof key);
+  OPENSSL_cleanse(iv, sizeof iv);
+  return info;
+}
+
+const char* KtlsFallbackLabel(KtlsFallback f) {
+  switch (f) {
+    case KtlsFallback::kDisabled: return "disabled";
+    case KtlsFallback::kNoModule: return "no_tls_module";
+    case KtlsFallback::kUnsupportedCipher: return "unsupported_cipher";
+    case KtlsFallback::kOpenSslVersion: return "openssl_version";
+    case KtlsFallback::kSetsockopt: return "setsockopt_error";
+    case KtlsFallback::kNoSecret: return "no_traffic_secret";
+    case KtlsFallback::kOpenSslDeclined: return "openssl_declined";
+    case KtlsFallback::kCount: break;
+  }
+  return "other";
+}
+
+int AttachTlsUlp(int fd) {
+  if (setsockopt(fd, IPPROTO_TCP, kTcpUlp, "tls", 3) == 0) return 0;
+  return errno;
+}
+
+int InstallKtls(int fd, int direction, const KtlsCryptoInfo& info) {
+  if (setsockopt(fd, kSolTls, direction, info.bytes, static_cast<socklen_t>(info.len)) == 0) {
+    return 0;
+  }
+  return errno;
+}
+
+int RecordTypeFromCmsg(const void* control, size_t control_len) {
+  msghdr msg{};
+  msg.msg_control = const_cast<void*>(control);
+  msg.msg_controllen = control_len;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level == kSolTls && c->cmsg_type == kTlsGetRecordType) {
+      return *static_cast<unsigned char*>(CMSG_DATA(c));
+    }
+  }
+  return -1;
+}
+
+void CountRecords(std::string_view bytes, size_t* complete, size_t* missing) {
+  *complete = 0;
+  *missing = 0;
+  size_t off = 0;
+  while (off < bytes.size()) {
+    if (bytes.size() - off < 5) {
+      // A partial header: at least the rest of the header is missing; the
+      // body length is unknown until it arrives.
+      *missing = 5 - (bytes.size() - off);
+      return;
+    }
+    size_t body = (static_cast<unsigned char>(bytes[off + 3]) << 8) |
+                  static_cast<unsigned char>(bytes[off + 4]);
+    size_t end = off + 5 + body;
+    if (end > bytes.size()) {
+      *missing = end - bytes.size();
+      return;
+    }
+    ++*complete;
+    off = end;
+  }
+}
+
+bool OpenSslSupportsKtlsHandoff() {
+  // Control 72's meaning and ktls_crypto_info_t's layout are OpenSSL 3.0's.
+  unsigned long v = OpenSSL_version_num();
+  return (v >> 28) == 3 && ((v >> 20) & 0xff) == 0;
+}
+
+int ProbeKernelKtls() {
+  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (lfd < 0) return errno;
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t alen = sizeof a;
+  int result = EIO;
+  int cfd = -1, afd = -1;
+  if (bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && listen(lfd, 1) == 0 &&
+      getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &alen) == 0) {
+    cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (cfd >= 0 && connect(cfd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+      afd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+      result = AttachTlsUlp(cfd);
+    }
+  }
+  if (afd >= 0) close(afd);
+  if (cfd >= 0) close(cfd);
+  close(lfd);
+  return result;
+}
+
+namespace {
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+void KeylogCallback(const SSL* ssl, const char* line) {
+  // "CLIENT_TRAFFIC_SECRET_0 <client random hex> <secret hex>"
+  static constexpr std::string_view kLabel = "CLIENT_TRAFFIC_SECRET_0 ";
+  std::string_view l(line);
+  if (l.substr(0, kLabel.size()) != kLabel) return;
+  auto* hooks = static_cast<KtlsHooks*>(SSL_get_app_data(ssl));
+  if (hooks == nullptr) return;
+  size_t sp = l.find(' ', kLabel.size());
+  if (sp == std::string_view::npos) return;
+  std::string_view hex = l.substr(sp + 1);
+  unsigned char secret[64];
+  if (hex.size() % 2 != 0 || hex.size() / 2 > sizeof secret) return;
+  size_t n = hex.size() / 2;
+  for (size_t i = 0; i < n; ++i) {
+    int hi = HexValue(hex[2 * i]), lo = HexValue(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return;
+    secret[i] = static_cast<unsigned char>(hi << 4 | lo);
+  }
+  hooks->OnClientTrafficSecret(secret, n);
+  OPENSSL_cleanse(secret, sizeof secret);
+}
+
+}  // namespace
+
+void EnableTrafficSecretCapture(SSL_CTX* ctx) { SSL_CTX_set_keylog_callback(ctx, KeylogCallback); }
+
+}  // namespace ktlb::tls
