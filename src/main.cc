@@ -59,7 +59,8 @@ int main(int argc, char** argv) {
   // certificate must fail --check too.
   auto snapshot = ktlb::BuildSnapshot(*config, ktlb::tls::TicketKeys::Generate());
   if (!snapshot.ok()) {
-    fprintf(stderr, "%s: %s\n", config_path.c_str(), std::string(snapshot.status().message()).c_str());
+    // Certificate errors already read "FILE:LINE: certificates[i].key: ...".
+    fprintf(stderr, "%s\n", std::string(snapshot.status().message()).c_str());
     return 1;
   }
   if (check) {

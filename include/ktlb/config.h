@@ -52,6 +52,11 @@ struct CertificateConfig {
   std::string name;
   std::string cert_path;  // resolved against the config file's directory
   std::string key_path;
+  // Where the entry's values are, so certificate problems found after parsing
+  // (unreadable PEM, a key that does not match) are reported as FILE:LINE: key.
+  size_t index = 0;      // position in [[certificates]]
+  uint32_t cert_line = 0;
+  uint32_t key_line = 0;
 };
 
 struct ListenerConfig {

@@ -107,6 +107,9 @@ class RequestParser {
   // costs O(size) overall). *head is only written on kDone. After kDone (or
   // after the body ended), the next call starts a new request. kError is
   // final: the connection must be closed.
+  // Forgets everything, including a sticky error: for a new connection.
+  void Reset();
+
   ParseStatus ParseHead(std::string_view buf, RequestHead* head);
 
   // After a head with a body: feeds body bytes. *consumed is how many bytes of

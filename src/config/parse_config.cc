@@ -463,6 +463,8 @@ absl::Status ReadCertificate(const Section& s, NameSet* names, CertificateConfig
     absl::StatusOr<const StringNode*> node = s.RequiredString(key);
     if (!node.ok()) return node.status();
     if (absl::Status st = ResolveReadableFile(s, key, **node, out); !st.ok()) return st;
+    uint32_t line = static_cast<uint32_t>((*node)->source().begin.line);
+    (key == "cert" ? cert->cert_line : cert->key_line) = line;
   }
   return absl::OkStatus();
 }
@@ -719,6 +721,7 @@ absl::Status Build(const Context& ctx, const toml::table& root_table, Config* co
   NameSet cert_names;
   if (absl::Status st = ReadEach(root, "certificates", &config->certificates,
                                  [&](const Section& s, CertificateConfig* c) {
+                                   c->index = config->certificates.size();  // appended after reading
                                    return ReadCertificate(s, &cert_names, c);
                                  });
       !st.ok()) {

@@ -9,7 +9,7 @@ const char* RequestErrorLabel(RequestError e) {
     case RequestError::kBadRequest: return "bad_request";
     case RequestError::kRequestLineTooLong: return "request_line_too_long";
     case RequestError::kHeadersTooLarge: return "headers_too_large";
-    case RequestError::kBothContentLengthAndTransferEncoding: return "content_length_and_transfer_encoding";
+    case RequestError::kBothContentLengthAndTransferEncoding: return "both_cl_te";
     case RequestError::kDuplicateContentLength: return "duplicate_content_length";
     case RequestError::kBadContentLength: return "bad_content_length";
     case RequestError::kBadTransferEncoding: return "bad_transfer_encoding";

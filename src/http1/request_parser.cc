@@ -328,6 +328,14 @@ ParseStatus RequestParser::Fail(RequestError e, const char* reason) {
   return ParseStatus::kError;
 }
 
+void RequestParser::Reset() {
+  error_ = RequestError::kNone;
+  error_reason_ = "";
+  impl_->phase = Phase::kIdle;
+  impl_->body = BodyKind::kNone;
+  impl_->remaining = 0;
+}
+
 ParseStatus RequestParser::ParseHead(std::string_view buf, RequestHead* head) {
   Impl& s = *impl_;
   if (s.phase == Phase::kError) return ParseStatus::kError;

@@ -56,6 +56,7 @@ void ClientConnection::Start(Worker* w, size_t listener_index, int fd, const soc
   plain_off_ = 0;
   const ServerConfig& sc = w->config().server;
   if (!parser_) parser_.emplace(http1::Limits{sc.max_request_line, sc.max_header_bytes});
+  parser_->Reset();  // the slot's previous connection may have ended on an error
   up_ = nullptr;
   req_body_done_ = true;
   resp_done_ = false;

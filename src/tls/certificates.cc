@@ -197,23 +197,34 @@ std::vector<std::string> DnsNames(X509* leaf) {
   return names;
 }
 
-absl::StatusOr<CertificatePtr> LoadOne(const CertificateConfig& c) {
+// Prefixes "FILE:LINE: certificates[i].cert|key: " when the config recorded
+// where the value came from (configs built in code, e.g. tests, have no lines).
+absl::Status At(const Config* config, const CertificateConfig& c, bool key, absl::Status s) {
+  uint32_t line = key ? c.key_line : c.cert_line;
+  if (config == nullptr || line == 0) return s;
+  return absl::Status(s.code(), absl::StrCat(config->path, ":", line, ": certificates[", c.index,
+                                             "].", key ? "key" : "cert", ": ", s.message()));
+}
+
+absl::StatusOr<CertificatePtr> LoadOne(const CertificateConfig& c, const Config* config) {
   auto cert = std::make_shared<LoadedCertificate>();
   cert->name = c.name;
-  if (absl::Status s = ReadCertificates(c, *cert); !s.ok()) return s;
-  if (absl::Status s = ReadKey(c, *cert); !s.ok()) return s;
+  if (absl::Status s = ReadCertificates(c, *cert); !s.ok()) return At(config, c, false, s);
+  if (absl::Status s = ReadKey(c, *cert); !s.ok()) return At(config, c, true, s);
 
   if (X509_check_private_key(cert->leaf.get(), cert->key.get()) != 1) {
     ERR_clear_error();
-    return absl::InvalidArgumentError(absl::StrCat(Quoted(c), ": key ", c.key_path,
-                                                   " does not match certificate ", c.cert_path));
+    return At(config, c, true,
+              absl::InvalidArgumentError(absl::StrCat(Quoted(c), ": key ", c.key_path,
+                                                      " does not match certificate ", c.cert_path)));
   }
   // Only RSA and ECDSA certificates serve both TLS 1.2 and 1.3 clients.
   if (!EVP_PKEY_is_a(cert->key.get(), "RSA") && !EVP_PKEY_is_a(cert->key.get(), "EC")) {
     const char* type = EVP_PKEY_get0_type_name(cert->key.get());
-    return absl::InvalidArgumentError(
-        absl::StrCat(Quoted(c), ": key ", c.key_path, " is ", type != nullptr ? type : "unknown",
-                     "; use an RSA or ECDSA key"));
+    return At(config, c, true,
+              absl::InvalidArgumentError(absl::StrCat(Quoted(c), ": key ", c.key_path, " is ",
+                                                      type != nullptr ? type : "unknown",
+                                                      "; use an RSA or ECDSA key")));
   }
   cert->dns_names = DnsNames(cert->leaf.get());
   return CertificatePtr(std::move(cert));
@@ -225,7 +236,7 @@ absl::StatusOr<std::vector<CertificatePtr>> LoadCertificates(const Config& confi
   std::vector<CertificatePtr> certs;
   certs.reserve(config.certificates.size());
   for (const CertificateConfig& c : config.certificates) {
-    absl::StatusOr<CertificatePtr> cert = LoadOne(c);
+    absl::StatusOr<CertificatePtr> cert = LoadOne(c, &config);
     if (!cert.ok()) return cert.status();
     certs.push_back(*std::move(cert));
   }

@@ -193,7 +193,7 @@ class Http1Test(harness.KtlbTestCase):
          b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", None),
         ("obs_fold", b"GET / HTTP/1.1\r\nHost: localhost\r\nX-A: a\r\n b\r\n\r\n", None),
         ("bare_cr", b"GET / HTTP/1.1\r\nHost: localhost\r\nX-A: a\rb\r\n\r\n", None),
-        ("bad_version", b"GET / HTTP/1.2\r\nHost: localhost\r\n\r\n", None),
+        ("bad_version", b"GET / HTTP/1.2\r\nHost: localhost\r\n\r\n", 505),
         ("missing_host", b"GET / HTTP/1.1\r\nX-A: a\r\n\r\n", None),
         ("bad_request", b"this is not http\r\n\r\n", None),
         ("request_line_too_long", b"GET /" + b"a" * 10240 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 414),
