@@ -179,6 +179,12 @@ void ClientConnection::StartExchange() {
   fwd.client_port = peer_port_;
   fwd.sni = tls::ServerName(ssl_.get());
   http1::BuildUpstreamRequestHead(head_, fwd, &up_head_);
+  if (head_.version_minor == 0) {
+    // An HTTP/1.0 client cannot read chunked bodies or 1xx responses: ask the
+    // backend in HTTP/1.0 too, so it frames the response for this client.
+    size_t eol = up_head_.find("\r\n");
+    if (eol != std::string::npos && eol >= 8) up_head_.replace(eol - 8, 8, "HTTP/1.0");
+  }
   plain_off_ += head_.head_len;
   req_body_done_ = !request_has_body_;
   state_ = State::kProxying;

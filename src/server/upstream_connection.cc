@@ -227,7 +227,9 @@ void UpstreamConnection::HandleBytes(std::string_view data) {
         continue;
       }
       head_done_ = true;
-      reusable_ = head_.keep_alive;
+      // An HTTP/1.0 request (see StartExchange) may leave the backend
+      // expecting to close: never pool after one.
+      reusable_ = head_.keep_alive && client_->request_version_minor() == 1;
       if (head_.body == http1::BodyKind::kNone) {
         resp_done_ = true;
         if (!data.empty()) reusable_ = false;  // bytes after a complete response

@@ -109,6 +109,17 @@ class Http1Test(harness.KtlbTestCase):
         self.assertEqual(r.stdout, f"{harness.file_sha256(path)} {3 << 20}\n".encode())
         self.assertIn(b"HTTP/1.1 100", r.stderr)
 
+    def test_http10_client_never_gets_chunked(self):
+        # The backend would answer /chunked/N chunked to an HTTP/1.1 request;
+        # an HTTP/1.0 client must get a plain body delimited by the close.
+        k = self.start()
+        url, resolve = self.url(k, "/chunked/5000")
+        r = self.curl(*resolve, "--http1.0", "-D", "-", "-o", "/dev/null", "-w", "%{size_download}", url)
+        out = r.stdout.decode()
+        self.assertTrue(out.startswith("HTTP/1.0 200"), out)
+        self.assertNotIn("transfer-encoding", out.lower())
+        self.assertTrue(out.endswith("5000"), out)
+
     # -- bodiless responses --
 
     def test_head(self):
