@@ -4,6 +4,7 @@
 //   ktlb --check --config FILE  validate and exit 0, or print FILE:LINE: key: problem
 //
 // SIGTERM / SIGINT drain in-flight requests and exit 0.
+#include <malloc.h>
 #include <signal.h>
 
 #include <cstdio>
@@ -67,6 +68,11 @@ int main(int argc, char** argv) {
     fprintf(stderr, "%s: ok\n", config_path.c_str());
     return 0;
   }
+
+  // Large body buffers are recycled per connection; keep glibc from handing
+  // them back to the kernel (mmap/munmap and page faults on every response).
+  mallopt(M_MMAP_THRESHOLD, 4 << 20);
+  mallopt(M_TRIM_THRESHOLD, 64 << 20);
 
   // Signals are taken synchronously by this thread; workers never see them.
   sigset_t set;

@@ -31,8 +31,15 @@ class OutputQueue {
 
   void Append(std::string_view bytes) {
     if (bytes.empty()) return;
-    if (segs_.empty() || segs_.back().kind != Kind::kBytes || (segs_.size() == 1 && front_busy_)) {
+    // A full segment starts a new one rather than growing (a realloc would
+    // copy everything queued so far, again and again for a large body).
+    if (segs_.empty() || segs_.back().kind != Kind::kBytes || (segs_.size() == 1 && front_busy_) ||
+        segs_.back().data.size() + bytes.size() > kSegmentMax) {
       PushSegment(Kind::kBytes, 0);
+      if (segs_.back().data.capacity() < kSegmentMax && bytes.size() < kSegmentMax) {
+        // Grown once to its working size, then recycled through spares_.
+        segs_.back().data.reserve(bytes.size() <= kSmallSegment ? kSmallSegment : kSegmentMax);
+      }
     }
     segs_.back().data.append(bytes);
     bytes_ += bytes.size();
@@ -80,7 +87,9 @@ class OutputQueue {
   }
 
  private:
-  static constexpr size_t kMaxSpare = 64 * 1024;
+  static constexpr size_t kSmallSegment = 16 * 1024;
+  static constexpr size_t kSegmentMax = 256 * 1024;
+  static constexpr size_t kMaxSpare = kSegmentMax;
   void PushSegment(Kind kind, uint8_t type) {
     Segment s;
     s.kind = kind;

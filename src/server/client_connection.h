@@ -23,7 +23,7 @@ namespace ktlb {
 class Worker;
 class UpstreamConnection;
 
-class ClientConnection : public DeadlineTarget, public tls::KtlsHooks {
+class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
  public:
   uint32_t slot_index = 0;
   uint16_t generation = 0;

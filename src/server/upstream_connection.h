@@ -15,7 +15,7 @@ namespace ktlb {
 class Worker;
 class ClientConnection;
 
-class UpstreamConnection : public DeadlineTarget {
+class UpstreamConnection final : public DeadlineTarget {
  public:
   uint32_t slot_index = 0;
   uint16_t generation = 0;

@@ -18,7 +18,7 @@ namespace ktlb {
 namespace {
 constexpr unsigned kRingEntries = 1024;
 constexpr uint32_t kRecvBufCount = 256;       // power of two
-constexpr uint32_t kRecvBufSize = 32 * 1024;  // two full TLS records
+constexpr uint32_t kRecvBufSize = 64 * 1024;  // four full TLS records
 constexpr uint16_t kBufGroup = 1;
 constexpr uint32_t kMaxWaitMs = 1000;
 }  // namespace

@@ -45,8 +45,13 @@ int BufferWrite(BIO* b, const char* buf, int len) {
   if (io->queue != nullptr) {
     if (io->ctrl_record_type >= 0) {
       // A non-application record on an offloaded socket (alert,
-      // NewSessionTicket): it must go out alone with its record type.
+      // NewSessionTicket, TLS 1.2 Finished): it must go out alone with its
+      // record type. Control 74 covers exactly one write: OpenSSL 3.0 never
+      // sends control 75 after it (its socket BIO clears the flag itself once
+      // the record is written), so without the reset every later SSL_write
+      // would leave as a handshake or alert record.
       io->queue->AppendRecord(static_cast<uint8_t>(io->ctrl_record_type), bytes);
+      io->ctrl_record_type = -1;
     } else {
       io->queue->Append(bytes);
     }

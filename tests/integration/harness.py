@@ -315,6 +315,11 @@ class Ktlb:
         if wait:
             self.wait_ready()
 
+    @property
+    def pid(self):
+        """The ktlb process id (one process: workers are threads), e.g. for /proc/PID/status."""
+        return self.proc.pid
+
     # -- lifecycle --
 
     def wait_ready(self, timeout=START_TIMEOUT):

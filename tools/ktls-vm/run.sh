@@ -8,7 +8,9 @@
 #   --bin PATH          executable to put in the guest's $KTLB_BIN_DIR (on PATH), with all
 #                       its shared libraries and the dynamic loader; repeatable. Lines
 #                       "# ktls-vm-bin: PATH" in the scenario add binaries the same way.
-#   --file PATH         data file copied to the guest's $KTLB_FILES_DIR; repeatable
+#   --file PATH         data file copied to the guest's $KTLB_FILES_DIR; repeatable. Lines
+#                       "# ktls-vm-certs: NAME..." in the scenario add files of the test PKI
+#                       (tools/gen-certs.sh, generated once into CACHE/certs)
 #   --timeout SECS      hard limit for the whole qemu run (default 600)
 #   --scenario-timeout SECS  limit for the scenario inside the guest (default: timeout-120)
 #   --log FILE          serial console log (default: CACHE/logs/<scenario>.log)
@@ -193,6 +195,18 @@ for b in "${bins[@]}"; do
   while read -r lib; do copy_lib "$lib"; done < <(
     sed -n -e 's/^.*=> \(\/[^ ]*\) (0x.*$/\1/p' -e 's/^[[:space:]]*\(\/[^ ]*\) (0x.*$/\1/p' <<<"$ldd_out")
 done
+
+# Test PKI: a line "# ktls-vm-certs: NAME..." asks for files made by tools/gen-certs.sh
+# (e.g. ca.crt site.crt site.key); they are generated once into CACHE/certs and added to
+# the --file list. flock: parallel runs must not mix two PKIs.
+cert_names=$(sed -n 's/^#[[:space:]]*ktls-vm-certs:[[:space:]]*//p' "$scenario" | tr '\n' ' ')
+if [[ -n ${cert_names// /} ]]; then
+  certdir="$cache/certs"
+  mkdir -p "$certdir"
+  (flock 9 && "$repo/tools/gen-certs.sh" "$certdir" >/dev/null) 9>"$cache/certs.lock" ||
+    die "tools/gen-certs.sh $certdir failed"
+  for c in $cert_names; do files+=("$certdir/$c"); done
+fi
 
 for f in "${files[@]}"; do
   [[ -f $f ]] || die "--file not found: $f"

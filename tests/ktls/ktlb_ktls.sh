@@ -1,0 +1,438 @@
+#!/bin/sh
+# kTLS guest scenario: ktlb itself hands record crypto to the kernel, TX and RX, for
+# TLS 1.2 and 1.3 with AES-128-GCM, AES-256-GCM and ChaCha20-Poly1305.
+#
+# Run with:
+#   tools/ktls-vm/run.sh --scenario tests/ktls/ktlb_ktls.sh \
+#     --bin build/ktlb --bin build/ktlb-origin --bin /usr/bin/curl --bin /usr/bin/openssl
+# (ctest: ktls_vm.ktlb). The test PKI comes from tools/gen-certs.sh (line below).
+#
+# Only ktlb offloads here: curl and s_client run without SSL_OP_ENABLE_KTLS, so every
+# client connection must move TlsTxSw and TlsRxSw by exactly 1 each (ktlb's socket),
+# TlsDecryptError must not move, TlsCurrTxSw/TlsCurrRxSw must be back to 0 once the
+# connection is gone, and ktlb's ktlb_ktls_tx_total / ktlb_ktls_rx_total must move with
+# the kernel. Each case also checks the payload (sha256 both ways).
+#
+# ktls-vm-certs: ca.crt site.crt site.key
+# ktls-vm-bin: /usr/bin/curl
+# ktls-vm-bin: /usr/bin/openssl
+set -u
+# shellcheck source=tools/ktls-vm/guest-lib.sh
+. "$KTLB_VM_LIB"
+
+cd "$KTLB_WORK_DIR" || exit 1
+W=$KTLB_WORK_DIR
+F=$KTLB_FILES_DIR
+PORT=8443
+ADMIN=127.0.0.1:9901
+ORIGIN_PORT=9001
+RELAY_PORT=8600
+BIG=4194304
+URL=https://localhost:$PORT
+T_START=$(date +%s)
+KTLB_PID=""
+ORIGIN_PID=""
+
+cp "$F/ca.crt" "$F/site.crt" "$F/site.key" "$W/"
+: >summary.txt
+
+now() { date +%s; }
+elapsed() { echo $(($(now) - $1)); }
+note() { echo "$*" | tee -a summary.txt; }
+
+# The guest has no proxy settings, but never let curl guess.
+export NO_PROXY='*'
+
+write_config() { # write_config FILE KTLS_MODE
+  cat >"$1" <<EOF
+[server]
+workers = 1
+admin_listen = "$ADMIN"
+
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:$PORT"
+mode = "terminate"
+certificates = ["site"]
+ktls = "$2"
+
+[[certificates]]
+name = "site"
+cert = "$W/site.crt"
+key = "$W/site.key"
+
+[[routes]]
+listener = "public"
+upstream = "origin"
+
+[[upstreams]]
+name = "origin"
+servers = ["127.0.0.1:$ORIGIN_PORT"]
+EOF
+}
+
+start_ktlb() { # start_ktlb CONFIG LOG
+  KTLB_KTLS_DEBUG=1 ktlb --config "$1" >"$2" 2>&1 &
+  KTLB_PID=$!
+  wait_for_listen "$PORT" 30 || { cat "$2"; fail "ktlb did not listen on $PORT"; }
+  wait_for_listen 9901 30 || { cat "$2"; fail "ktlb admin did not listen"; }
+}
+
+stop_ktlb() {
+  [ -n "$KTLB_PID" ] || return 0
+  kill -TERM "$KTLB_PID" 2>/dev/null
+  wait "$KTLB_PID"
+  rc=$?
+  KTLB_PID=""
+  [ "$rc" -eq 0 ] || fail "ktlb exited $rc on SIGTERM"
+}
+
+cleanup() {
+  [ -n "$KTLB_PID" ] && kill -TERM "$KTLB_PID" 2>/dev/null
+  [ -n "$ORIGIN_PID" ] && kill "$ORIGIN_PID" 2>/dev/null
+}
+trap cleanup EXIT
+
+metrics_save() { # metrics_save FILE
+  curl -sS --max-time 20 "http://$ADMIN/metrics" >"$1" || fail "cannot read ktlb /metrics"
+}
+# metric FILE NAME: value of the sample whose name+labels start with NAME (first match).
+metric() {
+  awk -v k="$2" 'index($0, k) == 1 { print $NF; found = 1; exit } END { if (!found) print 0 }' "$1"
+}
+metric_delta() { # metric_delta BEFORE AFTER NAME
+  echo $(($(metric "$2" "$3") - $(metric "$1" "$3")))
+}
+TX_M='ktlb_ktls_tx_total{listener="public"}'
+RX_M='ktlb_ktls_rx_total{listener="public"}'
+KU_M='ktlb_ktls_keyupdates_total{listener="public"}'
+HS_M='ktlb_tls_handshakes_total{listener="public",kind="full"}'
+
+# wait_curr_zero SECS: ktlb closes its side shortly after the client; the kernel counts
+# a socket in TlsCurrTxSw/TlsCurrRxSw until it is destroyed.
+wait_curr_zero() {
+  i=0
+  while [ "$(tls_stat TlsCurrTxSw)" -ne 0 ] || [ "$(tls_stat TlsCurrRxSw)" -ne 0 ]; do
+    i=$((i + 1))
+    if [ "$i" -gt $(($1 * 10)) ]; then
+      tls_stat_show stuck
+      return 1
+    fi
+    usleep 100000
+  done
+}
+
+# Around every client connection: begin_conn LABEL ... end_conn LABEL CONNS
+# CONNS is how many ktlb connections the case made; each must be offloaded both ways.
+begin_conn() {
+  CASE=$1
+  CASE_T0=$(now)
+  tls_stat_save "tls.before.$CASE"
+  metrics_save "m.before.$CASE"
+  echo "=== case $CASE"
+}
+end_conn() {
+  n=$2
+  wait_curr_zero 20 || fail "$CASE: TlsCurrTxSw/TlsCurrRxSw not back to 0 after the connection closed"
+  metrics_save "m.after.$CASE"
+  dtx=$(tls_stat_delta "tls.before.$CASE" TlsTxSw)
+  drx=$(tls_stat_delta "tls.before.$CASE" TlsRxSw)
+  ddec=$(tls_stat_delta "tls.before.$CASE" TlsDecryptError)
+  mtx=$(metric_delta "m.before.$CASE" "m.after.$CASE" "$TX_M")
+  mrx=$(metric_delta "m.before.$CASE" "m.after.$CASE" "$RX_M")
+  mhs=$(metric_delta "m.before.$CASE" "m.after.$CASE" "$HS_M")
+  note "conn $CASE: TlsTxSw +$dtx TlsRxSw +$drx TlsDecryptError +$ddec" \
+    "TlsCurrTxSw $(tls_stat TlsCurrTxSw) TlsCurrRxSw $(tls_stat TlsCurrRxSw)" \
+    "| ktlb tx +$mtx rx +$mrx handshakes +$mhs | $(elapsed "$CASE_T0")s"
+  [ "$dtx" -eq "$n" ] || fail "$CASE: TlsTxSw moved by $dtx, expected $n"
+  [ "$drx" -eq "$n" ] || fail "$CASE: TlsRxSw moved by $drx, expected $n"
+  [ "$ddec" -eq 0 ] || fail "$CASE: TlsDecryptError moved by $ddec"
+  [ "$mtx" -eq "$dtx" ] || fail "$CASE: ktlb_ktls_tx_total +$mtx but kernel TlsTxSw +$dtx"
+  [ "$mrx" -eq "$drx" ] || fail "$CASE: ktlb_ktls_rx_total +$mrx but kernel TlsRxSw +$drx"
+  [ "$mhs" -eq "$n" ] || fail "$CASE: $mhs full handshakes, expected $n"
+  echo "=== case $CASE: ok"
+}
+
+ccurl() { # curl with the test CA and a deadline
+  curl -sS --cacert "$W/ca.crt" --max-time 120 "$@"
+}
+
+# --- setup ---------------------------------------------------------------------------------
+echo "=== setup"
+tls_stat_show boot
+ktlb-origin --listen "127.0.0.1:$ORIGIN_PORT" --threads 1 >origin.log 2>&1 &
+ORIGIN_PID=$!
+wait_for_listen "$ORIGIN_PORT" 30 || { cat origin.log; fail "origin did not start"; }
+
+head -c "$BIG" /dev/urandom >up.bin
+UP_SUM="$(sha256sum up.bin | cut -d' ' -f1) $BIG"
+curl -sS --max-time 60 "http://127.0.0.1:$ORIGIN_PORT/size/$BIG" -o ref.bin ||
+  fail "cannot fetch the reference body from the origin"
+DOWN_SUM=$(sha256sum ref.bin | cut -d' ' -f1)
+[ "$(wc -c <ref.bin)" -eq "$BIG" ] || fail "origin reference body has the wrong size"
+echo "reference: download sha256 $DOWN_SUM, upload \"$UP_SUM\""
+
+write_config ktlb.toml auto
+start_ktlb ktlb.toml ktlb.log
+grep -q 'kTLS available' ktlb.log || { cat ktlb.log; fail "ktlb did not find kernel TLS"; }
+tls_stat_save tls.before.all
+metrics_save m.before.all
+
+# --- bulk: 4 MB down, 4 MB up (Content-Length), 4 MB up (chunked), per version x cipher -----
+# One curl, three transfers (--next keeps the connection): one offloaded connection each.
+bulk_case() { # bulk_case NAME EXPECT_PROTO EXPECT_CIPHER CURL_TLS_ARGS...
+  name=$1 want_proto=$2 want_cipher=$3
+  shift 3
+  begin_conn "$name"
+  rm -f down.bin upcl.txt upch.txt
+  ccurl -v "$@" -w '%{http_code} %{num_connects}\n' -o down.bin "$URL/size/$BIG" \
+    --next -sS --cacert "$W/ca.crt" --max-time 120 "$@" -H 'Expect:' \
+    --data-binary @up.bin -w '%{http_code} %{num_connects}\n' -o upcl.txt "$URL/sha256" \
+    --next -sS --cacert "$W/ca.crt" --max-time 120 "$@" -H 'Expect:' \
+    -H 'Transfer-Encoding: chunked' --data-binary @up.bin \
+    -w '%{http_code} %{num_connects}\n' -o upch.txt "$URL/sha256" \
+    >"curl.$name.out" 2>"curl.$name.err"
+  rc=$?
+  cat "curl.$name.out"
+  grep -E 'SSL connection using' "curl.$name.err"
+  [ "$rc" -eq 0 ] || { tail -20 "curl.$name.err"; tail -20 ktlb.log; fail "$name: curl exited $rc"; }
+  grep -q "SSL connection using $want_proto / $want_cipher" "curl.$name.err" ||
+    fail "$name: not $want_proto / $want_cipher"
+  [ "$(tr '\n' ' ' <"curl.$name.out")" = "200 1 200 0 200 0 " ] ||
+    fail "$name: expected three 200s on one connection, got: $(cat "curl.$name.out")"
+  got=$(sha256sum down.bin | cut -d' ' -f1)
+  [ "$got" = "$DOWN_SUM" ] || fail "$name: download sha256 $got, expected $DOWN_SUM"
+  [ "$(cat upcl.txt)" = "$UP_SUM" ] || fail "$name: Content-Length upload: origin saw \"$(cat upcl.txt)\""
+  [ "$(cat upch.txt)" = "$UP_SUM" ] || fail "$name: chunked upload: origin saw \"$(cat upch.txt)\""
+  end_conn "$name" 1
+}
+T12="--tlsv1.2 --tls-max 1.2"
+T13="--tlsv1.3"
+# shellcheck disable=SC2086
+{
+bulk_case t12-aes128gcm TLSv1.2 ECDHE-RSA-AES128-GCM-SHA256 $T12 --ciphers ECDHE-RSA-AES128-GCM-SHA256
+bulk_case t12-aes256gcm TLSv1.2 ECDHE-RSA-AES256-GCM-SHA384 $T12 --ciphers ECDHE-RSA-AES256-GCM-SHA384
+bulk_case t12-chacha20 TLSv1.2 ECDHE-RSA-CHACHA20-POLY1305 $T12 --ciphers ECDHE-RSA-CHACHA20-POLY1305
+bulk_case t13-aes128gcm TLSv1.3 TLS_AES_128_GCM_SHA256 $T13 --tls13-ciphers TLS_AES_128_GCM_SHA256
+bulk_case t13-aes256gcm TLSv1.3 TLS_AES_256_GCM_SHA384 $T13 --tls13-ciphers TLS_AES_256_GCM_SHA384
+bulk_case t13-chacha20 TLSv1.3 TLS_CHACHA20_POLY1305_SHA256 $T13 --tls13-ciphers TLS_CHACHA20_POLY1305_SHA256
+}
+
+# --- keep-alive: several requests on one connection ------------------------------------------
+for v in 12 13; do
+  if [ "$v" = 12 ]; then flags=$T12; else flags=$T13; fi
+  begin_conn "keepalive-t$v"
+  # shellcheck disable=SC2086
+  ccurl $flags -w '%{http_code} %{num_connects} %{size_download}\n' -o /dev/null "$URL/size/1000" \
+    -o /dev/null "$URL/size/70000" -o /dev/null "$URL/" >"ka.$v.out" 2>"ka.$v.err" ||
+    { cat "ka.$v.err"; fail "keepalive-t$v: curl failed"; }
+  cat "ka.$v.out"
+  [ "$(tr '\n' ' ' <"ka.$v.out")" = "200 1 1000 200 0 70000 200 0 23 " ] ||
+    fail "keepalive-t$v: unexpected transfers: $(cat "ka.$v.out")"
+  end_conn "keepalive-t$v" 1
+done
+
+# --- openssl s_client cases --------------------------------------------------------------------
+# count_responses FILE: HTTP status lines in FILE.
+count_responses() { grep -c '^HTTP/1.1 200' "$1"; }
+CRLF=$(printf '\r')
+
+# Pipelining: two requests in one write (one TLS record), answered in order; the second
+# asks ktlb to close, which it does with a close_notify ("closed" from s_client).
+for v in 1_2 1_3; do
+  begin_conn "pipelined-t$v"
+  printf 'GET /size/3000 HTTP/1.1\r\nHost: localhost\r\n\r\nGET /size/5000 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' >pipe.req
+  timeout 60 openssl s_client -connect "127.0.0.1:$PORT" -servername localhost \
+    -CAfile "$W/ca.crt" -verify_return_error "-tls$v" -ign_eof <pipe.req >"pipe.$v.out" 2>"pipe.$v.err"
+  rc=$?
+  [ "$rc" -eq 0 ] || { cat "pipe.$v.err"; fail "pipelined-t$v: s_client exited $rc"; }
+  [ "$(count_responses "pipe.$v.out")" -eq 2 ] || { cat "pipe.$v.out"; fail "pipelined-t$v: expected 2 responses"; }
+  grep -q "^Content-Length: 3000$CRLF" "pipe.$v.out" && grep -q "^Content-Length: 5000$CRLF" "pipe.$v.out" ||
+    fail "pipelined-t$v: wrong response lengths"
+  grep -q '^closed$' "pipe.$v.out" ||
+    { tail -5 "pipe.$v.out"; fail "pipelined-t$v: no close_notify from ktlb (s_client did not print closed)"; }
+  end_conn "pipelined-t$v" 1
+done
+
+# First request bytes in the same read as the client Finished. A relay (busybox nc -e)
+# holds the client's second flight back, then forwards it in one write cut at a chosen
+# byte: everything (Finished + whole request record), Finished + 10 bytes of the request
+# record (body partial), Finished + 3 bytes (record header partial). ktlb must finish the
+# record it holds half of with exact reads and start kernel RX at record 1.
+make_relay() { # make_relay CUT
+  cat >relay.sh <<EOF
+#!/bin/sh
+exec 2>>$W/relay.err
+{ dd bs=65536 count=1 2>>$W/relay.dd; sleep 2; dd bs=$1 count=1 2>>$W/relay.dd; usleep 700000; cat; } |
+  nc 127.0.0.1 $PORT
+EOF
+  chmod +x relay.sh
+}
+printf 'GET /size/1234 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' >coalesce.req
+REQ_LEN=$(wc -c <coalesce.req)
+REQ_REC=$((REQ_LEN + 22)) # TLS 1.3 AES-GCM record: 5 header + 1 type + 16 tag
+flight=""
+for cut in all body header; do
+  case $cut in
+    all) make_relay 65536 ;;
+    body) make_relay $((flight + 10)) ;;
+    header) make_relay $((flight + 3)) ;;
+  esac
+  : >relay.dd
+  begin_conn "finished+request-$cut"
+  nc -l -p "$RELAY_PORT" -e "$W/relay.sh" &
+  rpid=$!
+  wait_for_listen "$RELAY_PORT" 10 || fail "relay did not listen"
+  lines_before=$(wc -l <ktlb.log)
+  timeout 60 openssl s_client -connect "127.0.0.1:$RELAY_PORT" -servername localhost \
+    -CAfile "$W/ca.crt" -verify_return_error -tls1_3 -ciphersuites TLS_AES_128_GCM_SHA256 \
+    -ign_eof <coalesce.req >"co.$cut.out" 2>"co.$cut.err"
+  rc=$?
+  kill "$rpid" 2>/dev/null
+  wait "$rpid" 2>/dev/null
+  [ "$rc" -eq 0 ] || { cat "co.$cut.err"; tail ktlb.log; fail "finished+request-$cut: s_client exited $rc"; }
+  [ "$(count_responses "co.$cut.out")" -eq 1 ] && grep -q "^Content-Length: 1234$CRLF" "co.$cut.out" ||
+    { tail -20 "co.$cut.out"; fail "finished+request-$cut: no response"; }
+  # Second dd: the client's second flight (CCS + Finished) plus whatever of the request.
+  second=$(grep 'bytes' relay.dd | sed -n 2p | awk '{ print $1 }')
+  if [ "$cut" = all ]; then
+    flight=$((second - REQ_REC))
+    echo "client second flight: $flight bytes, request record $REQ_REC bytes"
+    [ "$flight" -gt 0 ] || fail "relay did not hold the request back with the Finished"
+  fi
+  rxline=$(tail -n +$((lines_before + 1)) ktlb.log | grep 'kTLS RX on' | tail -1)
+  echo "ktlb: $rxline"
+  case $cut in
+    all) want='RX on at record 1 (1 whole, 0 bytes missing)' ;;
+    body) want="RX on at record 1 (0 whole, $((REQ_REC - 10)) bytes missing)" ;;
+    header) want='RX on at record 1 (0 whole, 2 bytes missing)' ;;
+  esac
+  case $rxline in
+    *"$want"*) ;;
+    *) fail "finished+request-$cut: expected \"$want\"" ;;
+  esac
+  end_conn "finished+request-$cut" 1
+done
+
+# Close_notify from the client: s_client sends it when its input ends (no -ign_eof).
+begin_conn close_notify-client
+lines_before=$(wc -l <ktlb.log)
+{ printf 'GET /size/100 HTTP/1.1\r\nHost: localhost\r\n\r\n'; sleep 3; } |
+  timeout 60 openssl s_client -connect "127.0.0.1:$PORT" -servername localhost \
+    -CAfile "$W/ca.crt" -verify_return_error -tls1_3 >cn.out 2>cn.err
+[ "$(count_responses cn.out)" -eq 1 ] || { cat cn.err; fail "close_notify-client: no response"; }
+grep -q '^DONE' cn.err || fail "close_notify-client: s_client did not end on its input's EOF"
+wait_curr_zero 20
+tail -n +$((lines_before + 1)) ktlb.log | grep -q 'close_notify from' ||
+  { tail ktlb.log; fail "close_notify-client: ktlb did not see the client's close_notify"; }
+end_conn close_notify-client 1
+
+# KeyUpdate (TLS 1.3 "K" and "k" commands of s_client): Linux 6.1 cannot rekey kTLS RX,
+# so ktlb must count it and close the connection cleanly — no spin, and keep serving.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$KTLB_PID/stat"; }
+for k in K k; do
+  begin_conn "keyupdate-$k"
+  ku0=$(metric "m.before.keyupdate-$k" "$KU_M")
+  rm -f ku.fifo
+  mkfifo ku.fifo
+  { printf 'GET /size/100 HTTP/1.1\r\nHost: localhost\r\n\r\n'; sleep 3; echo "$k"; sleep 30; } >ku.fifo &
+  wpid=$!
+  t0=$(now)
+  timeout 60 openssl s_client -connect "127.0.0.1:$PORT" -servername localhost \
+    -CAfile "$W/ca.crt" -verify_return_error -tls1_3 <ku.fifo >"ku.$k.out" 2>"ku.$k.err"
+  took=$(elapsed "$t0")
+  kill "$wpid" 2>/dev/null
+  wait "$wpid" 2>/dev/null
+  [ "$(count_responses "ku.$k.out")" -eq 1 ] || { cat "ku.$k.err"; fail "keyupdate-$k: no response before the KeyUpdate"; }
+  grep -q KEYUPDATE "ku.$k.err" || { cat "ku.$k.err"; fail "keyupdate-$k: s_client did not send a KeyUpdate"; }
+  [ "$took" -lt 25 ] || fail "keyupdate-$k: connection still open ${took}s after the KeyUpdate"
+  wait_curr_zero 20
+  c0=$(cpu_ticks)
+  sleep 2
+  c1=$(cpu_ticks)
+  echo "keyupdate-$k: s_client ended after ${took}s; ktlb used $((c1 - c0)) ticks in the next 2 s"
+  [ $((c1 - c0)) -lt 40 ] || fail "keyupdate-$k: ktlb busy after the KeyUpdate ($((c1 - c0)) ticks in 2 s)"
+  end_conn "keyupdate-$k" 1
+  ku1=$(metric "m.after.keyupdate-$k" "$KU_M")
+  [ $((ku1 - ku0)) -eq 1 ] || fail "keyupdate-$k: ktlb_ktls_keyupdates_total moved by $((ku1 - ku0))"
+  note "keyupdate-$k: ktlb_ktls_keyupdates_total +1, closed after ${took}s"
+  # ...and ktlb still serves.
+  begin_conn "after-keyupdate-$k"
+  ccurl $T13 -o /dev/null -w '%{http_code}\n' "$URL/size/1000" >aku.out 2>aku.err ||
+    { cat aku.err; fail "after-keyupdate-$k: curl failed"; }
+  [ "$(cat aku.out)" = 200 ] || fail "after-keyupdate-$k: status $(cat aku.out)"
+  end_conn "after-keyupdate-$k" 1
+done
+
+# TLS 1.2 renegotiation ("R"): the ClientHello arrives as a handshake record on the kTLS
+# RX socket; ktlb (SSL_OP_NO_RENEGOTIATION) ends the connection and keeps serving.
+begin_conn renegotiate-t12
+rm -f rn.fifo
+mkfifo rn.fifo
+{ printf 'GET /size/100 HTTP/1.1\r\nHost: localhost\r\n\r\n'; sleep 3; echo R; sleep 30; } >rn.fifo &
+wpid=$!
+t0=$(now)
+timeout 60 openssl s_client -connect "127.0.0.1:$PORT" -servername localhost \
+  -CAfile "$W/ca.crt" -verify_return_error -tls1_2 <rn.fifo >rn.out 2>rn.err
+took=$(elapsed "$t0")
+kill "$wpid" 2>/dev/null
+wait "$wpid" 2>/dev/null
+[ "$(count_responses rn.out)" -eq 1 ] || { cat rn.err; fail "renegotiate-t12: no response"; }
+grep -q RENEGOTIATING rn.err || fail "renegotiate-t12: s_client did not renegotiate"
+[ "$took" -lt 25 ] || fail "renegotiate-t12: connection still open ${took}s after R"
+end_conn renegotiate-t12 1
+
+# --- totals ------------------------------------------------------------------------------------
+metrics_save m.after.all
+echo "=== metrics (ktls and handshakes)"
+grep -E '^ktlb_(ktls|tls_handshakes|connections|client_resets)' m.after.all
+dtx=$(tls_stat_delta tls.before.all TlsTxSw)
+drx=$(tls_stat_delta tls.before.all TlsRxSw)
+mtx=$(metric_delta m.before.all m.after.all "$TX_M")
+mrx=$(metric_delta m.before.all m.after.all "$RX_M")
+fb=$(awk '/^ktlb_ktls_fallbacks_total/ { s += $NF } END { print s + 0 }' m.after.all)
+note "all connections: TlsTxSw +$dtx TlsRxSw +$drx TlsDecryptError +$(tls_stat_delta tls.before.all TlsDecryptError)" \
+  "| ktlb_ktls_tx_total +$mtx ktlb_ktls_rx_total +$mrx fallbacks $fb"
+[ "$dtx" -eq "$mtx" ] && [ "$drx" -eq "$mrx" ] || fail "ktlb metrics and tls_stat disagree"
+[ "$fb" -eq 0 ] || fail "ktlb fell back to userspace TLS $fb times with kTLS available"
+if grep -E 'failed|kTLS receive|spin' ktlb.log | grep -v 'handshake with' >unexpected.txt; then
+  cat unexpected.txt
+  fail "unexpected errors in ktlb's log"
+fi
+stop_ktlb
+
+# --- without the tls module --------------------------------------------------------------------
+# The module must be unavailable, not just unloaded (TCP_ULP would autoload it).
+echo "=== no tls module"
+i=0
+until rmmod tls 2>rmmod.err; do
+  i=$((i + 1))
+  [ "$i" -gt 100 ] && { cat rmmod.err; fail "cannot unload tls (still in use?)"; }
+  usleep 200000
+done
+echo /bin/false >/proc/sys/kernel/modprobe
+write_config require.toml require
+t0=$(now)
+timeout 30 ktlb --config require.toml >require.log 2>&1
+rc=$?
+cat require.log
+[ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] || fail "ktls = \"require\" without the tls module: ktlb exit status $rc, expected a refusal"
+grep -q 'ktls = "require"' require.log && grep -q 'no "tls" ULP' require.log ||
+  fail "ktls = \"require\" without the tls module: no clear message"
+note "require without tls module: refused in $(elapsed "$t0")s: $(grep 'startup failed' require.log)"
+# "auto" without the module: userspace TLS, counted as a fallback.
+start_ktlb ktlb.toml ktlb-nomod.log
+grep -q 'kTLS unavailable' ktlb-nomod.log || { cat ktlb-nomod.log; fail "auto without module: no notice"; }
+metrics_save m.nomod.before
+ccurl $T13 -o down.bin "$URL/size/$BIG" || fail "auto without module: download failed"
+[ "$(sha256sum down.bin | cut -d' ' -f1)" = "$DOWN_SUM" ] || fail "auto without module: bad download"
+metrics_save m.nomod.after
+nm=$(metric_delta m.nomod.before m.nomod.after 'ktlb_ktls_fallbacks_total{listener="public",reason="no_tls_module"}')
+ntx=$(metric_delta m.nomod.before m.nomod.after "$TX_M")
+note "auto without tls module: fallbacks{no_tls_module} +$nm, ktls_tx +$ntx"
+[ "$nm" -eq 1 ] && [ "$ntx" -eq 0 ] || fail "auto without module: expected one no_tls_module fallback"
+stop_ktlb
+
+echo "=== summary"
+cat summary.txt
+echo "ktlb_ktls: all cases passed in $(elapsed "$T_START")s"
