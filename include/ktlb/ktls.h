@@ -76,8 +76,21 @@ int RecordTypeFromCmsg(const void* control, size_t control_len);
 
 // Walks TLS record headers over `bytes` (which start at a record boundary):
 // *complete records end inside it, and *missing is how many more bytes the
-// last, partial record needs (0 when `bytes` ends on a boundary).
-void CountRecords(std::string_view bytes, size_t* complete, size_t* missing);
+// last, partial record needs (0 when `bytes` ends on a boundary). When only
+// part of the last record's 5-byte header is there, *missing is the rest of
+// the header: the body length is unknown until it arrives. *tail_off (if
+// given) is where the partial record starts (bytes.size() when none).
+void CountRecords(std::string_view bytes, size_t* complete, size_t* missing,
+                  size_t* tail_off = nullptr);
+// The body length in a complete 5-byte TLS record header.
+inline size_t RecordBodyLength(const unsigned char* header) {
+  return static_cast<size_t>(header[3]) << 8 | header[4];
+}
+
+// True when KTLB_KTLS_DEBUG is set in the environment (read once): connections
+// then log each offload step (record counts at the RX switch, control
+// records). For the kTLS guest tests; too chatty for production.
+bool KtlsDebugLog();
 
 // True when this process may use the OpenSSL 3.0 control-72 hand-off.
 bool OpenSslSupportsKtlsHandoff();

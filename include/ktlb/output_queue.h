@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -33,56 +34,58 @@ class OutputQueue {
     if (bytes.empty()) return;
     // A full segment starts a new one rather than growing (a realloc would
     // copy everything queued so far, again and again for a large body).
-    if (segs_.empty() || segs_.back().kind != Kind::kBytes || (segs_.size() == 1 && front_busy_) ||
-        segs_.back().data.size() + bytes.size() > kSegmentMax) {
+    if (empty() || segs_->back().kind != Kind::kBytes || (segs_->size() == 1 && front_busy_) ||
+        segs_->back().data.size() + bytes.size() > kSegmentMax) {
       PushSegment(Kind::kBytes, 0);
-      if (segs_.back().data.capacity() < kSegmentMax && bytes.size() < kSegmentMax) {
-        // Grown once to its working size, then recycled through spares_.
-        segs_.back().data.reserve(bytes.size() <= kSmallSegment ? kSmallSegment : kSegmentMax);
+      if (bytes.size() >= kSmallSegment && segs_->back().data.capacity() < kSegmentMax) {
+        // A body is streaming: size the segment once, then recycle it
+        // through spares_. Small exchanges (handshakes, small responses)
+        // take only what they need.
+        segs_->back().data.reserve(kSegmentMax);
       }
     }
-    segs_.back().data.append(bytes);
+    segs_->back().data.append(bytes);
     bytes_ += bytes.size();
   }
   void AppendRecord(uint8_t type, std::string_view payload) {
     PushSegment(Kind::kRecord, type);
-    segs_.back().data.assign(payload);
+    segs_->back().data.assign(payload);
     bytes_ += payload.size();
   }
   void AppendInstallTx() { PushSegment(Kind::kInstallTx, 0); }
 
-  bool empty() const { return segs_.empty(); }
+  bool empty() const { return segs_ == nullptr || segs_->empty(); }
   // Unsent payload bytes, for backpressure.
   size_t bytes() const { return bytes_; }
-  Segment& front() { return segs_.front(); }
+  Segment& front() { return segs_->front(); }
   // The front segment is being sent: appends go to a new segment.
   void set_front_busy(bool busy) { front_busy_ = busy; }
   bool front_busy() const { return front_busy_; }
   // Marks `n` bytes of the front segment sent; drops it when done.
   void Consume(size_t n) {
-    Segment& f = segs_.front();
+    Segment& f = segs_->front();
     f.off += n;
     bytes_ -= n;
     if (f.off >= f.data.size()) PopFront();
   }
   void PopFront() {
-    Segment& f = segs_.front();
+    Segment& f = segs_->front();
     bytes_ -= f.data.size() - f.off;
     if (spares_.size() < 2 && f.data.capacity() <= kMaxSpare) {
       f.data.clear();
       spares_.push_back(std::move(f.data));
     }
-    segs_.pop_front();
+    segs_->pop_front();
   }
   void Clear() {
-    while (!segs_.empty()) PopFront();
+    while (!empty()) PopFront();
     front_busy_ = false;
   }
   // Gives memory back (idle connections should cost a few KiB).
   void Shrink() {
-    if (segs_.empty()) {
-      spares_.clear();
-      std::deque<Segment>().swap(segs_);
+    if (empty()) {
+      std::vector<std::string>().swap(spares_);
+      segs_.reset();
     }
   }
 
@@ -98,10 +101,13 @@ class OutputQueue {
       s.data = std::move(spares_.back());
       spares_.pop_back();
     }
-    segs_.push_back(std::move(s));
+    if (segs_ == nullptr) segs_ = std::make_unique<std::deque<Segment>>();
+    segs_->push_back(std::move(s));
   }
 
-  std::deque<Segment> segs_;
+  // A deque never moves its elements, so the segment being sent stays put
+  // whatever is appended behind it. Allocated on first use, dropped when idle.
+  std::unique_ptr<std::deque<Segment>> segs_;
   std::vector<std::string> spares_;
   size_t bytes_ = 0;
   bool front_busy_ = false;

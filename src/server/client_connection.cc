@@ -32,6 +32,7 @@ void ClientConnection::Start(Worker* w, size_t listener_index, int fd, const soc
   peer_ip_ = AddressIp(peer);
   peer_port_ = AddressPort(peer);
   timer_.target = this;
+  trim_timer_.target = this;
   bio_ = tls::BioIo{};
   bio_.queue = &out_;
   ssl_ = tls.NewSsl(tls::NewBufferBio(&bio_));
@@ -170,6 +171,7 @@ void ClientConnection::StartExchange() {
   resp_status_ = 0;
   attempts_ = 0;
   DeadlineQueue::Cancel(&timer_);
+  DeadlineQueue::Cancel(&trim_timer_);
 
   // The upstream head is built before the client's head bytes are released:
   // head_'s views point into plain_.
@@ -325,9 +327,11 @@ void ClientConnection::FinishExchange() {
   if (plain_off_ == plain_.size()) {
     plain_.clear();
     plain_off_ = 0;
-    ShrinkIdleBuffers();
     w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kKeepalive),
                  w_->config().server.timeouts.keepalive_ms);
+    // Busy keep-alive connections keep their buffers; idle ones give them
+    // back shortly (a few KiB per idle connection).
+    w_->ArmTimer(&trim_timer_, kTimerTrim, kTrimAfterMs);
   } else {
     w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kRequestHeader),
                  w_->config().server.timeouts.request_header_ms);
@@ -368,6 +372,12 @@ void ClientConnection::OnUpstreamAborted() {
 }
 
 void ClientConnection::OnDeadline(uint8_t kind) {
+  if (kind == kTimerTrim) {
+    if (state_ == State::kReadingHead && plain_off_ == plain_.size() && !send_inflight_) {
+      ShrinkIdleBuffers();
+    }
+    return;
+  }
   if (kind == kTimerLinger) return CloseNow();
   auto k = static_cast<TimeoutKind>(kind);
   if (state_ == State::kReadingHead && k == TimeoutKind::kKeepalive &&
@@ -425,6 +435,7 @@ void ClientConnection::CloseNow() {
   }
   state_ = State::kClosed;
   DeadlineQueue::Cancel(&timer_);
+  DeadlineQueue::Cancel(&trim_timer_);
   // Pending ops complete (with 0 or an error) once the socket is shut down;
   // the slot is released when the last one is back.
   shutdown(fd_, SHUT_RDWR);
@@ -445,12 +456,14 @@ void ClientConnection::MaybeRelease() {
 }
 
 void ClientConnection::ShrinkIdleBuffers() {
-  // Idle keep-alive connections should cost a few KiB: give back what a large
-  // body grew.
-  constexpr size_t kKeep = 4096;
-  if (plain_.capacity() > kKeep && plain_.empty()) std::string().swap(plain_);
+  // Idle keep-alive connections should cost a few KiB: nothing of a past
+  // exchange stays allocated.
+  if (plain_.empty()) std::string().swap(plain_);
   if (!send_inflight_ && out_.empty()) out_.Shrink();
-  if (cipher_stash_.capacity() > kKeep && cipher_stash_.empty()) std::string().swap(cipher_stash_);
+  if (cipher_stash_.empty()) std::string().swap(cipher_stash_);
+  std::string().swap(up_head_);
+  std::string().swap(scratch_);
+  if (head_.headers.capacity() > 16) std::vector<http1::Header>().swap(head_.headers);
 }
 
 }  // namespace ktlb

@@ -159,6 +159,7 @@ class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
 
   State state_ = State::kClosed;
   DeadlineNode timer_;
+  DeadlineNode trim_timer_;  // idle keep-alive: release buffers (kTimerTrim)
 
   std::string plain_;  // decrypted bytes not yet consumed
   size_t plain_off_ = 0;

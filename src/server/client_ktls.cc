@@ -72,6 +72,9 @@ bool ClientConnection::InstallTxNow() {
   }
   tx_active_ = true;
   w_->metrics().listeners[listener_].ktls_tx.Inc();
+  if (tls::KtlsDebugLog()) {
+    fprintf(stderr, "ktlb: ktls: %s:%u: kTLS TX on\n", peer_ip_.c_str(), peer_port_);
+  }
   return true;
 }
 
@@ -98,21 +101,31 @@ void ClientConnection::StartRxOffload() {
     ulp_attached_ = true;
   }
   // Every record after the handshake that OpenSSL decrypts shifts the
-  // kernel's starting sequence number by one; a partial last record must be
-  // completed (exactly, no further) so the socket resumes at a boundary.
+  // kernel's starting sequence number by one. A partial last record is held
+  // back from OpenSSL (DriveTls leaves it in cipher_stash_), completed with
+  // exact reads (no byte further) and then decrypted by OpenSSL, so the
+  // socket resumes at a record boundary. Holding it back matters when only
+  // part of its 5-byte header came: OpenSSL would swallow those bytes and
+  // nothing could tell how long the body is.
   size_t complete = 0, missing = 0;
   tls::CountRecords(bio_.in, &complete, &missing);
   rx_records_ = complete + (missing > 0 ? 1 : 0);
-  exact_need_ = missing;
+  exact_need_ = 0;
   rx_sync_ = RxSync::kPending;
+  if (tls::KtlsDebugLog()) {
+    fprintf(stderr,
+            "ktlb: ktls: %s:%u: handshake done, after Finished: %zu whole, %zu bytes missing\n",
+            peer_ip_.c_str(), peer_port_, complete, missing);
+  }
 }
 
 void ClientConnection::ArmRecvExact(size_t n) {
-  // Reads only the missing bytes of the record OpenSSL holds half of; the
-  // data lands in cipher_stash_, which is empty at this point.
-  cipher_stash_.resize(n);
+  // Reads only the missing bytes of the held record, appended to it.
+  exact_need_ = n;
+  size_t have = cipher_stash_.size();
+  cipher_stash_.resize(have + n);
   io_uring_sqe* sqe = w_->ring().Sqe();
-  io_uring_prep_recv(sqe, fd_, cipher_stash_.data(), n, 0);
+  io_uring_prep_recv(sqe, fd_, cipher_stash_.data() + have, n, 0);
   io_uring_sqe_set_data64(sqe, Tag(static_cast<uint8_t>(ConnOp::kRecvExact)));
   recv_inflight_ = true;
   ++inflight_;
@@ -126,25 +139,30 @@ void ClientConnection::OnRecvExact(int res) {
     peer_eof_ = true;
     return CloseNow();
   }
-  size_t got = static_cast<size_t>(res);
-  // A short read keeps only what arrived and asks for the rest.
-  std::string chunk = cipher_stash_.substr(0, got);
-  cipher_stash_.clear();
-  exact_need_ -= got;
-  bio_.in = chunk;
-  DriveTls();
-  bio_.in = {};
+  // A short read keeps what arrived; FinishRxOffload asks for the rest
+  // (first the header's remainder, then the body it announces).
+  cipher_stash_.resize(cipher_stash_.size() - exact_need_ + static_cast<size_t>(res));
+  exact_need_ = 0;
+  FinishRxOffload();
   if (state_ == State::kClosed) return;
-  if (exact_need_ > 0) {
-    ArmRecvExact(exact_need_);
-  } else {
-    FinishRxOffload();
-  }
   FlushSend();
   ArmRecv();
 }
 
 void ClientConnection::FinishRxOffload() {
+  // cipher_stash_ holds nothing but the start of the one record OpenSSL has
+  // not seen (or nothing at all): complete it first.
+  size_t complete = 0, missing = 0;
+  tls::CountRecords(cipher_stash_, &complete, &missing);
+  if (missing > 0) return ArmRecvExact(missing);
+  if (!cipher_stash_.empty()) {
+    // The held record is whole: OpenSSL decrypts it like every one before.
+    bio_.in = cipher_stash_;
+    DriveTls();
+    bio_.in = {};
+    cipher_stash_.clear();
+    if (state_ == State::kClosed) return;
+  }
   rx_sync_ = RxSync::kDone;
   if (SSL_pending(ssl_.get()) > 0) {
     // Not expected (every SSL_read drained to WANT_READ), but installing now
@@ -178,6 +196,12 @@ void ClientConnection::FinishRxOffload() {
   }
   rx_active_ = true;
   w_->metrics().listeners[listener_].ktls_rx.Inc();
+  if (tls::KtlsDebugLog()) {
+    fprintf(stderr, "ktlb: ktls: %s:%u: kTLS RX on at record %llu\n", peer_ip_.c_str(),
+            peer_port_, static_cast<unsigned long long>(SSL_version(ssl_.get()) == TLS1_2_VERSION
+                                                            ? 1 + rx_records_
+                                                            : rx_records_));
+  }
 }
 
 void ClientConnection::ArmRecvMsg() {
@@ -223,6 +247,19 @@ void ClientConnection::OnRecvMsg(int res) {
 }
 
 void ClientConnection::HandleControlRecord(int type, std::string_view payload) {
+  if (tls::KtlsDebugLog()) {
+    fprintf(stderr, "ktlb: ktls: %s:%u: record type %d (%zu bytes, first %d)%s\n",
+            peer_ip_.c_str(), peer_port_, type, payload.size(),
+            payload.empty() ? -1 : static_cast<unsigned char>(payload[0]),
+            type == tls::kRecordAlert && payload.size() >= 2 && payload[1] == 0
+                ? ": close_notify from peer"
+                : "");
+  }
+  if (state_ == State::kLingering) {
+    // Our side is done; the peer's last words (close_notify) end the wait.
+    peer_eof_ = true;
+    return CloseNow();
+  }
   if (type == tls::kRecordAlert && payload.size() >= 2 && payload[1] == 0) {
     // close_notify: answer what is in flight, then close.
     peer_eof_ = true;

@@ -177,11 +177,9 @@ void ClientConnection::OnRecv(int res, uint32_t flags) {
   bio_.in = {};
   w_->buffers().Recycle(bid);
   if (rx_sync_ == RxSync::kPending && state_ != State::kClosed) {
-    if (exact_need_ > 0) {
-      ArmRecvExact(exact_need_);
-    } else {
-      FinishRxOffload();
-    }
+    // The handshake just ended: cipher_stash_ holds the partial record
+    // DriveTls kept from OpenSSL, if any.
+    FinishRxOffload();
   }
   if (require_failed_ && state_ != State::kHandshake) return RefuseWithoutOffload();
   FlushSend();
@@ -195,6 +193,7 @@ void ClientConnection::RefuseWithoutOffload() {
 }
 
 void ClientConnection::DriveTls() {
+  size_t held = 0;  // bytes of bio_.in kept from OpenSSL, right after its end
   if (state_ == State::kHandshake) {
     int r = SSL_do_handshake(ssl_.get());
     if (r != 1) {
@@ -203,6 +202,15 @@ void ClientConnection::DriveTls() {
       return FailHandshake(err);
     }
     OnHandshakeDone();
+    if (rx_sync_ == RxSync::kPending) {
+      // RX goes to the kernel at the next record boundary: OpenSSL gets
+      // every whole record that came after the Finished, the partial last
+      // one stays in bio_.in for the caller to keep (see StartRxOffload).
+      size_t complete = 0, missing = 0, tail = 0;
+      tls::CountRecords(bio_.in, &complete, &missing, &tail);
+      held = bio_.in.size() - tail;
+      bio_.in.remove_suffix(held);
+    }
   }
   // Decrypt everything available into the plaintext buffer.
   for (;;) {
@@ -229,6 +237,8 @@ void ClientConnection::DriveTls() {
     w_->metrics().listeners[listener_].client_resets.Inc();
     return CloseNow();
   }
+  // The held bytes follow whatever OpenSSL left unread, in the same buffer.
+  if (held > 0) bio_.in = std::string_view(bio_.in.data(), bio_.in.size() + held);
   ProcessPlain();
   if (peer_eof_ && state_ == State::kReadingHead) BeginClose();
 }

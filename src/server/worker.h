@@ -28,7 +28,10 @@ enum class ConnOp : uint8_t { kRecv = 1, kSend = 2, kConnect = 3, kRecvMsg = 4, 
 
 // Timer kinds beyond the counted TimeoutKind values.
 inline constexpr uint8_t kTimerLinger = static_cast<uint8_t>(TimeoutKind::kCount);
-inline constexpr size_t kTimerKinds = kTimerLinger + 1;
+// An idle keep-alive connection gives its buffers back after this long.
+inline constexpr uint8_t kTimerTrim = kTimerLinger + 1;
+inline constexpr uint32_t kTrimAfterMs = 1000;
+inline constexpr size_t kTimerKinds = kTimerTrim + 1;
 
 class Worker {
  public:

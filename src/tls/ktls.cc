@@ -13,6 +13,7 @@
 #include <openssl/tls1.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -49,7 +50,9 @@ bool ExpandLabel(const char* digest, const unsigned char* secret, size_t secret_
                                         sizeof(kPrefix) - 1),
       OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_LABEL, const_cast<char*>(label),
                                         strlen(label)),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_DATA, nullptr, 0),
+      // No OSSL_KDF_PARAM_DATA: the context is empty for "key" and "iv", and
+      // OpenSSL 3.0 rejects an octet-string parameter whose data pointer is
+      // NULL (tls13_hkdf_expand leaves it out the same way).
       OSSL_PARAM_construct_end(),
   };
   bool ok = EVP_KDF_derive(ctx, out, out_len, params) > 0;
@@ -160,11 +163,12 @@ int RecordTypeFromCmsg(const void* control, size_t control_len) {
   return -1;
 }
 
-void CountRecords(std::string_view bytes, size_t* complete, size_t* missing) {
+void CountRecords(std::string_view bytes, size_t* complete, size_t* missing, size_t* tail_off) {
   *complete = 0;
   *missing = 0;
   size_t off = 0;
   while (off < bytes.size()) {
+    if (tail_off != nullptr) *tail_off = off;
     if (bytes.size() - off < 5) {
       // A partial header: at least the rest of the header is missing; the
       // body length is unknown until it arrives.
@@ -181,6 +185,12 @@ void CountRecords(std::string_view bytes, size_t* complete, size_t* missing) {
     ++*complete;
     off = end;
   }
+  if (tail_off != nullptr) *tail_off = off;
+}
+
+bool KtlsDebugLog() {
+  static const bool on = getenv("KTLB_KTLS_DEBUG") != nullptr;
+  return on;
 }
 
 bool OpenSslSupportsKtlsHandoff() {

@@ -62,6 +62,22 @@ assert STREAM_BYTES >= 4 * RSS_BOUND, "KTLB_STREAM_MIB too small for a meaningfu
 # How long the slow side holds back. At loopback speed, a ktlb without
 # backpressure would have read (and buffered) far more than RSS_BOUND by then.
 HOLD_SECONDS = 3.0
+# What the client may push into a ktlb that reads nothing more while its
+# backend reads nothing: ktlb's queue (256 KiB) plus the kernel buffers of its
+# two sockets in between (the client's send buffer and the backend's receive
+# buffer are pinned small). Without backpressure: the whole body.
+SMALL_SOCKBUF = 256 * 1024
+
+
+def _sysctl_max(name):
+    try:
+        with open(f"/proc/sys/net/ipv4/{name}") as f:
+            return int(f.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        return 32 * MiB
+
+
+HELD_BOUND = 16 * MiB + _sysctl_max("tcp_rmem") + _sysctl_max("tcp_wmem")
 TRANSFER_TIMEOUT = 300.0
 
 
@@ -224,6 +240,7 @@ class PausingBackend:
     def __init__(self, pause):
         self.pause = pause
         self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_SOCKBUF)  # inherited by accept
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
         self.port = self.sock.getsockname()[1]
@@ -295,32 +312,37 @@ class StreamingTest(harness.KtlbTestCase):
     def start(self, origin_addr):
         return self.ktlb(self.basic_config({"app": [origin_addr]}))
 
-    def upload(self, k, total, chunked, path="/sha256", abort_after=None, reset=True, progress=None):
+    def upload(self, k, total, chunked, path="/sha256", abort_after=None, reset=True, progress=None,
+               before_abort=None, sndbuf=None):
         """PUTs a generated body of `total` bytes. Returns (status, body, sha256 hex)
         or, with abort_after, closes the connection once that many body bytes
-        are sent and returns None. `progress` (a list) gets the bytes sent so far."""
-        c = self.tls(k, timeout=TRANSFER_TIMEOUT)
-        framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}"
-        c.send(f"PUT {path} HTTP/1.1\r\nHost: localhost\r\n{framing}\r\n\r\n")
-        h = hashlib.sha256()
-        sent = 0
-        for piece in body_pieces(total):
-            h.update(piece)
+        are sent (after calling before_abort()) and returns None. `progress`
+        (a list) gets the bytes sent so far."""
+        with self.tls(k, timeout=TRANSFER_TIMEOUT) as c:
+            if sndbuf:
+                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+            framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}"
+            c.send(f"PUT {path} HTTP/1.1\r\nHost: localhost\r\n{framing}\r\n\r\n")
+            h = hashlib.sha256()
+            sent = 0
+            for piece in body_pieces(total):
+                h.update(piece)
+                if chunked:
+                    c.sock.sendall(b"".join((b"%x\r\n" % len(piece), piece, b"\r\n")))
+                else:
+                    c.sock.sendall(piece)
+                sent += len(piece)
+                if progress is not None:
+                    progress[0] = sent
+                if abort_after is not None and sent >= abort_after:
+                    if before_abort is not None:
+                        before_abort()
+                    abort(c.sock, reset)
+                    return None
             if chunked:
-                c.sock.sendall(b"".join((b"%x\r\n" % len(piece), piece, b"\r\n")))
-            else:
-                c.sock.sendall(piece)
-            sent += len(piece)
-            if progress is not None:
-                progress[0] = sent
-            if abort_after is not None and sent >= abort_after:
-                abort(c.sock, reset)
-                return None
-        if chunked:
-            c.send(b"0\r\n\r\n")
-        status, _, body = c.read_response()
-        c.close()
-        return status, body, h.hexdigest()
+                c.send(b"0\r\n\r\n")
+            status, _, body = c.read_response()
+            return status, body, h.hexdigest()
 
     def warm_up(self, k):
         """Touches ktlb's fixed buffers (and the pooled upstream connection)
@@ -355,7 +377,7 @@ class StreamingTest(harness.KtlbTestCase):
                 return left
             time.sleep(0.05)
 
-    def assert_healthy_after(self, k, origin):
+    def assert_healthy_after(self, k):
         """ktlb is up, serves exact bodies both ways on new and reused
         connections (a pooled upstream connection left mid-body would corrupt
         or stall these), and has no client connection left open."""
@@ -411,7 +433,8 @@ class StreamingTest(harness.KtlbTestCase):
 
         def run():
             try:
-                result["r"] = self.upload(k, STREAM_BYTES, chunked=False, path="/paused/sha256", progress=progress)
+                result["r"] = self.upload(k, STREAM_BYTES, chunked=False, path="/paused/sha256", progress=progress,
+                                          sndbuf=SMALL_SOCKBUF)
             except BaseException as e:
                 result["e"] = e
 
@@ -433,9 +456,12 @@ class StreamingTest(harness.KtlbTestCase):
         self.assertIsNotNone(backend.head_at, "the request never reached the backend")
         status, body, digest = result["r"]
         self.assertEqual((status, body), (200, f"{digest} {STREAM_BYTES}\n".encode()))
-        # Socket buffers on both sides of ktlb plus its bounded queue: a few MiB.
-        self.assertLess(held, RSS_BOUND,
-                        f"ktlb accepted {held / MiB:.1f} MiB from the client while the backend read nothing")
+        if STREAM_BYTES >= 2 * HELD_BOUND:
+            self.assertLess(held, HELD_BOUND,
+                            f"ktlb accepted {held / MiB:.1f} MiB from the client while the backend read nothing")
+        else:
+            print(f"[streaming]   (held-back check skipped: this host's TCP buffers allow "
+                  f"{HELD_BOUND / MiB:.0f} MiB, too close to the body size)", flush=True)
         self.assert_bounded(mon, "upload to a paused backend")
 
     # -- 2. download with a slow reader --
@@ -506,7 +532,7 @@ class StreamingTest(harness.KtlbTestCase):
                 self.assertFalse(left, f"ktlb kept the upstream connection of the aborted download: "
                                        f"{upstream_sockets(k, o.port)}")
                 self.assertEqual(self.wait_active_zero(k), 0, "ktlb_connections_active did not return to 0")
-                self.assert_healthy_after(k, o)
+                self.assert_healthy_after(k)
                 k.stop()
                 o.stop()
 
@@ -519,26 +545,18 @@ class StreamingTest(harness.KtlbTestCase):
                 o = self.origin("abort-up")
                 k = self.start(o.addr)
                 before = set(upstream_sockets(k, o.port))
-                seen = {}
-                stop = threading.Event()
+                seen = set()
 
-                def watch():  # the upstream connection used by the upload
-                    while not stop.is_set():
-                        try:
-                            for inode in set(upstream_sockets(k, o.port)) - before:
-                                seen[inode] = True
-                        except OSError:
-                            pass
-                        stop.wait(0.01)
+                def find_upstream():
+                    # The origin waits for the rest of the body, so the upload's
+                    # upstream connection is open as long as the client's is.
+                    deadline = time.monotonic() + 10
+                    while not seen and time.monotonic() < deadline:
+                        seen.update(set(upstream_sockets(k, o.port)) - before)
+                        time.sleep(0.01)
 
-                w = threading.Thread(target=watch, daemon=True)
-                w.start()
-                try:
-                    self.assertIsNone(self.upload(k, STREAM_BYTES, chunked, abort_after=8 * MiB, reset=reset))
-                    time.sleep(0.1)
-                finally:
-                    stop.set()
-                    w.join()
+                self.assertIsNone(self.upload(k, STREAM_BYTES, chunked, abort_after=8 * MiB, reset=reset,
+                                              before_abort=find_upstream))
                 self.assertTrue(seen, "no upstream connection found for the upload")
                 # The origin still waits for the rest of the body: the connection
                 # must be closed, never pooled.
@@ -546,7 +564,7 @@ class StreamingTest(harness.KtlbTestCase):
                 self.assertFalse(left, f"ktlb kept the upstream connection of the aborted upload: "
                                        f"{upstream_sockets(k, o.port)}")
                 self.assertEqual(self.wait_active_zero(k), 0, "ktlb_connections_active did not return to 0")
-                self.assert_healthy_after(k, o)
+                self.assert_healthy_after(k)
                 k.stop()
                 o.stop()
 
