@@ -123,6 +123,10 @@ void ClientConnection::ArmRecvExact(size_t n) {
   // Reads only the missing bytes of the held record, appended to it.
   exact_need_ = n;
   size_t have = cipher_stash_.size();
+  if (tls::KtlsDebugLog()) {
+    fprintf(stderr, "ktlb: ktls: %s:%u: reading exactly %zu bytes (%zu of the record held)\n",
+            peer_ip_.c_str(), peer_port_, n, have);
+  }
   cipher_stash_.resize(have + n);
   io_uring_sqe* sqe = w_->ring().Sqe();
   io_uring_prep_recv(sqe, fd_, cipher_stash_.data() + have, n, 0);

@@ -36,6 +36,11 @@ ORIGIN_PID=""
 cp "$F/ca.crt" "$F/site.crt" "$F/site.key" "$W/"
 : >summary.txt
 
+# Development aid: pass "--file ktlb_ktls.only" holding a pattern (grep -E) to run only
+# the matching case groups (bulk, keepalive, pipelined, coalesce, close_notify,
+# keyupdate, renegotiate, nomodule). The ctest entry runs everything.
+want() { [ ! -f "$F/ktlb_ktls.only" ] || echo "$1" | grep -qE "$(cat "$F/ktlb_ktls.only")"; }
+
 now() { date +%s; }
 elapsed() { echo $(($(now) - $1)); }
 note() { echo "$*" | tee -a summary.txt; }
@@ -208,6 +213,7 @@ bulk_case() { # bulk_case NAME EXPECT_PROTO EXPECT_CIPHER CURL_TLS_ARGS...
 }
 T12="--tlsv1.2 --tls-max 1.2"
 T13="--tlsv1.3"
+if want bulk; then
 # shellcheck disable=SC2086
 {
 bulk_case t12-aes128gcm TLSv1.2 ECDHE-RSA-AES128-GCM-SHA256 $T12 --ciphers ECDHE-RSA-AES128-GCM-SHA256
@@ -218,7 +224,10 @@ bulk_case t13-aes256gcm TLSv1.3 TLS_AES_256_GCM_SHA384 $T13 --tls13-ciphers TLS_
 bulk_case t13-chacha20 TLSv1.3 TLS_CHACHA20_POLY1305_SHA256 $T13 --tls13-ciphers TLS_CHACHA20_POLY1305_SHA256
 }
 
+fi
+
 # --- keep-alive: several requests on one connection ------------------------------------------
+if want keepalive; then
 for v in 12 13; do
   if [ "$v" = 12 ]; then flags=$T12; else flags=$T13; fi
   begin_conn "keepalive-t$v"
@@ -232,6 +241,8 @@ for v in 12 13; do
   end_conn "keepalive-t$v" 1
 done
 
+fi
+
 # --- openssl s_client cases --------------------------------------------------------------------
 # count_responses FILE: "HTTP/1.1 200 OK" status lines in FILE (a body without a final
 # newline runs into the next status line, so count matches, not lines).
@@ -240,6 +251,7 @@ CRLF=$(printf '\r')
 
 # Pipelining: two requests in one write (one TLS record), answered in order; the second
 # asks ktlb to close, which it does with a close_notify ("closed" from s_client).
+if want pipelined; then
 for v in 1_2 1_3; do
   begin_conn "pipelined-t$v"
   printf 'GET /size/3000 HTTP/1.1\r\nHost: localhost\r\n\r\nGET /size/5000 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' >pipe.req
@@ -256,17 +268,23 @@ for v in 1_2 1_3; do
   end_conn "pipelined-t$v" 1
 done
 
+fi
+
 # First request bytes in the same read as the client Finished. A relay (busybox nc -e)
 # holds the client's second flight back, then forwards it in one write cut at a chosen
 # byte: everything (Finished + whole request record), Finished + 10 bytes of the request
 # record (body partial), Finished + 3 bytes (record header partial). ktlb must finish the
 # record it holds half of with exact reads and start kernel RX at record 1.
+if want coalesce; then
 make_relay() { # make_relay CUT
   cat >relay.sh <<EOF
 #!/bin/sh
 exec 2>>$W/relay.err
-{ dd bs=65536 count=1 2>>$W/relay.dd; sleep 2; dd bs=$1 count=1 2>>$W/relay.dd; usleep 700000; cat; } |
-  nc 127.0.0.1 $PORT
+# One read each (busybox dd without iflag=fullblock): the ClientHello; then, after the
+# client had time to send its second flight and the request, up to CUT bytes of them,
+# forwarded in one write; the rest a moment later.
+{ dd bs=65536 count=1 2>/dev/null; sleep 2; dd bs=$1 count=1 of=$W/relay.second 2>/dev/null;
+  cat $W/relay.second; usleep 700000; cat; } | nc 127.0.0.1 $PORT
 EOF
   chmod +x relay.sh
 }
@@ -280,7 +298,7 @@ for cut in all body header; do
     body) make_relay $((flight + 10)) ;;
     header) make_relay $((flight + 3)) ;;
   esac
-  : >relay.dd
+  rm -f relay.second
   begin_conn "finished+request-$cut"
   nc -l -p "$RELAY_PORT" -e "$W/relay.sh" &
   rpid=$!
@@ -296,7 +314,7 @@ for cut in all body header; do
   [ "$(count_responses "co.$cut.out")" -eq 1 ] && grep -q "^Content-Length: 1234$CRLF" "co.$cut.out" ||
     { tail -20 "co.$cut.out"; fail "finished+request-$cut: no response"; }
   # Second dd: the client's second flight (CCS + Finished) plus whatever of the request.
-  second=$(grep 'bytes' relay.dd | sed -n 2p | awk '{ print $1 }')
+  second=$(wc -c <relay.second)
   if [ "$cut" = all ]; then
     flight=$((second - REQ_REC))
     echo "client second flight: $flight bytes, request record $REQ_REC bytes"
@@ -315,7 +333,10 @@ for cut in all body header; do
   end_conn "finished+request-$cut" 1
 done
 
+fi
+
 # Close_notify from the client: s_client sends it when its input ends (no -ign_eof).
+if want close_notify; then
 begin_conn close_notify-client
 lines_before=$(wc -l <ktlb.log)
 { printf 'GET /size/100 HTTP/1.1\r\nHost: localhost\r\n\r\n'; sleep 3; } |
@@ -328,8 +349,11 @@ tail -n +$((lines_before + 1)) ktlb.log | grep -q 'close_notify from' ||
   { tail ktlb.log; fail "close_notify-client: ktlb did not see the client's close_notify"; }
 end_conn close_notify-client 1
 
+fi
+
 # KeyUpdate (TLS 1.3 "K" and "k" commands of s_client): Linux 6.1 cannot rekey kTLS RX,
 # so ktlb must count it and close the connection cleanly — no spin, and keep serving.
+if want keyupdate; then
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$KTLB_PID/stat"; }
 for k in K k; do
   begin_conn "keyupdate-$k"
@@ -365,8 +389,11 @@ for k in K k; do
   end_conn "after-keyupdate-$k" 1
 done
 
+fi
+
 # TLS 1.2 renegotiation ("R"): the ClientHello arrives as a handshake record on the kTLS
 # RX socket; ktlb (SSL_OP_NO_RENEGOTIATION) ends the connection and keeps serving.
+if want renegotiate; then
 begin_conn renegotiate-t12
 rm -f rn.fifo
 mkfifo rn.fifo
@@ -382,6 +409,8 @@ wait "$wpid" 2>/dev/null
 grep -q RENEGOTIATING rn.err || fail "renegotiate-t12: s_client did not renegotiate"
 [ "$took" -lt 25 ] || fail "renegotiate-t12: connection still open ${took}s after R"
 end_conn renegotiate-t12 1
+
+fi
 
 # --- totals ------------------------------------------------------------------------------------
 metrics_save m.after.all
@@ -402,6 +431,7 @@ if grep -E 'failed|kTLS receive|spin' ktlb.log | grep -v 'handshake with' >unexp
 fi
 stop_ktlb
 
+if want nomodule; then
 # --- without the tls module --------------------------------------------------------------------
 # The module must be unavailable, not just unloaded (TCP_ULP would autoload it).
 echo "=== no tls module"
@@ -433,6 +463,8 @@ ntx=$(metric_delta m.nomod.before m.nomod.after "$TX_M")
 note "auto without tls module: fallbacks{no_tls_module} +$nm, ktls_tx +$ntx"
 [ "$nm" -eq 1 ] && [ "$ntx" -eq 0 ] || fail "auto without module: expected one no_tls_module fallback"
 stop_ktlb
+
+fi
 
 echo "=== summary"
 cat summary.txt
