@@ -2,13 +2,32 @@
 """ktlb vs nginx vs haproxy, same machine, same origin, same run.
 
 Each proxy terminates TLS with one worker pinned to CPU 0 and forwards HTTP/1.1 to the
-same ktlb-origin over pooled keep-alive connections; wrk/h2load and the origin are
-pinned to CPU 1. For every scenario it prints requests/s and requests per proxy
+same ktlb-origin over pooled keep-alive connections; wrk/h2load/ktlb-tlsload and the
+origin are pinned to CPU 1. For every scenario it prints requests/s and requests per proxy
 CPU-second (utime+stime of the proxy's processes over the run, from /proc), and the
 ratio of ktlb to the better anchor. Absolute numbers on a shared machine are noise;
 the ratios are the result.
 
-usage: bench/run.py [--build build] [--duration 10] [--only small,1mib,newconn]
+Scenarios: small, 1mib and newconn use wrk. newconn sends "Connection: close", but wrk
+resumes TLS sessions, so it mostly measures resumed handshakes. fullhs uses
+ktlb-tlsload (tools/tlsload, built with ktlb): a new connection per request with a FULL
+handshake every time (no session is ever offered), and it fails the run unless its
+"Resumed:" fraction is 0.
+
+--cert picks the certificate all three proxies serve, for every scenario: "site" (the
+default, RSA-2048) or "other" (ECDSA P-256), both from tools/gen-certs.sh and both with
+the RSA intermediate in the chain. For fullhs prefer --cert other: with RSA the
+private-key signature (~0.25 ms on one core) dominates every full handshake and hides
+the proxy's own overhead; with ECDSA the signature is ~20 us and the proxy's work shows.
+fullhs sends the SNI the certificate names (localhost or other.test).
+
+The load generator has one core, shared with the origin; ktlb-tlsload prints its own CPU
+per handshake ("client ... us/handshake" below, ~0.4-0.5 ms). When that CPU nears the
+whole core (as with --cert other), the client, not the proxy, sets the pace: requests per
+proxy CPU-second stay comparable across proxies, requests/s do not measure capacity.
+
+usage: bench/run.py [--build build] [--duration 10] [--only small,1mib,newconn,fullhs]
+                    [--cert site|other]
 """
 import argparse
 import os
@@ -100,7 +119,7 @@ class Proxy:
                 self.proc.wait()
 
 
-def ktlb_proxy(build, d, origin_port, certs):
+def ktlb_proxy(build, d, origin_port, certs, cert):
     port = free_port()
     cfg = os.path.join(d, "ktlb.toml")
     with open(cfg, "w") as f:
@@ -114,8 +133,8 @@ certificates = ["site"]
 ktls = "auto"
 [[certificates]]
 name = "site"
-cert = "{certs}/site.crt"
-key = "{certs}/site.key"
+cert = "{certs}/{cert}.crt"
+key = "{certs}/{cert}.key"
 [[routes]]
 listener = "bench"
 upstream = "origin"
@@ -126,7 +145,7 @@ servers = ["127.0.0.1:{origin_port}"]
     return Proxy("ktlb", [os.path.join(build, "ktlb"), "--config", cfg], port, d)
 
 
-def nginx_proxy(d, origin_port, certs):
+def nginx_proxy(d, origin_port, certs, cert):
     port = free_port()
     cfg = os.path.join(d, "nginx.conf")
     with open(cfg, "w") as f:
@@ -142,8 +161,8 @@ http {{
   upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{port} ssl;
-    ssl_certificate {certs}/site.crt;
-    ssl_certificate_key {certs}/site.key;
+    ssl_certificate {certs}/{cert}.crt;
+    ssl_certificate_key {certs}/{cert}.key;
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_session_tickets on;
     keepalive_requests 1000000;
@@ -161,11 +180,11 @@ http {{
     return Proxy("nginx", ["nginx", "-c", cfg, "-p", d], port, d)
 
 
-def haproxy_proxy(d, origin_port, certs):
+def haproxy_proxy(d, origin_port, certs, cert):
     port = free_port()
     pem = os.path.join(d, "site.pem")
     with open(pem, "w") as f:
-        f.write(open(f"{certs}/site.crt").read() + open(f"{certs}/site.key").read())
+        f.write(open(f"{certs}/{cert}.crt").read() + open(f"{certs}/{cert}.key").read())
     cfg = os.path.join(d, "haproxy.cfg")
     with open(cfg, "w") as f:
         f.write(f"""
@@ -190,28 +209,53 @@ backend be
     return Proxy("haproxy", ["haproxy", "-f", cfg, "-db"], port, d)
 
 
+# The SNI each --cert names (fullhs sends it; wrk sends none for an IP URL).
+CERT_SNI = {"site": "localhost", "other": "other.test"}
+
 SCENARIOS = {
-    # name: (description, tool argv builder)
+    # name: (description, tool argv builder(url, duration, port, args))
     "small": ("small keep-alive responses (100 B), wrk -c50",
-              lambda url, dur: ["wrk", "-t1", "-c50", f"-d{dur}s", url + "/size/100"]),
+              lambda url, dur, port, a: ["wrk", "-t1", "-c50", f"-d{dur}s", url + "/size/100"]),
     "1mib": ("1 MiB responses, wrk -c8",
-             lambda url, dur: ["wrk", "-t1", "-c8", f"-d{dur}s", url + "/size/1048576"]),
+             lambda url, dur, port, a: ["wrk", "-t1", "-c8", f"-d{dur}s",
+                                        url + "/size/1048576"]),
     "newconn": ("new TLS connection per request, wrk -c20 Connection: close",
-                lambda url, dur: ["wrk", "-t1", "-c20", f"-d{dur}s", "-H", "Connection: close",
-                                  url + "/size/100"]),
+                lambda url, dur, port, a: ["wrk", "-t1", "-c20", f"-d{dur}s", "-H",
+                                           "Connection: close", url + "/size/100"]),
+    "fullhs": ("new TLS connection per request, full handshake (ktlb-tlsload -c 32)",
+               lambda url, dur, port, a: [os.path.join(a.build, "ktlb-tlsload"),
+                                          "--connect", f"127.0.0.1:{port}", "--path", "/size/100",
+                                          "--concurrency", "32", "--duration", str(dur),
+                                          "--sni", CERT_SNI[a.cert]]),
 }
 
 
 def run_load(argv):
+    """Runs wrk or ktlb-tlsload on the load CPU; returns (requests/s, requests,
+    non-2xx count, error text, notes)."""
     out = subprocess.run(["taskset", "-c", LOAD_CPU] + argv, capture_output=True, text=True)
     m = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
     total = re.search(r"(\d+) requests in", out.stdout)
+    if not m or not total:
+        raise RuntimeError("load generator failed:\n" + out.stdout + out.stderr)
+    tls = re.search(r"Errors: connect (\d+), handshake (\d+), status (\d+), read (\d+)",
+                    out.stdout)
+    if tls:  # ktlb-tlsload
+        connect, handshake, status, read = tls.groups()
+        resumed = re.search(r"Resumed: ([\d.]+) \((\d+) of (\d+)", out.stdout)
+        client = re.search(r"Client CPU: ([\d.]+)s, ([\d.]+)us per handshake", out.stdout)
+        if resumed and float(resumed.group(1)) != 0.0:
+            raise RuntimeError("ktlb-tlsload resumed sessions in a full-handshake run:\n" +
+                               out.stdout)
+        errors = "" if (connect, handshake, read) == ("0", "0", "0") else \
+            f"errors: connect {connect}, handshake {handshake}, read {read}"
+        notes = (f"resumed {resumed.group(2)}/{resumed.group(3)}" if resumed else "") + \
+            (f" client {client.group(2)} us/handshake ({client.group(1)} s)" if client else "")
+        return float(m.group(1)), int(total.group(1)), status, errors, notes
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
     sock_err = re.search(r"Socket errors: (.*)", out.stdout)
-    if not m:
-        raise RuntimeError("load generator failed:\n" + out.stdout + out.stderr)
     return float(m.group(1)), int(total.group(1)), (errors.group(1) if errors else "0"), \
-        (sock_err.group(1) if sock_err else "")
+        (sock_err.group(1) if sock_err else ""), ""
 
 
 def main():
@@ -220,7 +264,16 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--only", default=",".join(SCENARIOS))
     ap.add_argument("--proxies", default="ktlb,nginx,haproxy")
+    ap.add_argument("--cert", choices=sorted(CERT_SNI), default="site",
+                    help="certificate every proxy serves: site (RSA-2048) or other "
+                         "(ECDSA P-256; shows the proxies' own handshake cost better)")
     args = ap.parse_args()
+    for sc in args.only.split(","):
+        if sc not in SCENARIOS:
+            ap.error(f"unknown scenario {sc!r} (have: {', '.join(SCENARIOS)})")
+    if "fullhs" in args.only.split(",") and \
+            not os.access(os.path.join(args.build, "ktlb-tlsload"), os.X_OK):
+        ap.error(f"fullhs needs {args.build}/ktlb-tlsload (cmake --build ... --target ktlb-tlsload)")
 
     d = tempfile.mkdtemp(prefix="ktlb-bench-")
     certs = os.path.join(d, "certs")
@@ -232,9 +285,9 @@ def main():
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(origin_port)
     makers = {
-        "ktlb": lambda: ktlb_proxy(args.build, d, origin_port, certs),
-        "nginx": lambda: nginx_proxy(d, origin_port, certs),
-        "haproxy": lambda: haproxy_proxy(d, origin_port, certs),
+        "ktlb": lambda: ktlb_proxy(args.build, d, origin_port, certs, args.cert),
+        "nginx": lambda: nginx_proxy(d, origin_port, certs, args.cert),
+        "haproxy": lambda: haproxy_proxy(d, origin_port, certs, args.cert),
     }
     results = {}
     try:
@@ -248,14 +301,16 @@ def main():
                 url = f"https://127.0.0.1:{p.port}"
                 for sc in args.only.split(","):
                     desc, argv = SCENARIOS[sc]
-                    run_load(argv(url, 1))  # warm-up: pools, caches
+                    run_load(argv(url, 1, p.port, args))  # warm-up: pools, caches
                     pids = p.pids()
                     c0 = cpu_seconds(pids)
-                    rps, total, non2xx, sockerr = run_load(argv(url, args.duration))
+                    rps, total, non2xx, sockerr, notes = run_load(
+                        argv(url, args.duration, p.port, args))
                     cpu = cpu_seconds(pids) - c0
                     results[(sc, name)] = (rps, total, cpu, non2xx, sockerr)
                     print(f"# {sc:8} {name:8} {rps:10.0f} req/s  cpu {cpu:6.2f}s  "
-                          f"{total / cpu if cpu else 0:10.0f} req/cpu-s  non2xx={non2xx} {sockerr}",
+                          f"{total / cpu if cpu else 0:10.0f} req/cpu-s  non2xx={non2xx} {sockerr}"
+                          f"{'  ' + notes if notes else ''}",
                           flush=True)
             finally:
                 p.stop()
@@ -264,6 +319,7 @@ def main():
         origin.wait()
 
     print()
+    print(f"certificate: {args.cert} ({'RSA-2048' if args.cert == 'site' else 'ECDSA P-256'})")
     print("| scenario | proxy | requests/s | proxy CPU-s | requests per proxy CPU-second | ktlb / best anchor |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for sc in args.only.split(","):

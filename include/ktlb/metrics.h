@@ -44,6 +44,7 @@ struct ListenerMetrics {
   Counter ktls_tx;
   Counter ktls_rx;
   Counter ktls_keyupdates;
+  Counter bytes_spliced;  // response body bytes moved upstream -> pipe -> kTLS socket
   std::array<Counter, kMaxReasons> ktls_fallbacks;
 };
 

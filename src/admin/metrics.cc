@@ -112,6 +112,9 @@ std::string MetricsRegistry::Render() const {
                [](const ListenerMetrics& m) -> const Counter& { return m.ktls_tx; });
   per_listener("ktlb_ktls_rx_total", "counter", "Connections with kernel TLS receive offload.",
                [](const ListenerMetrics& m) -> const Counter& { return m.ktls_rx; });
+  per_listener("ktlb_spliced_bytes_total", "counter",
+               "Response body bytes spliced from a backend to a kTLS client socket (never copied to userspace).",
+               [](const ListenerMetrics& m) -> const Counter& { return m.bytes_spliced; });
   per_listener("ktlb_ktls_keyupdates_total", "counter",
                "TLS 1.3 KeyUpdates received on kTLS RX sockets (connection closed).",
                [](const ListenerMetrics& m) -> const Counter& { return m.ktls_keyupdates; });

@@ -282,6 +282,10 @@ void ClientConnection::OnScheduledFlush() {
   FlushSend();
 }
 
+void ClientConnection::CountSpliced(uint64_t n) {
+  w_->metrics().listeners[listener_].bytes_spliced.Inc(n);
+}
+
 bool ClientConnection::closing_after_response() const {
   return !keep_alive_ || w_->draining() || peer_eof_;
 }

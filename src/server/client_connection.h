@@ -57,6 +57,13 @@ class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
   void OnUpstreamAborted();
   // Bytes queued towards the client, for upstream backpressure.
   size_t ClientBacklog() const { return out_.bytes(); }
+  // Splice support: the kernel encrypts what is written to the socket (TLS_TX
+  // is on) and nothing of ours is queued before it, so bytes may go straight
+  // from a pipe to the socket.
+  bool CanSplice() const { return tx_active_ && state_ == State::kProxying; }
+  bool SpliceReady() const { return out_.empty() && !send_inflight_ && state_ == State::kProxying; }
+  int fd() const { return fd_; }
+  void CountSpliced(uint64_t n);
   // The upstream drained its send queue: more request body may be read.
   void OnUpstreamWritable();
   const std::string& upstream_request_head() const { return up_head_; }

@@ -17,6 +17,8 @@ namespace {
 constexpr size_t kMaxClientBacklog = 512 * 1024;
 // A response head and a body piece up to this size go out as one TLS record.
 constexpr size_t kCoalesceMax = 16 * 1024;
+// Bodies with at least this much left are spliced to kTLS clients.
+constexpr uint64_t kSpliceMin = 64 * 1024;
 }
 
 uint64_t UpstreamConnection::Tag(uint8_t op) const {
@@ -64,6 +66,7 @@ void UpstreamConnection::Begin(ClientConnection* client, std::string_view reques
   got_bytes_ = head_done_ = resp_done_ = reusable_ = false;
   head_buf_.clear();
   scratch_.clear();
+  body_seen_ = 0;
   if (!parser_) parser_.emplace();
   out_.append(request_head);
   if (state_ == State::kIdle) {
@@ -183,7 +186,7 @@ void UpstreamConnection::OnRecv(int res, uint32_t flags) {
                w_->config().server.timeouts.upstream_response_ms);
   HandleBytes(data);
   w_->buffers().Recycle(bid);
-  if (state_ == State::kActive && !resp_done_) ArmRecv();
+  if (state_ == State::kActive && !resp_done_ && !splicing_) ArmRecv();
 }
 
 void UpstreamConnection::HandleBytes(std::string_view data) {
@@ -249,6 +252,7 @@ void UpstreamConnection::HandleBytes(std::string_view data) {
       c->OnUpstreamAborted();
       return;
     }
+    body_seen_ += consumed;
     if (consumed > 0) {
       std::string_view piece = data.substr(0, consumed);
       if (!scratch_.empty() && scratch_.size() + piece.size() <= kCoalesceMax) {
@@ -266,6 +270,13 @@ void UpstreamConnection::HandleBytes(std::string_view data) {
       if (!data.empty()) reusable_ = false;
       EmitToClient();
       return Finish();
+    }
+    if (head_.body == http1::BodyKind::kContentLength && client_->CanSplice() &&
+        head_.content_length - body_seen_ >= kSpliceMin) {
+      // The rest of a large body goes through the kernel only.
+      EmitToClient();
+      if (client_ == nullptr || state_ != State::kActive) return;
+      return StartSplice(head_.content_length - body_seen_);
     }
   }
   EmitToClient();
@@ -314,7 +325,9 @@ void UpstreamConnection::Fail(bool timed_out) {
 }
 
 void UpstreamConnection::OnClientWritable() {
-  if (state_ == State::kActive && !resp_done_) ArmRecv();
+  if (state_ != State::kActive || resp_done_) return;
+  if (splicing_) return Pump();
+  ArmRecv();
 }
 
 void UpstreamConnection::Abandon() {
@@ -351,6 +364,13 @@ void UpstreamConnection::CloseNow() {
 
 void UpstreamConnection::MaybeRelease() {
   if (state_ != State::kClosed || inflight_ > 0) return;
+  if (pipe_r_ >= 0) {
+    // A pipe with bytes of an aborted body is not reusable.
+    close(pipe_r_);
+    close(pipe_w_);
+    pipe_r_ = pipe_w_ = -1;
+  }
+  splicing_ = false;
   if (fd_ >= 0) {
     // A connect still in flight is cancelled by closing only after it
     // completes, which inflight_ already waited for.

@@ -35,6 +35,8 @@ class UpstreamConnection final : public DeadlineTarget {
   void CloseIdle();
 
   void OnConnect(int res);
+  // Readiness for the splice pump (POLLIN on the backend, POLLOUT on the client).
+  void OnSplicePoll(uint8_t op, int res);
   void OnRecv(int res, uint32_t flags);
   void OnSend(int res);
   void OnDeadline(uint8_t kind) override;
@@ -54,6 +56,12 @@ class UpstreamConnection final : public DeadlineTarget {
   void FlushSend();
   void HandleBytes(std::string_view data);
   void EmitToClient();  // sends what scratch_ holds
+  // Splice (splice_pump.cc): a Content-Length body to a kTLS client moves
+  // backend socket -> pipe -> client socket without entering userspace.
+  void StartSplice(uint64_t n);
+  void Pump();
+  void EndSplice(bool ok);
+  void ArmPoll(int fd, bool out);
   void Fail(bool timed_out);
   void CloseNow();
   void MaybeRelease();
@@ -81,6 +89,14 @@ class UpstreamConnection final : public DeadlineTarget {
   bool head_done_ = false;
   bool resp_done_ = false;
   bool reusable_ = false;
+  uint64_t body_seen_ = 0;  // body bytes of this response forwarded so far
+  bool splicing_ = false;
+  uint64_t splice_left_ = 0;  // bytes still to take from the backend
+  size_t in_pipe_ = 0;        // bytes in the pipe, not yet in the client socket
+  int pipe_r_ = -1;
+  int pipe_w_ = -1;
+  bool poll_in_inflight_ = false;
+  bool poll_out_inflight_ = false;
   std::optional<http1::ResponseParser> parser_;
   http1::ResponseHead head_;
   std::string head_buf_;

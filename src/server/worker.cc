@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <fcntl.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -27,7 +28,36 @@ Worker::Worker(size_t id, std::shared_ptr<const Snapshot> snapshot, WorkerMetric
                bool kernel_ktls)
     : id_(id), kernel_ktls_(kernel_ktls), snapshot_(std::move(snapshot)), metrics_(metrics) {}
 
+bool Worker::TakePipe(int* read_fd, int* write_fd) {
+  if (!pipes_.empty()) {
+    *read_fd = pipes_.back().first;
+    *write_fd = pipes_.back().second;
+    pipes_.pop_back();
+    return true;
+  }
+  int p[2];
+  if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) return false;
+  // Larger than the 64 KiB default: fewer splice round trips per body.
+  fcntl(p[1], F_SETPIPE_SZ, kPipeSize);
+  *read_fd = p[0];
+  *write_fd = p[1];
+  return true;
+}
+
+void Worker::ReturnPipe(int read_fd, int write_fd) {
+  if (pipes_.size() < 64) {
+    pipes_.emplace_back(read_fd, write_fd);
+  } else {
+    close(read_fd);
+    close(write_fd);
+  }
+}
+
 Worker::~Worker() {
+  for (auto [r, w] : pipes_) {
+    close(r);
+    close(w);
+  }
   for (Listener& l : listeners_) {
     if (l.fd >= 0) close(l.fd);
   }
@@ -212,6 +242,8 @@ void Worker::HandleCompletion(io_uring_cqe* cqe) {
         case ConnOp::kRecv: u->OnRecv(cqe->res, cqe->flags); break;
         case ConnOp::kSend: u->OnSend(cqe->res); break;
         case ConnOp::kConnect: u->OnConnect(cqe->res); break;
+        case ConnOp::kPollIn:
+        case ConnOp::kPollOut: u->OnSplicePoll(d.op, cqe->res); break;
         default: break;
       }
       return;

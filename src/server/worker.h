@@ -24,7 +24,9 @@ namespace ktlb {
 // Completion kinds (UserData::kind).
 enum class OpKind : uint8_t { kAccept = 1, kClient = 2, kUpstream = 3, kWake = 4 };
 // Per-connection operations (UserData::op).
-enum class ConnOp : uint8_t { kRecv = 1, kSend = 2, kConnect = 3, kRecvMsg = 4, kRecvExact = 5 };
+enum class ConnOp : uint8_t {
+  kRecv = 1, kSend = 2, kConnect = 3, kRecvMsg = 4, kRecvExact = 5, kPollIn = 6, kPollOut = 7
+};
 
 // Timer kinds beyond the counted TimeoutKind values.
 inline constexpr uint8_t kTimerLinger = static_cast<uint8_t>(TimeoutKind::kCount);
@@ -81,6 +83,10 @@ class Worker {
   bool ParkIdleUpstream(UpstreamConnection* u);
   void ForgetIdleUpstream(UpstreamConnection* u);
   RoundRobin& balancer(size_t upstream) { return balancers_[upstream]; }
+  // Pipes for splicing bodies, recycled per worker. False if none can be made.
+  bool TakePipe(int* read_fd, int* write_fd);
+  void ReturnPipe(int read_fd, int write_fd);  // only empty pipes come back
+  static constexpr int kPipeSize = 256 * 1024;
   UpstreamConnection* UpstreamAt(uint32_t index, uint16_t gen) { return upstreams_.Get(index, gen); }
   ClientConnection* ClientAt(uint32_t index, uint16_t gen) { return clients_.Get(index, gen); }
 
@@ -114,6 +120,7 @@ class Worker {
   std::vector<std::vector<std::vector<UpstreamConnection*>>> idle_;
   std::vector<RoundRobin> balancers_;
   DeadlineQueue timers_[kTimerKinds];
+  std::vector<std::pair<int, int>> pipes_;
   std::vector<uint64_t> deferred_recvs_;
   std::vector<uint64_t> pending_flushes_;
   std::vector<uint64_t> flush_scratch_;
