@@ -49,7 +49,13 @@ struct KtlsCryptoInfo {
 absl::StatusOr<KtlsCryptoInfo> CryptoInfoFromOpenSsl(const void* ptr);
 
 // Builds the RX (or TX) info for a TLS 1.3 connection from a traffic secret:
-// HKDF-Expand-Label(secret, "key"/"iv") with the cipher's handshake digest.
+// HKDF-Expand-Label(secret, "key"/"iv") with the cipher's handshake digest;
+// GCM: salt = iv[0..3], iv = iv[4..11]; ChaCha20-Poly1305: iv = all 12 bytes.
+// `rec_seq` is the sequence number of the first record the kernel will see.
+absl::StatusOr<KtlsCryptoInfo> Tls13CryptoInfo(const SSL_CIPHER* cipher,
+                                               const unsigned char* secret, size_t secret_len,
+                                               uint64_t rec_seq);
+// The same for the connection's negotiated cipher.
 absl::StatusOr<KtlsCryptoInfo> Tls13CryptoInfo(const SSL* ssl, const unsigned char* secret,
                                                size_t secret_len, uint64_t rec_seq);
 

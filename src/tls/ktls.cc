@@ -85,7 +85,12 @@ absl::StatusOr<KtlsCryptoInfo> CryptoInfoFromOpenSsl(const void* ptr) {
 
 absl::StatusOr<KtlsCryptoInfo> Tls13CryptoInfo(const SSL* ssl, const unsigned char* secret,
                                                size_t secret_len, uint64_t rec_seq) {
-  const SSL_CIPHER* cipher = SSL_get_current_cipher(ssl);
+  return Tls13CryptoInfo(SSL_get_current_cipher(ssl), secret, secret_len, rec_seq);
+}
+
+absl::StatusOr<KtlsCryptoInfo> Tls13CryptoInfo(const SSL_CIPHER* cipher,
+                                               const unsigned char* secret, size_t secret_len,
+                                               uint64_t rec_seq) {
   if (cipher == nullptr) return absl::FailedPreconditionError("no cipher");
   const EVP_MD* md = SSL_CIPHER_get_handshake_digest(cipher);
   if (md == nullptr) return absl::FailedPreconditionError("no handshake digest");
