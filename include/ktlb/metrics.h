@@ -44,7 +44,8 @@ struct ListenerMetrics {
   Counter ktls_tx;
   Counter ktls_rx;
   Counter ktls_keyupdates;
-  Counter bytes_spliced;  // response body bytes moved upstream -> pipe -> kTLS socket
+  Counter bytes_spliced;
+  Counter ktls_ssl_released;  // connections whose OpenSSL object was freed after full offload  // response body bytes moved upstream -> pipe -> kTLS socket
   std::array<Counter, kMaxReasons> ktls_fallbacks;
 };
 

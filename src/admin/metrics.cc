@@ -112,6 +112,9 @@ std::string MetricsRegistry::Render() const {
                [](const ListenerMetrics& m) -> const Counter& { return m.ktls_tx; });
   per_listener("ktlb_ktls_rx_total", "counter", "Connections with kernel TLS receive offload.",
                [](const ListenerMetrics& m) -> const Counter& { return m.ktls_rx; });
+  per_listener("ktlb_ktls_ssl_released_total", "counter",
+               "Connections whose OpenSSL state was freed once both directions were in the kernel.",
+               [](const ListenerMetrics& m) -> const Counter& { return m.ktls_ssl_released; });
   per_listener("ktlb_spliced_bytes_total", "counter",
                "Response body bytes spliced from a backend to a kTLS client socket (never copied to userspace).",
                [](const ListenerMetrics& m) -> const Counter& { return m.bytes_spliced; });

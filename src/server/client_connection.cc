@@ -31,6 +31,7 @@ void ClientConnection::Start(Worker* w, size_t listener_index, int fd, const soc
   peer_ = peer;
   peer_ip_ = AddressIp(peer);
   peer_port_ = AddressPort(peer);
+  sni_.clear();
   timer_.target = this;
   trim_timer_.target = this;
   bio_ = tls::BioIo{};
@@ -87,6 +88,7 @@ bool ClientConnection::ReadingAllowed() const {
 
 void ClientConnection::OnHandshakeDone() {
   ListenerMetrics& lm = w_->metrics().listeners[listener_];
+  sni_.assign(tls::ServerName(ssl_.get()));
   if (SSL_session_reused(ssl_.get())) {
     lm.handshakes_resumed.Inc();
   } else {
@@ -151,7 +153,7 @@ void ClientConnection::RespondError(int status, bool close) {
   w_->metrics().listeners[listener_].requests_by_class[StatusClass(status)].Inc();
   scratch_.clear();
   http1::BuildErrorResponse(status, close, &scratch_);
-  SSL_write(ssl_.get(), scratch_.data(), static_cast<int>(scratch_.size()));
+  WritePlain(scratch_);
   if (close) {
     DeadlineQueue::Cancel(&timer_);
     BeginClose();
@@ -162,7 +164,7 @@ void ClientConnection::StartExchange() {
   // Route on SNI, Host and the path part of the target.
   std::string_view target = head_.target;
   std::string_view path = target.substr(0, target.find('?'));
-  int upstream = w_->snapshot().router.Match(listener_, tls::ServerName(ssl_.get()), head_.host, path);
+  int upstream = w_->snapshot().router.Match(listener_, sni_, head_.host, path);
   request_idempotent_ = head_.idempotent;
   request_version_minor_ = head_.version_minor;
   request_has_body_ = head_.body != http1::BodyKind::kNone;
@@ -179,7 +181,7 @@ void ClientConnection::StartExchange() {
   http1::ForwardingInfo fwd;
   fwd.client_ip = peer_ip_;
   fwd.client_port = peer_port_;
-  fwd.sni = tls::ServerName(ssl_.get());
+  fwd.sni = sni_;
   http1::BuildUpstreamRequestHead(head_, fwd, &up_head_);
   if (head_.version_minor == 0) {
     // An HTTP/1.0 client cannot read chunked bodies or 1xx responses: ask the
@@ -258,22 +260,34 @@ void ClientConnection::OnUpstreamWritable() {
 
 void ClientConnection::SendToClient(std::string_view plain) {
   if (state_ == State::kClosed) return;
-  // SSL_MODE_ENABLE_PARTIAL_WRITE + a BIO that never blocks: one call
-  // encrypts everything.
-  while (!plain.empty()) {
-    int n = SSL_write(ssl_.get(), plain.data(), static_cast<int>(std::min<size_t>(plain.size(), 1 << 30)));
-    if (n <= 0) {
-      ERR_clear_error();
-      return CloseNow();
-    }
-    plain.remove_prefix(static_cast<size_t>(n));
-  }
+  if (!WritePlain(plain)) return CloseNow();
   // Sent at the end of the loop turn: a response's head, body and a
   // close_notify then leave in one send.
   if (!flush_scheduled_) {
     flush_scheduled_ = true;
     w_->ScheduleFlush(Tag(static_cast<uint8_t>(ConnOp::kSend)));
   }
+}
+
+bool ClientConnection::WritePlain(std::string_view plain) {
+  if (!ssl_) {
+    // Both directions are in the kernel and OpenSSL is gone: what goes on
+    // the socket is plaintext the kernel encrypts.
+    out_.Append(plain);
+    return true;
+  }
+  // SSL_MODE_ENABLE_PARTIAL_WRITE + a BIO that never blocks: this loop ends
+  // after one call unless the data exceeds what one call takes.
+  while (!plain.empty()) {
+    int n = SSL_write(ssl_.get(), plain.data(),
+                      static_cast<int>(std::min<size_t>(plain.size(), 1 << 30)));
+    if (n <= 0) {
+      ERR_clear_error();
+      return false;
+    }
+    plain.remove_prefix(static_cast<size_t>(n));
+  }
+  return true;
 }
 
 void ClientConnection::OnScheduledFlush() {
@@ -413,6 +427,8 @@ void ClientConnection::BeginClose() {
   if (state_ == State::kClosed || state_ == State::kClosing || state_ == State::kLingering) return;
   if (state_ != State::kHandshake && ssl_ && SSL_is_init_finished(ssl_.get())) {
     SSL_shutdown(ssl_.get());  // queue close_notify behind the response
+  } else if (state_ != State::kHandshake && !ssl_ && tx_active_) {
+    out_.AppendRecord(tls::kRecordAlert, std::string_view("\x01\x00", 2));  // close_notify
   }
   ERR_clear_error();
   state_ = State::kClosing;

@@ -121,12 +121,18 @@ class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
   void HandleControlRecord(int type, std::string_view payload);
   void HandlePlainFromKernel(std::string_view data);
   void RefuseWithoutOffload();
+  // Encrypts (OpenSSL) or queues as plaintext (both directions in the kernel).
+  bool WritePlain(std::string_view plain);
+  // Once TLS_TX and TLS_RX are both on, OpenSSL has nothing left to do for
+  // this connection: free the SSL (most of an idle connection's memory).
+  void MaybeDropSsl();
 
   Worker* w_ = nullptr;
   size_t listener_ = 0;
   int fd_ = -1;
   sockaddr_storage peer_{};
   std::string peer_ip_;
+  std::string sni_;  // the client's SNI, kept past the SSL object
   uint16_t peer_port_ = 0;
 
   UniqueSsl ssl_;

@@ -200,12 +200,20 @@ void ClientConnection::FinishRxOffload() {
   }
   rx_active_ = true;
   w_->metrics().listeners[listener_].ktls_rx.Inc();
+  MaybeDropSsl();
   if (tls::KtlsDebugLog()) {
     fprintf(stderr, "ktlb: ktls: %s:%u: kTLS RX on at record %llu\n", peer_ip_.c_str(),
-            peer_port_, static_cast<unsigned long long>(SSL_version(ssl_.get()) == TLS1_2_VERSION
+            peer_port_, static_cast<unsigned long long>(rx12_offered_
                                                             ? 1 + rx_records_
                                                             : rx_records_));
   }
+}
+
+void ClientConnection::MaybeDropSsl() {
+  if (!ssl_ || !tx_active_ || !rx_active_) return;
+  ssl_.reset();  // frees the BIO too; bio_ itself belongs to us
+  bio_.in = {};
+  w_->metrics().listeners[listener_].ktls_ssl_released.Inc();
 }
 
 void ClientConnection::ArmRecvMsg() {

@@ -20,6 +20,11 @@ void ClientConnection::ArmRecv() {
   if (!ReadingAllowed()) return;
   io_uring_sqe* sqe = w_->ring().Sqe();
   io_uring_prep_recv(sqe, fd_, nullptr, w_->buffers().buf_size(), 0);
+  if (state_ == State::kReadingHead && plain_off_ == plain_.size()) {
+    // Waiting for the next request: it is almost never there yet, so skip
+    // the first receive attempt and go straight to waiting for readiness.
+    sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+  }
   sqe->flags |= IOSQE_BUFFER_SELECT;
   sqe->buf_group = w_->buffers().group_id();
   io_uring_sqe_set_data64(sqe, Tag(static_cast<uint8_t>(ConnOp::kRecv)));
@@ -91,6 +96,7 @@ void ClientConnection::OnSend(int res) {
   }
   out_.Consume(static_cast<size_t>(res));
   FlushSend();
+  MaybeDropSsl();
   if (state_ == State::kClosing && !send_inflight_ && out_.empty()) return EnterLinger();
   if (state_ == State::kProxying && up_ != nullptr && ClientBacklog() < kMaxClientBacklog) {
     up_->OnClientWritable();

@@ -94,6 +94,11 @@ void UpstreamConnection::ArmRecv() {
   }
   io_uring_sqe* sqe = w_->ring().Sqe();
   io_uring_prep_recv(sqe, fd_, nullptr, w_->buffers().buf_size(), 0);
+  if (!got_bytes_ || state_ == State::kIdle) {
+    // The response (or, parked, anything at all) cannot be there yet: wait
+    // for readiness instead of trying a receive that would fail first.
+    sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+  }
   sqe->flags |= IOSQE_BUFFER_SELECT;
   sqe->buf_group = w_->buffers().group_id();
   io_uring_sqe_set_data64(sqe, Tag(static_cast<uint8_t>(ConnOp::kRecv)));
