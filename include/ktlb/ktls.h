@@ -68,6 +68,7 @@ enum class KtlsFallback {
   kSetsockopt,        // any other ULP / TLS_TX / TLS_RX error
   kNoSecret,          // TLS 1.3 traffic secret not seen (key-log callback)
   kOpenSslDeclined,   // OpenSSL did not offer TX (e.g. max_fragment_length)
+  kEarlyKeyUpdate,    // a KeyUpdate arrived before RX could be installed: RX stays in OpenSSL
   kCount,
 };
 const char* KtlsFallbackLabel(KtlsFallback f);
@@ -117,12 +118,16 @@ class KtlsHooks {
   virtual bool RxTaken() const = 0;
   // TLS 1.3 CLIENT_TRAFFIC_SECRET_0 (server side), from the key-log callback.
   virtual void OnClientTrafficSecret(const unsigned char* secret, size_t len) = 0;
+  // OpenSSL read a KeyUpdate from the peer (it then holds newer RX keys than
+  // the traffic secret captured at the handshake).
+  virtual void OnPeerKeyUpdate() {}
 
  protected:
   ~KtlsHooks() = default;
 };
 
-// Installs the key-log callback that feeds OnClientTrafficSecret to the
+// Installs the key-log callback that feeds OnClientTrafficSecret, and a
+// message callback that reports a peer KeyUpdate (OnPeerKeyUpdate), to the
 // KtlsHooks stored as the SSL's app data (SSL_set_app_data).
 void EnableTrafficSecretCapture(SSL_CTX* ctx);
 

@@ -43,6 +43,7 @@ void ClientConnection::Start(Worker* w, size_t listener_index, int fd, const soc
   const ListenerConfig& lc = w->config().listeners[listener_index];
   ktls_allowed_ = lc.ktls != KtlsMode::kOff && w->kernel_ktls();
   tx_taken_ = tx_active_ = rx_active_ = ulp_attached_ = rx12_offered_ = require_failed_ = false;
+  peer_keyupdate_seen_ = false;
   rx_sync_ = RxSync::kNone;
   rx_records_ = 0;
   client_secret_len_ = 0;

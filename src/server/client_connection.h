@@ -75,6 +75,7 @@ class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
   bool TxTaken() const override { return tx_taken_; }
   bool RxTaken() const override { return false; }  // RX is always installed by us
   void OnClientTrafficSecret(const unsigned char* secret, size_t len) override;
+  void OnPeerKeyUpdate() override { peer_keyupdate_seen_ = true; }
   int request_version_minor() const { return request_version_minor_; }
   // True when this response is the connection's last (say "Connection: close").
   bool closing_after_response() const;
@@ -153,6 +154,7 @@ class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
   bool ulp_attached_ = false;
   bool rx12_offered_ = false;
   bool require_failed_ = false;  // ktls = "require" and offload failed
+  bool peer_keyupdate_seen_ = false;  // OpenSSL itself processed a KeyUpdate
   RxSync rx_sync_ = RxSync::kNone;
   uint64_t rx_records_ = 0;  // post-handshake records OpenSSL decrypted
   tls::KtlsCryptoInfo tx_info_;

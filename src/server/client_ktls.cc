@@ -174,6 +174,14 @@ void ClientConnection::FinishRxOffload() {
     FallBack(tls::KtlsFallback::kSetsockopt);
     return;
   }
+  if (peer_keyupdate_seen_) {
+    // The keys derived from the handshake's traffic secret are already stale;
+    // OpenSSL holds the current ones and keeps decrypting.
+    OPENSSL_cleanse(client_secret_, sizeof client_secret_);
+    client_secret_len_ = 0;
+    FallBack(tls::KtlsFallback::kEarlyKeyUpdate);
+    return;
+  }
   tls::KtlsCryptoInfo info;
   if (SSL_version(ssl_.get()) == TLS1_3_VERSION) {
     auto built = tls::Tls13CryptoInfo(ssl_.get(), client_secret_, client_secret_len_, rx_records_);

@@ -139,6 +139,7 @@ const char* KtlsFallbackLabel(KtlsFallback f) {
     case KtlsFallback::kSetsockopt: return "setsockopt_error";
     case KtlsFallback::kNoSecret: return "no_traffic_secret";
     case KtlsFallback::kOpenSslDeclined: return "openssl_declined";
+    case KtlsFallback::kEarlyKeyUpdate: return "early_keyupdate";
     case KtlsFallback::kCount: break;
   }
   return "other";
@@ -258,8 +259,21 @@ void KeylogCallback(const SSL* ssl, const char* line) {
   OPENSSL_cleanse(secret, sizeof secret);
 }
 
+// A KeyUpdate that OpenSSL reads itself (in the same read as the peer's
+// Finished, before RX moves to the kernel) makes the captured secret stale.
+void MessageCallback(int write_p, int /*version*/, int content_type, const void* buf, size_t len,
+                     SSL* ssl, void* /*arg*/) {
+  constexpr unsigned char kKeyUpdate = 24;
+  if (write_p != 0 || content_type != SSL3_RT_HANDSHAKE || len < 1) return;
+  if (static_cast<const unsigned char*>(buf)[0] != kKeyUpdate) return;
+  if (auto* hooks = static_cast<KtlsHooks*>(SSL_get_app_data(ssl))) hooks->OnPeerKeyUpdate();
+}
+
 }  // namespace
 
-void EnableTrafficSecretCapture(SSL_CTX* ctx) { SSL_CTX_set_keylog_callback(ctx, KeylogCallback); }
+void EnableTrafficSecretCapture(SSL_CTX* ctx) {
+  SSL_CTX_set_keylog_callback(ctx, KeylogCallback);
+  SSL_CTX_set_msg_callback(ctx, MessageCallback);
+}
 
 }  // namespace ktlb::tls
