@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
     int sig = 0;
     if (sigwait(&set, &sig) != 0) continue;
     if (sig == SIGHUP) {
-      fprintf(stderr, "ktlb: SIGHUP: config reload is not implemented yet; ignoring\n");
+      fprintf(stderr, "ktlb: SIGHUP: config reload is not supported by this version; ignoring\n");
       continue;
     }
     fprintf(stderr, "ktlb: %s: draining\n", strsignal(sig));

@@ -77,7 +77,7 @@ absl::Status Worker::Init() {
     const ListenerConfig& lc = cfg.listeners[i];
     if (lc.mode != ListenerMode::kTerminate) {
       return absl::UnimplementedError(
-          absl::StrCat("listener \"", lc.name, "\": passthrough mode is not implemented yet"));
+          absl::StrCat("listener \"", lc.name, "\": passthrough mode is not supported by this version (terminate only)"));
     }
     Listener l;
     l.index = i;
