@@ -116,7 +116,7 @@ std::string MetricsRegistry::Render() const {
                "Connections whose OpenSSL state was freed once both directions were in the kernel.",
                [](const ListenerMetrics& m) -> const Counter& { return m.ktls_ssl_released; });
   per_listener("ktlb_spliced_bytes_total", "counter",
-               "Response body bytes spliced from a backend to a kTLS client socket (never copied to userspace).",
+               "Body bytes spliced between a backend and a kTLS client socket, both directions (never copied to userspace).",
                [](const ListenerMetrics& m) -> const Counter& { return m.bytes_spliced; });
   per_listener("ktlb_ktls_keyupdates_total", "counter",
                "TLS 1.3 KeyUpdates received on kTLS RX sockets (connection closed).",

@@ -43,6 +43,8 @@ void ClientConnection::Start(Worker* w, size_t listener_index, int fd, const soc
   const ListenerConfig& lc = w->config().listeners[listener_index];
   ktls_allowed_ = lc.ktls != KtlsMode::kOff && w->kernel_ktls();
   tx_taken_ = tx_active_ = rx_active_ = ulp_attached_ = rx12_offered_ = require_failed_ = false;
+  req_splicing_ = false;
+  req_pipe_r_ = req_pipe_w_ = -1;
   peer_keyupdate_seen_ = false;
   rx_sync_ = RxSync::kNone;
   rx_records_ = 0;
@@ -78,6 +80,7 @@ bool ClientConnection::ReadingAllowed() const {
       // A head larger than the limit is refused anyway; do not buffer beyond it.
       return plain_.size() - plain_off_ <= w_->config().server.max_header_bytes + kPlainChunk;
     case State::kProxying:
+      if (req_splicing_) return false;  // the body goes socket -> pipe -> backend
       if (!req_body_done_) {
         return up_ != nullptr && up_->SendBacklog() < kMaxUpstreamBacklog;
       }
@@ -167,6 +170,8 @@ void ClientConnection::StartExchange() {
   std::string_view path = target.substr(0, target.find('?'));
   int upstream = w_->snapshot().router.Match(listener_, sni_, head_.host, path);
   request_idempotent_ = head_.idempotent;
+  req_content_length_ = head_.body == http1::BodyKind::kContentLength ? head_.content_length : 0;
+  req_body_seen_ = 0;
   request_version_minor_ = head_.version_minor;
   request_has_body_ = head_.body != http1::BodyKind::kNone;
   keep_alive_ = head_.keep_alive && !w_->draining();
@@ -231,9 +236,9 @@ bool ClientConnection::ConnectUpstream(int avoid_server) {
 }
 
 void ClientConnection::ForwardRequestBody() {
-  if (up_ == nullptr) return;
+  if (up_ == nullptr || req_splicing_) return;
   std::string_view buf(plain_.data() + plain_off_, plain_.size() - plain_off_);
-  if (buf.empty()) return;
+  if (buf.empty()) return MaybeSpliceRequestBody();
   size_t consumed = 0;
   http1::ParseStatus st = parser_->ParseBody(buf, &consumed);
   if (st == http1::ParseStatus::kError) {
@@ -250,11 +255,17 @@ void ClientConnection::ForwardRequestBody() {
   }
   if (consumed > 0) up_->Send(buf.substr(0, consumed));
   plain_off_ += consumed;
-  if (st == http1::ParseStatus::kDone) req_body_done_ = true;
+  req_body_seen_ += consumed;
+  if (st == http1::ParseStatus::kDone) {
+    req_body_done_ = true;
+    return;
+  }
+  MaybeSpliceRequestBody();
 }
 
 void ClientConnection::OnUpstreamWritable() {
   if (state_ != State::kProxying) return;
+  if (req_splicing_) return PumpRequestBody();
   ForwardRequestBody();
   ArmRecv();
 }
@@ -320,6 +331,7 @@ void ClientConnection::OnResponseComplete(int status) {
     // The backend answered before reading the whole body (e.g. 413): the rest
     // of the body can't be framed for a next request, so this is the last one.
     keep_alive_ = false;
+    StopRequestSplice(false);
     if (up_ != nullptr) {
       up_->Abandon();
       up_ = nullptr;
@@ -457,6 +469,7 @@ void ClientConnection::CloseNow() {
   state_ = State::kClosed;
   DeadlineQueue::Cancel(&timer_);
   DeadlineQueue::Cancel(&trim_timer_);
+  StopRequestSplice(false);
   // Pending ops complete (with 0 or an error) once the socket is shut down;
   // the slot is released when the last one is back.
   shutdown(fd_, SHUT_RDWR);

@@ -36,6 +36,8 @@ class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
   // Completions of the kTLS side paths (control records, RX resync reads).
   void OnRecvMsg(int res);
   void OnRecvExact(int res);
+  // Readiness for the request-body splice pump (client_splice.cc).
+  void OnSplicePoll(uint8_t op, int res);
   void OnDeadline(uint8_t kind) override;
   // Arms the recv again after the buffer ring ran dry.
   void RetryRecv() { ArmRecv(); }
@@ -122,6 +124,12 @@ class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
   void HandleControlRecord(int type, std::string_view payload);
   void HandlePlainFromKernel(std::string_view data);
   void RefuseWithoutOffload();
+  // Request bodies (client_splice.cc): a large Content-Length body from a
+  // kTLS RX socket moves client socket -> pipe -> backend socket.
+  void MaybeSpliceRequestBody();
+  void PumpRequestBody();
+  void StopRequestSplice(bool done);
+  void ArmSplicePoll(int fd, bool out);
   // Encrypts (OpenSSL) or queues as plaintext (both directions in the kernel).
   bool WritePlain(std::string_view plain);
   // Once TLS_TX and TLS_RX are both on, OpenSSL has nothing left to do for
@@ -196,6 +204,15 @@ class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
   bool request_has_body_ = false;
   int resp_status_ = 0;
   int request_version_minor_ = 1;
+  uint64_t req_content_length_ = 0;  // 0 unless the body is Content-Length framed
+  uint64_t req_body_seen_ = 0;       // body bytes forwarded by the parser path
+  bool req_splicing_ = false;
+  uint64_t req_splice_left_ = 0;
+  size_t req_in_pipe_ = 0;
+  int req_pipe_r_ = -1;
+  int req_pipe_w_ = -1;
+  bool splice_poll_in_ = false;
+  bool splice_poll_out_ = false;
 };
 
 }  // namespace ktlb

@@ -43,6 +43,8 @@ class UpstreamConnection final : public DeadlineTarget {
   void RetryRecv() { ArmRecv(); }
 
   size_t upstream() const { return upstream_; }
+  int fd() const { return fd_; }
+  bool connected() const { return state_ == State::kActive; }
   size_t server() const { return server_; }
   bool reused() const { return reused_; }
   size_t SendBacklog() const { return out_.size() + (sending_.size() - sending_off_); }

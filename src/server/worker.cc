@@ -231,6 +231,8 @@ void Worker::HandleCompletion(io_uring_cqe* cqe) {
         case ConnOp::kSend: c->OnSend(cqe->res); break;
         case ConnOp::kRecvMsg: c->OnRecvMsg(cqe->res); break;
         case ConnOp::kRecvExact: c->OnRecvExact(cqe->res); break;
+        case ConnOp::kPollIn:
+        case ConnOp::kPollOut: c->OnSplicePoll(d.op, cqe->res); break;
         default: break;
       }
       return;
