@@ -43,8 +43,7 @@ void ClientConnection::Start(Worker* w, size_t listener_index, int fd, const soc
   const ListenerConfig& lc = w->config().listeners[listener_index];
   ktls_allowed_ = lc.ktls != KtlsMode::kOff && w->kernel_ktls();
   tx_taken_ = tx_active_ = rx_active_ = ulp_attached_ = rx12_offered_ = require_failed_ = false;
-  req_splicing_ = false;
-  req_pipe_r_ = req_pipe_w_ = -1;
+  req_pipe_.Clear();
   peer_keyupdate_seen_ = false;
   rx_sync_ = RxSync::kNone;
   rx_records_ = 0;
@@ -80,7 +79,7 @@ bool ClientConnection::ReadingAllowed() const {
       // A head larger than the limit is refused anyway; do not buffer beyond it.
       return plain_.size() - plain_off_ <= w_->config().server.max_header_bytes + kPlainChunk;
     case State::kProxying:
-      if (req_splicing_) return false;  // the body goes socket -> pipe -> backend
+      if (req_pipe_.active()) return false;  // the body goes socket -> pipe -> backend
       if (!req_body_done_) {
         return up_ != nullptr && up_->SendBacklog() < kMaxUpstreamBacklog;
       }
@@ -236,7 +235,7 @@ bool ClientConnection::ConnectUpstream(int avoid_server) {
 }
 
 void ClientConnection::ForwardRequestBody() {
-  if (up_ == nullptr || req_splicing_) return;
+  if (up_ == nullptr || req_pipe_.active()) return;
   std::string_view buf(plain_.data() + plain_off_, plain_.size() - plain_off_);
   if (buf.empty()) return MaybeSpliceRequestBody();
   size_t consumed = 0;
@@ -265,7 +264,7 @@ void ClientConnection::ForwardRequestBody() {
 
 void ClientConnection::OnUpstreamWritable() {
   if (state_ != State::kProxying) return;
-  if (req_splicing_) return PumpRequestBody();
+  if (req_pipe_.active()) return PumpRequestBody();
   ForwardRequestBody();
   ArmRecv();
 }

@@ -16,6 +16,7 @@
 #include "ktlb/ktls.h"
 #include "ktlb/openssl_ptr.h"
 #include "ktlb/output_queue.h"
+#include "ktlb/splice_pipe.h"
 #include "ktlb/tls.h"
 
 namespace ktlb {
@@ -206,11 +207,7 @@ class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
   int request_version_minor_ = 1;
   uint64_t req_content_length_ = 0;  // 0 unless the body is Content-Length framed
   uint64_t req_body_seen_ = 0;       // body bytes forwarded by the parser path
-  bool req_splicing_ = false;
-  uint64_t req_splice_left_ = 0;
-  size_t req_in_pipe_ = 0;
-  int req_pipe_r_ = -1;
-  int req_pipe_w_ = -1;
+  SplicePipe req_pipe_;  // active while a request body is being spliced
   bool splice_poll_in_ = false;
   bool splice_poll_out_ = false;
 };

@@ -3,7 +3,6 @@
 // socket -> pipe -> backend socket without entering ktlb's memory. A control
 // record met mid-body (alert, KeyUpdate) makes splice fail with EINVAL
 // (KTLS.md); the exchange then ends as a client abort.
-#include <fcntl.h>
 #include <poll.h>
 #include <unistd.h>
 
@@ -22,14 +21,13 @@ constexpr uint64_t kSpliceMin = 64 * 1024;
 }
 
 void ClientConnection::MaybeSpliceRequestBody() {
-  if (req_splicing_ || req_body_done_ || !rx_active_ || up_ == nullptr) return;
+  if (req_pipe_.active() || req_body_done_ || !rx_active_ || up_ == nullptr) return;
   if (req_content_length_ == 0 || plain_off_ != plain_.size()) return;
   uint64_t left = req_content_length_ - req_body_seen_;
   if (left < kSpliceMin) return;
-  if (!w_->TakePipe(&req_pipe_r_, &req_pipe_w_)) return;  // the ordinary path then
-  req_splicing_ = true;
-  req_splice_left_ = left;
-  req_in_pipe_ = 0;
+  int r, wfd;
+  if (!w_->TakePipe(&r, &wfd)) return;  // the ordinary path then
+  req_pipe_.Start(r, wfd, left);
   PumpRequestBody();
 }
 
@@ -47,61 +45,46 @@ void ClientConnection::OnSplicePoll(uint8_t op, int res) {
   (op == static_cast<uint8_t>(ConnOp::kPollOut) ? splice_poll_out_ : splice_poll_in_) = false;
   --inflight_;
   if (state_ == State::kClosed) return MaybeRelease();
-  (void)res;  // errors show up in the next splice
-  if (req_splicing_) PumpRequestBody();
+  (void)res;  // an error shows up in the next splice
+  if (req_pipe_.active()) PumpRequestBody();
 }
 
 void ClientConnection::PumpRequestBody() {
-  while (req_splicing_ && up_ != nullptr && state_ == State::kProxying) {
-    bool progressed = false;
-    // Pipe -> backend, once the head (and any buffered body) has been sent.
-    if (req_in_pipe_ > 0 && up_->connected() && up_->SendBacklog() == 0) {
-      ssize_t n = splice(req_pipe_r_, nullptr, up_->fd(), nullptr, req_in_pipe_,
-                         SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-      if (n > 0) {
-        req_in_pipe_ -= static_cast<size_t>(n);
-        w_->metrics().listeners[listener_].bytes_spliced.Inc(static_cast<uint64_t>(n));
-        progressed = true;
-      } else if (n < 0 && errno == EAGAIN) {
-        ArmSplicePoll(up_->fd(), true);
-      } else {
-        fprintf(stderr, "ktlb: upstream: splice of a request body failed: %s\n",
-                n == 0 ? "no progress" : strerror(errno));
-        return CloseNow();
-      }
-    }
-    if (req_splice_left_ == 0 && req_in_pipe_ == 0) return StopRequestSplice(true);
-    // Client -> pipe, while the pipe has room.
-    if (req_splice_left_ > 0 && req_in_pipe_ < static_cast<size_t>(Worker::kPipeSize)) {
-      size_t want = static_cast<size_t>(std::min<uint64_t>(
-          req_splice_left_, static_cast<uint64_t>(Worker::kPipeSize) - req_in_pipe_));
-      ssize_t n = splice(fd_, nullptr, req_pipe_w_, nullptr, want, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-      if (n > 0) {
-        req_in_pipe_ += static_cast<size_t>(n);
-        req_splice_left_ -= static_cast<uint64_t>(n);
-        progressed = true;
-      } else if (n < 0 && errno == EAGAIN) {
-        ArmSplicePoll(fd_, false);
-      } else {
-        // EOF, reset, or a control record (EINVAL) in the middle of the body.
-        w_->metrics().listeners[listener_].client_resets.Inc();
-        return CloseNow();
-      }
-    }
-    if (!progressed) break;
+  if (!req_pipe_.active() || up_ == nullptr || state_ != State::kProxying) return;
+  // The backend must have everything queued before the body (head, buffered
+  // body bytes) before the pipe may write to its socket.
+  bool sink_ready = up_->connected() && up_->SendBacklog() == 0;
+  uint64_t moved = 0;
+  SplicePipe::Status st = req_pipe_.Run(fd_, up_->fd(), sink_ready, &moved);
+  if (moved > 0) w_->metrics().listeners[listener_].bytes_spliced.Inc(moved);
+  switch (st) {
+    case SplicePipe::Status::kDone:
+      return StopRequestSplice(true);
+    case SplicePipe::Status::kWaitSource:
+      return ArmSplicePoll(fd_, false);
+    case SplicePipe::Status::kWaitSink:
+      if (sink_ready) ArmSplicePoll(up_->fd(), true);  // else OnUpstreamWritable resumes us
+      return;
+    case SplicePipe::Status::kSourceEnded:
+      // EOF, reset, or a control record (EINVAL) in the middle of the body.
+      w_->metrics().listeners[listener_].client_resets.Inc();
+      return CloseNow();
+    case SplicePipe::Status::kSinkFailed:
+      fprintf(stderr, "ktlb: upstream: splice of a request body failed: %s\n",
+              strerror(req_pipe_.error()));
+      return CloseNow();
   }
 }
 
 void ClientConnection::StopRequestSplice(bool done) {
-  if (!req_splicing_ && req_pipe_r_ < 0) return;
-  req_splicing_ = false;
-  if (done && req_pipe_r_ >= 0) {
-    w_->ReturnPipe(req_pipe_r_, req_pipe_w_);
-  } else if (req_pipe_r_ >= 0) {
-    close(req_pipe_r_);  // may hold bytes of an abandoned body
-    close(req_pipe_w_);
+  if (!req_pipe_.active()) return;
+  if (done) {
+    w_->ReturnPipe(req_pipe_.pipe_r(), req_pipe_.pipe_w());
+  } else {
+    close(req_pipe_.pipe_r());  // may hold bytes of an abandoned body
+    close(req_pipe_.pipe_w());
   }
-  req_pipe_r_ = req_pipe_w_ = -1;
+  req_pipe_.Clear();
   if (!done) return;
   // The parser never saw these bytes; the next request starts clean.
   req_body_done_ = true;

@@ -1,10 +1,9 @@
-// Moving a large Content-Length response body from the backend socket to a
-// kTLS client socket through a pipe: the bytes never enter userspace and the
-// kernel encrypts them on the way out (TLS_TX). Readiness comes from io_uring
-// polls; the splices themselves are non-blocking calls from the worker
-// (io_uring's SPLICE on 6.1 always goes through io-wq threads, and a socket's
-// O_NONBLOCK is ignored socket->pipe without SPLICE_F_NONBLOCK: KTLS.md).
-#include <fcntl.h>
+// Large Content-Length response bodies to a kTLS client: backend socket ->
+// pipe -> client socket, encrypted by the kernel on the way out (TLS_TX).
+// Readiness comes from io_uring polls; the splices are non-blocking calls
+// from the worker (io_uring's SPLICE on 6.1 always goes through io-wq
+// threads, and socket->pipe ignores O_NONBLOCK without SPLICE_F_NONBLOCK:
+// KTLS.md).
 #include <poll.h>
 #include <unistd.h>
 
@@ -19,13 +18,9 @@
 namespace ktlb {
 
 void UpstreamConnection::StartSplice(uint64_t n) {
-  if (!w_->TakePipe(&pipe_r_, &pipe_w_)) {
-    // No pipe (fd limit): the body goes the ordinary way.
-    return ArmRecv();
-  }
-  splicing_ = true;
-  splice_left_ = n;
-  in_pipe_ = 0;
+  int r, wfd;
+  if (!w_->TakePipe(&r, &wfd)) return ArmRecv();  // no pipe (fd limit): the ordinary way
+  pipe_.Start(r, wfd, n);
   Pump();
 }
 
@@ -43,70 +38,50 @@ void UpstreamConnection::OnSplicePoll(uint8_t op, int res) {
   (op == static_cast<uint8_t>(ConnOp::kPollOut) ? poll_out_inflight_ : poll_in_inflight_) = false;
   --inflight_;
   if (state_ == State::kClosed) return MaybeRelease();
-  if (res < 0 && res != -ECANCELED) return EndSplice(false);
-  if (splicing_) Pump();
+  (void)res;  // an error shows up in the next splice
+  if (pipe_.active()) Pump();
 }
 
 void UpstreamConnection::Pump() {
-  while (splicing_ && state_ == State::kActive && client_ != nullptr) {
-    bool progressed = false;
-    // Pipe -> client, once everything queued before the body has been sent.
-    if (in_pipe_ > 0) {
-      if (!client_->SpliceReady()) break;  // OnClientWritable() resumes us
-      ssize_t n = splice(pipe_r_, nullptr, client_->fd(), nullptr, in_pipe_,
-                         SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-      if (n > 0) {
-        in_pipe_ -= static_cast<size_t>(n);
-        client_->CountSpliced(static_cast<uint64_t>(n));
-        progressed = true;
-      } else if (n < 0 && errno == EAGAIN) {
-        ArmPoll(client_->fd(), true);
-      } else {
-        fprintf(stderr, "ktlb: upstream: splice to client failed: %s\n",
-                n == 0 ? "no progress" : strerror(errno));
-        return EndSplice(false);
-      }
-    }
-    if (splice_left_ == 0 && in_pipe_ == 0) return EndSplice(true);
-    // Backend -> pipe, while the pipe has room.
-    if (splice_left_ > 0 && in_pipe_ < static_cast<size_t>(Worker::kPipeSize)) {
-      size_t want = static_cast<size_t>(
-          std::min<uint64_t>(splice_left_, static_cast<uint64_t>(Worker::kPipeSize) - in_pipe_));
-      ssize_t n = splice(fd_, nullptr, pipe_w_, nullptr, want, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-      if (n > 0) {
-        in_pipe_ += static_cast<size_t>(n);
-        splice_left_ -= static_cast<uint64_t>(n);
-        progressed = true;
-        w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kUpstreamResponse),
-                     w_->config().server.timeouts.upstream_response_ms);
-      } else if (n == 0) {
-        // The backend closed before the promised Content-Length.
-        w_->metrics().upstreams[upstream_].resets.Inc();
-        return EndSplice(false);
-      } else if (errno == EAGAIN) {
-        ArmPoll(fd_, false);
-      } else {
-        w_->metrics().upstreams[upstream_].resets.Inc();
-        return EndSplice(false);
-      }
-    }
-    if (!progressed) break;
+  if (!pipe_.active() || state_ != State::kActive || client_ == nullptr) return;
+  uint64_t moved = 0;
+  SplicePipe::Status st = pipe_.Run(fd_, client_->fd(), client_->SpliceReady(), &moved);
+  if (moved > 0) {
+    client_->CountSpliced(moved);
+    w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kUpstreamResponse),
+                 w_->config().server.timeouts.upstream_response_ms);
+  }
+  switch (st) {
+    case SplicePipe::Status::kDone:
+      return EndSplice(true);
+    case SplicePipe::Status::kWaitSource:
+      return ArmPoll(fd_, false);
+    case SplicePipe::Status::kWaitSink:
+      // Either the socket is full (poll it) or the client still sends what
+      // was queued before the body (OnClientWritable resumes us).
+      if (client_->SpliceReady()) ArmPoll(client_->fd(), true);
+      return;
+    case SplicePipe::Status::kSourceEnded:
+      // The backend closed or failed before the promised Content-Length.
+      w_->metrics().upstreams[upstream_].resets.Inc();
+      return EndSplice(false);
+    case SplicePipe::Status::kSinkFailed:
+      fprintf(stderr, "ktlb: upstream: splice to client failed: %s\n", strerror(pipe_.error()));
+      return EndSplice(false);
   }
 }
 
 void UpstreamConnection::EndSplice(bool ok) {
-  splicing_ = false;
-  if (!ok) {
-    ClientConnection* c = client_;
-    client_ = nullptr;
-    CloseNow();
-    if (c != nullptr) c->OnUpstreamAborted();
-    return;
+  if (ok) {
+    w_->ReturnPipe(pipe_.pipe_r(), pipe_.pipe_w());
+    pipe_.Clear();
+    resp_done_ = true;
+    return Finish();
   }
-  w_->ReturnPipe(pipe_r_, pipe_w_);
-  pipe_r_ = pipe_w_ = -1;
-  resp_done_ = true;
-  Finish();
+  ClientConnection* c = client_;
+  client_ = nullptr;
+  CloseNow();  // closes the pipe: it may hold bytes of the abandoned body
+  if (c != nullptr) c->OnUpstreamAborted();
 }
 
 }  // namespace ktlb

@@ -191,7 +191,7 @@ void UpstreamConnection::OnRecv(int res, uint32_t flags) {
                w_->config().server.timeouts.upstream_response_ms);
   HandleBytes(data);
   w_->buffers().Recycle(bid);
-  if (state_ == State::kActive && !resp_done_ && !splicing_) ArmRecv();
+  if (state_ == State::kActive && !resp_done_ && !pipe_.active()) ArmRecv();
 }
 
 void UpstreamConnection::HandleBytes(std::string_view data) {
@@ -331,7 +331,7 @@ void UpstreamConnection::Fail(bool timed_out) {
 
 void UpstreamConnection::OnClientWritable() {
   if (state_ != State::kActive || resp_done_) return;
-  if (splicing_) return Pump();
+  if (pipe_.active()) return Pump();
   ArmRecv();
 }
 
@@ -369,13 +369,12 @@ void UpstreamConnection::CloseNow() {
 
 void UpstreamConnection::MaybeRelease() {
   if (state_ != State::kClosed || inflight_ > 0) return;
-  if (pipe_r_ >= 0) {
+  if (pipe_.active()) {
     // A pipe with bytes of an aborted body is not reusable.
-    close(pipe_r_);
-    close(pipe_w_);
-    pipe_r_ = pipe_w_ = -1;
+    close(pipe_.pipe_r());
+    close(pipe_.pipe_w());
+    pipe_.Clear();
   }
-  splicing_ = false;
   if (fd_ >= 0) {
     // A connect still in flight is cancelled by closing only after it
     // completes, which inflight_ already waited for.

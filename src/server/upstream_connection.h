@@ -9,6 +9,7 @@
 
 #include "ktlb/deadline_queue.h"
 #include "ktlb/http1.h"
+#include "ktlb/splice_pipe.h"
 
 namespace ktlb {
 
@@ -92,11 +93,7 @@ class UpstreamConnection final : public DeadlineTarget {
   bool resp_done_ = false;
   bool reusable_ = false;
   uint64_t body_seen_ = 0;  // body bytes of this response forwarded so far
-  bool splicing_ = false;
-  uint64_t splice_left_ = 0;  // bytes still to take from the backend
-  size_t in_pipe_ = 0;        // bytes in the pipe, not yet in the client socket
-  int pipe_r_ = -1;
-  int pipe_w_ = -1;
+  SplicePipe pipe_;  // active while a response body is being spliced
   bool poll_in_inflight_ = false;
   bool poll_out_inflight_ = false;
   std::optional<http1::ResponseParser> parser_;

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "ktlb/sockets.h"
+#include "ktlb/splice_pipe.h"
 
 namespace ktlb {
 
@@ -38,7 +39,7 @@ bool Worker::TakePipe(int* read_fd, int* write_fd) {
   int p[2];
   if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) return false;
   // Larger than the 64 KiB default: fewer splice round trips per body.
-  fcntl(p[1], F_SETPIPE_SZ, kPipeSize);
+  fcntl(p[1], F_SETPIPE_SZ, static_cast<int>(SplicePipe::kPipeBytes));
   *read_fd = p[0];
   *write_fd = p[1];
   return true;

@@ -86,7 +86,7 @@ class Worker {
   // Pipes for splicing bodies, recycled per worker. False if none can be made.
   bool TakePipe(int* read_fd, int* write_fd);
   void ReturnPipe(int read_fd, int write_fd);  // only empty pipes come back
-  static constexpr int kPipeSize = 256 * 1024;
+
   UpstreamConnection* UpstreamAt(uint32_t index, uint16_t gen) { return upstreams_.Get(index, gen); }
   ClientConnection* ClientAt(uint32_t index, uint16_t gen) { return clients_.Get(index, gen); }
 
