@@ -3,7 +3,6 @@
 // socket -> pipe -> backend socket without entering ktlb's memory. A control
 // record met mid-body (alert, KeyUpdate) makes splice fail with EINVAL
 // (KTLS.md); the exchange then ends as a client abort.
-#include <poll.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -32,13 +31,8 @@ void ClientConnection::MaybeSpliceRequestBody() {
 }
 
 void ClientConnection::ArmSplicePoll(int fd, bool out) {
-  bool& inflight = out ? splice_poll_out_ : splice_poll_in_;
-  if (inflight) return;
-  io_uring_sqe* sqe = w_->ring().Sqe();
-  io_uring_prep_poll_add(sqe, fd, out ? POLLOUT : POLLIN);
-  io_uring_sqe_set_data64(sqe, Tag(static_cast<uint8_t>(out ? ConnOp::kPollOut : ConnOp::kPollIn)));
-  inflight = true;
-  ++inflight_;
+  auto op = static_cast<uint8_t>(out ? ConnOp::kPollOut : ConnOp::kPollIn);
+  w_->ArmPoll(fd, out, Tag(op), out ? &splice_poll_out_ : &splice_poll_in_, &inflight_);
 }
 
 void ClientConnection::OnSplicePoll(uint8_t op, int res) {

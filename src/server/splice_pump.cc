@@ -4,7 +4,6 @@
 // from the worker (io_uring's SPLICE on 6.1 always goes through io-wq
 // threads, and socket->pipe ignores O_NONBLOCK without SPLICE_F_NONBLOCK:
 // KTLS.md).
-#include <poll.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -25,13 +24,8 @@ void UpstreamConnection::StartSplice(uint64_t n) {
 }
 
 void UpstreamConnection::ArmPoll(int fd, bool out) {
-  bool& inflight = out ? poll_out_inflight_ : poll_in_inflight_;
-  if (inflight) return;
-  io_uring_sqe* sqe = w_->ring().Sqe();
-  io_uring_prep_poll_add(sqe, fd, out ? POLLOUT : POLLIN);
-  io_uring_sqe_set_data64(sqe, Tag(static_cast<uint8_t>(out ? ConnOp::kPollOut : ConnOp::kPollIn)));
-  inflight = true;
-  ++inflight_;
+  auto op = static_cast<uint8_t>(out ? ConnOp::kPollOut : ConnOp::kPollIn);
+  w_->ArmPoll(fd, out, Tag(op), out ? &poll_out_inflight_ : &poll_in_inflight_, &inflight_);
 }
 
 void UpstreamConnection::OnSplicePoll(uint8_t op, int res) {

@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -28,6 +29,15 @@ constexpr uint32_t kMaxWaitMs = 1000;
 Worker::Worker(size_t id, std::shared_ptr<const Snapshot> snapshot, WorkerMetrics* metrics,
                bool kernel_ktls)
     : id_(id), kernel_ktls_(kernel_ktls), snapshot_(std::move(snapshot)), metrics_(metrics) {}
+
+void Worker::ArmPoll(int fd, bool out, uint64_t user_data, bool* armed, int* inflight) {
+  if (*armed) return;
+  io_uring_sqe* sqe = ring_.Sqe();
+  io_uring_prep_poll_add(sqe, fd, out ? POLLOUT : POLLIN);
+  io_uring_sqe_set_data64(sqe, user_data);
+  *armed = true;
+  ++*inflight;
+}
 
 bool Worker::TakePipe(int* read_fd, int* write_fd) {
   if (!pipes_.empty()) {

@@ -83,6 +83,9 @@ class Worker {
   bool ParkIdleUpstream(UpstreamConnection* u);
   void ForgetIdleUpstream(UpstreamConnection* u);
   RoundRobin& balancer(size_t upstream) { return balancers_[upstream]; }
+  // One-shot readiness poll for a splice pump: POLLOUT when `out`, else
+  // POLLIN. No-op while *armed; sets it and counts one in-flight op.
+  void ArmPoll(int fd, bool out, uint64_t user_data, bool* armed, int* inflight);
   // Pipes for splicing bodies, recycled per worker. False if none can be made.
   bool TakePipe(int* read_fd, int* write_fd);
   void ReturnPipe(int read_fd, int write_fd);  // only empty pipes come back
