@@ -52,6 +52,15 @@ class BufferRing {
     return {base_ + size_t{bid} * buf_size_, len};
   }
   void Recycle(uint16_t bid);
+  // The buffer a recv completion picked, from its CQE flags.
+  static uint16_t BufferId(uint32_t cqe_flags) {
+    return static_cast<uint16_t>(cqe_flags >> IORING_CQE_BUFFER_SHIFT);
+  }
+  // Gives back the buffer a completion carries, if it carries one (a recv
+  // that lands after its connection closed still holds a buffer).
+  void RecycleFrom(uint32_t cqe_flags) {
+    if (cqe_flags & IORING_CQE_F_BUFFER) Recycle(BufferId(cqe_flags));
+  }
 
  private:
   io_uring* ring_ = nullptr;

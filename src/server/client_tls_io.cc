@@ -107,9 +107,7 @@ void ClientConnection::OnRecv(int res, uint32_t flags) {
   recv_inflight_ = false;
   --inflight_;
   if (state_ == State::kClosed) {
-    if (flags & IORING_CQE_F_BUFFER) {
-      w_->buffers().Recycle(static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT));
-    }
+    w_->buffers().RecycleFrom(flags);
     return MaybeRelease();
   }
   if (res == -ENOBUFS) {
@@ -138,7 +136,7 @@ void ClientConnection::OnRecv(int res, uint32_t flags) {
     }
     return CloseNow();
   }
-  uint16_t bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+  uint16_t bid = BufferRing::BufferId(flags);
   std::string_view data = w_->buffers().Data(bid, static_cast<uint32_t>(res));
   if (state_ == State::kLingering) {
     w_->buffers().Recycle(bid);

@@ -158,9 +158,7 @@ void UpstreamConnection::OnRecv(int res, uint32_t flags) {
   recv_inflight_ = false;
   --inflight_;
   if (state_ == State::kClosed) {
-    if (flags & IORING_CQE_F_BUFFER) {
-      w_->buffers().Recycle(static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT));
-    }
+    w_->buffers().RecycleFrom(flags);
     return MaybeRelease();
   }
   if (res == -ENOBUFS) {
@@ -170,7 +168,7 @@ void UpstreamConnection::OnRecv(int res, uint32_t flags) {
   if (state_ == State::kIdle) {
     // A parked connection heard from its backend: a close, or bytes nobody
     // asked for. Either way it is not reusable.
-    if (res > 0) w_->buffers().Recycle(static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT));
+    w_->buffers().RecycleFrom(flags);
     w_->ForgetIdleUpstream(this);
     return CloseNow();
   }
@@ -184,7 +182,7 @@ void UpstreamConnection::OnRecv(int res, uint32_t flags) {
     if (res < 0 || !got_bytes_ || head_done_) w_->metrics().upstreams[upstream_].resets.Inc();
     return Fail(false);
   }
-  uint16_t bid = static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+  uint16_t bid = BufferRing::BufferId(flags);
   std::string_view data = w_->buffers().Data(bid, static_cast<uint32_t>(res));
   got_bytes_ = true;
   w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kUpstreamResponse),
