@@ -118,6 +118,19 @@ class RequestParser {
   // the next request), kIncomplete when all of buf was body and more is due.
   ParseStatus ParseBody(std::string_view buf, size_t* consumed);
 
+  // Body bytes that are pure payload from here on: the rest of a
+  // Content-Length body, or the rest of the current chunk's data. 0 when the
+  // next bytes are chunk framing (which must go through ParseBody) or no body
+  // is due. The caller may move that many bytes without showing them to the
+  // parser (splice) and then report them with SkipOpaqueBody.
+  uint64_t OpaqueBodyBytes() const;
+  // Accounts for n <= OpaqueBodyBytes() bytes moved elsewhere. kDone when they
+  // ended the body (Content-Length), kIncomplete when more body is due.
+  ParseStatus SkipOpaqueBody(uint64_t n);
+  // In a chunked body: the size of the chunk being read (or just read), so a
+  // caller can tell a body of large chunks worth splicing. 0 otherwise.
+  uint64_t ChunkSize() const;
+
   RequestError error() const { return error_; }
   // Human-readable detail of the last kError, for logs (static string).
   const char* error_reason() const { return error_reason_; }
@@ -147,6 +160,10 @@ class ResponseParser {
   // Like RequestParser::ParseBody. For kUntilClose, every byte is body and the
   // caller ends the body at EOF.
   ParseStatus ParseBody(std::string_view buf, size_t* consumed);
+  // As RequestParser's (a close-delimited body has none: its end is EOF).
+  uint64_t OpaqueBodyBytes() const;
+  ParseStatus SkipOpaqueBody(uint64_t n);
+  uint64_t ChunkSize() const;
   // Human-readable reason of the last kError.
   const char* error_reason() const { return error_reason_; }
 

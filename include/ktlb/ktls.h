@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <string_view>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace ktlb::tls {
@@ -31,6 +32,7 @@ inline constexpr uint16_t kCipherChaCha20Poly1305 = 54;
 inline constexpr uint8_t kRecordAlert = 21;
 inline constexpr uint8_t kRecordHandshake = 22;
 inline constexpr uint8_t kRecordApplicationData = 23;
+inline constexpr uint8_t kHandshakeKeyUpdate = 24;  // a handshake message type, not a record type
 
 // Exactly the struct tls12_crypto_info_* the kernel takes, as bytes.
 struct KtlsCryptoInfo {
@@ -58,6 +60,86 @@ absl::StatusOr<KtlsCryptoInfo> Tls13CryptoInfo(const SSL_CIPHER* cipher,
 // The same for the connection's negotiated cipher.
 absl::StatusOr<KtlsCryptoInfo> Tls13CryptoInfo(const SSL* ssl, const unsigned char* secret,
                                                size_t secret_len, uint64_t rec_seq);
+
+// --- TLS 1.3 KeyUpdate (RFC 8446 4.6.3) ---------------------------------------------------
+//
+// Once a direction is in the kernel, OpenSSL no longer sees its records or
+// holds its keys, so a KeyUpdate has to be followed here: Linux from about
+// 6.14 accepts TLS_RX / TLS_TX again on a TLS 1.3 socket with the next
+// generation of keys (6.1 cannot: see KTLS.md, which also marks the 6.14
+// behaviour as not yet run). RX: the peer's KeyUpdate arrives as a handshake
+// record, and later reads fail (EKEYEXPIRED) until the new TLS_RX is set. TX:
+// the KeyUpdate goes out under the old key (TLS_SET_RECORD_TYPE 22), then the
+// new TLS_TX is set, so the peer switches keys exactly where we do.
+
+// application_traffic_secret_N+1 =
+//   HKDF-Expand-Label(application_traffic_secret_N, "traffic upd", "", Hash.length)
+// (RFC 8446 7.2), with the cipher's handshake digest, as Tls13CryptoInfo does
+// for "key" and "iv". `secret_len` must be that digest's size (32 for the
+// SHA-256 suites, 48 for TLS_AES_256_GCM_SHA384): a secret of another length
+// is a bug in the caller, not something to expand anyway. `out` receives
+// `secret_len` bytes and may be `secret` itself (update in place). The new
+// kernel info is then Tls13CryptoInfo(cipher, out, secret_len, 0): each key
+// generation starts its record sequence at 0.
+absl::Status NextTrafficSecret(const SSL_CIPHER* cipher, const unsigned char* secret,
+                               size_t secret_len, unsigned char* out);
+
+// KeyUpdate.request_update (RFC 8446 4.6.3).
+enum class KeyUpdateRequest {
+  kNotRequested = 0,  // update_not_requested: only the peer's sending key changed
+  kRequested = 1,     // update_requested: we must answer with our own KeyUpdate
+};
+
+// Parses the plaintext of a handshake record (type 22) that a kTLS RX socket
+// delivered after the handshake. The only content accepted is exactly one
+// KeyUpdate, `18 00 00 01 XX` with XX 0 or 1: a client sends no other
+// post-handshake message to a server that never asks for a certificate after
+// the handshake (NewSessionTicket is server-only), and the KeyUpdate must end
+// its record (RFC 8446 5.1: no message may straddle a key change). Anything
+// else, including a KeyUpdate split across records or followed by another
+// message, is refused: the caller closes the connection rather than guess
+// which key the next record uses. (RFC 8446 names the alerts: XX > 1 is
+// illegal_parameter, a wrong length decode_error, another type
+// unexpected_message.)
+absl::StatusOr<KeyUpdateRequest> ParseKeyUpdate(std::string_view handshake_bytes);
+
+// The 5-byte KeyUpdate handshake message (`18 00 00 01 XX`) to send as the
+// payload of one type-22 record. The answer to a peer's update_requested is
+// always kNotRequested (RFC 8446 4.6.3), which also keeps two peers from
+// asking each other forever.
+std::string_view KeyUpdateMessage(KeyUpdateRequest request);
+
+// Why a connection on a kTLS RX socket was closed after a KeyUpdate. Stable
+// metric labels.
+enum class KeyUpdateClose {
+  kKernelCannotRekey = 0,  // a second TLS_RX failed (EBUSY before ~6.14)
+  kRateLimited,            // more KeyUpdates than KeyUpdateLimiter allows
+  kMalformed,              // not exactly one KeyUpdate message (ParseKeyUpdate)
+  kNotOffloaded,           // the other direction is still in OpenSSL, which must not rekey
+  kCount,
+};
+const char* KeyUpdateCloseLabel(KeyUpdateClose c);
+
+// At most kBurst KeyUpdates per connection in any kWindowMs: a peer that
+// sends them without pause (a JDK bug does) costs two setsockopt calls and
+// two key schedules each, so it is cut off instead.
+class KeyUpdateLimiter {
+ public:
+  static constexpr uint32_t kBurst = 8;
+  static constexpr uint64_t kWindowMs = 60'000;
+  // Records one KeyUpdate at `now_ms`; false when it is over the limit.
+  bool Allow(uint64_t now_ms) {
+    if (count_ == 0 || now_ms - window_start_ms_ >= kWindowMs) {
+      window_start_ms_ = now_ms;
+      count_ = 0;
+    }
+    return ++count_ <= kBurst;
+  }
+
+ private:
+  uint64_t window_start_ms_ = 0;
+  uint32_t count_ = 0;
+};
 
 // Why a connection stays in userspace crypto. Stable metric labels.
 enum class KtlsFallback {
@@ -118,6 +200,9 @@ class KtlsHooks {
   virtual bool RxTaken() const = 0;
   // TLS 1.3 CLIENT_TRAFFIC_SECRET_0 (server side), from the key-log callback.
   virtual void OnClientTrafficSecret(const unsigned char* secret, size_t len) = 0;
+  // TLS 1.3 SERVER_TRAFFIC_SECRET_0: what the TX keys after a KeyUpdate
+  // derive from.
+  virtual void OnServerTrafficSecret(const unsigned char* /*secret*/, size_t /*len*/) {}
   // OpenSSL read a KeyUpdate from the peer (it then holds newer RX keys than
   // the traffic secret captured at the handshake).
   virtual void OnPeerKeyUpdate() {}

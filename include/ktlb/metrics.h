@@ -43,9 +43,12 @@ struct ListenerMetrics {
   // kTLS
   Counter ktls_tx;
   Counter ktls_rx;
-  Counter ktls_keyupdates;
-  Counter bytes_spliced;
-  Counter ktls_ssl_released;  // connections whose OpenSSL object was freed after full offload  // response body bytes moved upstream -> pipe -> kTLS socket
+  Counter ktls_keyupdates;  // KeyUpdates read from kTLS RX sockets
+  Counter ktls_rekeys;      // ... after which the kernel took the new keys
+  // ... after which the connection was closed, by KeyUpdateClose
+  std::array<Counter, kMaxReasons> ktls_keyupdate_closes;
+  Counter bytes_spliced;  // body bytes moved socket -> pipe -> socket, both directions
+  Counter ktls_ssl_released;  // connections whose OpenSSL object was freed after full offload
   std::array<Counter, kMaxReasons> ktls_fallbacks;
 };
 
@@ -71,6 +74,7 @@ struct MetricsLabels {
   std::vector<const char*> handshake_failures;  // index -> label
   std::vector<const char*> parse_errors;        // index -> label
   std::vector<const char*> ktls_fallbacks;      // index -> label
+  std::vector<const char*> keyupdate_closes;    // index -> label
 };
 
 class MetricsRegistry {

@@ -26,14 +26,21 @@ class SplicePipe {
   void Start(int pipe_r, int pipe_w, uint64_t n) {
     pipe_r_ = pipe_r;
     pipe_w_ = pipe_w;
-    left_ = n;
+    left_ = length_ = n;
     in_pipe_ = 0;
   }
+  // Begins the next transfer over the same (empty) pipe: a chunked body
+  // splices each large chunk's data, with its framing read in between.
+  void Continue(uint64_t n) { left_ = length_ = n; }
   // `sink_ready`: the owner's own output before the body has been sent.
   // *moved: bytes that reached the sink during this call.
   Status Run(int source_fd, int sink_fd, bool sink_ready, uint64_t* moved);
 
   bool active() const { return pipe_r_ >= 0; }
+  // All bytes of the current transfer reached the sink (Run said kDone).
+  bool finished() const { return left_ == 0 && in_pipe_ == 0; }
+  // Bytes of the current transfer (Start / Continue's n).
+  uint64_t length() const { return length_; }
   // True when the pipe holds no bytes and may go back to the pool.
   bool empty() const { return in_pipe_ == 0; }
   int pipe_r() const { return pipe_r_; }
@@ -42,10 +49,18 @@ class SplicePipe {
   void Clear() { pipe_r_ = pipe_w_ = -1; }
 
   static constexpr size_t kPipeBytes = 256 * 1024;
+  // Below these, splice's extra system calls and polls cost more than the
+  // copy through userspace they save.
+  static constexpr uint64_t kMinContentLength = 64 * 1024;  // a whole body
+  static constexpr uint64_t kMinChunk = 16 * 1024;          // one chunk's data
+  // One read of chunk framing ("\r\n" + size line) between spliced chunks: a
+  // size line is short, and the few data bytes read with it go the normal way.
+  static constexpr size_t kFramingRead = 64;
 
  private:
   int pipe_r_ = -1;
   int pipe_w_ = -1;
+  uint64_t length_ = 0;  // bytes of this transfer
   uint64_t left_ = 0;    // bytes still to take from the source
   size_t in_pipe_ = 0;   // bytes in the pipe, not yet in the sink
   int errno_ = 0;

@@ -119,8 +119,15 @@ std::string MetricsRegistry::Render() const {
                "Body bytes spliced between a backend and a kTLS client socket, both directions (never copied to userspace).",
                [](const ListenerMetrics& m) -> const Counter& { return m.bytes_spliced; });
   per_listener("ktlb_ktls_keyupdates_total", "counter",
-               "TLS 1.3 KeyUpdates received on kTLS RX sockets (connection closed).",
+               "TLS 1.3 KeyUpdates received on kTLS RX sockets.",
                [](const ListenerMetrics& m) -> const Counter& { return m.ktls_keyupdates; });
+  per_listener("ktlb_ktls_rekeys_total", "counter",
+               "KeyUpdates after which the kernel took the new keys (kernels that can rekey).",
+               [](const ListenerMetrics& m) -> const Counter& { return m.ktls_rekeys; });
+  reasons("ktlb_ktls_keyupdate_closes_total",
+          "Connections closed after a KeyUpdate on a kTLS RX socket, by reason.",
+          labels_.keyupdate_closes,
+          [](const ListenerMetrics& m) -> const auto& { return m.ktls_keyupdate_closes; });
   reasons("ktlb_ktls_fallbacks_total", "Connections left in userspace TLS, by reason.",
           labels_.ktls_fallbacks,
           [](const ListenerMetrics& m) -> const auto& { return m.ktls_fallbacks; });

@@ -68,6 +68,7 @@ ParseStatus ChunkedScanner::Scan(std::string_view buf, size_t* consumed) {
         break;
       case State::kSizeLf:
         if (c != '\n') return fail();
+        chunk_size_ = size_;
         state_ = size_ == 0 ? State::kTrailerStart : State::kData;
         break;
       case State::kDataCr:

@@ -203,6 +203,17 @@ class ChunkedScanner {
   void Reset(uint32_t max_trailer_bytes);
   // kDone: *consumed bytes complete the body. kIncomplete: all of buf is body.
   ParseStatus Scan(std::string_view buf, size_t* consumed);
+  // Bytes of data left in the current chunk; 0 unless the next byte is chunk
+  // data (the framing around the data must always be scanned).
+  uint64_t DataLeft() const { return state_ == State::kData ? size_ : 0; }
+  // Size of the chunk being read, or of the last one (0 before the first).
+  uint64_t ChunkSize() const { return chunk_size_; }
+  // Accounts for n <= DataLeft() data bytes the caller moved without
+  // scanning them (spliced): data is opaque, only its length matters.
+  void SkipData(uint64_t n) {
+    size_ -= n;
+    if (size_ == 0) state_ = State::kDataCr;
+  }
 
  private:
   enum class State : uint8_t {
@@ -211,6 +222,7 @@ class ChunkedScanner {
   };
   State state_ = State::kSizeFirst;
   uint64_t size_ = 0;  // of the chunk being read, then what is left of it
+  uint64_t chunk_size_ = 0;
   uint32_t line_bytes_ = 0;
   uint32_t trailer_bytes_ = 0;
   uint32_t max_trailer_bytes_ = 0;
@@ -250,5 +262,9 @@ llhttp_errno_t LlhttpCheckHead(llhttp_t* ll, std::string_view buf, size_t head_e
 // on_message_complete exactly at the end of `bytes`; otherwise llhttp must
 // take all of `bytes` without finishing. True when llhttp agrees.
 bool LlhttpCheckChunked(llhttp_t* ll, std::string_view bytes, bool done);
+// Moves llhttp over n bytes of chunk data it will never see (they were
+// spliced), by feeding it zeros: inside chunk data llhttp only counts. False
+// if llhttp was not in chunk data for all n bytes.
+bool LlhttpSkipChunkData(llhttp_t* ll, uint64_t n);
 
 }  // namespace ktlb::http1::internal

@@ -1,6 +1,7 @@
 // llhttp as the second opinion on every head and chunked body.
 #include <llhttp.h>
 
+#include <algorithm>
 #include <string_view>
 
 #include "internal.h"
@@ -48,6 +49,18 @@ bool LlhttpCheckChunked(llhttp_t* ll, std::string_view bytes, bool done) {
   const llhttp_errno_t e = llhttp_execute(ll, bytes.data(), bytes.size());
   if (!done) return e == HPE_OK;
   return e == HPE_PAUSED && llhttp_get_error_pos(ll) == bytes.data() + bytes.size();
+}
+
+bool LlhttpSkipChunkData(llhttp_t* ll, uint64_t n) {
+  static const char kZeros[16 * 1024] = {};
+  while (n > 0) {
+    const size_t take = static_cast<size_t>(std::min<uint64_t>(n, sizeof(kZeros)));
+    // Pausing here would mean llhttp saw the end of the message inside what
+    // the scanner counts as chunk data: a disagreement.
+    if (llhttp_execute(ll, kZeros, take) != HPE_OK) return false;
+    n -= take;
+  }
+  return true;
 }
 
 }  // namespace ktlb::http1::internal

@@ -400,4 +400,33 @@ ParseStatus RequestParser::ParseBody(std::string_view buf, size_t* consumed) {
   return ParseStatus::kDone;
 }
 
+uint64_t RequestParser::OpaqueBodyBytes() const {
+  const Impl& s = *impl_;
+  if (s.phase != Phase::kBody) return 0;
+  return s.body == BodyKind::kContentLength ? s.remaining : s.chunked.DataLeft();
+}
+
+ParseStatus RequestParser::SkipOpaqueBody(uint64_t n) {
+  Impl& s = *impl_;
+  if (s.phase == Phase::kError) return ParseStatus::kError;
+  if (n == 0) return s.phase == Phase::kBody ? ParseStatus::kIncomplete : ParseStatus::kDone;
+  if (n > OpaqueBodyBytes()) return Fail(RequestError::kBadRequest, "skipped past the payload");
+  if (s.body == BodyKind::kContentLength) {
+    s.remaining -= n;
+    if (s.remaining != 0) return ParseStatus::kIncomplete;
+    s.phase = Phase::kIdle;
+    return ParseStatus::kDone;
+  }
+  s.chunked.SkipData(n);
+  if (!internal::LlhttpSkipChunkData(&s.ll, n)) {
+    return Fail(RequestError::kBadChunk, "llhttp disagrees on the chunk size");
+  }
+  return ParseStatus::kIncomplete;
+}
+
+uint64_t RequestParser::ChunkSize() const {
+  const Impl& s = *impl_;
+  return s.phase == Phase::kBody && s.body == BodyKind::kChunked ? s.chunked.ChunkSize() : 0;
+}
+
 }  // namespace ktlb::http1

@@ -47,7 +47,8 @@ void ClientConnection::Start(Worker* w, size_t listener_index, int fd, const soc
   peer_keyupdate_seen_ = false;
   rx_sync_ = RxSync::kNone;
   rx_records_ = 0;
-  client_secret_len_ = 0;
+  WipeTrafficSecrets();
+  keyupdate_limiter_ = tls::KeyUpdateLimiter();
   exact_need_ = 0;
   if (ktls_allowed_) {
     bio_.ktls = this;
@@ -240,18 +241,7 @@ void ClientConnection::ForwardRequestBody() {
   if (buf.empty()) return MaybeSpliceRequestBody();
   size_t consumed = 0;
   http1::ParseStatus st = parser_->ParseBody(buf, &consumed);
-  if (st == http1::ParseStatus::kError) {
-    // The head already went upstream; that exchange cannot be finished.
-    up_->Abandon();
-    up_ = nullptr;
-    w_->metrics().listeners[listener_].parse_errors[static_cast<size_t>(parser_->error())].Inc();
-    if (!resp_head_seen_) {
-      RespondError(http1::RequestErrorStatus(parser_->error()), true);
-    } else {
-      CloseNow();
-    }
-    return;
-  }
+  if (st == http1::ParseStatus::kError) return FailRequestBody();
   if (consumed > 0) up_->Send(buf.substr(0, consumed));
   plain_off_ += consumed;
   req_body_seen_ += consumed;
@@ -260,6 +250,21 @@ void ClientConnection::ForwardRequestBody() {
     return;
   }
   MaybeSpliceRequestBody();
+}
+
+void ClientConnection::FailRequestBody() {
+  // The head already went upstream; that exchange cannot be finished.
+  if (up_ != nullptr) {
+    up_->Abandon();
+    up_ = nullptr;
+  }
+  StopRequestSplice(false);
+  w_->metrics().listeners[listener_].parse_errors[static_cast<size_t>(parser_->error())].Inc();
+  if (!resp_head_seen_) {
+    RespondError(http1::RequestErrorStatus(parser_->error()), true);
+  } else {
+    CloseNow();
+  }
 }
 
 void ClientConnection::OnUpstreamWritable() {
@@ -482,6 +487,7 @@ void ClientConnection::MaybeRelease() {
     fd_ = -1;
   }
   ssl_.reset();
+  WipeTrafficSecrets();
   w_->metrics().listeners[listener_].active.Dec();
   plain_.clear();
   ShrinkIdleBuffers();

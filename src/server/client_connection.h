@@ -78,6 +78,7 @@ class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
   bool TxTaken() const override { return tx_taken_; }
   bool RxTaken() const override { return false; }  // RX is always installed by us
   void OnClientTrafficSecret(const unsigned char* secret, size_t len) override;
+  void OnServerTrafficSecret(const unsigned char* secret, size_t len) override;
   void OnPeerKeyUpdate() override { peer_keyupdate_seen_ = true; }
   int request_version_minor() const { return request_version_minor_; }
   // True when this response is the connection's last (say "Connection: close").
@@ -115,6 +116,9 @@ class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
   void ShrinkIdleBuffers();
   void DetachUpstream(bool reusable);
   void ForwardRequestBody();
+  // A malformed body after the head went upstream: 400 if nothing was
+  // answered yet, else close.
+  void FailRequestBody();
   // kTLS (client_ktls.cc).
   void FallBack(tls::KtlsFallback why);
   bool InstallTxNow();
@@ -123,12 +127,20 @@ class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
   void ArmRecvMsg();
   void ArmRecvExact(size_t n);
   void HandleControlRecord(int type, std::string_view payload);
+  // A TLS 1.3 KeyUpdate read from the kTLS RX socket: next RX key into the
+  // kernel, and when asked, our own KeyUpdate then the next TX key.
+  void HandlePeerKeyUpdate(std::string_view payload);
+  // Ends the connection after the current exchange, counted by reason.
+  void CloseAfterKeyUpdate(tls::KeyUpdateClose why, int err);
+  void WipeTrafficSecrets();
   void HandlePlainFromKernel(std::string_view data);
   void RefuseWithoutOffload();
-  // Request bodies (client_splice.cc): a large Content-Length body from a
-  // kTLS RX socket moves client socket -> pipe -> backend socket.
+  // Request bodies (client_splice.cc): a large Content-Length body, or the
+  // data of large chunks, from a kTLS RX socket moves client socket -> pipe
+  // -> backend socket.
   void MaybeSpliceRequestBody();
   void PumpRequestBody();
+  void ReadRequestFraming();
   void StopRequestSplice(bool done);
   void ArmSplicePoll(int fd, bool out);
   // Encrypts (OpenSSL) or queues as plaintext (both directions in the kernel).
@@ -168,8 +180,16 @@ class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
   uint64_t rx_records_ = 0;  // post-handshake records OpenSSL decrypted
   tls::KtlsCryptoInfo tx_info_;
   tls::KtlsCryptoInfo rx12_info_;
+  // TLS 1.3 application traffic secrets: the first ones from the key-log
+  // callback, then each KeyUpdate's successor. The RX offload needs the
+  // client's; rekeying after a KeyUpdate needs both and the cipher
+  // (SSL_CIPHERs are static in OpenSSL, so the pointer outlives the SSL).
   unsigned char client_secret_[64] = {};
   size_t client_secret_len_ = 0;
+  unsigned char server_secret_[64] = {};
+  size_t server_secret_len_ = 0;
+  const SSL_CIPHER* tls13_cipher_ = nullptr;  // set once RX is offloaded
+  tls::KeyUpdateLimiter keyupdate_limiter_;
   // sendmsg / recvmsg state for control records; allocated on first use.
   struct ControlIo {
     msghdr msg{};

@@ -58,9 +58,31 @@ void ClientConnection::OnClientTrafficSecret(const unsigned char* secret, size_t
   client_secret_len_ = len;
 }
 
+void ClientConnection::OnServerTrafficSecret(const unsigned char* secret, size_t len) {
+  if (len > sizeof server_secret_) return;
+  memcpy(server_secret_, secret, len);
+  server_secret_len_ = len;
+}
+
+void ClientConnection::WipeTrafficSecrets() {
+  OPENSSL_cleanse(client_secret_, sizeof client_secret_);
+  OPENSSL_cleanse(server_secret_, sizeof server_secret_);
+  client_secret_len_ = server_secret_len_ = 0;
+  tls13_cipher_ = nullptr;
+}
+
 bool ClientConnection::InstallTxNow() {
   int rc = tls::InstallKtls(fd_, tls::kTlsTx, tx_info_);
   tx_info_.Wipe();
+  if (tx_active_) {
+    // A rekey after our KeyUpdate went out: the peer now expects the next
+    // key, so without it the connection is over.
+    if (rc != 0) {
+      fprintf(stderr, "ktlb: tls: new TLS_TX key for %s:%u failed: %s\n", peer_ip_.c_str(),
+              peer_port_, strerror(rc));
+    }
+    return rc == 0;
+  }
   if (rc != 0) {
     // OpenSSL already writes plaintext for this connection: it cannot go back
     // to userspace crypto, so it ends here (and is counted).
@@ -177,21 +199,21 @@ void ClientConnection::FinishRxOffload() {
   if (peer_keyupdate_seen_) {
     // The keys derived from the handshake's traffic secret are already stale;
     // OpenSSL holds the current ones and keeps decrypting.
-    OPENSSL_cleanse(client_secret_, sizeof client_secret_);
-    client_secret_len_ = 0;
+    WipeTrafficSecrets();
     FallBack(tls::KtlsFallback::kEarlyKeyUpdate);
     return;
   }
   tls::KtlsCryptoInfo info;
+  const SSL_CIPHER* tls13_cipher = nullptr;
   if (SSL_version(ssl_.get()) == TLS1_3_VERSION) {
     auto built = tls::Tls13CryptoInfo(ssl_.get(), client_secret_, client_secret_len_, rx_records_);
-    OPENSSL_cleanse(client_secret_, sizeof client_secret_);
-    client_secret_len_ = 0;
     if (!built.ok()) {
+      WipeTrafficSecrets();
       FallBack(tls::KtlsFallback::kUnsupportedCipher);
       return;
     }
     info = *built;
+    tls13_cipher = SSL_get_current_cipher(ssl_.get());
   } else {
     // The peer's Finished was record 0 under these keys.
     info = rx12_info_;
@@ -202,11 +224,15 @@ void ClientConnection::FinishRxOffload() {
   rx12_info_.Wipe();
   if (rc != 0) {
     // Nothing was read past the boundary, so OpenSSL simply keeps RX.
+    WipeTrafficSecrets();
     FallBack(rc == ENOENT || rc == EOPNOTSUPP || rc == EINVAL ? tls::KtlsFallback::kUnsupportedCipher
                                                                : tls::KtlsFallback::kSetsockopt);
     return;
   }
   rx_active_ = true;
+  // Kept for KeyUpdates (TLS 1.3 only: TLS 1.2 has none).
+  tls13_cipher_ = tls13_cipher;
+  if (tls13_cipher_ == nullptr) WipeTrafficSecrets();
   w_->metrics().listeners[listener_].ktls_rx.Inc();
   MaybeDropSsl();
   if (tls::KtlsDebugLog()) {
@@ -287,22 +313,75 @@ void ClientConnection::HandleControlRecord(int type, std::string_view payload) {
     if (state_ == State::kReadingHead) BeginClose();
     return;
   }
-  if (type == tls::kRecordHandshake && !payload.empty() && payload[0] == 24) {
-    // KeyUpdate. Linux 6.1 cannot take a new RX key (later reads fail with
-    // EBADMSG, a second TLS_RX gives EBUSY), so the connection ends cleanly
-    // after the current exchange instead of spinning on errors.
+  if (type == tls::kRecordHandshake && !payload.empty() &&
+      static_cast<uint8_t>(payload[0]) == tls::kHandshakeKeyUpdate) {
     w_->metrics().listeners[listener_].ktls_keyupdates.Inc();
-    fprintf(stderr, "ktlb: tls: KeyUpdate from %s:%u on a kTLS RX socket: closing\n",
-            peer_ip_.c_str(), peer_port_);
-    peer_eof_ = true;
-    keep_alive_ = false;
-    if (state_ == State::kReadingHead || state_ == State::kHandshake) BeginClose();
-    return;
+    return HandlePeerKeyUpdate(payload);
   }
   // Any other alert or handshake message: the session is over.
   fprintf(stderr, "ktlb: tls: record type %d from %s:%u on a kTLS socket: closing\n", type,
           peer_ip_.c_str(), peer_port_);
   CloseNow();
+}
+
+void ClientConnection::HandlePeerKeyUpdate(std::string_view payload) {
+  absl::StatusOr<tls::KeyUpdateRequest> request = tls::ParseKeyUpdate(payload);
+  if (!request.ok()) return CloseAfterKeyUpdate(tls::KeyUpdateClose::kMalformed, 0);
+  if (!keyupdate_limiter_.Allow(w_->now_ms())) {
+    return CloseAfterKeyUpdate(tls::KeyUpdateClose::kRateLimited, 0);
+  }
+  const bool answer = *request == tls::KeyUpdateRequest::kRequested;
+  // Our answer must come from the kernel too: OpenSSL must never rekey a
+  // connection whose other direction it does not own (KTLS.md).
+  if (tls13_cipher_ == nullptr || client_secret_len_ == 0 ||
+      (answer && (!tx_active_ || server_secret_len_ == 0))) {
+    return CloseAfterKeyUpdate(tls::KeyUpdateClose::kNotOffloaded, 0);
+  }
+  // Every record after the KeyUpdate uses the client's next key; kernels
+  // that can rekey hold them back (EKEYEXPIRED) until TLS_RX is set again.
+  // Older ones (6.1) refuse the second TLS_RX with EBUSY.
+  if (!tls::NextTrafficSecret(tls13_cipher_, client_secret_, client_secret_len_, client_secret_)
+           .ok()) {
+    return CloseAfterKeyUpdate(tls::KeyUpdateClose::kKernelCannotRekey, EINVAL);
+  }
+  auto rx = tls::Tls13CryptoInfo(tls13_cipher_, client_secret_, client_secret_len_, 0);
+  if (!rx.ok()) return CloseAfterKeyUpdate(tls::KeyUpdateClose::kKernelCannotRekey, EINVAL);
+  int rc = tls::InstallKtls(fd_, tls::kTlsRx, *rx);
+  rx->Wipe();
+  if (rc != 0) return CloseAfterKeyUpdate(tls::KeyUpdateClose::kKernelCannotRekey, rc);
+  if (answer) {
+    // update_requested: our KeyUpdate goes out under the current TX key,
+    // in order after everything queued; TLS_TX is replaced once it is sent
+    // (the kInstallTx marker), so every later byte uses the next key.
+    if (!tls::NextTrafficSecret(tls13_cipher_, server_secret_, server_secret_len_, server_secret_)
+             .ok()) {
+      return CloseNow();
+    }
+    auto tx = tls::Tls13CryptoInfo(tls13_cipher_, server_secret_, server_secret_len_, 0);
+    if (!tx.ok()) return CloseNow();
+    tx_info_ = *tx;
+    tx->Wipe();
+    out_.AppendRecord(tls::kRecordHandshake,
+                      tls::KeyUpdateMessage(tls::KeyUpdateRequest::kNotRequested));
+    out_.AppendInstallTx();
+  }
+  w_->metrics().listeners[listener_].ktls_rekeys.Inc();
+  if (tls::KtlsDebugLog()) {
+    fprintf(stderr, "ktlb: ktls: %s:%u: KeyUpdate: new RX key%s\n", peer_ip_.c_str(), peer_port_,
+            answer ? ", answered, new TX key queued" : "");
+  }
+}
+
+void ClientConnection::CloseAfterKeyUpdate(tls::KeyUpdateClose why, int err) {
+  w_->metrics().listeners[listener_].ktls_keyupdate_closes[static_cast<size_t>(why)].Inc();
+  fprintf(stderr, "ktlb: tls: KeyUpdate from %s:%u on a kTLS RX socket: closing (%s%s%s)\n",
+          peer_ip_.c_str(), peer_port_, tls::KeyUpdateCloseLabel(why), err != 0 ? ": " : "",
+          err != 0 ? strerror(err) : "");
+  // Nothing more can be read; what is in flight is answered, then close
+  // (never spin on the errors the socket now returns).
+  peer_eof_ = true;
+  keep_alive_ = false;
+  if (state_ == State::kReadingHead || state_ == State::kHandshake) BeginClose();
 }
 
 }  // namespace ktlb

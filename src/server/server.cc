@@ -33,6 +33,10 @@ MetricsLabels BuildMetricsLabels(const Config& config) {
   for (int f = 0; f < static_cast<int>(tls::KtlsFallback::kCount); ++f) {
     labels.ktls_fallbacks.push_back(tls::KtlsFallbackLabel(static_cast<tls::KtlsFallback>(f)));
   }
+  for (int c = 0; c < static_cast<int>(tls::KeyUpdateClose::kCount); ++c) {
+    labels.keyupdate_closes.push_back(
+        tls::KeyUpdateCloseLabel(static_cast<tls::KeyUpdateClose>(c)));
+  }
   return labels;
 }
 

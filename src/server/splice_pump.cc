@@ -1,9 +1,12 @@
-// Large Content-Length response bodies to a kTLS client: backend socket ->
-// pipe -> client socket, encrypted by the kernel on the way out (TLS_TX).
+// Large response bodies to a kTLS client: backend socket -> pipe -> client
+// socket, encrypted by the kernel on the way out (TLS_TX). A Content-Length
+// body is one transfer; a chunked body is forwarded as-is, its framing read
+// in small pieces between chunks and the data of each large chunk spliced.
 // Readiness comes from io_uring polls; the splices are non-blocking calls
 // from the worker (io_uring's SPLICE on 6.1 always goes through io-wq
 // threads, and socket->pipe ignores O_NONBLOCK without SPLICE_F_NONBLOCK:
 // KTLS.md).
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -11,6 +14,7 @@
 #include <cstring>
 
 #include "client_connection.h"
+#include "splice_policy.h"
 #include "upstream_connection.h"
 #include "worker.h"
 
@@ -38,6 +42,7 @@ void UpstreamConnection::OnSplicePoll(uint8_t op, int res) {
 
 void UpstreamConnection::Pump() {
   if (!pipe_.active() || state_ != State::kActive || client_ == nullptr) return;
+  if (pipe_.finished()) return ReadFraming();  // between chunks
   uint64_t moved = 0;
   SplicePipe::Status st = pipe_.Run(fd_, client_->fd(), client_->SpliceReady(), &moved);
   if (moved > 0) {
@@ -47,21 +52,72 @@ void UpstreamConnection::Pump() {
   }
   switch (st) {
     case SplicePipe::Status::kDone:
-      return EndSplice(true);
+      break;
     case SplicePipe::Status::kWaitSource:
       return ArmPoll(fd_, false);
     case SplicePipe::Status::kWaitSink:
       // Either the socket is full (poll it) or the client still sends what
-      // was queued before the body (OnClientWritable resumes us).
+      // was queued before these bytes (OnClientWritable resumes us).
       if (client_->SpliceReady()) ArmPoll(client_->fd(), true);
       return;
     case SplicePipe::Status::kSourceEnded:
-      // The backend closed or failed before the promised Content-Length.
+      // The backend closed or failed before the promised length.
       w_->metrics().upstreams[upstream_].resets.Inc();
       return EndSplice(false);
     case SplicePipe::Status::kSinkFailed:
       fprintf(stderr, "ktlb: upstream: splice to client failed: %s\n", strerror(pipe_.error()));
       return EndSplice(false);
+  }
+  body_seen_ += pipe_.length();
+  http1::ParseStatus ps = parser_->SkipOpaqueBody(pipe_.length());
+  if (ps == http1::ParseStatus::kError) {
+    fprintf(stderr, "ktlb: upstream: bad response body: %s\n", parser_->error_reason());
+    return EndSplice(false);
+  }
+  if (ps == http1::ParseStatus::kDone) return EndSplice(true);
+  ReadFraming();
+}
+
+void UpstreamConnection::ReadFraming() {
+  for (;;) {
+    char buf[SplicePipe::kFramingRead];
+    ssize_t n = recv(fd_, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return ArmPoll(fd_, false);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      w_->metrics().upstreams[upstream_].resets.Inc();
+      return EndSplice(false);
+    }
+    std::string_view got(buf, static_cast<size_t>(n));
+    size_t consumed = 0;
+    http1::ParseStatus st = parser_->ParseBody(got, &consumed);
+    if (st == http1::ParseStatus::kError) {
+      fprintf(stderr, "ktlb: upstream: bad response body: %s\n", parser_->error_reason());
+      w_->metrics().upstreams[upstream_].resets.Inc();
+      return EndSplice(false);
+    }
+    body_seen_ += consumed;
+    if (consumed > 0) {
+      client_->SendToClient(got.substr(0, consumed));
+      if (client_ == nullptr || state_ != State::kActive) return;
+    }
+    if (st == http1::ParseStatus::kDone) {
+      if (consumed < got.size()) reusable_ = false;  // bytes after a complete response
+      return EndSplice(true);
+    }
+    std::optional<uint64_t> next = SpliceLength(*parser_, false);
+    if (next && *next > 0) {
+      pipe_.Continue(*next);
+      return Pump();
+    }
+    if (parser_->OpaqueBodyBytes() > 0) {
+      // A small chunk: cheaper through the ordinary path, which splices
+      // again when a large chunk comes.
+      w_->ReturnPipe(pipe_.pipe_r(), pipe_.pipe_w());
+      pipe_.Clear();
+      return ArmRecv();
+    }
+    // Still inside the framing (a long size line, trailers): read on.
   }
 }
 

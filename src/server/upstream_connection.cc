@@ -9,6 +9,7 @@
 
 #include "ktlb/sockets.h"
 #include "client_connection.h"
+#include "splice_policy.h"
 #include "worker.h"
 
 namespace ktlb {
@@ -17,8 +18,6 @@ namespace {
 constexpr size_t kMaxClientBacklog = 512 * 1024;
 // A response head and a body piece up to this size go out as one TLS record.
 constexpr size_t kCoalesceMax = 16 * 1024;
-// Bodies with at least this much left are spliced to kTLS clients.
-constexpr uint64_t kSpliceMin = 64 * 1024;
 }
 
 uint64_t UpstreamConnection::Tag(uint8_t op) const {
@@ -274,12 +273,16 @@ void UpstreamConnection::HandleBytes(std::string_view data) {
       EmitToClient();
       return Finish();
     }
-    if (head_.body == http1::BodyKind::kContentLength && client_->CanSplice() &&
-        head_.content_length - body_seen_ >= kSpliceMin) {
-      // The rest of a large body goes through the kernel only.
-      EmitToClient();
-      if (client_ == nullptr || state_ != State::kActive) return;
-      return StartSplice(head_.content_length - body_seen_);
+    if (data.empty() && client_->CanSplice()) {
+      std::optional<uint64_t> n =
+          SpliceLength(*parser_, head_.body == http1::BodyKind::kContentLength);
+      if (n) {
+        // The rest of a large body (or of a body of large chunks) goes
+        // through the kernel only.
+        EmitToClient();
+        if (client_ == nullptr || state_ != State::kActive) return;
+        return StartSplice(*n);
+      }
     }
   }
   EmitToClient();

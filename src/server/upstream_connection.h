@@ -59,10 +59,12 @@ class UpstreamConnection final : public DeadlineTarget {
   void FlushSend();
   void HandleBytes(std::string_view data);
   void EmitToClient();  // sends what scratch_ holds
-  // Splice (splice_pump.cc): a Content-Length body to a kTLS client moves
-  // backend socket -> pipe -> client socket without entering userspace.
+  // Splice (splice_pump.cc): a large Content-Length body, or the data of
+  // large chunks, to a kTLS client moves backend socket -> pipe -> client
+  // socket without entering userspace.
   void StartSplice(uint64_t n);
   void Pump();
+  void ReadFraming();
   void EndSplice(bool ok);
   void ArmPoll(int fd, bool out);
   void Fail(bool timed_out);

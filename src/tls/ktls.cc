@@ -9,6 +9,7 @@
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/kdf.h>
+#include <openssl/obj_mac.h>
 #include <openssl/params.h>
 #include <openssl/tls1.h>
 
@@ -16,6 +17,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+
+#include "absl/strings/str_cat.h"
 
 namespace ktlb::tls {
 
@@ -50,9 +53,10 @@ bool ExpandLabel(const char* digest, const unsigned char* secret, size_t secret_
                                         sizeof(kPrefix) - 1),
       OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_LABEL, const_cast<char*>(label),
                                         strlen(label)),
-      // No OSSL_KDF_PARAM_DATA: the context is empty for "key" and "iv", and
-      // OpenSSL 3.0 rejects an octet-string parameter whose data pointer is
-      // NULL (tls13_hkdf_expand leaves it out the same way).
+      // No OSSL_KDF_PARAM_DATA: the context is empty for "key", "iv" and
+      // "traffic upd", and OpenSSL 3.0 rejects an octet-string parameter
+      // whose data pointer is NULL (tls13_hkdf_expand leaves it out the
+      // same way).
       OSSL_PARAM_construct_end(),
   };
   bool ok = EVP_KDF_derive(ctx, out, out_len, params) > 0;
@@ -130,6 +134,68 @@ absl::StatusOr<KtlsCryptoInfo> Tls13CryptoInfo(const SSL_CIPHER* cipher,
   return info;
 }
 
+absl::Status NextTrafficSecret(const SSL_CIPHER* cipher, const unsigned char* secret,
+                               size_t secret_len, unsigned char* out) {
+  if (cipher == nullptr) return absl::FailedPreconditionError("no cipher");
+  // TLS 1.2 suites have a handshake digest too, but no KeyUpdate: their
+  // "next secret" would be a key nobody else computes.
+  if (SSL_CIPHER_get_kx_nid(cipher) != NID_kx_any) {
+    return absl::FailedPreconditionError("KeyUpdate needs a TLS 1.3 cipher suite");
+  }
+  if (secret == nullptr || out == nullptr) return absl::InvalidArgumentError("no secret buffer");
+  const EVP_MD* md = SSL_CIPHER_get_handshake_digest(cipher);
+  if (md == nullptr) return absl::FailedPreconditionError("no handshake digest");
+  // Hash.length is both the secret's length and the output's: a mismatch
+  // means the caller holds the wrong secret (or a truncated one), and
+  // expanding it would only fail later as EBADMSG on the socket.
+  const int md_len = EVP_MD_get_size(md);
+  if (md_len <= 0 || secret_len != static_cast<size_t>(md_len)) {
+    return absl::InvalidArgumentError(absl::StrCat("traffic secret is ", secret_len,
+                                                   " bytes, the suite's hash ", md_len));
+  }
+  // Derive into a local buffer so that `out` may alias `secret`.
+  unsigned char next[EVP_MAX_MD_SIZE];
+  if (!ExpandLabel(EVP_MD_get0_name(md), secret, secret_len, "traffic upd", next, secret_len)) {
+    OPENSSL_cleanse(next, sizeof next);
+    return absl::InternalError("TLS13-KDF failed");
+  }
+  memcpy(out, next, secret_len);
+  OPENSSL_cleanse(next, sizeof next);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<KeyUpdateRequest> ParseKeyUpdate(std::string_view handshake_bytes) {
+  const auto* b = reinterpret_cast<const unsigned char*>(handshake_bytes.data());
+  const size_t n = handshake_bytes.size();
+  // Handshake message: msg_type(1) length(3) body; KeyUpdate's body is the
+  // one request_update byte.
+  if (n < 4) return absl::InvalidArgumentError("truncated handshake message header");
+  if (b[0] != kHandshakeKeyUpdate) {
+    return absl::InvalidArgumentError(absl::StrCat("unexpected post-handshake message type ",
+                                                   static_cast<int>(b[0])));
+  }
+  const size_t body_len = static_cast<size_t>(b[1]) << 16 | static_cast<size_t>(b[2]) << 8 | b[3];
+  if (body_len != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("KeyUpdate body length ", body_len));
+  }
+  if (n < 5) return absl::InvalidArgumentError("KeyUpdate split across records");
+  if (n > 5) return absl::InvalidArgumentError("bytes after the KeyUpdate in its record");
+  switch (b[4]) {
+    case 0: return KeyUpdateRequest::kNotRequested;
+    case 1: return KeyUpdateRequest::kRequested;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("KeyUpdate request_update ", static_cast<int>(b[4])));
+  }
+}
+
+std::string_view KeyUpdateMessage(KeyUpdateRequest request) {
+  static constexpr char kNotRequested[] = {kHandshakeKeyUpdate, 0, 0, 1, 0};
+  static constexpr char kRequested[] = {kHandshakeKeyUpdate, 0, 0, 1, 1};
+  return request == KeyUpdateRequest::kRequested ? std::string_view(kRequested, 5)
+                                                 : std::string_view(kNotRequested, 5);
+}
+
 const char* KtlsFallbackLabel(KtlsFallback f) {
   switch (f) {
     case KtlsFallback::kDisabled: return "disabled";
@@ -141,6 +207,17 @@ const char* KtlsFallbackLabel(KtlsFallback f) {
     case KtlsFallback::kOpenSslDeclined: return "openssl_declined";
     case KtlsFallback::kEarlyKeyUpdate: return "early_keyupdate";
     case KtlsFallback::kCount: break;
+  }
+  return "other";
+}
+
+const char* KeyUpdateCloseLabel(KeyUpdateClose c) {
+  switch (c) {
+    case KeyUpdateClose::kKernelCannotRekey: return "kernel_cannot_rekey";
+    case KeyUpdateClose::kRateLimited: return "rate_limited";
+    case KeyUpdateClose::kMalformed: return "malformed";
+    case KeyUpdateClose::kNotOffloaded: return "not_offloaded";
+    case KeyUpdateClose::kCount: break;
   }
   return "other";
 }
@@ -238,13 +315,17 @@ int HexValue(char c) {
 }
 
 void KeylogCallback(const SSL* ssl, const char* line) {
-  // "CLIENT_TRAFFIC_SECRET_0 <client random hex> <secret hex>"
-  static constexpr std::string_view kLabel = "CLIENT_TRAFFIC_SECRET_0 ";
+  // "CLIENT_TRAFFIC_SECRET_0 <client random hex> <secret hex>", and the
+  // same for SERVER_: the first application traffic secrets, from which
+  // every KeyUpdate's keys follow.
+  static constexpr std::string_view kClient = "CLIENT_TRAFFIC_SECRET_0 ";
+  static constexpr std::string_view kServer = "SERVER_TRAFFIC_SECRET_0 ";
   std::string_view l(line);
-  if (l.substr(0, kLabel.size()) != kLabel) return;
+  const bool client = l.substr(0, kClient.size()) == kClient;
+  if (!client && l.substr(0, kServer.size()) != kServer) return;
   auto* hooks = static_cast<KtlsHooks*>(SSL_get_app_data(ssl));
   if (hooks == nullptr) return;
-  size_t sp = l.find(' ', kLabel.size());
+  size_t sp = l.find(' ', kClient.size());
   if (sp == std::string_view::npos) return;
   std::string_view hex = l.substr(sp + 1);
   unsigned char secret[64];
@@ -255,7 +336,11 @@ void KeylogCallback(const SSL* ssl, const char* line) {
     if (hi < 0 || lo < 0) return;
     secret[i] = static_cast<unsigned char>(hi << 4 | lo);
   }
-  hooks->OnClientTrafficSecret(secret, n);
+  if (client) {
+    hooks->OnClientTrafficSecret(secret, n);
+  } else {
+    hooks->OnServerTrafficSecret(secret, n);
+  }
   OPENSSL_cleanse(secret, sizeof secret);
 }
 
@@ -263,9 +348,8 @@ void KeylogCallback(const SSL* ssl, const char* line) {
 // Finished, before RX moves to the kernel) makes the captured secret stale.
 void MessageCallback(int write_p, int /*version*/, int content_type, const void* buf, size_t len,
                      SSL* ssl, void* /*arg*/) {
-  constexpr unsigned char kKeyUpdate = 24;
   if (write_p != 0 || content_type != SSL3_RT_HANDSHAKE || len < 1) return;
-  if (static_cast<const unsigned char*>(buf)[0] != kKeyUpdate) return;
+  if (static_cast<const unsigned char*>(buf)[0] != kHandshakeKeyUpdate) return;
   if (auto* hooks = static_cast<KtlsHooks*>(SSL_get_app_data(ssl))) hooks->OnPeerKeyUpdate();
 }
 
