@@ -709,3 +709,33 @@ INSTANTIATE_TEST_SUITE_P(
 
 }  // namespace
 }  // namespace ktlb::tls
+
+namespace ktlb::tls {
+namespace {
+
+TEST(KeyUpdateLimiter, AllowsABurstPerWindowThenRefuses) {
+  KeyUpdateLimiter l;
+  uint64_t t = 1'000'000;
+  for (uint32_t i = 0; i < KeyUpdateLimiter::kBurst; ++i) EXPECT_TRUE(l.Allow(t + i)) << i;
+  EXPECT_FALSE(l.Allow(t + 100));
+  EXPECT_FALSE(l.Allow(t + KeyUpdateLimiter::kWindowMs - 1));
+  // A new window starts once the first one is over.
+  EXPECT_TRUE(l.Allow(t + KeyUpdateLimiter::kWindowMs));
+}
+
+TEST(KeyUpdateLimiter, SlowUpdatesNeverHitTheLimit) {
+  KeyUpdateLimiter l;
+  for (int i = 0; i < 100; ++i) {
+    EXPECT_TRUE(l.Allow(static_cast<uint64_t>(i) * KeyUpdateLimiter::kWindowMs / 4)) << i;
+  }
+}
+
+TEST(KeyUpdateCloseLabel, StableLabels) {
+  EXPECT_STREQ(KeyUpdateCloseLabel(KeyUpdateClose::kKernelCannotRekey), "kernel_cannot_rekey");
+  EXPECT_STREQ(KeyUpdateCloseLabel(KeyUpdateClose::kRateLimited), "rate_limited");
+  EXPECT_STREQ(KeyUpdateCloseLabel(KeyUpdateClose::kMalformed), "malformed");
+  EXPECT_STREQ(KeyUpdateCloseLabel(KeyUpdateClose::kNotOffloaded), "not_offloaded");
+}
+
+}  // namespace
+}  // namespace ktlb::tls
