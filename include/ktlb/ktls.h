@@ -141,6 +141,11 @@ class KeyUpdateLimiter {
   uint32_t count_ = 0;
 };
 
+// True for the AEAD ciphers whose kernel struct layout ktlb knows (AES-GCM,
+// ChaCha20-Poly1305): with one of these, a missing key offer from OpenSSL is
+// OpenSSL's choice (e.g. max_fragment_length), not the cipher's.
+bool CipherHasKtlsLayout(const SSL_CIPHER* cipher);
+
 // Why a connection stays in userspace crypto. Stable metric labels.
 enum class KtlsFallback {
   kDisabled = 0,      // ktls = "off"
@@ -204,8 +209,9 @@ class KtlsHooks {
   // derive from.
   virtual void OnServerTrafficSecret(const unsigned char* /*secret*/, size_t /*len*/) {}
   // OpenSSL read a KeyUpdate from the peer (it then holds newer RX keys than
-  // the traffic secret captured at the handshake).
-  virtual void OnPeerKeyUpdate() {}
+  // the traffic secret captured at the handshake). `update_requested`: OpenSSL
+  // will answer with its own KeyUpdate at its next write.
+  virtual void OnPeerKeyUpdate(bool /*update_requested*/) {}
 
  protected:
   ~KtlsHooks() = default;

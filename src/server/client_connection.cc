@@ -42,9 +42,10 @@ void ClientConnection::Start(Worker* w, size_t listener_index, int fd, const soc
   recv_inflight_ = send_inflight_ = peer_eof_ = flush_scheduled_ = false;
   const ListenerConfig& lc = w->config().listeners[listener_index];
   ktls_allowed_ = lc.ktls != KtlsMode::kOff && w->kernel_ktls();
-  tx_taken_ = tx_active_ = rx_active_ = ulp_attached_ = rx12_offered_ = require_failed_ = false;
+  tx_taken_ = tx_active_ = rx_active_ = ulp_attached_ = rx12_offered_ = require_failed_ =
+      fallback_counted_ = false;
   req_pipe_.Clear();
-  peer_keyupdate_seen_ = false;
+  peer_keyupdate_seen_ = keyupdate_unanswerable_ = false;
   rx_sync_ = RxSync::kNone;
   rx_records_ = 0;
   WipeTrafficSecrets();
@@ -292,6 +293,7 @@ bool ClientConnection::WritePlain(std::string_view plain) {
     out_.Append(plain);
     return true;
   }
+  if (keyupdate_unanswerable_) return false;  // SSL_write would send OpenSSL's answer
   // SSL_MODE_ENABLE_PARTIAL_WRITE + a BIO that never blocks: this loop ends
   // after one call unless the data exceeds what one call takes.
   while (!plain.empty()) {

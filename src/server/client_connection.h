@@ -79,7 +79,13 @@ class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
   bool RxTaken() const override { return false; }  // RX is always installed by us
   void OnClientTrafficSecret(const unsigned char* secret, size_t len) override;
   void OnServerTrafficSecret(const unsigned char* secret, size_t len) override;
-  void OnPeerKeyUpdate() override { peer_keyupdate_seen_ = true; }
+  void OnPeerKeyUpdate(bool update_requested) override {
+    peer_keyupdate_seen_ = true;
+    // OpenSSL's answer would go out under keys the kernel does not use: TX
+    // is the kernel's (KTLS.md: OpenSSL must never rekey an offloaded
+    // direction). The connection is closed before OpenSSL writes again.
+    if (update_requested && tx_taken_) keyupdate_unanswerable_ = true;
+  }
   int request_version_minor() const { return request_version_minor_; }
   // True when this response is the connection's last (say "Connection: close").
   bool closing_after_response() const;
@@ -135,6 +141,8 @@ class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
   void WipeTrafficSecrets();
   void HandlePlainFromKernel(std::string_view data);
   void RefuseWithoutOffload();
+  // Closes at once after OnPeerKeyUpdate set keyupdate_unanswerable_.
+  void CloseUnanswerableKeyUpdate();
   // Request bodies (client_splice.cc): a large Content-Length body, or the
   // data of large chunks, from a kTLS RX socket moves client socket -> pipe
   // -> backend socket.
@@ -175,7 +183,9 @@ class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
   bool ulp_attached_ = false;
   bool rx12_offered_ = false;
   bool require_failed_ = false;  // ktls = "require" and offload failed
+  bool fallback_counted_ = false;
   bool peer_keyupdate_seen_ = false;  // OpenSSL itself processed a KeyUpdate
+  bool keyupdate_unanswerable_ = false;  // ... asking for an answer OpenSSL cannot give
   RxSync rx_sync_ = RxSync::kNone;
   uint64_t rx_records_ = 0;  // post-handshake records OpenSSL decrypted
   tls::KtlsCryptoInfo tx_info_;

@@ -16,7 +16,12 @@
 namespace ktlb {
 
 void ClientConnection::FallBack(tls::KtlsFallback why) {
-  w_->metrics().listeners[listener_].ktls_fallbacks[static_cast<size_t>(why)].Inc();
+  // One count per connection (the first reason), whichever directions stay
+  // in userspace: the metric counts connections.
+  if (!fallback_counted_) {
+    fallback_counted_ = true;
+    w_->metrics().listeners[listener_].ktls_fallbacks[static_cast<size_t>(why)].Inc();
+  }
   // May run inside an OpenSSL callback: the connection is closed by the
   // caller's next check, never from here.
   if (w_->config().listeners[listener_].ktls == KtlsMode::kRequire) require_failed_ = true;
@@ -104,13 +109,19 @@ void ClientConnection::StartRxOffload() {
   // Called the moment SSL_do_handshake() returned 1; bio_.in holds whatever
   // arrived after the peer's Finished (often the first request).
   int version = SSL_version(ssl_.get());
+  // OpenSSL offers only what the kernel struct can carry (no CBC, ...), and
+  // nothing at all for some sessions (max_fragment_length).
+  const tls::KtlsFallback not_offered =
+      tls::CipherHasKtlsLayout(SSL_get_current_cipher(ssl_.get()))
+          ? tls::KtlsFallback::kOpenSslDeclined
+          : tls::KtlsFallback::kUnsupportedCipher;
+  if (!tx_taken_) FallBack(not_offered);  // TX stays in OpenSSL; RX may still go
   if (version == TLS1_3_VERSION && client_secret_len_ == 0) {
     FallBack(tls::KtlsFallback::kNoSecret);
     return;
   }
   if (version == TLS1_2_VERSION && !rx12_offered_) {
-    // OpenSSL offers only what the kernel struct can carry (no CBC, ...).
-    FallBack(tls::KtlsFallback::kUnsupportedCipher);
+    FallBack(not_offered);
     return;
   }
   if (version != TLS1_2_VERSION && version != TLS1_3_VERSION) return;

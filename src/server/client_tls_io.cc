@@ -186,8 +186,17 @@ void ClientConnection::OnRecv(int res, uint32_t flags) {
     FinishRxOffload();
   }
   if (require_failed_ && state_ != State::kHandshake) return RefuseWithoutOffload();
+  if (keyupdate_unanswerable_ && state_ != State::kClosed) return CloseUnanswerableKeyUpdate();
   FlushSend();
   ArmRecv();
+}
+
+void ClientConnection::CloseUnanswerableKeyUpdate() {
+  w_->metrics().listeners[listener_].ktls_keyupdate_closes[static_cast<size_t>(
+      tls::KeyUpdateClose::kNotOffloaded)].Inc();
+  fprintf(stderr, "ktlb: tls: %s:%u: KeyUpdate asking for an answer before RX was offloaded: "
+          "closing\n", peer_ip_.c_str(), peer_port_);
+  CloseNow();
 }
 
 void ClientConnection::RefuseWithoutOffload() {

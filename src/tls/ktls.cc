@@ -211,6 +211,18 @@ const char* KtlsFallbackLabel(KtlsFallback f) {
   return "other";
 }
 
+bool CipherHasKtlsLayout(const SSL_CIPHER* cipher) {
+  if (cipher == nullptr) return false;
+  switch (SSL_CIPHER_get_cipher_nid(cipher)) {
+    case NID_aes_128_gcm:
+    case NID_aes_256_gcm:
+    case NID_chacha20_poly1305:
+      return true;
+    default:
+      return false;
+  }
+}
+
 const char* KeyUpdateCloseLabel(KeyUpdateClose c) {
   switch (c) {
     case KeyUpdateClose::kKernelCannotRekey: return "kernel_cannot_rekey";
@@ -349,8 +361,10 @@ void KeylogCallback(const SSL* ssl, const char* line) {
 void MessageCallback(int write_p, int /*version*/, int content_type, const void* buf, size_t len,
                      SSL* ssl, void* /*arg*/) {
   if (write_p != 0 || content_type != SSL3_RT_HANDSHAKE || len < 1) return;
-  if (static_cast<const unsigned char*>(buf)[0] != kHandshakeKeyUpdate) return;
-  if (auto* hooks = static_cast<KtlsHooks*>(SSL_get_app_data(ssl))) hooks->OnPeerKeyUpdate();
+  const auto* msg = static_cast<const unsigned char*>(buf);
+  if (msg[0] != kHandshakeKeyUpdate) return;
+  const bool requested = len >= 5 && msg[4] == 1;
+  if (auto* hooks = static_cast<KtlsHooks*>(SSL_get_app_data(ssl))) hooks->OnPeerKeyUpdate(requested);
 }
 
 }  // namespace

@@ -38,7 +38,7 @@ cp "$F/ca.crt" "$F/site.crt" "$F/site.key" "$W/"
 
 # Development aid: pass "--file ktlb_ktls.only" holding a pattern (grep -E) to run only
 # the matching case groups (bulk, keepalive, pipelined, coalesce, resume, close_notify,
-# keyupdate, renegotiate, nomodule). The ctest entry runs everything.
+# keyupdate, renegotiate, maxfrag, nomodule). The ctest entry runs everything.
 want() { [ ! -f "$F/ktlb_ktls.only" ] || echo "$1" | grep -qE "$(cat "$F/ktlb_ktls.only")"; }
 
 now() { date +%s; }
@@ -476,6 +476,27 @@ echo "=== (end of ktlb's kTLS log)"
 if grep -E 'failed|kTLS receive|spin' ktlb.log | grep -v 'handshake with' >unexpected.txt; then
   cat unexpected.txt
   fail "unexpected errors in ktlb's log"
+fi
+
+# max_fragment_length (s_client -maxfraglen 512): OpenSSL 3.0 does not offer TX keys for
+# such a session, so the connection stays in userspace TLS for TX, counted as
+# openssl_declined, and is served all the same. After the totals: it is a fallback.
+if want maxfrag; then
+  echo "=== case maxfraglen"
+  metrics_save m.mfl.before
+  tls_stat_save tls.mfl.before
+  { printf 'GET /size/100000 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n'; sleep 5; } |
+    timeout 30 openssl s_client -connect "127.0.0.1:$PORT" -servername localhost \
+      -CAfile "$W/ca.crt" -verify_return_error -tls1_2 -maxfraglen 512 >mfl.out 2>mfl.err
+  [ "$(count_responses mfl.out)" -eq 1 ] || { cat mfl.err; fail "maxfraglen: no response"; }
+  wait_curr_zero 20 || fail "maxfraglen: kTLS sockets left open"
+  metrics_save m.mfl.after
+  mtx=$(tls_stat_delta tls.mfl.before TlsTxSw)
+  mrx=$(tls_stat_delta tls.mfl.before TlsRxSw)
+  declined=$(metric_delta m.mfl.before m.mfl.after 'ktlb_ktls_fallbacks_total{listener="public",reason="openssl_declined"}')
+  note "maxfraglen 512: TlsTxSw +$mtx TlsRxSw +$mrx fallbacks{openssl_declined} +$declined, response served"
+  [ "$mtx" -eq 0 ] || fail "maxfraglen: TX went to the kernel"
+  [ "$declined" -eq 1 ] || fail "maxfraglen: expected one openssl_declined fallback, got $declined"
 fi
 stop_ktlb
 
