@@ -276,6 +276,37 @@ if want pipelined; then
       { tail -5 "pipe.$v.out"; fail "pipelined-t$v: no close_notify from ktlb (s_client did not print closed)"; }
     end_conn "pipelined-t$v" 1
   done
+  # A chunked upload of two large chunks (spliced) with a trailer, and a GET in the same
+  # stream: the 64-byte framing read after the last chunk takes the trailer and the start
+  # of the GET, which must become the next request, served after the first response.
+  begin_conn chunked-pipelined
+  head -c 131072 up.bin >c1.bin
+  tail -c 131072 up.bin >c2.bin
+  CH_SUM="$(cat c1.bin c2.bin | sha256sum | cut -d' ' -f1) 262144"
+  { printf 'POST /sha256 HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n'
+    printf '20000\r\n'; cat c1.bin; printf '\r\n20000;x=y\r\n'; cat c2.bin
+    printf '\r\n0\r\nX-Trailer: 1\r\n\r\n'
+    printf 'GET /size/10 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n'; } >chpipe.req
+  timeout 60 openssl s_client -connect "127.0.0.1:$PORT" -servername localhost -quiet \
+    -CAfile "$W/ca.crt" -verify_return_error -ign_eof <chpipe.req >chpipe.out 2>chpipe.err
+  [ "$(count_responses chpipe.out)" -eq 2 ] || { cat chpipe.err; grep -a HTTP/ chpipe.out; fail "chunked-pipelined: expected 2 responses"; }
+  grep -q "^$CH_SUM\$" chpipe.out || { cat chpipe.out; fail "chunked-pipelined: origin saw another body (want \"$CH_SUM\")"; }
+  end_conn chunked-pipelined 1
+  spliced=$(metric_delta m.before.chunked-pipelined m.after.chunked-pipelined 'ktlb_spliced_bytes_total{listener="public"}')
+  note "chunked-pipelined: 2 x 128 KiB chunks + trailer + pipelined GET: both served, $spliced bytes spliced"
+  [ "$spliced" -ge 131072 ] || fail "chunked-pipelined: only $spliced bytes spliced"
+  # Bad framing right after a spliced chunk (no CRLF after the data): 400, closed, counted.
+  begin_conn chunked-bad-framing
+  { printf 'POST /sha256 HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n'
+    printf '20000\r\n'; cat c1.bin; printf 'XX\r\n0\r\n\r\n'; } >chbad.req
+  timeout 60 openssl s_client -connect "127.0.0.1:$PORT" -servername localhost -quiet \
+    -CAfile "$W/ca.crt" -verify_return_error -ign_eof <chbad.req >chbad.out 2>chbad.err
+  grep -q '^HTTP/1.1 400 ' chbad.out || { cat chbad.err; head -c 300 chbad.out; fail "chunked-bad-framing: no 400"; }
+  end_conn chunked-bad-framing 1
+  bad=$(metric_delta m.before.chunked-bad-framing m.after.chunked-bad-framing \
+    'ktlb_http_parse_errors_total{listener="public",reason="bad_chunk"}')
+  [ "$bad" -eq 1 ] || fail "chunked-bad-framing: parse_errors{bad_chunk} +$bad"
+  note "chunked-bad-framing: 400 after a spliced chunk without its CRLF, bad_chunk +1"
 fi
 
 # First request bytes in the same read as the client Finished. A relay (busybox nc -e)
