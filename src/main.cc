@@ -12,6 +12,7 @@
 #include <string>
 
 #include "ktlb/config.h"
+#include "ktlb/fd_limit.h"
 #include "ktlb/server.h"
 #include "ktlb/snapshot.h"
 #include "ktlb/tls.h"
@@ -82,6 +83,15 @@ int main(int argc, char** argv) {
   sigaddset(&set, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
+
+  // Two descriptors per proxied connection (four while splicing): the
+  // usual soft limit of 1024 would cap ktlb at a few hundred connections.
+  ktlb::FdLimit fds = ktlb::RaiseFdLimit();
+  if (fds.soft < 65536) {
+    fprintf(stderr, "ktlb: warning: open-file limit is %llu (raise the hard RLIMIT_NOFILE, "
+            "e.g. LimitNOFILE=1048576 in the systemd unit; see tools/sysctl-tuning.sh)\n",
+            static_cast<unsigned long long>(fds.soft));
+  }
 
   ktlb::Server server(*snapshot);
   if (absl::Status s = server.Start(); !s.ok()) {
