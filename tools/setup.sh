@@ -7,7 +7,7 @@ PKGS=(
   build-essential cmake pkg-config ninja-build clang libclang-rt-14-dev
   libssl-dev openssl liburing-dev node-llhttp libabsl-dev libnghttp2-dev
   libtomlplusplus-dev libgtest-dev libgmock-dev libbenchmark-dev
-  curl wrk nghttp2-client nginx-light haproxy procps iproute2 python3 util-linux
+  curl wrk nghttp2-client nginx-light libnginx-mod-stream haproxy procps iproute2 python3 util-linux
   # kTLS guest harness
   qemu-system-x86 busybox-static cpio kmod
 )

@@ -37,6 +37,7 @@ struct Timeouts {
   uint32_t upstream_connect_ms = 5'000;
   uint32_t upstream_response_ms = 60'000;  // request sent -> response head; also idle during body
   uint32_t drain_ms = 10'000;            // SIGTERM -> forced exit
+  uint32_t tunnel_idle_ms = 600'000;     // passthrough: no byte either way for this long
 };
 
 struct ServerConfig {

@@ -27,7 +27,8 @@ class Counter {
 inline constexpr size_t kMaxReasons = 32;
 
 enum class TimeoutKind : uint8_t {
-  kHandshake, kRequestHeader, kKeepalive, kUpstreamConnect, kUpstreamResponse, kDrain, kCount
+  kHandshake, kRequestHeader, kKeepalive, kUpstreamConnect, kUpstreamResponse, kDrain,
+  kTunnelIdle, kCount
 };
 const char* TimeoutKindLabel(TimeoutKind k);
 
@@ -50,6 +51,11 @@ struct ListenerMetrics {
   Counter bytes_spliced;  // body bytes moved socket -> pipe -> socket, both directions
   Counter ktls_ssl_released;  // connections whose OpenSSL object was freed after full offload
   std::array<Counter, kMaxReasons> ktls_fallbacks;
+  // Passthrough listeners.
+  std::array<Counter, kMaxReasons> passthrough_hello_failures;  // by passthrough::HelloStatus
+  Counter passthrough_no_route;
+  Counter passthrough_bytes_up;    // client -> backend
+  Counter passthrough_bytes_down;  // backend -> client
 };
 
 struct UpstreamMetrics {
@@ -75,6 +81,7 @@ struct MetricsLabels {
   std::vector<const char*> parse_errors;        // index -> label
   std::vector<const char*> ktls_fallbacks;      // index -> label
   std::vector<const char*> keyupdate_closes;    // index -> label
+  std::vector<const char*> hello_failures;      // index -> label (nullptr: not a failure)
 };
 
 class MetricsRegistry {

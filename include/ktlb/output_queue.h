@@ -10,6 +10,8 @@
 // memory the kernel is reading.
 #pragma once
 
+#include <string.h>
+
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -52,7 +54,12 @@ class OutputQueue {
     segs_->back().data.assign(payload);
     bytes_ += payload.size();
   }
-  void AppendInstallTx() { PushSegment(Kind::kInstallTx, 0); }
+  // `key` (the kernel crypto info to install) travels with the marker: a
+  // second rekey may be queued before the first marker is reached.
+  void AppendInstallTx(std::string_view key) {
+    PushSegment(Kind::kInstallTx, 0);
+    segs_->back().data.assign(key);
+  }
 
   bool empty() const { return segs_ == nullptr || segs_->empty(); }
   // Unsent payload bytes, for backpressure.
@@ -70,6 +77,12 @@ class OutputQueue {
   }
   void PopFront() {
     Segment& f = segs_->front();
+    if (f.kind == Kind::kInstallTx) {
+      // Key material never lingers in a recycled buffer, and it was never
+      // counted as bytes to send.
+      explicit_bzero(f.data.data(), f.data.size());
+      f.off = f.data.size();
+    }
     bytes_ -= f.data.size() - f.off;
     if (spares_.size() < 2 && f.data.capacity() <= kMaxSpare) {
       f.data.clear();

@@ -32,6 +32,9 @@ class SplicePipe {
   // Begins the next transfer over the same (empty) pipe: a chunked body
   // splices each large chunk's data, with its framing read in between.
   void Continue(uint64_t n) { left_ = length_ = n; }
+  // The source reached EOF: what is in the pipe still goes to the sink, and
+  // Run() says kDone once it has.
+  void EndSource() { left_ = 0; }
   // `sink_ready`: the owner's own output before the body has been sent.
   // *moved: bytes that reached the sink during this call.
   Status Run(int source_fd, int sink_fd, bool sink_ready, uint64_t* moved);

@@ -12,6 +12,7 @@ const char* TimeoutKindLabel(TimeoutKind k) {
     case TimeoutKind::kUpstreamConnect: return "upstream_connect";
     case TimeoutKind::kUpstreamResponse: return "upstream_response";
     case TimeoutKind::kDrain: return "drain";
+    case TimeoutKind::kTunnelIdle: return "tunnel_idle";
     case TimeoutKind::kCount: break;
   }
   return "unknown";
@@ -125,12 +126,25 @@ std::string MetricsRegistry::Render() const {
                "KeyUpdates after which the kernel took the new keys (kernels that can rekey).",
                [](const ListenerMetrics& m) -> const Counter& { return m.ktls_rekeys; });
   reasons("ktlb_ktls_keyupdate_closes_total",
-          "Connections closed after a KeyUpdate on a kTLS RX socket, by reason.",
+          "Connections closed after a peer KeyUpdate on a kTLS connection, by reason.",
           labels_.keyupdate_closes,
           [](const ListenerMetrics& m) -> const auto& { return m.ktls_keyupdate_closes; });
   reasons("ktlb_ktls_fallbacks_total", "Connections left in userspace TLS, by reason.",
           labels_.ktls_fallbacks,
           [](const ListenerMetrics& m) -> const auto& { return m.ktls_fallbacks; });
+  reasons("ktlb_passthrough_hello_failures_total",
+          "Passthrough connections closed because their first bytes were not a usable ClientHello.",
+          labels_.hello_failures,
+          [](const ListenerMetrics& m) -> const auto& { return m.passthrough_hello_failures; });
+  per_listener("ktlb_passthrough_no_route_total", "counter",
+               "Passthrough connections closed because no route matched their SNI.",
+               [](const ListenerMetrics& m) -> const Counter& { return m.passthrough_no_route; });
+  per_listener("ktlb_passthrough_bytes_up_total", "counter",
+               "Bytes relayed client -> backend on passthrough listeners (spliced, never copied).",
+               [](const ListenerMetrics& m) -> const Counter& { return m.passthrough_bytes_up; });
+  per_listener("ktlb_passthrough_bytes_down_total", "counter",
+               "Bytes relayed backend -> client on passthrough listeners (spliced, never copied).",
+               [](const ListenerMetrics& m) -> const Counter& { return m.passthrough_bytes_down; });
 
   const auto& U = labels_.upstreams;
   auto per_upstream = [&](const char* name, const char* help, auto pick) {

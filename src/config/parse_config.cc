@@ -416,7 +416,8 @@ absl::Status ReadServer(const Section& s, ServerConfig* server) {
                                           "request_header_timeout_ms", "keepalive_timeout_ms",
                                           "upstream_connect_timeout_ms",
                                           "upstream_response_timeout_ms", "drain_timeout_ms",
-                                          "max_request_line", "max_header_bytes"});
+                                          "tunnel_idle_timeout_ms", "max_request_line",
+                                          "max_header_bytes"});
       !st.ok()) {
     return st;
   }
@@ -440,6 +441,7 @@ absl::Status ReadServer(const Section& s, ServerConfig* server) {
       {"upstream_connect_timeout_ms", &t.upstream_connect_ms},
       {"upstream_response_timeout_ms", &t.upstream_response_ms},
       {"drain_timeout_ms", &t.drain_ms},
+      {"tunnel_idle_timeout_ms", &t.tunnel_idle_ms},
   };
   for (const auto& [key, field] : timeouts) {
     if (absl::Status st = s.Uint32(key, 1, kMaxTimeoutMs, field); !st.ok()) return st;

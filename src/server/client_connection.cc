@@ -243,7 +243,10 @@ void ClientConnection::ForwardRequestBody() {
   size_t consumed = 0;
   http1::ParseStatus st = parser_->ParseBody(buf, &consumed);
   if (st == http1::ParseStatus::kError) return FailRequestBody();
-  if (consumed > 0) up_->Send(buf.substr(0, consumed));
+  if (consumed > 0) {
+    up_->Send(buf.substr(0, consumed));
+    up_->RequestBodyProgress();
+  }
   plain_off_ += consumed;
   req_body_seen_ += consumed;
   if (st == http1::ParseStatus::kDone) {

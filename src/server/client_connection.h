@@ -127,7 +127,7 @@ class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
   void FailRequestBody();
   // kTLS (client_ktls.cc).
   void FallBack(tls::KtlsFallback why);
-  bool InstallTxNow();
+  bool InstallTxNow(const tls::KtlsCryptoInfo& key);
   void StartRxOffload();
   void FinishRxOffload();
   void ArmRecvMsg();
@@ -188,7 +188,6 @@ class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
   bool keyupdate_unanswerable_ = false;  // ... asking for an answer OpenSSL cannot give
   RxSync rx_sync_ = RxSync::kNone;
   uint64_t rx_records_ = 0;  // post-handshake records OpenSSL decrypted
-  tls::KtlsCryptoInfo tx_info_;
   tls::KtlsCryptoInfo rx12_info_;
   // TLS 1.3 application traffic secrets: the first ones from the key-log
   // callback, then each KeyUpdate's successor. The RX offload needs the

@@ -40,8 +40,7 @@ bool ClientConnection::OfferTx(const tls::KtlsCryptoInfo& info) {
   }
   // OpenSSL has queued ciphertext up to here; from now on it hands us
   // plaintext. TLS_TX goes on when the queue reaches this marker.
-  tx_info_ = info;
-  out_.AppendInstallTx();
+  out_.AppendInstallTx(std::string_view(reinterpret_cast<const char*>(info.bytes), info.len));
   tx_taken_ = true;
   return true;
 }
@@ -76,9 +75,8 @@ void ClientConnection::WipeTrafficSecrets() {
   tls13_cipher_ = nullptr;
 }
 
-bool ClientConnection::InstallTxNow() {
-  int rc = tls::InstallKtls(fd_, tls::kTlsTx, tx_info_);
-  tx_info_.Wipe();
+bool ClientConnection::InstallTxNow(const tls::KtlsCryptoInfo& key) {
+  int rc = tls::InstallKtls(fd_, tls::kTlsTx, key);
   if (tx_active_) {
     // A rekey after our KeyUpdate went out: the peer now expects the next
     // key, so without it the connection is over.
@@ -182,6 +180,7 @@ void ClientConnection::OnRecvExact(int res) {
   exact_need_ = 0;
   FinishRxOffload();
   if (state_ == State::kClosed) return;
+  if (keyupdate_unanswerable_) return CloseUnanswerableKeyUpdate();
   FlushSend();
   ArmRecv();
 }
@@ -204,6 +203,7 @@ void ClientConnection::FinishRxOffload() {
   if (SSL_pending(ssl_.get()) > 0) {
     // Not expected (every SSL_read drained to WANT_READ), but installing now
     // would lose the plaintext OpenSSL still holds.
+    WipeTrafficSecrets();
     FallBack(tls::KtlsFallback::kSetsockopt);
     return;
   }
@@ -300,6 +300,9 @@ void ClientConnection::OnRecvMsg(int res) {
     HandleControlRecord(type, payload);
   }
   FlushSend();
+  // A control record met in the middle of a spliced request body (a
+  // KeyUpdate the kernel could take): the body goes on.
+  if (req_pipe_.active() && state_ == State::kProxying) return PumpRequestBody();
   ArmRecv();
 }
 
@@ -318,9 +321,14 @@ void ClientConnection::HandleControlRecord(int type, std::string_view payload) {
     return CloseNow();
   }
   if (type == tls::kRecordAlert && payload.size() >= 2 && payload[1] == 0) {
-    // close_notify: answer what is in flight, then close.
+    // close_notify: answer what is in flight, then close (unless the
+    // request it ends was still sending its body: then it is cut short).
     peer_eof_ = true;
     keep_alive_ = false;
+    if (state_ == State::kProxying && !req_body_done_) {
+      w_->metrics().listeners[listener_].client_resets.Inc();
+      return CloseNow();
+    }
     if (state_ == State::kReadingHead) BeginClose();
     return;
   }
@@ -370,11 +378,10 @@ void ClientConnection::HandlePeerKeyUpdate(std::string_view payload) {
     }
     auto tx = tls::Tls13CryptoInfo(tls13_cipher_, server_secret_, server_secret_len_, 0);
     if (!tx.ok()) return CloseNow();
-    tx_info_ = *tx;
-    tx->Wipe();
     out_.AppendRecord(tls::kRecordHandshake,
                       tls::KeyUpdateMessage(tls::KeyUpdateRequest::kNotRequested));
-    out_.AppendInstallTx();
+    out_.AppendInstallTx(std::string_view(reinterpret_cast<const char*>(tx->bytes), tx->len));
+    tx->Wipe();
   }
   w_->metrics().listeners[listener_].ktls_rekeys.Inc();
   if (tls::KtlsDebugLog()) {
@@ -392,6 +399,8 @@ void ClientConnection::CloseAfterKeyUpdate(tls::KeyUpdateClose why, int err) {
   // (never spin on the errors the socket now returns).
   peer_eof_ = true;
   keep_alive_ = false;
+  // A request body still to come can never arrive: that exchange is lost.
+  if (state_ == State::kProxying && !req_body_done_) return CloseNow();
   if (state_ == State::kReadingHead || state_ == State::kHandshake) BeginClose();
 }
 

@@ -64,7 +64,10 @@ void ClientConnection::PumpRequestBody() {
       if (sink_ready) ArmSplicePoll(up_->fd(), true);  // else OnUpstreamWritable resumes us
       return;
     case SplicePipe::Status::kSourceEnded:
-      // EOF, reset, or a control record (EINVAL) in the middle of the body.
+      // A control record (EINVAL) in the middle of the body: read it out of
+      // band; the pipe keeps what it holds and the body resumes after it.
+      if (rx_active_ && req_pipe_.error() == EINVAL) return ArmRecvMsg();
+      // EOF or reset.
       w_->metrics().listeners[listener_].client_resets.Inc();
       return CloseNow();
     case SplicePipe::Status::kSinkFailed:
@@ -72,6 +75,7 @@ void ClientConnection::PumpRequestBody() {
               strerror(req_pipe_.error()));
       return CloseNow();
   }
+  up_->RequestBodyProgress();
   req_body_seen_ += req_pipe_.length();
   http1::ParseStatus ps = parser_->SkipOpaqueBody(req_pipe_.length());
   if (ps == http1::ParseStatus::kError) return FailRequestBody();
@@ -85,8 +89,10 @@ void ClientConnection::ReadRequestFraming() {
     ssize_t n = recv(fd_, buf, sizeof(buf), MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return ArmSplicePoll(fd_, false);
     if (n < 0 && errno == EINTR) continue;
+    // A control record (EIO) between chunks: as in PumpRequestBody.
+    if (n < 0 && errno == EIO && rx_active_) return ArmRecvMsg();
     if (n <= 0) {
-      // EOF, reset, or a control record (EIO) before the body ended.
+      // EOF or reset before the body ended.
       w_->metrics().listeners[listener_].client_resets.Inc();
       return CloseNow();
     }
@@ -103,18 +109,20 @@ void ClientConnection::ReadRequestFraming() {
       return StopRequestSplice(true);
     }
     std::optional<uint64_t> next = SpliceLength(*parser_, false);
-    if (next && *next > 0) {
-      req_pipe_.Continue(*next);
-      return PumpRequestBody();
-    }
-    if (parser_->OpaqueBodyBytes() > 0) {
-      // A small chunk: cheaper through the ordinary path, which splices
-      // again when a large chunk comes.
+    if (!next) {
+      // A small chunk, or the last one and trailers: the ordinary path
+      // (with its backpressure) takes over, and splices again when a large
+      // chunk comes.
       w_->ReturnPipe(req_pipe_.pipe_r(), req_pipe_.pipe_w());
       req_pipe_.Clear();
       return ArmRecv();
     }
-    // Still inside the framing (a long size line, trailers): read on.
+    if (*next > 0) {
+      req_pipe_.Continue(*next);
+      return PumpRequestBody();
+    }
+    // Still in the CRLF and size line after a large chunk (a few KiB at
+    // most, ChunkedScanner::kMaxSizeLine): read on.
   }
 }
 

@@ -38,11 +38,18 @@ void ClientConnection::FlushSend() {
     OutputQueue::Segment& f = out_.front();
     io_uring_sqe* sqe = nullptr;
     switch (f.kind) {
-      case OutputQueue::Kind::kInstallTx:
-        // Everything before this point was ciphertext and has been sent.
+      case OutputQueue::Kind::kInstallTx: {
+        // Everything before this point was sent under the previous keys (or
+        // was ciphertext OpenSSL made).
+        tls::KtlsCryptoInfo key;
+        key.len = std::min(f.data.size(), sizeof(key.bytes));
+        memcpy(key.bytes, f.data.data(), key.len);
         out_.PopFront();
-        if (!InstallTxNow()) return CloseNow();
+        bool ok = InstallTxNow(key);
+        key.Wipe();
+        if (!ok) return CloseNow();
         continue;
+      }
       case OutputQueue::Kind::kBytes: {
         std::string_view u = f.unsent();
         if (u.empty()) {

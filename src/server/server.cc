@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include <future>
 
+#include "ktlb/client_hello.h"
 #include "ktlb/http1.h"
 #include "ktlb/ktls.h"
 #include "ktlb/tls.h"
@@ -32,6 +33,11 @@ MetricsLabels BuildMetricsLabels(const Config& config) {
   }
   for (int f = 0; f < static_cast<int>(tls::KtlsFallback::kCount); ++f) {
     labels.ktls_fallbacks.push_back(tls::KtlsFallbackLabel(static_cast<tls::KtlsFallback>(f)));
+  }
+  for (int h = 0; h <= static_cast<int>(passthrough::HelloStatus::kTooLarge); ++h) {
+    auto st = static_cast<passthrough::HelloStatus>(h);
+    bool failure = st != passthrough::HelloStatus::kNeedMore && st != passthrough::HelloStatus::kDone;
+    labels.hello_failures.push_back(failure ? passthrough::HelloStatusLabel(st) : nullptr);
   }
   for (int c = 0; c < static_cast<int>(tls::KeyUpdateClose::kCount); ++c) {
     labels.keyupdate_closes.push_back(

@@ -72,6 +72,7 @@ void UpstreamConnection::Pump() {
   http1::ParseStatus ps = parser_->SkipOpaqueBody(pipe_.length());
   if (ps == http1::ParseStatus::kError) {
     fprintf(stderr, "ktlb: upstream: bad response body: %s\n", parser_->error_reason());
+    w_->metrics().upstreams[upstream_].resets.Inc();
     return EndSplice(false);
   }
   if (ps == http1::ParseStatus::kDone) return EndSplice(true);
@@ -106,18 +107,20 @@ void UpstreamConnection::ReadFraming() {
       return EndSplice(true);
     }
     std::optional<uint64_t> next = SpliceLength(*parser_, false);
-    if (next && *next > 0) {
-      pipe_.Continue(*next);
-      return Pump();
-    }
-    if (parser_->OpaqueBodyBytes() > 0) {
-      // A small chunk: cheaper through the ordinary path, which splices
-      // again when a large chunk comes.
+    if (!next) {
+      // A small chunk, or the last one and trailers: the ordinary path
+      // (with its backpressure) takes over, and splices again when a large
+      // chunk comes.
       w_->ReturnPipe(pipe_.pipe_r(), pipe_.pipe_w());
       pipe_.Clear();
       return ArmRecv();
     }
-    // Still inside the framing (a long size line, trailers): read on.
+    if (*next > 0) {
+      pipe_.Continue(*next);
+      return Pump();
+    }
+    // Still in the CRLF and size line after a large chunk (a few KiB at
+    // most): read on.
   }
 }
 

@@ -336,6 +336,13 @@ void UpstreamConnection::OnClientWritable() {
   ArmRecv();
 }
 
+void UpstreamConnection::RequestBodyProgress() {
+  if (state_ == State::kActive && !head_done_) {
+    w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kUpstreamResponse),
+                 w_->config().server.timeouts.upstream_response_ms);
+  }
+}
+
 void UpstreamConnection::Abandon() {
   client_ = nullptr;
   CloseNow();

@@ -30,6 +30,9 @@ class UpstreamConnection final : public DeadlineTarget {
   void Send(std::string_view bytes);
   // The client consumed output: resume reading the response if it was paused.
   void OnClientWritable();
+  // The client is still sending the request body: the response deadline
+  // counts from the last byte of it, not from the head.
+  void RequestBodyProgress();
   // The client went away: close (the exchange cannot be reused safely).
   void Abandon();
   // Shut down an idle pooled connection (drain / pool overflow).

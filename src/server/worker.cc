@@ -86,18 +86,19 @@ absl::Status Worker::Init() {
   const Config& cfg = config();
   for (size_t i = 0; i < cfg.listeners.size(); ++i) {
     const ListenerConfig& lc = cfg.listeners[i];
-    if (lc.mode != ListenerMode::kTerminate) {
-      return absl::UnimplementedError(
-          absl::StrCat("listener \"", lc.name, "\": passthrough mode is not supported by this version (terminate only)"));
-    }
     Listener l;
     l.index = i;
+    l.passthrough = lc.mode == ListenerMode::kPassthrough;
     auto fd = OpenListenSocket(lc.listen.storage, lc.listen.len, 4096);
     if (!fd.ok()) {
       return absl::Status(fd.status().code(), absl::StrCat("listener \"", lc.name, "\" ",
                                                            lc.listen.text, ": ", fd.status().message()));
     }
     l.fd = *fd;
+    if (l.passthrough) {  // never decrypts: no TLS context
+      listeners_.push_back(std::move(l));
+      continue;
+    }
     // Without kernel support OpenSSL need not offer keys nor log secrets.
     ListenerConfig effective = lc;
     if (!kernel_ktls_) effective.ktls = KtlsMode::kOff;
@@ -127,7 +128,11 @@ void Worker::Stop() {
 
 void Worker::ArmAccept(Listener& l) {
   io_uring_sqe* sqe = ring_.Sqe();
-  io_uring_prep_multishot_accept(sqe, l.fd, nullptr, nullptr, SOCK_CLOEXEC);
+  // A tunnel's sockets are read with splice(2) from the worker, which only
+  // returns EAGAIN (instead of blocking, or a false EOF) on an O_NONBLOCK
+  // TCP socket; io_uring's own operations do not need it.
+  int flags = SOCK_CLOEXEC | (l.passthrough ? SOCK_NONBLOCK : 0);
+  io_uring_prep_multishot_accept(sqe, l.fd, nullptr, nullptr, flags);
   io_uring_sqe_set_data64(
       sqe, UserData{static_cast<uint8_t>(OpKind::kAccept), 0, 0, static_cast<uint32_t>(l.index)}.Pack());
   l.accept_armed = true;
@@ -145,10 +150,10 @@ void Worker::Run() {
   ArmWake();
   for (;;) {
     if (stop_requested_.load(std::memory_order_acquire) && !draining_) BeginDrain();
-    if (draining_ && clients_.live() == 0) break;
+    if (draining_ && clients_.live() == 0 && tunnels_.live() == 0) break;
     if (draining_ && now_ms_ >= drain_deadline_ms_) {
       fprintf(stderr, "ktlb: worker %zu: drain timeout, closing %zu connections\n", id_,
-              clients_.live());
+              clients_.live() + tunnels_.live());
       CountTimeout(TimeoutKind::kDrain);
       break;
     }
@@ -175,6 +180,8 @@ void Worker::Run() {
         UserData d = UserData::Unpack(ud);
         if (d.kind == static_cast<uint8_t>(OpKind::kClient)) {
           if (ClientConnection* c = clients_.Get(d.index, d.gen)) c->RetryRecv();
+        } else if (d.kind == static_cast<uint8_t>(OpKind::kTunnel)) {
+          if (TunnelConnection* t = tunnels_.Get(d.index, d.gen)) t->RetryRecv();
         } else if (UpstreamConnection* u = upstreams_.Get(d.index, d.gen)) {
           u->RetryRecv();
         }
@@ -248,6 +255,20 @@ void Worker::HandleCompletion(io_uring_cqe* cqe) {
       }
       return;
     }
+    case OpKind::kTunnel: {
+      TunnelConnection* t = tunnels_.Get(d.index, d.gen);
+      if (t == nullptr) return;
+      switch (static_cast<TunnelOp>(d.op)) {
+        case TunnelOp::kRecv: t->OnRecv(cqe->res, cqe->flags); break;
+        case TunnelOp::kConnect: t->OnConnect(cqe->res); break;
+        case TunnelOp::kSend: t->OnSend(cqe->res); break;
+        case TunnelOp::kClientIn:
+        case TunnelOp::kClientOut:
+        case TunnelOp::kBackendIn:
+        case TunnelOp::kBackendOut: t->OnPoll(static_cast<TunnelOp>(d.op), cqe->res); break;
+      }
+      return;
+    }
     case OpKind::kUpstream: {
       UpstreamConnection* u = upstreams_.Get(d.index, d.gen);
       if (u == nullptr) return;
@@ -286,6 +307,10 @@ void Worker::OnAccept(Listener& l, int res, uint32_t flags) {
   ListenerMetrics& lm = metrics_->listeners[l.index];
   lm.accepted.Inc();
   lm.active.Inc();
+  if (l.passthrough) {
+    tunnels_.Acquire()->Start(this, l.index, res, peer);
+    return;
+  }
   ClientConnection* c = clients_.Acquire();
   c->Start(this, l.index, res, peer, *l.tls);
 }
@@ -310,6 +335,7 @@ void Worker::BeginDrain() {
     }
   }
   clients_.ForEachSlot([](ClientConnection* c) { c->Drain(); });
+  tunnels_.ForEachSlot([](TunnelConnection* t) { t->Drain(); });
   for (auto& per_upstream : idle_) {
     for (auto& per_server : per_upstream) {
       std::vector<UpstreamConnection*> conns;
@@ -320,6 +346,8 @@ void Worker::BeginDrain() {
 }
 
 void Worker::ReleaseClient(ClientConnection* c) { clients_.Release(c); }
+
+void Worker::ReleaseTunnel(TunnelConnection* t) { tunnels_.Release(t); }
 
 UpstreamConnection* Worker::AcquireUpstream() { return upstreams_.Acquire(); }
 

@@ -17,12 +17,13 @@
 #include "ktlb/snapshot.h"
 #include "ktlb/tls.h"
 #include "client_connection.h"
+#include "tunnel_connection.h"
 #include "upstream_connection.h"
 
 namespace ktlb {
 
 // Completion kinds (UserData::kind).
-enum class OpKind : uint8_t { kAccept = 1, kClient = 2, kUpstream = 3, kWake = 4 };
+enum class OpKind : uint8_t { kAccept = 1, kClient = 2, kUpstream = 3, kWake = 4, kTunnel = 5 };
 // Per-connection operations (UserData::op).
 enum class ConnOp : uint8_t {
   kRecv = 1, kSend = 2, kConnect = 3, kRecvMsg = 4, kRecvExact = 5, kPollIn = 6, kPollOut = 7
@@ -75,6 +76,7 @@ class Worker {
 
   // Connection pools.
   void ReleaseClient(ClientConnection* c);
+  void ReleaseTunnel(TunnelConnection* t);
   UpstreamConnection* AcquireUpstream();
   void ReleaseUpstream(UpstreamConnection* u);
   // An idle keep-alive connection to (upstream, server), or nullptr.
@@ -97,7 +99,8 @@ class Worker {
   struct Listener {
     size_t index = 0;  // into config().listeners
     int fd = -1;
-    std::unique_ptr<tls::ServerTlsContext> tls;
+    std::unique_ptr<tls::ServerTlsContext> tls;  // null on a passthrough listener
+    bool passthrough = false;
     bool accept_armed = false;
   };
 
@@ -118,6 +121,7 @@ class Worker {
   BufferRing buffers_;
   std::vector<Listener> listeners_;
   SlotPool<ClientConnection> clients_;
+  SlotPool<TunnelConnection> tunnels_;
   SlotPool<UpstreamConnection> upstreams_;
   // idle_[upstream][server]: parked keep-alive connections, most recent last.
   std::vector<std::vector<std::vector<UpstreamConnection*>>> idle_;

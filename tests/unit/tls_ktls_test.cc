@@ -292,7 +292,7 @@ class FakeHooks final : public KtlsHooks {
     ++tx_offers;
     tx = info;
     tx_taken = accept_tx;
-    if (accept_tx && queue != nullptr) queue->AppendInstallTx();
+    if (accept_tx && queue != nullptr) queue->AppendInstallTx(std::string_view(reinterpret_cast<const char*>(info.bytes), info.len));
     return accept_tx;
   }
   bool OfferRx(const KtlsCryptoInfo& info) override {
@@ -643,6 +643,8 @@ TEST_P(KtlsHandoff, KernelSideOfTheHandoffRoundTrips) {
       switch (seg.kind) {
         case OutputQueue::Kind::kInstallTx:
           ASSERT_FALSE(tx_on);
+          // The marker carries the very key OpenSSL offered.
+          EXPECT_EQ(data, std::string(reinterpret_cast<const char*>(hooks.tx.bytes), hooks.tx.len));
           tx_on = true;
           tx = KeysOf(hooks.tx);
           break;

@@ -1,0 +1,321 @@
+#include "tunnel_connection.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "ktlb/sockets.h"
+#include "worker.h"
+
+namespace ktlb {
+
+namespace {
+// A relay direction with nothing left to move gives its pipe back; it takes
+// one again when its source is readable. Unbounded length: a tunnel carries
+// bytes until one side ends it.
+constexpr uint64_t kStream = UINT64_MAX;
+}  // namespace
+
+uint64_t TunnelConnection::Tag(TunnelOp op) const {
+  return UserData{static_cast<uint8_t>(OpKind::kTunnel), static_cast<uint8_t>(op), generation,
+                  slot_index}
+      .Pack();
+}
+
+void TunnelConnection::Start(Worker* w, size_t listener_index, int fd,
+                             const sockaddr_storage& peer) {
+  w_ = w;
+  listener_ = listener_index;
+  fd_ = fd;
+  up_fd_ = -1;
+  upstream_ = server_ = -1;
+  peer_ = peer;
+  state_ = State::kHello;
+  inflight_ = 0;
+  recv_inflight_ = false;
+  timer_.target = this;
+  hello_.clear();
+  hello_parser_ = passthrough::ClientHelloParser();
+  sent_ = 0;
+  up_ = Direction{};
+  down_ = Direction{};
+  up_.poll_src = TunnelOp::kClientIn;
+  up_.poll_dst = TunnelOp::kBackendOut;
+  down_.poll_src = TunnelOp::kBackendIn;
+  down_.poll_dst = TunnelOp::kClientOut;
+  // The ClientHello must arrive within the handshake timeout, as on a
+  // terminating listener.
+  w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kHandshake),
+               w_->config().server.timeouts.handshake_ms);
+  ArmRecv();
+}
+
+void TunnelConnection::ArmRecv() {
+  if (recv_inflight_ || state_ != State::kHello) return;
+  io_uring_sqe* sqe = w_->ring().Sqe();
+  io_uring_prep_recv(sqe, fd_, nullptr, w_->buffers().buf_size(), 0);
+  sqe->flags |= IOSQE_BUFFER_SELECT;
+  sqe->buf_group = w_->buffers().group_id();
+  io_uring_sqe_set_data64(sqe, Tag(TunnelOp::kRecv));
+  recv_inflight_ = true;
+  ++inflight_;
+}
+
+void TunnelConnection::OnRecv(int res, uint32_t flags) {
+  recv_inflight_ = false;
+  --inflight_;
+  if (state_ != State::kHello) {
+    w_->buffers().RecycleFrom(flags);
+    return MaybeRelease();
+  }
+  if (res == -ENOBUFS) return w_->DeferRecv(Tag(TunnelOp::kRecv));
+  if (res <= 0) {
+    // Gone before a whole ClientHello: nothing to route.
+    w_->metrics().listeners[listener_].handshake_failures[static_cast<size_t>(
+        tls::HandshakeFailure::kClientReset)].Inc();
+    return CloseNow();
+  }
+  uint16_t bid = BufferRing::BufferId(flags);
+  hello_.append(w_->buffers().Data(bid, static_cast<uint32_t>(res)));
+  w_->buffers().Recycle(bid);
+  passthrough::ClientHello hello;
+  passthrough::HelloStatus st = hello_parser_.Parse(hello_, &hello);
+  if (st == passthrough::HelloStatus::kNeedMore) return ArmRecv();
+  if (st != passthrough::HelloStatus::kDone) return FailHello(st);
+  OnHelloComplete(hello);
+}
+
+void TunnelConnection::FailHello(passthrough::HelloStatus why) {
+  ListenerMetrics& lm = w_->metrics().listeners[listener_];
+  lm.passthrough_hello_failures[static_cast<size_t>(why)].Inc();
+  fprintf(stderr, "ktlb: passthrough: %s:%u: %s: %s\n", AddressIp(peer_).c_str(),
+          AddressPort(peer_), passthrough::HelloStatusLabel(why), hello_parser_.error());
+  CloseNow();
+}
+
+void TunnelConnection::OnHelloComplete(const passthrough::ClientHello& hello) {
+  // Route names are stored lowercase and without a trailing dot.
+  char sni[256];
+  size_t n = std::min(hello.sni.size(), sizeof(sni));
+  for (size_t i = 0; i < n; ++i) {
+    char c = hello.sni[i];
+    sni[i] = (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+  }
+  if (n > 0 && sni[n - 1] == '.') --n;
+  std::string_view name(sni, n);
+  int upstream = w_->snapshot().router.Match(listener_, name, "", "");
+  if (upstream < 0) {
+    w_->metrics().listeners[listener_].passthrough_no_route.Inc();
+    fprintf(stderr, "ktlb: passthrough: %s:%u: no route for SNI \"%.*s\"\n",
+            AddressIp(peer_).c_str(), AddressPort(peer_), static_cast<int>(name.size()),
+            name.data());
+    return CloseNow();
+  }
+  const UpstreamConfig& uc = w_->config().upstreams[static_cast<size_t>(upstream)];
+  size_t server = w_->balancer(static_cast<size_t>(upstream)).Pick(uc.servers.size());
+  Connect(static_cast<size_t>(upstream), server);
+}
+
+bool TunnelConnection::Connect(size_t upstream, size_t server) {
+  upstream_ = static_cast<int>(upstream);
+  server_ = static_cast<int>(server);
+  UpstreamMetrics& um = w_->metrics().upstreams[upstream];
+  um.requests.Inc();
+  const SocketAddress& addr = w_->config().upstreams[upstream].servers[server];
+  auto fd = OpenClientSocket(addr.storage.ss_family);
+  if (!fd.ok()) {
+    fprintf(stderr, "ktlb: passthrough: %s: %s\n", addr.text.c_str(),
+            std::string(fd.status().message()).c_str());
+    um.connect_failures.Inc();
+    CloseNow();
+    return false;
+  }
+  up_fd_ = *fd;
+  state_ = State::kConnecting;
+  io_uring_sqe* sqe = w_->ring().Sqe();
+  io_uring_prep_connect(sqe, up_fd_, reinterpret_cast<const sockaddr*>(&addr.storage), addr.len);
+  io_uring_sqe_set_data64(sqe, Tag(TunnelOp::kConnect));
+  ++inflight_;
+  w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kUpstreamConnect),
+               w_->config().server.timeouts.upstream_connect_ms);
+  return true;
+}
+
+void TunnelConnection::OnConnect(int res) {
+  --inflight_;
+  if (state_ != State::kConnecting) return MaybeRelease();
+  if (res < 0) {
+    const SocketAddress& addr = w_->config().upstreams[upstream_].servers[server_];
+    fprintf(stderr, "ktlb: passthrough: connect to %s failed: %s\n", addr.text.c_str(),
+            strerror(-res));
+    w_->metrics().upstreams[upstream_].connect_failures.Inc();
+    return CloseNow();
+  }
+  state_ = State::kReplay;
+  SendHello();
+}
+
+void TunnelConnection::SendHello() {
+  if (sent_ < hello_.size()) {
+    // The ClientHello and anything after it, exactly as the client sent it.
+    io_uring_sqe* sqe = w_->ring().Sqe();
+    io_uring_prep_send(sqe, up_fd_, hello_.data() + sent_, hello_.size() - sent_, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, Tag(TunnelOp::kSend));
+    ++inflight_;
+    return;
+  }
+  StartRelay();
+}
+
+void TunnelConnection::OnSend(int res) {
+  --inflight_;
+  if (state_ != State::kReplay) return MaybeRelease();
+  if (res < 0) {
+    w_->metrics().upstreams[upstream_].resets.Inc();
+    return CloseNow();
+  }
+  sent_ += static_cast<size_t>(res);
+  SendHello();
+}
+
+void TunnelConnection::StartRelay() {
+  state_ = State::kRelay;
+  std::string().swap(hello_);  // a relay holds no buffer of its own
+  up_.src = fd_;
+  up_.dst = up_fd_;
+  down_.src = up_fd_;
+  down_.dst = fd_;
+  w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kTunnelIdle),
+               w_->config().server.timeouts.tunnel_idle_ms);
+  Pump(up_);
+  if (state_ == State::kRelay) Pump(down_);
+}
+
+void TunnelConnection::Pump(Direction& d) {
+  if (state_ != State::kRelay || d.done) return;
+  for (;;) {
+    if (!d.pipe.active()) {
+      int r, wfd;
+      if (!w_->TakePipe(&r, &wfd)) {
+        fprintf(stderr, "ktlb: passthrough: no pipe for a relay (file descriptor limit?)\n");
+        return CloseNow();
+      }
+      d.pipe.Start(r, wfd, d.eof ? 0 : kStream);
+    }
+    uint64_t moved = 0;
+    SplicePipe::Status st = d.pipe.Run(d.src, d.dst, true, &moved);
+    if (moved > 0) {
+      d.bytes += moved;
+      ListenerMetrics& lm = w_->metrics().listeners[listener_];
+      (&d == &up_ ? lm.passthrough_bytes_up : lm.passthrough_bytes_down).Inc(moved);
+      w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kTunnelIdle),
+                   w_->config().server.timeouts.tunnel_idle_ms);
+    }
+    switch (st) {
+      case SplicePipe::Status::kWaitSource:
+        if (d.pipe.empty()) {
+          // Idle: the pipe goes back to the pool until the source has bytes.
+          w_->ReturnPipe(d.pipe.pipe_r(), d.pipe.pipe_w());
+          d.pipe.Clear();
+        }
+        return ArmPoll(d, true);
+      case SplicePipe::Status::kWaitSink:
+        return ArmPoll(d, false);
+      case SplicePipe::Status::kSourceEnded:
+        if (d.pipe.error() != 0) {
+          // A reset on one side ends both: the peer gets a reset too.
+          if (d.pipe.error() != ECONNRESET && d.pipe.error() != EPIPE) {
+            fprintf(stderr, "ktlb: passthrough: relay read failed: %s\n",
+                    strerror(d.pipe.error()));
+          }
+          return CloseNow();
+        }
+        // EOF: what is in the pipe still goes out, then the other side
+        // learns of the end with a FIN of its own (half-close).
+        d.eof = true;
+        d.pipe.EndSource();
+        continue;
+      case SplicePipe::Status::kDone:
+        shutdown(d.dst, SHUT_WR);
+        d.done = true;
+        w_->ReturnPipe(d.pipe.pipe_r(), d.pipe.pipe_w());
+        d.pipe.Clear();
+        if (up_.done && down_.done) return CloseNow();
+        return;
+      case SplicePipe::Status::kSinkFailed:
+        return CloseNow();
+    }
+  }
+}
+
+bool* TunnelConnection::PolledFlag(TunnelOp op) {
+  switch (op) {
+    case TunnelOp::kClientIn: return &up_.src_polled;
+    case TunnelOp::kBackendOut: return &up_.dst_polled;
+    case TunnelOp::kBackendIn: return &down_.src_polled;
+    case TunnelOp::kClientOut: return &down_.dst_polled;
+    default: return nullptr;
+  }
+}
+
+void TunnelConnection::ArmPoll(Direction& d, bool on_src) {
+  TunnelOp op = on_src ? d.poll_src : d.poll_dst;
+  w_->ArmPoll(on_src ? d.src : d.dst, !on_src, Tag(op), PolledFlag(op), &inflight_);
+}
+
+void TunnelConnection::OnPoll(TunnelOp op, int res) {
+  if (bool* flag = PolledFlag(op)) *flag = false;
+  --inflight_;
+  if (state_ != State::kRelay) return MaybeRelease();
+  (void)res;  // errors show up in the next splice
+  Pump(op == TunnelOp::kClientIn || op == TunnelOp::kBackendOut ? up_ : down_);
+}
+
+void TunnelConnection::OnDeadline(uint8_t kind) {
+  if (state_ == State::kClosed) return;
+  if (kind < static_cast<uint8_t>(TimeoutKind::kCount)) {
+    w_->CountTimeout(static_cast<TimeoutKind>(kind));
+  }
+  if (kind == static_cast<uint8_t>(TimeoutKind::kUpstreamConnect) && upstream_ >= 0) {
+    w_->metrics().upstreams[upstream_].timeouts.Inc();
+  }
+  CloseNow();
+}
+
+void TunnelConnection::Drain() {
+  if (state_ == State::kHello) CloseNow();
+}
+
+void TunnelConnection::CloseNow() {
+  if (state_ == State::kClosed) return;
+  state_ = State::kClosed;
+  DeadlineQueue::Cancel(&timer_);
+  for (Direction* d : {&up_, &down_}) {
+    if (d->pipe.active()) {
+      // May hold bytes of a broken relay: never back to the pool.
+      close(d->pipe.pipe_r());
+      close(d->pipe.pipe_w());
+      d->pipe.Clear();
+    }
+  }
+  // Pending polls, recvs and connects complete once the sockets are shut.
+  shutdown(fd_, SHUT_RDWR);
+  if (up_fd_ >= 0) shutdown(up_fd_, SHUT_RDWR);
+  MaybeRelease();
+}
+
+void TunnelConnection::MaybeRelease() {
+  if (state_ != State::kClosed || inflight_ > 0) return;
+  if (fd_ >= 0) close(fd_);
+  if (up_fd_ >= 0) close(up_fd_);
+  fd_ = up_fd_ = -1;
+  std::string().swap(hello_);
+  w_->metrics().listeners[listener_].active.Dec();
+  w_->ReleaseTunnel(this);
+}
+
+}  // namespace ktlb
