@@ -45,8 +45,12 @@ void TunnelConnection::Start(Worker* w, size_t listener_index, int fd,
   down_ = Direction{};
   up_.poll_src = TunnelOp::kClientIn;
   up_.poll_dst = TunnelOp::kBackendOut;
+  up_.recv_op = TunnelOp::kUpRecv;
+  up_.send_op = TunnelOp::kUpSend;
   down_.poll_src = TunnelOp::kBackendIn;
   down_.poll_dst = TunnelOp::kClientOut;
+  down_.recv_op = TunnelOp::kDownRecv;
+  down_.send_op = TunnelOp::kDownSend;
   // The ClientHello must arrive within the handshake timeout, as on a
   // terminating listener.
   w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kHandshake),
@@ -191,8 +195,100 @@ void TunnelConnection::StartRelay() {
   down_.dst = fd_;
   w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kTunnelIdle),
                w_->config().server.timeouts.tunnel_idle_ms);
-  Pump(up_);
-  if (state_ == State::kRelay) Pump(down_);
+  Relay(up_);
+  if (state_ == State::kRelay) Relay(down_);
+}
+
+void TunnelConnection::Relay(Direction& d) {
+  if (d.bulk) return Pump(d);
+  ArmCopyRecv(d);
+}
+
+void TunnelConnection::RetryRecv(TunnelOp op) {
+  if (op == TunnelOp::kRecv) return ArmRecv();
+  if (state_ == State::kRelay) ArmCopyRecv(DirectionOf(op));
+}
+
+void TunnelConnection::ArmCopyRecv(Direction& d) {
+  if (d.recv_inflight || d.send_inflight || d.done || state_ != State::kRelay) return;
+  io_uring_sqe* sqe = w_->ring().Sqe();
+  io_uring_prep_recv(sqe, d.src, nullptr, w_->buffers().buf_size(), 0);
+  sqe->flags |= IOSQE_BUFFER_SELECT;
+  sqe->buf_group = w_->buffers().group_id();
+  io_uring_sqe_set_data64(sqe, Tag(d.recv_op));
+  d.recv_inflight = true;
+  ++inflight_;
+}
+
+void TunnelConnection::OnCopyRecv(TunnelOp op, int res, uint32_t flags) {
+  Direction& d = DirectionOf(op);
+  d.recv_inflight = false;
+  --inflight_;
+  if (state_ != State::kRelay) {
+    w_->buffers().RecycleFrom(flags);
+    return MaybeRelease();
+  }
+  if (res == -ENOBUFS) return w_->DeferRecv(Tag(op));
+  if (res == 0) return EndDirection(d);  // EOF: pass the FIN on
+  if (res < 0) {
+    if (res != -ECONNRESET && res != -EPIPE) {
+      fprintf(stderr, "ktlb: passthrough: relay read failed: %s\n", strerror(-res));
+    }
+    return CloseNow();
+  }
+  d.bid = BufferRing::BufferId(flags);
+  d.len = static_cast<uint32_t>(res);
+  d.sent = 0;
+  CountMoved(d, d.len);
+  SendCopied(d);
+}
+
+void TunnelConnection::SendCopied(Direction& d) {
+  std::string_view data = w_->buffers().Data(d.bid, d.len);
+  io_uring_sqe* sqe = w_->ring().Sqe();
+  io_uring_prep_send(sqe, d.dst, data.data() + d.sent, d.len - d.sent, MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(sqe, Tag(d.send_op));
+  d.send_inflight = true;
+  ++inflight_;
+}
+
+void TunnelConnection::OnCopySend(TunnelOp op, int res) {
+  Direction& d = DirectionOf(op);
+  d.send_inflight = false;
+  --inflight_;
+  if (state_ != State::kRelay) {
+    w_->buffers().Recycle(d.bid);
+    return MaybeRelease();
+  }
+  if (res < 0) {
+    w_->buffers().Recycle(d.bid);
+    return CloseNow();
+  }
+  d.sent += static_cast<uint32_t>(res);
+  if (d.sent < d.len) return SendCopied(d);
+  w_->buffers().Recycle(d.bid);
+  // A read that filled a whole buffer: bulk transfer, better spliced.
+  if (d.len == w_->buffers().buf_size()) {
+    d.bulk = true;
+    return Pump(d);
+  }
+  ArmCopyRecv(d);
+}
+
+void TunnelConnection::CountMoved(Direction& d, uint64_t n) {
+  d.bytes += n;
+  ListenerMetrics& lm = w_->metrics().listeners[listener_];
+  (&d == &up_ ? lm.passthrough_bytes_up : lm.passthrough_bytes_down).Inc(n);
+  w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kTunnelIdle),
+               w_->config().server.timeouts.tunnel_idle_ms);
+}
+
+void TunnelConnection::EndDirection(Direction& d) {
+  // Everything read has been sent: the other side learns of the end with a
+  // FIN of its own (half-close), the opposite direction keeps flowing.
+  shutdown(d.dst, SHUT_WR);
+  d.done = true;
+  if (up_.done && down_.done) CloseNow();
 }
 
 void TunnelConnection::Pump(Direction& d) {
@@ -208,13 +304,7 @@ void TunnelConnection::Pump(Direction& d) {
     }
     uint64_t moved = 0;
     SplicePipe::Status st = d.pipe.Run(d.src, d.dst, true, &moved);
-    if (moved > 0) {
-      d.bytes += moved;
-      ListenerMetrics& lm = w_->metrics().listeners[listener_];
-      (&d == &up_ ? lm.passthrough_bytes_up : lm.passthrough_bytes_down).Inc(moved);
-      w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kTunnelIdle),
-                   w_->config().server.timeouts.tunnel_idle_ms);
-    }
+    if (moved > 0) CountMoved(d, moved);
     switch (st) {
       case SplicePipe::Status::kWaitSource:
         if (d.pipe.empty()) {
@@ -240,12 +330,9 @@ void TunnelConnection::Pump(Direction& d) {
         d.pipe.EndSource();
         continue;
       case SplicePipe::Status::kDone:
-        shutdown(d.dst, SHUT_WR);
-        d.done = true;
         w_->ReturnPipe(d.pipe.pipe_r(), d.pipe.pipe_w());
         d.pipe.Clear();
-        if (up_.done && down_.done) return CloseNow();
-        return;
+        return EndDirection(d);
       case SplicePipe::Status::kSinkFailed:
         return CloseNow();
     }
@@ -272,7 +359,7 @@ void TunnelConnection::OnPoll(TunnelOp op, int res) {
   --inflight_;
   if (state_ != State::kRelay) return MaybeRelease();
   (void)res;  // errors show up in the next splice
-  Pump(op == TunnelOp::kClientIn || op == TunnelOp::kBackendOut ? up_ : down_);
+  Pump(DirectionOf(op));
 }
 
 void TunnelConnection::OnDeadline(uint8_t kind) {

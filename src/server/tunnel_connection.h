@@ -1,8 +1,13 @@
 // A connection on a passthrough listener: ktlb reads the client's TLS
 // ClientHello (never decrypting anything), picks an upstream by its SNI,
-// connects, replays the bytes read so far, and from then on the kernel moves
-// the bytes both ways (socket -> pipe -> socket, splice), so they never enter
-// ktlb's memory.
+// connects, replays the bytes read so far, then relays both directions.
+//
+// Each direction starts in copy mode: an io_uring recv into the worker's
+// buffer ring and an io_uring send of the same buffer, no system call of its
+// own (both ride the loop's one io_uring_enter), which is what small TLS
+// records want. A recv that fills a whole buffer means bulk transfer: the
+// direction switches for good to splice mode (socket -> pipe -> socket), and
+// the bytes no longer enter ktlb's memory.
 #pragma once
 
 #include <netinet/in.h>
@@ -28,6 +33,10 @@ enum class TunnelOp : uint8_t {
   kClientOut = 5,
   kBackendIn = 6,
   kBackendOut = 7,
+  kUpRecv = 8,       // copy mode: client -> backend
+  kUpSend = 9,
+  kDownRecv = 10,    // copy mode: backend -> client
+  kDownSend = 11,
 };
 
 class TunnelConnection final : public DeadlineTarget {
@@ -41,7 +50,10 @@ class TunnelConnection final : public DeadlineTarget {
   void OnSend(int res);
   void OnPoll(TunnelOp op, int res);
   void OnDeadline(uint8_t kind) override;
-  void RetryRecv() { ArmRecv(); }
+  // The buffer ring was empty: try the recv for `op` again.
+  void RetryRecv(TunnelOp op);
+  void OnCopyRecv(TunnelOp op, int res, uint32_t flags);
+  void OnCopySend(TunnelOp op, int res);
   // Drain: a connection still reading its ClientHello closes now; relays
   // run on until they end or the drain deadline cuts them.
   void Drain();
@@ -63,6 +75,15 @@ class TunnelConnection final : public DeadlineTarget {
     bool eof = false;   // the source ended; the pipe drains, then SHUT_WR on dst
     bool done = false;  // dst shut for writing
     uint64_t bytes = 0;
+    // Copy mode (until `bulk`).
+    bool bulk = false;
+    bool recv_inflight = false;
+    bool send_inflight = false;
+    TunnelOp recv_op;
+    TunnelOp send_op;
+    uint16_t bid = 0;     // buffer being sent
+    uint32_t len = 0;     // its bytes
+    uint32_t sent = 0;    // of them, sent
   };
 
   uint64_t Tag(TunnelOp op) const;
@@ -73,6 +94,17 @@ class TunnelConnection final : public DeadlineTarget {
   void SendHello();
   void StartRelay();
   void Pump(Direction& d);
+  void Relay(Direction& d);  // copy or splice, whichever mode d is in
+  void ArmCopyRecv(Direction& d);
+  void SendCopied(Direction& d);
+  void EndDirection(Direction& d);  // its source ended and everything was sent
+  void CountMoved(Direction& d, uint64_t n);
+  Direction& DirectionOf(TunnelOp op) {
+    return op == TunnelOp::kClientIn || op == TunnelOp::kBackendOut || op == TunnelOp::kUpRecv ||
+                   op == TunnelOp::kUpSend
+               ? up_
+               : down_;
+  }
   void ArmPoll(Direction& d, bool on_src);
   bool* PolledFlag(TunnelOp op);
   void CloseNow();

@@ -181,7 +181,9 @@ void Worker::Run() {
         if (d.kind == static_cast<uint8_t>(OpKind::kClient)) {
           if (ClientConnection* c = clients_.Get(d.index, d.gen)) c->RetryRecv();
         } else if (d.kind == static_cast<uint8_t>(OpKind::kTunnel)) {
-          if (TunnelConnection* t = tunnels_.Get(d.index, d.gen)) t->RetryRecv();
+          if (TunnelConnection* t = tunnels_.Get(d.index, d.gen)) {
+            t->RetryRecv(static_cast<TunnelOp>(d.op));
+          }
         } else if (UpstreamConnection* u = upstreams_.Get(d.index, d.gen)) {
           u->RetryRecv();
         }
@@ -266,6 +268,12 @@ void Worker::HandleCompletion(io_uring_cqe* cqe) {
         case TunnelOp::kClientOut:
         case TunnelOp::kBackendIn:
         case TunnelOp::kBackendOut: t->OnPoll(static_cast<TunnelOp>(d.op), cqe->res); break;
+        case TunnelOp::kUpRecv:
+        case TunnelOp::kDownRecv:
+          t->OnCopyRecv(static_cast<TunnelOp>(d.op), cqe->res, cqe->flags);
+          break;
+        case TunnelOp::kUpSend:
+        case TunnelOp::kDownSend: t->OnCopySend(static_cast<TunnelOp>(d.op), cqe->res); break;
       }
       return;
     }
