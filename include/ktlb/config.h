@@ -79,11 +79,16 @@ struct RouteConfig {
   std::string upstream;     // upstream name
 };
 
+// What a passthrough listener sends a backend before the client's bytes.
+enum class ProxyProtocol { kNone, kV2 };
+
 struct UpstreamConfig {
   std::string name;
   std::vector<SocketAddress> servers;
   BalanceAlgorithm balance = BalanceAlgorithm::kRoundRobin;
   uint32_t max_idle_per_server = 64;  // pooled keep-alive connections per worker
+  ProxyProtocol proxy_protocol = ProxyProtocol::kNone;  // passthrough routes only
+  uint32_t proxy_protocol_line = 0;  // where it was set, for route errors
 };
 
 struct Config {

@@ -472,7 +472,8 @@ absl::Status ReadCertificate(const Section& s, NameSet* names, CertificateConfig
 }
 
 absl::Status ReadUpstream(const Section& s, NameSet* names, UpstreamConfig* upstream) {
-  if (absl::Status st = s.CheckKnownKeys({"name", "servers", "balance", "max_idle_per_server"});
+  if (absl::Status st = s.CheckKnownKeys(
+          {"name", "servers", "balance", "max_idle_per_server", "proxy_protocol"});
       !st.ok()) {
     return st;
   }
@@ -502,6 +503,15 @@ absl::Status ReadUpstream(const Section& s, NameSet* names, UpstreamConfig* upst
           "balance", {{"round_robin", BalanceAlgorithm::kRoundRobin}}, &upstream->balance);
       !st.ok()) {
     return st;
+  }
+  if (absl::Status st = s.Enum<ProxyProtocol>(
+          "proxy_protocol", {{"none", ProxyProtocol::kNone}, {"v2", ProxyProtocol::kV2}},
+          &upstream->proxy_protocol);
+      !st.ok()) {
+    return st;
+  }
+  if (const toml::node* node = s.Find("proxy_protocol"); node != nullptr) {
+    upstream->proxy_protocol_line = static_cast<uint32_t>(LineOf(*node));
   }
   return s.Uint32("max_idle_per_server", 0, kMaxIdlePerServer, &upstream->max_idle_per_server);
 }
@@ -679,9 +689,21 @@ absl::Status ReadRoute(const Section& s, const Config& config, RouteConfig* rout
   absl::StatusOr<const StringNode*> upstream = s.RequiredString("upstream");
   if (!upstream.ok()) return upstream.status();
   route->upstream = (*upstream)->get();
-  if (config.FindUpstream(route->upstream) == nullptr) {
+  const UpstreamConfig* target = config.FindUpstream(route->upstream);
+  if (target == nullptr) {
     return s.ErrorAt(**upstream, "upstream",
                      absl::StrCat("no [[upstreams]] entry named ", Quote(route->upstream)));
+  }
+  // A PROXY header describes one client; pooled HTTP connections carry many.
+  if (target->proxy_protocol != ProxyProtocol::kNone &&
+      listener->mode != ListenerMode::kPassthrough) {
+    return s.ErrorAt(**upstream, "upstream",
+                     absl::StrCat("upstream ", Quote(route->upstream),
+                                  " sets proxy_protocol (line ", target->proxy_protocol_line,
+                                  "), which only passthrough listeners send; terminate listener ",
+                                  Quote(listener->name),
+                                  " tells backends the client address in X-Forwarded-For and "
+                                  "Forwarded"));
   }
   return absl::OkStatus();
 }

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "ktlb/proxy_protocol.h"
 #include "ktlb/sockets.h"
 #include "worker.h"
 
@@ -120,6 +121,16 @@ void TunnelConnection::OnHelloComplete(const passthrough::ClientHello& hello) {
     return CloseNow();
   }
   const UpstreamConfig& uc = w_->config().upstreams[static_cast<size_t>(upstream)];
+  if (uc.proxy_protocol == ProxyProtocol::kV2) {
+    // The backend learns who the client is from a header ahead of its bytes
+    // (hello's views are not used past this point).
+    sockaddr_storage local{};
+    socklen_t len = sizeof(local);
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&local), &len);
+    std::string header;
+    passthrough::AppendProxyV2Header(peer_, local, &header);
+    hello_.insert(0, header);
+  }
   size_t server = w_->balancer(static_cast<size_t>(upstream)).Pick(uc.servers.size());
   Connect(static_cast<size_t>(upstream), server);
 }

@@ -5,6 +5,7 @@ the backend that decrypted it; curl verifies the backend's certificate end to en
 
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -58,6 +59,37 @@ name = "b"
 servers = ["{b.addr()}"]
 """
         return self.ktlb(cfg)
+
+    def haproxy_backend(self):
+        """haproxy terminating TLS behind a PROXY v2 header (accept-proxy), answering
+        with the client address the header gave it."""
+        port = harness.free_port()
+        pem = os.path.join(self.tmp, "site.pem")
+        with open(pem, "w") as f:
+            f.write(open(os.path.join(self.certs, "site.crt")).read())
+            f.write(open(os.path.join(self.certs, "site.key")).read())
+        cfg = os.path.join(self.tmp, f"haproxy-{port}.cfg")
+        with open(cfg, "w") as f:
+            f.write(f"""
+global
+  maxconn 100
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 10s
+  timeout server 10s
+frontend fe
+  bind 127.0.0.1:{port} accept-proxy ssl crt {pem}
+  http-request return status 200 content-type text/plain lf-string "src=%[src]:%[src_port] dst=%[dst]:%[dst_port]"
+""")
+        proc = subprocess.Popen(["haproxy", "-f", cfg, "-db"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: (proc.kill(), proc.wait()))
+        deadline = time.monotonic() + 10
+        while not harness.port_accepts(f"127.0.0.1:{port}"):
+            self.assertLess(time.monotonic(), deadline, "haproxy did not start")
+            time.sleep(0.05)
+        return port
 
     def curl(self, p, name, path, *extra):
         port = p.port("edge")
@@ -218,3 +250,34 @@ servers = ["{b.addr()}"]
         self.assertEqual(harness.file_sha256(out), harness.pattern_sha256(n))
         self.assertEqual(p.proc.wait(timeout=10), 0)
         p.stopped = True
+
+    def test_proxy_protocol_v2_tells_the_backend_the_client(self):
+        if shutil.which("haproxy") is None:
+            self.skipTest("haproxy not installed")
+        hp = self.haproxy_backend()
+        port = harness.free_port()
+        admin = harness.free_port()
+        p = self.ktlb(f"""
+[server]
+admin_listen = "127.0.0.1:{admin}"
+[[listeners]]
+name = "edge"
+listen = "127.0.0.1:{port}"
+mode = "passthrough"
+[[routes]]
+listener = "edge"
+upstream = "hp"
+[[upstreams]]
+name = "hp"
+servers = ["127.0.0.1:{hp}"]
+proxy_protocol = "v2"
+""")
+        r = subprocess.run(
+            ["curl", "-sS", "--noproxy", "*", "--cacert", self.ca, "--max-time", "10",
+             "--resolve", f"localhost:{port}:127.0.0.1", "-w", "\nlocal_port=%{local_port}",
+             f"https://localhost:{port}/"], capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        body, local = r.stdout.rsplit("\n", 1)
+        local_port = local.split("=")[1]
+        # haproxy saw the curl client's address, not ktlb's, and the address curl dialled.
+        self.assertEqual(body.strip(), f"src=127.0.0.1:{local_port} dst=127.0.0.1:{port}")

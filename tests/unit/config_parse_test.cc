@@ -604,5 +604,26 @@ TEST_F(ConfigParseTest, ConfigPathIsDirectory) {
   EXPECT_EQ(config.status().message(), dir_.string() + ": is a directory");
 }
 
+TEST_F(ConfigParseTest, ProxyProtocolOnPassthroughRoutes) {
+  const std::string passthrough =
+      Edit(Edit(kMinimal, "certificates = [\"site\"]", "mode = \"passthrough\""),
+           "servers = [\"127.0.0.1:9001\"]", "servers = [\"127.0.0.1:9001\"]\nproxy_protocol = \"v2\"");
+  absl::StatusOr<std::shared_ptr<const Config>> loaded = Load(passthrough);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ((*loaded)->upstreams[0].proxy_protocol, ProxyProtocol::kV2);
+  EXPECT_EQ((*loaded)->server.timeouts.tunnel_idle_ms, 600'000u);
+}
+
+TEST_F(ConfigParseTest, ProxyProtocolRefusedBehindATerminateListener) {
+  EXPECT_EQ(Error(Edit(kMinimal, "servers = [\"127.0.0.1:9001\"]",
+                       "servers = [\"127.0.0.1:9001\"]\nproxy_protocol = \"v2\"")),
+            At(13) + "routes[0].upstream: upstream \"app\" sets proxy_protocol (line 18), which "
+                     "only passthrough listeners send; terminate listener \"public\" tells "
+                     "backends the client address in X-Forwarded-For and Forwarded");
+  EXPECT_EQ(Error(Edit(kMinimal, "servers = [\"127.0.0.1:9001\"]",
+                       "servers = [\"127.0.0.1:9001\"]\nproxy_protocol = \"v1\"")),
+            At(18) + "upstreams[0].proxy_protocol: must be \"none\" or \"v2\"");
+}
+
 }  // namespace
 }  // namespace ktlb
