@@ -77,6 +77,7 @@ struct RouteConfig {
                             // stored lowercase, never with a port
   std::string path_prefix;  // "" = any
   std::string upstream;     // upstream name
+  std::string alpn;         // "" = any; passthrough: the ClientHello offers this protocol
 };
 
 // What a passthrough listener sends a backend before the client's bytes.

@@ -18,6 +18,10 @@ namespace ktlb {
 // single-label wildcard "*.example.test". An empty pattern matches anything.
 bool SniPatternMatches(std::string_view pattern, std::string_view name);
 
+// True when the wire-format ALPN list (length byte + name, repeated) names
+// `proto` exactly (RFC 7301: byte strings, case-sensitive).
+bool AlpnListOffers(std::string_view list, std::string_view proto);
+
 // Host header value without the port and a trailing dot, for comparison.
 std::string_view HostWithoutPort(std::string_view host);
 
@@ -25,12 +29,15 @@ class Router {
  public:
   explicit Router(const Config& config);
   // The upstream index for a request, or -1 when no route matches.
+  // `alpn_offered`: the ClientHello's ALPN protocol_name_list as sent (a
+  // length byte before each name; "" when the client offered none), for
+  // routes with an `alpn` matcher (passthrough listeners).
   int Match(size_t listener_index, std::string_view sni, std::string_view host,
-            std::string_view path) const;
+            std::string_view path, std::string_view alpn_offered = {}) const;
 
  private:
   struct Route {
-    std::string sni, host, path_prefix;
+    std::string sni, host, path_prefix, alpn;
     int upstream = -1;
   };
   std::vector<std::vector<Route>> by_listener_;

@@ -617,7 +617,8 @@ absl::Status ReadListener(const Section& s, const Config& config, NameSet* names
 }
 
 absl::Status ReadRoute(const Section& s, const Config& config, RouteConfig* route) {
-  if (absl::Status st = s.CheckKnownKeys({"listener", "sni", "host", "path_prefix", "upstream"});
+  if (absl::Status st =
+          s.CheckKnownKeys({"listener", "sni", "host", "path_prefix", "alpn", "upstream"});
       !st.ok()) {
     return st;
   }
@@ -683,6 +684,21 @@ absl::Status ReadRoute(const Section& s, const Config& config, RouteConfig* rout
     if (std::any_of(route->path_prefix.begin(), route->path_prefix.end(),
                     [](char c) { return static_cast<unsigned char>(c) <= 0x20 || c == 0x7f; })) {
       return s.ErrorAt(*node, "path_prefix", "must not contain spaces or control characters");
+    }
+  }
+
+  absl::StatusOr<const StringNode*> alpn = s.String("alpn");
+  if (!alpn.ok()) return alpn.status();
+  if (*alpn != nullptr) {
+    // Terminate listeners pick the protocol themselves during the handshake.
+    if (listener->mode != ListenerMode::kPassthrough) {
+      return s.ErrorAt(**alpn, "alpn",
+                       absl::StrCat("only passthrough listeners route on the ALPN a client "
+                                    "offers; ", Quote(listener->name), " terminates TLS"));
+    }
+    route->alpn = (*alpn)->get();
+    if (route->alpn.empty() || route->alpn.size() > 255) {
+      return s.ErrorAt(**alpn, "alpn", "must be a protocol name of 1..255 bytes, e.g. \"h2\"");
     }
   }
 

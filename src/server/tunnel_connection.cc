@@ -112,7 +112,7 @@ void TunnelConnection::OnHelloComplete(const passthrough::ClientHello& hello) {
   }
   if (n > 0 && sni[n - 1] == '.') --n;
   std::string_view name(sni, n);
-  int upstream = w_->snapshot().router.Match(listener_, name, "", "");
+  int upstream = w_->snapshot().router.Match(listener_, name, "", "", hello.alpn_list);
   if (upstream < 0) {
     w_->metrics().listeners[listener_].passthrough_no_route.Inc();
     fprintf(stderr, "ktlb: passthrough: %s:%u: no route for SNI \"%.*s\"\n",

@@ -42,7 +42,7 @@ Router::Router(const Config& config) : by_listener_(config.listeners.size()) {
   for (const RouteConfig& rc : config.routes) {
     for (size_t l = 0; l < config.listeners.size(); ++l) {
       if (config.listeners[l].name != rc.listener) continue;
-      Route r{rc.sni, rc.host, rc.path_prefix, -1};
+      Route r{rc.sni, rc.host, rc.path_prefix, rc.alpn, -1};
       for (size_t u = 0; u < config.upstreams.size(); ++u) {
         if (config.upstreams[u].name == rc.upstream) r.upstream = static_cast<int>(u);
       }
@@ -51,14 +51,25 @@ Router::Router(const Config& config) : by_listener_(config.listeners.size()) {
   }
 }
 
+bool AlpnListOffers(std::string_view list, std::string_view proto) {
+  while (!list.empty()) {
+    size_t n = static_cast<unsigned char>(list.front());
+    if (n + 1 > list.size()) return false;
+    if (list.substr(1, n) == proto) return true;
+    list.remove_prefix(n + 1);
+  }
+  return false;
+}
+
 int Router::Match(size_t listener_index, std::string_view sni, std::string_view host,
-                  std::string_view path) const {
+                  std::string_view path, std::string_view alpn_offered) const {
   if (listener_index >= by_listener_.size()) return -1;
   std::string_view bare_host = HostWithoutPort(host);
   for (const Route& r : by_listener_[listener_index]) {
     if (!r.sni.empty() && !SniPatternMatches(r.sni, sni)) continue;
     if (!r.host.empty() && !EqualsIgnoreCase(r.host, bare_host)) continue;
     if (!r.path_prefix.empty() && !path.starts_with(r.path_prefix)) continue;
+    if (!r.alpn.empty() && !AlpnListOffers(alpn_offered, r.alpn)) continue;
     return r.upstream;
   }
   return -1;

@@ -26,7 +26,7 @@ class PassthroughTest(harness.KtlbTestCase):
         b = self.ktlb(self.basic_config({"app": [self.ob.addr]}, certificates=("other",)))
         return a, b
 
-    def passthrough(self, a, b, server=None, extra_routes=""):
+    def passthrough(self, a, b, server=None, extra_routes="", first_route=""):
         port = harness.free_port()
         admin = harness.free_port()
         server_lines = "".join(f"{k} = {v}\n" for k, v in (server or {}).items())
@@ -40,6 +40,7 @@ name = "edge"
 listen = "127.0.0.1:{port}"
 mode = "passthrough"
 
+{first_route}
 [[routes]]
 listener = "edge"
 sni = "*.other.test"
@@ -160,6 +161,21 @@ frontend fe
         self.assertNotEqual(r.returncode, 0)
         self.assertGreaterEqual(p.wait_metric("ktlb_passthrough_no_route_total", 2, listener="edge"), 2)
         self.assertEqual(a.metric("ktlb_connections_accepted_total", listener="public"), a0)
+
+    def test_routes_on_offered_alpn(self):
+        a, b = self.backends()
+        extra = '\n[[routes]]\nlistener = "edge"\nupstream = "a"\n'
+        # Before the SNI routes: clients offering h2 go to b whatever their SNI.
+        p = self.passthrough(a, b, extra_routes=extra, first_route=(
+            '[[routes]]\nlistener = "edge"\nalpn = "h2"\nupstream = "b"\n'))
+        # localhost's SNI route leads to a, but offering h2 wins first (b's certificate
+        # does not name localhost: -k, the routing is what is tested).
+        r = self.curl(p, "localhost", "/", "--http2", "-k")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(b"x-origin: origin-b", r.stdout.lower())
+        r = self.curl(p, "localhost", "/", "--http1.1")  # offers only http/1.1
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(b"x-origin: origin-a", r.stdout.lower())
 
     def test_catch_all_route(self):
         a, b = self.backends()

@@ -278,8 +278,11 @@ TEST_F(ConfigParseTest, ReferenceConfigIsValid) {
   EXPECT_TRUE(c.server.has_admin);
   EXPECT_EQ(c.listeners.size(), 2u);
   EXPECT_EQ(c.certificates.size(), 2u);
-  EXPECT_EQ(c.routes.size(), 3u);
+  EXPECT_EQ(c.routes.size(), 4u);
   EXPECT_EQ(c.upstreams.size(), 3u);
+  EXPECT_EQ(c.routes[2].alpn, "h2");
+  EXPECT_EQ(c.upstreams[2].proxy_protocol, ProxyProtocol::kV2);
+  EXPECT_EQ(c.server.timeouts.tunnel_idle_ms, 600'000u);
   EXPECT_EQ(c.certificates[0].cert_path, (dir_ / "certs/site.crt").string());
 }
 
@@ -612,6 +615,19 @@ TEST_F(ConfigParseTest, ProxyProtocolOnPassthroughRoutes) {
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ((*loaded)->upstreams[0].proxy_protocol, ProxyProtocol::kV2);
   EXPECT_EQ((*loaded)->server.timeouts.tunnel_idle_ms, 600'000u);
+}
+
+TEST_F(ConfigParseTest, AlpnRouteMatcherIsPassthroughOnly) {
+  const std::string passthrough = Edit(Edit(kMinimal, "certificates = [\"site\"]", "mode = \"passthrough\""),
+                                       "upstream = \"app\"", "alpn = \"h2\"\nupstream = \"app\"");
+  absl::StatusOr<std::shared_ptr<const Config>> loaded = Load(passthrough);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ((*loaded)->routes[0].alpn, "h2");
+  EXPECT_EQ(Error(Edit(kMinimal, "upstream = \"app\"", "alpn = \"h2\"\nupstream = \"app\"")),
+            At(13) + "routes[0].alpn: only passthrough listeners route on the ALPN a client "
+                     "offers; \"public\" terminates TLS");
+  EXPECT_EQ(Error(Edit(passthrough, "alpn = \"h2\"", "alpn = \"\"")),
+            At(13) + "routes[0].alpn: must be a protocol name of 1..255 bytes, e.g. \"h2\"");
 }
 
 TEST_F(ConfigParseTest, ProxyProtocolRefusedBehindATerminateListener) {

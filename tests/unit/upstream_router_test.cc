@@ -34,10 +34,10 @@ Config TwoListeners() {
   c.upstreams[1].name = "web";
   c.upstreams[2].name = "other";
   c.routes = {
-      {"public", "", "api.example.test", "/v1/", "api"},
-      {"public", "*.other.test", "", "", "other"},
-      {"public", "", "", "", "web"},
-      {"internal", "", "", "/admin/", "other"},
+      {"public", "", "api.example.test", "/v1/", "api", ""},
+      {"public", "*.other.test", "", "", "other", ""},
+      {"public", "", "", "", "web", ""},
+      {"internal", "", "", "/admin/", "other", ""},
   };
   return c;
 }
@@ -55,6 +55,36 @@ TEST(RouterTest, FirstMatchWinsInFileOrder) {
   EXPECT_EQ(r.Match(1, "", "whatever", "/admin/x"), 2);
   EXPECT_EQ(r.Match(1, "", "whatever", "/"), -1);
   EXPECT_EQ(r.Match(7, "", "", "/"), -1);
+}
+
+TEST(RouterTest, AlpnMatchesWhatTheClientOffers) {
+  Config c;
+  c.listeners.resize(1);
+  c.listeners[0].name = "edge";
+  c.upstreams.resize(2);
+  c.upstreams[0].name = "h2";
+  c.upstreams[1].name = "h1";
+  c.routes = {
+      {"edge", "*.example.test", "", "", "h2", "h2"},
+      {"edge", "", "", "", "h1", ""},
+  };
+  Router r(c);
+  const std::string h2_and_h1("\x02h2\x08http/1.1", 12);
+  const std::string h1_only("\x08http/1.1", 9);
+  EXPECT_EQ(r.Match(0, "a.example.test", "", "", h2_and_h1), 0);
+  EXPECT_EQ(r.Match(0, "a.example.test", "", "", h1_only), 1);
+  EXPECT_EQ(r.Match(0, "a.example.test", "", ""), 1);  // no ALPN offered
+  EXPECT_EQ(r.Match(0, "other.test", "", "", h2_and_h1), 1);
+}
+
+TEST(AlpnListTest, ExactNamesAndBadLengths) {
+  const std::string list("\x02h2\x08http/1.1", 12);
+  EXPECT_TRUE(AlpnListOffers(list, "h2"));
+  EXPECT_TRUE(AlpnListOffers(list, "http/1.1"));
+  EXPECT_FALSE(AlpnListOffers(list, "H2"));   // byte strings, case-sensitive
+  EXPECT_FALSE(AlpnListOffers(list, "http"));
+  EXPECT_FALSE(AlpnListOffers("", "h2"));
+  EXPECT_FALSE(AlpnListOffers(std::string("\x09h2", 3), "h2"));  // length past the end
 }
 
 TEST(RoundRobinTest, CyclesAndAvoids) {
