@@ -163,30 +163,12 @@ def main():
         "nginx": lambda: nginx_stream(d, be_port),
         "haproxy": lambda: haproxy_tcp(d, be_port),
     }
-    results = {}
     try:
-        for name in args.proxies.split(","):
-            if name != "ktlb" and shutil.which(name) is None:
-                print(f"# {name} not installed, skipped")
-                continue
-            p = makers[name]()
-            p.start()
-            try:
-                # wrk sends the URL's host as SNI; --resolve is not needed on 127.0.0.1.
-                url = f"https://localhost:{p.port}"
-                for sc in args.only.split(","):
-                    desc, argv = SCENARIOS[sc]
-                    run.run_load(argv(url, 1))  # warm-up
-                    pids = p.pids()
-                    c0 = run.cpu_seconds(pids)
-                    rps, total, non2xx, sockerr, _ = run.run_load(argv(url, args.duration))
-                    cpu = run.cpu_seconds(pids) - c0
-                    results[(sc, name)] = (rps, total, cpu)
-                    print(f"# {sc:8} {name:8} {rps:10.0f} req/s  cpu {cpu:6.2f}s  "
-                          f"{total / cpu if cpu else 0:10.0f} req/cpu-s  non2xx={non2xx} {sockerr}",
-                          flush=True)
-            finally:
-                p.stop()
+        # wrk sends the URL's host as SNI: the routes match "localhost".
+        results = run.measure_all(makers, args.proxies.split(","), args.only.split(","),
+                                  lambda p, sc, dur: SCENARIOS[sc][1](
+                                      f"https://localhost:{p.port}", dur),
+                                  args.duration)
     finally:
         be.terminate()
         be.wait()
@@ -194,18 +176,8 @@ def main():
         origin.wait()
 
     print()
-    print("| scenario | proxy | requests/s | proxy CPU-s | requests per proxy CPU-second | ktlb / best anchor |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for sc in args.only.split(","):
-        per_cpu = {n: (r[1] / r[2] if r[2] else 0.0) for (s, n), r in results.items() if s == sc}
-        anchors = [v for n, v in per_cpu.items() if n != "ktlb"]
-        best = max(anchors) if anchors else 0
-        for (s, n), (rps, total, cpu) in results.items():
-            if s != sc:
-                continue
-            ratio = f"{per_cpu[n] / best:.2f}x" if n == "ktlb" and best else ""
-            print(f"| passthrough: {SCENARIOS[sc][0]} | {n} | {rps:.0f} | {cpu:.2f} | "
-                  f"{per_cpu[n]:.0f} | {ratio} |")
+    run.print_table(results, args.only.split(","),
+                    {k: "passthrough: " + v[0] for k, v in SCENARIOS.items()})
     shutil.rmtree(d, ignore_errors=True)
 
 

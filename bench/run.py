@@ -268,6 +268,7 @@ def main():
                     help="certificate every proxy serves: site (RSA-2048) or other "
                          "(ECDSA P-256; shows the proxies' own handshake cost better)")
     args = ap.parse_args()
+    args.build = os.path.abspath(args.build)  # the proxies run in a temporary directory
     for sc in args.only.split(","):
         if sc not in SCENARIOS:
             ap.error(f"unknown scenario {sc!r} (have: {', '.join(SCENARIOS)})")
@@ -289,49 +290,62 @@ def main():
         "nginx": lambda: nginx_proxy(d, origin_port, certs, args.cert),
         "haproxy": lambda: haproxy_proxy(d, origin_port, certs, args.cert),
     }
-    results = {}
     try:
-        for name in args.proxies.split(","):
-            if name != "ktlb" and shutil.which(name) is None:
-                print(f"# {name} not installed, skipped")
-                continue
-            p = makers[name]()
-            p.start()
-            try:
-                url = f"https://127.0.0.1:{p.port}"
-                for sc in args.only.split(","):
-                    desc, argv = SCENARIOS[sc]
-                    run_load(argv(url, 1, p.port, args))  # warm-up: pools, caches
-                    pids = p.pids()
-                    c0 = cpu_seconds(pids)
-                    rps, total, non2xx, sockerr, notes = run_load(
-                        argv(url, args.duration, p.port, args))
-                    cpu = cpu_seconds(pids) - c0
-                    results[(sc, name)] = (rps, total, cpu, non2xx, sockerr)
-                    print(f"# {sc:8} {name:8} {rps:10.0f} req/s  cpu {cpu:6.2f}s  "
-                          f"{total / cpu if cpu else 0:10.0f} req/cpu-s  non2xx={non2xx} {sockerr}"
-                          f"{'  ' + notes if notes else ''}",
-                          flush=True)
-            finally:
-                p.stop()
+        results = measure_all(makers, args.proxies.split(","), args.only.split(","),
+                              lambda p, sc, dur: SCENARIOS[sc][1](
+                                  f"https://127.0.0.1:{p.port}", dur, p.port, args),
+                              args.duration)
     finally:
         origin.terminate()
         origin.wait()
 
     print()
     print(f"certificate: {args.cert} ({'RSA-2048' if args.cert == 'site' else 'ECDSA P-256'})")
+    print_table(results, args.only.split(","), {k: v[0] for k, v in SCENARIOS.items()})
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def measure_all(makers, proxies, scenarios, load_argv, duration):
+    """Starts each proxy in turn and runs each scenario against it: a 1 s warm-up,
+    then `duration` seconds measured. load_argv(proxy, scenario, seconds) builds the
+    load generator's command line. Returns {(scenario, proxy): (req/s, requests, CPU-s)}."""
+    results = {}
+    for name in proxies:
+        if name != "ktlb" and shutil.which(name) is None:
+            print(f"# {name} not installed, skipped")
+            continue
+        p = makers[name]()
+        p.start()
+        try:
+            for sc in scenarios:
+                run_load(load_argv(p, sc, 1))  # warm-up: pools, caches
+                pids = p.pids()
+                c0 = cpu_seconds(pids)
+                rps, total, non2xx, sockerr, notes = run_load(load_argv(p, sc, duration))
+                cpu = cpu_seconds(pids) - c0
+                results[(sc, name)] = (rps, total, cpu)
+                print(f"# {sc:8} {name:8} {rps:10.0f} req/s  cpu {cpu:6.2f}s  "
+                      f"{total / cpu if cpu else 0:10.0f} req/cpu-s  non2xx={non2xx} {sockerr}"
+                      f"{'  ' + notes if notes else ''}",
+                      flush=True)
+        finally:
+            p.stop()
+    return results
+
+
+def print_table(results, scenarios, descriptions):
+    """The markdown table: requests per proxy CPU-second and ktlb / best anchor."""
     print("| scenario | proxy | requests/s | proxy CPU-s | requests per proxy CPU-second | ktlb / best anchor |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for sc in args.only.split(","):
+    for sc in scenarios:
         per_cpu = {n: (r[1] / r[2] if r[2] else 0.0) for (s, n), r in results.items() if s == sc}
         anchors = [v for n, v in per_cpu.items() if n != "ktlb"]
         best = max(anchors) if anchors else 0
-        for (s, n), (rps, total, cpu, _, _) in results.items():
+        for (s, n), (rps, total, cpu) in results.items():
             if s != sc:
                 continue
             ratio = f"{per_cpu[n] / best:.2f}x" if n == "ktlb" and best else ""
-            print(f"| {SCENARIOS[sc][0]} | {n} | {rps:.0f} | {cpu:.2f} | {per_cpu[n]:.0f} | {ratio} |")
-    shutil.rmtree(d, ignore_errors=True)
+            print(f"| {descriptions[sc]} | {n} | {rps:.0f} | {cpu:.2f} | {per_cpu[n]:.0f} | {ratio} |")
 
 
 if __name__ == "__main__":
