@@ -47,6 +47,9 @@ struct ServerConfig {
   Timeouts timeouts;
   uint32_t max_request_line = 8192;   // bytes; longer -> 414
   uint32_t max_header_bytes = 32768;  // whole head; larger -> 431
+  // One JSON line per request; "" = no access log. Resolved against the
+  // config file's directory; appended to (created if missing).
+  std::string access_log;
 };
 
 struct CertificateConfig {

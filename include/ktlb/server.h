@@ -33,6 +33,7 @@ class Server {
   std::unique_ptr<AdminServer> admin_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<std::thread> threads_;
+  int access_log_fd_ = -1;  // shared by the workers (O_APPEND)
 };
 
 // Labels for the metrics registry from the config and the module enums.

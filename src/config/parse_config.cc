@@ -417,7 +417,7 @@ absl::Status ReadServer(const Section& s, ServerConfig* server) {
                                           "upstream_connect_timeout_ms",
                                           "upstream_response_timeout_ms", "drain_timeout_ms",
                                           "tunnel_idle_timeout_ms", "max_request_line",
-                                          "max_header_bytes"});
+                                          "max_header_bytes", "access_log"});
       !st.ok()) {
     return st;
   }
@@ -450,7 +450,30 @@ absl::Status ReadServer(const Section& s, ServerConfig* server) {
       !st.ok()) {
     return st;
   }
-  return s.Uint32("max_header_bytes", 1, kMaxHeadLimit, &server->max_header_bytes);
+  if (absl::Status st = s.Uint32("max_header_bytes", 1, kMaxHeadLimit, &server->max_header_bytes);
+      !st.ok()) {
+    return st;
+  }
+  absl::StatusOr<const StringNode*> log = s.String("access_log");
+  if (!log.ok()) return log.status();
+  if (*log != nullptr) {
+    const std::string& value = (*log)->get();
+    if (value.empty() || HasControlChars(value)) {
+      return s.ErrorAt(**log, "access_log", "must be a file path");
+    }
+    std::filesystem::path path(value);
+    if (path.is_relative()) path = (s.ctx().base_dir / path).lexically_normal();
+    // The file is created at startup; its directory must be there now, so a
+    // typo fails --check.
+    std::error_code ec;
+    if (!std::filesystem::is_directory(path.parent_path(), ec)) {
+      return s.ErrorAt(**log, "access_log",
+                       absl::StrCat("directory ", Quote(path.parent_path().string()),
+                                    " does not exist"));
+    }
+    server->access_log = path.string();
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ReadCertificate(const Section& s, NameSet* names, CertificateConfig* cert) {

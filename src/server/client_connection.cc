@@ -9,6 +9,7 @@
 
 #include <openssl/err.h>
 
+#include "absl/strings/str_cat.h"
 #include "ktlb/sockets.h"
 #include "upstream_connection.h"
 #include "worker.h"
@@ -46,6 +47,8 @@ void ClientConnection::Start(Worker* w, size_t listener_index, int fd, const soc
       fallback_counted_ = false;
   req_pipe_.Clear();
   peer_keyupdate_seen_ = keyupdate_unanswerable_ = false;
+  log_pending_ = false;
+  refuse_reason_ = nullptr;
   rx_sync_ = RxSync::kNone;
   rx_records_ = 0;
   WipeTrafficSecrets();
@@ -151,6 +154,7 @@ void ClientConnection::RefuseRequest(http1::RequestError e) {
   int status = http1::RequestErrorStatus(e);
   fprintf(stderr, "ktlb: http: refused request from %s:%u: %s (%d)\n", peer_ip_.c_str(), peer_port_,
           http1::RequestErrorLabel(e), status);
+  refuse_reason_ = http1::RequestErrorLabel(e);
   RespondError(status, true);
 }
 
@@ -158,6 +162,14 @@ void ClientConnection::RespondError(int status, bool close) {
   w_->metrics().listeners[listener_].requests_by_class[StatusClass(status)].Inc();
   scratch_.clear();
   http1::BuildErrorResponse(status, close, &scratch_);
+  resp_bytes_ += scratch_.size();
+  if (log_pending_ || refuse_reason_ != nullptr) {
+    const char* why = refuse_reason_;
+    if (why == nullptr && status == 502) why = "upstream_failed";
+    if (why == nullptr && status == 504) why = "upstream_timeout";
+    if (why == nullptr && status == 404) why = "no_route";
+    LogRequest(status, why);
+  }
   WritePlain(scratch_);
   if (close) {
     DeadlineQueue::Cancel(&timer_);
@@ -181,6 +193,7 @@ void ClientConnection::StartExchange() {
   attempts_ = 0;
   DeadlineQueue::Cancel(&timer_);
   DeadlineQueue::Cancel(&trim_timer_);
+  if (w_->access_log().enabled()) LogRequestStart();
 
   // The upstream head is built before the client's head bytes are released:
   // head_'s views point into plain_.
@@ -264,6 +277,7 @@ void ClientConnection::FailRequestBody() {
   }
   StopRequestSplice(false);
   w_->metrics().listeners[listener_].parse_errors[static_cast<size_t>(parser_->error())].Inc();
+  refuse_reason_ = http1::RequestErrorLabel(parser_->error());
   if (!resp_head_seen_) {
     RespondError(http1::RequestErrorStatus(parser_->error()), true);
   } else {
@@ -280,6 +294,7 @@ void ClientConnection::OnUpstreamWritable() {
 
 void ClientConnection::SendToClient(std::string_view plain) {
   if (state_ == State::kClosed) return;
+  resp_bytes_ += plain.size();
   if (!WritePlain(plain)) return CloseNow();
   // Sent at the end of the loop turn: a response's head, body and a
   // close_notify then leave in one send.
@@ -317,7 +332,54 @@ void ClientConnection::OnScheduledFlush() {
   FlushSend();
 }
 
+void ClientConnection::LogRequestStart() {
+  log_pending_ = true;
+  log_start_ms_ = w_->now_ms();
+  resp_bytes_ = 0;
+  log_req_.assign("\"method\":\"");
+  AppendJsonEscaped(&log_req_, head_.method);
+  log_req_.append("\",\"target\":\"");
+  AppendJsonEscaped(&log_req_, head_.target.substr(0, 4096));  // a log line stays bounded
+  log_req_.append("\",\"host\":\"");
+  AppendJsonEscaped(&log_req_, head_.host);
+  log_req_.append("\",\"version\":\"HTTP/1.");
+  log_req_.push_back(static_cast<char>('0' + head_.version_minor));
+  log_req_.push_back('"');
+}
+
+void ClientConnection::LogRequest(int status, const char* error) {
+  const bool started = log_pending_;
+  log_pending_ = false;
+  refuse_reason_ = nullptr;
+  std::string* out = w_->access_log().Begin();
+  if (out == nullptr) return;
+  const Config& cfg = w_->config();
+  out->append("{\"time\":\"");
+  out->append(w_->log_time());
+  absl::StrAppend(out, "\",\"listener\":\"",
+                  cfg.listeners[listener_].name, "\",\"client\":\"", peer_ip_, ":", peer_port_,
+                  "\",\"sni\":\"");
+  AppendJsonEscaped(out, sni_);
+  out->append("\",");
+  out->append(started ? std::string_view(log_req_)
+                      : std::string_view("\"method\":null,\"target\":null,\"host\":null,"
+                                         "\"version\":null"));
+  absl::StrAppend(out, ",\"status\":", status, ",\"bytes\":", resp_bytes_, ",\"ms\":",
+                  started ? w_->now_ms() - log_start_ms_ : 0);
+  if (started && upstream_index_ >= 0) {
+    const UpstreamConfig& uc = cfg.upstreams[upstream_index_];
+    absl::StrAppend(out, ",\"upstream\":\"", uc.name, "\"");
+    if (server_index_ >= 0 && static_cast<size_t>(server_index_) < uc.servers.size()) {
+      absl::StrAppend(out, ",\"server\":\"", uc.servers[server_index_].text, "\"");
+    }
+  }
+  if (error != nullptr) absl::StrAppend(out, ",\"error\":\"", error, "\"");
+  out->push_back('}');
+  w_->access_log().Commit();
+}
+
 void ClientConnection::CountSpliced(uint64_t n) {
+  resp_bytes_ += n;
   w_->metrics().listeners[listener_].bytes_spliced.Inc(n);
 }
 
@@ -335,6 +397,7 @@ void ClientConnection::OnResponseHead(int status, bool close_after) {
 
 void ClientConnection::OnResponseComplete(int status) {
   w_->metrics().listeners[listener_].requests_by_class[StatusClass(status)].Inc();
+  if (log_pending_) LogRequest(status, nullptr);
   resp_done_ = true;
   if (!req_body_done_) {
     // The backend answered before reading the whole body (e.g. 413): the rest
@@ -471,6 +534,9 @@ void ClientConnection::EnterLinger() {
 
 void ClientConnection::CloseNow() {
   if (state_ == State::kClosed) return;
+  // A request cut short (client gone, backend reset mid-response) is still
+  // logged, with what had been sent.
+  if (log_pending_) LogRequest(resp_status_, "aborted");
   if (up_ != nullptr) {
     up_->Abandon();
     up_ = nullptr;

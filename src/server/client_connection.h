@@ -114,6 +114,10 @@ class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
   bool ConnectUpstream(int avoid_server);
   void FinishExchange();
   void RespondError(int status, bool close);
+  // Access log: the request's fields are taken from its head at the start,
+  // the line is written once, when the response is complete or given up.
+  void LogRequestStart();
+  void LogRequest(int status, const char* error);
   void RefuseRequest(http1::RequestError e);
   void BeginClose();  // flush what is queued, then close
   void EnterLinger();
@@ -237,6 +241,12 @@ class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
   uint64_t req_content_length_ = 0;  // 0 unless the body is Content-Length framed
   uint64_t req_body_seen_ = 0;       // body bytes forwarded by the parser path
   SplicePipe req_pipe_;  // active while a request body is being spliced
+  // Access log state of the current request.
+  bool log_pending_ = false;
+  const char* refuse_reason_ = nullptr;  // a request refused before it had a head
+  uint64_t log_start_ms_ = 0;
+  uint64_t resp_bytes_ = 0;  // response bytes to the client, spliced ones included
+  std::string log_req_;      // its "method", "target" and "host" members, JSON
   bool splice_poll_in_ = false;
   bool splice_poll_out_ = false;
 };

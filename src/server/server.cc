@@ -1,5 +1,6 @@
 #include "ktlb/server.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <unistd.h>
@@ -82,8 +83,17 @@ absl::Status Server::Start() {
     }
   }
 
+  if (!cfg.server.access_log.empty()) {
+    access_log_fd_ = open(cfg.server.access_log.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
+                          0640);
+    if (access_log_fd_ < 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "access_log: cannot open \"", cfg.server.access_log, "\": ", strerror(errno)));
+    }
+  }
   for (size_t i = 0; i < n; ++i) {
-    workers_.push_back(std::make_unique<Worker>(i, snapshot_, &metrics_->worker(i), kernel_ktls));
+    workers_.push_back(std::make_unique<Worker>(i, snapshot_, &metrics_->worker(i), kernel_ktls,
+                                                access_log_fd_));
   }
   // Each worker initialises on its own thread (its ring is single-issuer) and
   // reports back before the server declares itself started.
@@ -132,6 +142,10 @@ void Server::StopAndWait() {
     if (t.joinable()) t.join();
   }
   threads_.clear();
+  if (access_log_fd_ >= 0) {
+    close(access_log_fd_);
+    access_log_fd_ = -1;
+  }
   if (admin_) admin_->Stop();
 }
 

@@ -27,8 +27,24 @@ constexpr uint32_t kMaxWaitMs = 1000;
 }  // namespace
 
 Worker::Worker(size_t id, std::shared_ptr<const Snapshot> snapshot, WorkerMetrics* metrics,
-               bool kernel_ktls)
-    : id_(id), kernel_ktls_(kernel_ktls), snapshot_(std::move(snapshot)), metrics_(metrics) {}
+               bool kernel_ktls, int access_log_fd)
+    : id_(id), kernel_ktls_(kernel_ktls), snapshot_(std::move(snapshot)), metrics_(metrics) {
+  access_log_.Init(access_log_fd);
+}
+
+std::string_view Worker::log_time() {
+  if (log_time_at_ != now_ms_) {
+    timespec ts{};
+    clock_gettime(CLOCK_REALTIME, &ts);
+    tm t{};
+    gmtime_r(&ts.tv_sec, &t);
+    snprintf(log_time_, sizeof(log_time_), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ",
+             t.tm_year + 1900, t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec,
+             ts.tv_nsec / 1'000'000);
+    log_time_at_ = now_ms_;
+  }
+  return log_time_;
+}
 
 void Worker::ArmPoll(int fd, bool out, uint64_t user_data, bool* armed, int* inflight) {
   if (*armed) return;
@@ -173,6 +189,7 @@ void Worker::Run() {
 
     ExpireTimers();
     FlushPending();
+    access_log_.Flush(ring_, UserData{static_cast<uint8_t>(OpKind::kAccessLog), 0, 0, 0}.Pack());
     if (!deferred_recvs_.empty()) {
       std::vector<uint64_t> retry;
       retry.swap(deferred_recvs_);
@@ -190,6 +207,22 @@ void Worker::Run() {
       }
     }
   }
+  // The log write in flight reads our buffer: wait for it, then write the rest.
+  while (access_log_.inflight()) {
+    ring_.SubmitAndWait(100);
+    io_uring_cqe* cqe;
+    unsigned head;
+    unsigned seen = 0;
+    io_uring_for_each_cqe(ring_.raw(), head, cqe) {
+      if (UserData::Unpack(io_uring_cqe_get_data64(cqe)).kind ==
+          static_cast<uint8_t>(OpKind::kAccessLog)) {
+        access_log_.OnWrite(cqe->res);
+      }
+      ++seen;
+    }
+    io_uring_cq_advance(ring_.raw(), seen);
+  }
+  access_log_.FlushBlocking();
   // Whatever is left after the drain deadline is cut; the process exits next.
   for (Listener& l : listeners_) {
     if (l.fd >= 0) {
@@ -239,6 +272,9 @@ void Worker::HandleCompletion(io_uring_cqe* cqe) {
       }
       return;
     }
+    case OpKind::kAccessLog:
+      access_log_.OnWrite(cqe->res);
+      return;
     case OpKind::kWake:
       // op 0 is the eventfd read; other ops are cancellations we ignore.
       if (d.op == 0 && !stop_requested_.load(std::memory_order_acquire)) ArmWake();

@@ -16,6 +16,7 @@
 #include "ktlb/slot_pool.h"
 #include "ktlb/snapshot.h"
 #include "ktlb/tls.h"
+#include "access_log.h"
 #include "client_connection.h"
 #include "tunnel_connection.h"
 #include "upstream_connection.h"
@@ -23,7 +24,9 @@
 namespace ktlb {
 
 // Completion kinds (UserData::kind).
-enum class OpKind : uint8_t { kAccept = 1, kClient = 2, kUpstream = 3, kWake = 4, kTunnel = 5 };
+enum class OpKind : uint8_t {
+  kAccept = 1, kClient = 2, kUpstream = 3, kWake = 4, kTunnel = 5, kAccessLog = 6
+};
 // Per-connection operations (UserData::op).
 enum class ConnOp : uint8_t {
   kRecv = 1, kSend = 2, kConnect = 3, kRecvMsg = 4, kRecvExact = 5, kPollIn = 6, kPollOut = 7
@@ -39,8 +42,9 @@ inline constexpr size_t kTimerKinds = kTimerTrim + 1;
 class Worker {
  public:
   // `kernel_ktls`: the kernel takes the "tls" ULP and OpenSSL can hand keys over.
+  // `access_log_fd`: the shared access log file, or -1.
   Worker(size_t id, std::shared_ptr<const Snapshot> snapshot, WorkerMetrics* metrics,
-         bool kernel_ktls);
+         bool kernel_ktls, int access_log_fd = -1);
   ~Worker();
 
   // Runs on the worker's own thread (io_uring SINGLE_ISSUER): creates the
@@ -63,6 +67,9 @@ class Worker {
   uint64_t now_ms() const { return now_ms_; }
   size_t id() const { return id_; }
   bool kernel_ktls() const { return kernel_ktls_; }
+  AccessLog& access_log() { return access_log_; }
+  // Wall-clock time of this loop turn, "2026-11-24T04:40:01.123Z" (for logs).
+  std::string_view log_time();
 
   void ArmTimer(DeadlineNode* node, uint8_t kind, uint32_t duration_ms) {
     timers_[kind].Arm(node, now_ms_ + duration_ms, kind);
@@ -138,6 +145,10 @@ class Worker {
   bool draining_ = false;
   uint64_t drain_deadline_ms_ = 0;
   uint64_t now_ms_ = 0;
+  // Declared after ring_: destroyed first, but Run() waits for its write.
+  AccessLog access_log_;
+  uint64_t log_time_at_ = UINT64_MAX;  // now_ms_ when log_time_ was made
+  char log_time_[64] = {};
 };
 
 }  // namespace ktlb

@@ -1,0 +1,55 @@
+// The access log: one JSON object per line per request, written by each
+// worker without ever blocking it. Lines collect in a buffer during a loop
+// turn; at its end the buffer goes to the file in one io_uring write (buffered
+// file writes run in io_uring's own threads), while the next turn fills the
+// other buffer. A disk that cannot keep up loses lines, counted, rather than
+// stalling the proxy.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace ktlb {
+
+class Ring;
+
+class AccessLog {
+ public:
+  // What one buffer may hold before lines are dropped.
+  static constexpr size_t kMaxPending = 4 << 20;
+
+  // `fd` opened O_APPEND by the server, shared by every worker (O_APPEND
+  // makes each write land whole at the end). -1: logging is off.
+  void Init(int fd) { fd_ = fd; }
+  bool enabled() const { return fd_ >= 0; }
+
+  // The buffer to append one line to (without the newline); Commit() ends it.
+  // Returns nullptr when the line must be dropped.
+  std::string* Begin();
+  void Commit() { filling_.push_back('\n'); }
+
+  // End of a loop turn: start writing what collected, unless a write is
+  // still in flight (it goes next time).
+  void Flush(Ring& ring, uint64_t user_data);
+  void OnWrite(int res);
+  // At exit: write what is left, blocking (the worker is done serving).
+  void FlushBlocking();
+  uint64_t dropped() const { return dropped_; }
+  bool inflight() const { return inflight_; }
+
+ private:
+  int fd_ = -1;
+  std::string filling_;
+  std::string writing_;
+  size_t written_ = 0;  // of writing_
+  bool inflight_ = false;
+  uint64_t dropped_ = 0;
+};
+
+// Appends `s` as the contents of a JSON string (no quotes): ", \ and control
+// bytes escaped, other bytes as they are (request targets and hosts are
+// already restricted to printable ASCII by the parser).
+void AppendJsonEscaped(std::string* out, std::string_view s);
+
+}  // namespace ktlb
