@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
 #include "ktlb/proxy_protocol.h"
 #include "ktlb/sockets.h"
 #include "worker.h"
@@ -36,6 +37,10 @@ void TunnelConnection::Start(Worker* w, size_t listener_index, int fd,
   upstream_ = server_ = -1;
   peer_ = peer;
   state_ = State::kHello;
+  start_ms_ = w_->now_ms();
+  close_reason_ = nullptr;
+  proxy_header_len_ = 0;
+  sni_len_ = 0;
   inflight_ = 0;
   recv_inflight_ = false;
   timer_.target = this;
@@ -82,6 +87,7 @@ void TunnelConnection::OnRecv(int res, uint32_t flags) {
     // Gone before a whole ClientHello: nothing to route.
     w_->metrics().listeners[listener_].handshake_failures[static_cast<size_t>(
         tls::HandshakeFailure::kClientReset)].Inc();
+    close_reason_ = "client_closed";
     return CloseNow();
   }
   uint16_t bid = BufferRing::BufferId(flags);
@@ -99,6 +105,7 @@ void TunnelConnection::FailHello(passthrough::HelloStatus why) {
   lm.passthrough_hello_failures[static_cast<size_t>(why)].Inc();
   fprintf(stderr, "ktlb: passthrough: %s:%u: %s: %s\n", AddressIp(peer_).c_str(),
           AddressPort(peer_), passthrough::HelloStatusLabel(why), hello_parser_.error());
+  close_reason_ = passthrough::HelloStatusLabel(why);
   CloseNow();
 }
 
@@ -111,6 +118,8 @@ void TunnelConnection::OnHelloComplete(const passthrough::ClientHello& hello) {
     sni[i] = (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
   }
   if (n > 0 && sni[n - 1] == '.') --n;
+  memcpy(sni_, sni, n);
+  sni_len_ = n;
   std::string_view name(sni, n);
   int upstream = w_->snapshot().router.Match(listener_, name, "", "", hello.alpn_list);
   if (upstream < 0) {
@@ -118,6 +127,7 @@ void TunnelConnection::OnHelloComplete(const passthrough::ClientHello& hello) {
     fprintf(stderr, "ktlb: passthrough: %s:%u: no route for SNI \"%.*s\"\n",
             AddressIp(peer_).c_str(), AddressPort(peer_), static_cast<int>(name.size()),
             name.data());
+    close_reason_ = "no_route";
     return CloseNow();
   }
   const UpstreamConfig& uc = w_->config().upstreams[static_cast<size_t>(upstream)];
@@ -130,6 +140,7 @@ void TunnelConnection::OnHelloComplete(const passthrough::ClientHello& hello) {
     std::string header;
     passthrough::AppendProxyV2Header(peer_, local, &header);
     hello_.insert(0, header);
+    proxy_header_len_ = header.size();
   }
   size_t server = w_->balancer(static_cast<size_t>(upstream)).Pick(uc.servers.size());
   Connect(static_cast<size_t>(upstream), server);
@@ -168,6 +179,7 @@ void TunnelConnection::OnConnect(int res) {
     fprintf(stderr, "ktlb: passthrough: connect to %s failed: %s\n", addr.text.c_str(),
             strerror(-res));
     w_->metrics().upstreams[upstream_].connect_failures.Inc();
+    close_reason_ = "connect_failed";
     return CloseNow();
   }
   state_ = State::kReplay;
@@ -199,6 +211,7 @@ void TunnelConnection::OnSend(int res) {
 
 void TunnelConnection::StartRelay() {
   state_ = State::kRelay;
+  CountMoved(up_, hello_.size() - proxy_header_len_);  // the client's bytes read so far
   std::string().swap(hello_);  // a relay holds no buffer of its own
   up_.src = fd_;
   up_.dst = up_fd_;
@@ -381,15 +394,28 @@ void TunnelConnection::OnDeadline(uint8_t kind) {
   if (kind == static_cast<uint8_t>(TimeoutKind::kUpstreamConnect) && upstream_ >= 0) {
     w_->metrics().upstreams[upstream_].timeouts.Inc();
   }
+  if (kind < static_cast<uint8_t>(TimeoutKind::kCount)) {
+    close_reason_ = TimeoutKindLabel(static_cast<TimeoutKind>(kind));
+  }
   CloseNow();
 }
 
 void TunnelConnection::Drain() {
-  if (state_ == State::kHello) CloseNow();
+  if (state_ == State::kHello) {
+    close_reason_ = "draining";
+    CloseNow();
+  }
 }
 
 void TunnelConnection::CloseNow() {
   if (state_ == State::kClosed) return;
+  // Connections that never sent a byte (port probes, health checks) are not
+  // logged, as haproxy's "option dontlognull".
+  const bool null_connection = state_ == State::kHello && hello_.empty();
+  if (w_->access_log().enabled() && !null_connection) {
+    const bool clean = state_ == State::kRelay && up_.done && down_.done;
+    LogTunnel(close_reason_ != nullptr ? close_reason_ : clean ? nullptr : "reset");
+  }
   state_ = State::kClosed;
   DeadlineQueue::Cancel(&timer_);
   for (Direction* d : {&up_, &down_}) {
@@ -404,6 +430,29 @@ void TunnelConnection::CloseNow() {
   shutdown(fd_, SHUT_RDWR);
   if (up_fd_ >= 0) shutdown(up_fd_, SHUT_RDWR);
   MaybeRelease();
+}
+
+void TunnelConnection::LogTunnel(const char* error) {
+  std::string* out = w_->access_log().Begin();
+  if (out == nullptr) return;
+  const Config& cfg = w_->config();
+  out->append("{\"time\":\"");
+  out->append(w_->log_time());
+  absl::StrAppend(out, "\",\"listener\":\"", cfg.listeners[listener_].name,
+                  "\",\"client\":\"", AddressIp(peer_), ":", AddressPort(peer_),
+                  "\",\"sni\":\"");
+  // The parser let through only [A-Za-z0-9.-_]: nothing to escape.
+  out->append(sni_, sni_len_);
+  absl::StrAppend(out, "\",\"passthrough\":true,\"bytes_up\":", up_.bytes,
+                  ",\"bytes_down\":", down_.bytes, ",\"ms\":", w_->now_ms() - start_ms_);
+  if (upstream_ >= 0) {
+    const UpstreamConfig& uc = cfg.upstreams[upstream_];
+    absl::StrAppend(out, ",\"upstream\":\"", uc.name, "\"");
+    if (server_ >= 0) absl::StrAppend(out, ",\"server\":\"", uc.servers[server_].text, "\"");
+  }
+  if (error != nullptr) absl::StrAppend(out, ",\"error\":\"", error, "\"");
+  out->push_back('}');
+  w_->access_log().Commit();
 }
 
 void TunnelConnection::MaybeRelease() {

@@ -109,6 +109,8 @@ class TunnelConnection final : public DeadlineTarget {
   bool* PolledFlag(TunnelOp op);
   void CloseNow();
   void MaybeRelease();
+  // The access log line of this tunnel, written once when it closes.
+  void LogTunnel(const char* error);
 
   Worker* w_ = nullptr;
   size_t listener_ = 0;
@@ -122,9 +124,15 @@ class TunnelConnection final : public DeadlineTarget {
   sockaddr_storage peer_{};
   DeadlineNode timer_;
 
+  uint64_t start_ms_ = 0;
+  const char* close_reason_ = nullptr;  // why it ends, when not a clean end of both directions
+  char sni_[256] = {};                  // lowercased, for the access log
+  size_t sni_len_ = 0;
+
   passthrough::ClientHelloParser hello_parser_;
   std::string hello_;  // every byte read before the relay starts; replayed to the backend
   size_t sent_ = 0;    // of hello_
+  size_t proxy_header_len_ = 0;  // at the front of hello_, ours, not the client's
 
   Direction up_;    // client -> backend
   Direction down_;  // backend -> client

@@ -4,6 +4,7 @@ processes in terminate mode, each in front of its own origin, so a response name
 the backend that decrypted it; curl verifies the backend's certificate end to end."""
 
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -297,3 +298,25 @@ proxy_protocol = "v2"
         local_port = local.split("=")[1]
         # haproxy saw the curl client's address, not ktlb's, and the address curl dialled.
         self.assertEqual(body.strip(), f"src=127.0.0.1:{local_port} dst=127.0.0.1:{port}")
+
+    def test_access_log_has_one_line_per_tunnel(self):
+        a, b = self.backends()
+        log = os.path.join(self.tmp, "tunnels.log")
+        p = self.passthrough(a, b, server={"access_log": f'"{log}"'})
+        r = self.curl(p, "localhost", "/size/5000")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.curl(p, "nothing.example.test", "/")  # no route
+        p.stop()
+        with open(log) as f:
+            lines = [json.loads(l) for l in f if l.strip()]
+        self.assertEqual(len(lines), 2, lines)
+        ok = next(l for l in lines if l["sni"] == "localhost")
+        self.assertTrue(ok["passthrough"])
+        self.assertEqual(ok["upstream"], "a")
+        self.assertEqual(ok["server"], a.addr())
+        self.assertGreater(ok["bytes_down"], 5000)  # TLS records carrying the response
+        self.assertGreater(ok["bytes_up"], 400)     # ClientHello, second flight, request
+        self.assertNotIn("error", ok)
+        refused = next(l for l in lines if l["sni"] == "nothing.example.test")
+        self.assertEqual(refused["error"], "no_route")
+        self.assertNotIn("upstream", refused)
