@@ -65,7 +65,9 @@ void AppendJsonEscaped(std::string* out, std::string_view s) {
     if (c == '"' || c == '\\') {
       out->push_back('\\');
       out->push_back(c);
-    } else if (u < 0x20 || u == 0x7f) {
+    } else if (u < 0x20 || u >= 0x7f) {
+      // Control bytes, and bytes >= 0x80 (a TLS SNI may carry any byte but
+      // NUL): escaped one by one, so every line is valid UTF-8 JSON.
       out->append("\\u00");
       out->push_back(kHex[u >> 4]);
       out->push_back(kHex[u & 15]);

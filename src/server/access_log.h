@@ -47,9 +47,8 @@ class AccessLog {
   uint64_t dropped_ = 0;
 };
 
-// Appends `s` as the contents of a JSON string (no quotes): ", \ and control
-// bytes escaped, other bytes as they are (request targets and hosts are
-// already restricted to printable ASCII by the parser).
+// Appends `s` as the contents of a JSON string (no quotes): ", \, control
+// bytes and bytes >= 0x80 escaped (as \u00XX), printable ASCII as it is.
 void AppendJsonEscaped(std::string* out, std::string_view s);
 
 }  // namespace ktlb

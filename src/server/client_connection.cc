@@ -49,6 +49,8 @@ void ClientConnection::Start(Worker* w, size_t listener_index, int fd, const soc
   peer_keyupdate_seen_ = keyupdate_unanswerable_ = false;
   log_pending_ = false;
   refuse_reason_ = nullptr;
+  resp_bytes_ = 0;
+  upstream_index_ = server_index_ = -1;
   rx_sync_ = RxSync::kNone;
   rx_records_ = 0;
   WipeTrafficSecrets();
@@ -193,6 +195,7 @@ void ClientConnection::StartExchange() {
   attempts_ = 0;
   DeadlineQueue::Cancel(&timer_);
   DeadlineQueue::Cancel(&trim_timer_);
+  upstream_index_ = server_index_ = -1;
   if (w_->access_log().enabled()) LogRequestStart();
 
   // The upstream head is built before the client's head bytes are released:
@@ -376,6 +379,11 @@ void ClientConnection::LogRequest(int status, const char* error) {
   if (error != nullptr) absl::StrAppend(out, ",\"error\":\"", error, "\"");
   out->push_back('}');
   w_->access_log().Commit();
+  resp_bytes_ = 0;  // a refusal on this connection later counts only its own
+}
+
+void ClientConnection::LogIfPending(const char* error) {
+  if (log_pending_) LogRequest(resp_status_, error);
 }
 
 void ClientConnection::CountSpliced(uint64_t n) {
@@ -496,6 +504,7 @@ void ClientConnection::OnDeadline(uint8_t kind) {
   }
   if (k == TimeoutKind::kRequestHeader || k == TimeoutKind::kKeepalive) {
     // nginx and haproxy answer a slow head with 408 and close.
+    refuse_reason_ = "request_timeout";
     return RespondError(408, true);
   }
   CloseNow();

@@ -44,6 +44,8 @@ class ClientConnection final : public DeadlineTarget, public tls::KtlsHooks {
   void RetryRecv() { ArmRecv(); }
   // Drain: close now if idle between requests, else after the current response.
   void Drain();
+  // The drain deadline cuts this connection: log the request in flight.
+  void LogIfPending(const char* error);
 
   // --- called by the UpstreamConnection serving the current request ---
   // Response bytes (head already rewritten, or body) to encrypt and send.

@@ -157,6 +157,7 @@ bool TunnelConnection::Connect(size_t upstream, size_t server) {
     fprintf(stderr, "ktlb: passthrough: %s: %s\n", addr.text.c_str(),
             std::string(fd.status().message()).c_str());
     um.connect_failures.Inc();
+    close_reason_ = "connect_failed";
     CloseNow();
     return false;
   }
@@ -203,6 +204,7 @@ void TunnelConnection::OnSend(int res) {
   if (state_ != State::kReplay) return MaybeRelease();
   if (res < 0) {
     w_->metrics().upstreams[upstream_].resets.Inc();
+    close_reason_ = "replay_failed";
     return CloseNow();
   }
   sent_ += static_cast<size_t>(res);
@@ -268,9 +270,9 @@ void TunnelConnection::OnCopyRecv(TunnelOp op, int res, uint32_t flags) {
 }
 
 void TunnelConnection::SendCopied(Direction& d) {
-  std::string_view data = w_->buffers().Data(d.bid, d.len);
+  std::string_view data = d.spilling ? std::string_view(d.spill) : w_->buffers().Data(d.bid, d.len);
   io_uring_sqe* sqe = w_->ring().Sqe();
-  io_uring_prep_send(sqe, d.dst, data.data() + d.sent, d.len - d.sent, MSG_NOSIGNAL);
+  io_uring_prep_send(sqe, d.dst, data.data() + d.sent, data.size() - d.sent, MSG_NOSIGNAL);
   io_uring_sqe_set_data64(sqe, Tag(d.send_op));
   d.send_inflight = true;
   ++inflight_;
@@ -281,15 +283,30 @@ void TunnelConnection::OnCopySend(TunnelOp op, int res) {
   d.send_inflight = false;
   --inflight_;
   if (state_ != State::kRelay) {
-    w_->buffers().Recycle(d.bid);
+    if (!d.spilling) w_->buffers().Recycle(d.bid);
     return MaybeRelease();
   }
   if (res < 0) {
-    w_->buffers().Recycle(d.bid);
+    if (!d.spilling) w_->buffers().Recycle(d.bid);
     return CloseNow();
   }
   d.sent += static_cast<uint32_t>(res);
-  if (d.sent < d.len) return SendCopied(d);
+  if (d.spilling) {
+    if (d.sent < d.spill.size()) return SendCopied(d);
+    std::string().swap(d.spill);
+    d.spilling = false;
+    // The sink is slow: from now on the pipe holds what it cannot take.
+    d.bulk = true;
+    return Pump(d);
+  }
+  if (d.sent < d.len) {
+    std::string_view rest = w_->buffers().Data(d.bid, d.len).substr(d.sent);
+    d.spill.assign(rest);
+    w_->buffers().Recycle(d.bid);
+    d.spilling = true;
+    d.sent = 0;
+    return SendCopied(d);
+  }
   w_->buffers().Recycle(d.bid);
   // A read that filled a whole buffer: bulk transfer, better spliced.
   if (d.len == w_->buffers().buf_size()) {
@@ -430,6 +447,12 @@ void TunnelConnection::CloseNow() {
   shutdown(fd_, SHUT_RDWR);
   if (up_fd_ >= 0) shutdown(up_fd_, SHUT_RDWR);
   MaybeRelease();
+}
+
+void TunnelConnection::LogIfOpen(const char* error) {
+  if (state_ == State::kClosed || !w_->access_log().enabled()) return;
+  if (state_ == State::kHello && hello_.empty()) return;  // as in CloseNow
+  LogTunnel(error);
 }
 
 void TunnelConnection::LogTunnel(const char* error) {

@@ -57,6 +57,8 @@ class TunnelConnection final : public DeadlineTarget {
   // Drain: a connection still reading its ClientHello closes now; relays
   // run on until they end or the drain deadline cuts them.
   void Drain();
+  // The drain deadline cuts this connection: log it if it is open.
+  void LogIfOpen(const char* error);
 
  private:
   enum class State { kHello, kConnecting, kReplay, kRelay, kClosed };
@@ -84,6 +86,11 @@ class TunnelConnection final : public DeadlineTarget {
     uint16_t bid = 0;     // buffer being sent
     uint32_t len = 0;     // its bytes
     uint32_t sent = 0;    // of them, sent
+    // After a short send (a slow reader) the rest is copied here and the
+    // ring buffer goes back at once: ring buffers are shared by every
+    // connection of the worker and must never wait on one slow peer.
+    std::string spill;
+    bool spilling = false;
   };
 
   uint64_t Tag(TunnelOp op) const;

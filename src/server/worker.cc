@@ -171,6 +171,9 @@ void Worker::Run() {
       fprintf(stderr, "ktlb: worker %zu: drain timeout, closing %zu connections\n", id_,
               clients_.live() + tunnels_.live());
       CountTimeout(TimeoutKind::kDrain);
+      // What the deadline cuts still gets its access log line.
+      clients_.ForEachSlot([](ClientConnection* c) { c->LogIfPending("drain_timeout"); });
+      tunnels_.ForEachSlot([](TunnelConnection* t) { t->LogIfOpen("drain_timeout"); });
       break;
     }
 
