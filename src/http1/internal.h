@@ -267,4 +267,19 @@ bool LlhttpCheckChunked(llhttp_t* ll, std::string_view bytes, bool done);
 // if llhttp was not in chunk data for all n bytes.
 bool LlhttpSkipChunkData(llhttp_t* ll, uint64_t n);
 
+// SkipOpaqueBody for either parser's state (`remaining`, `chunked`, `ll`,
+// `phase` with a kIdle): n <= the opaque bytes, checked by the caller.
+enum class SkipResult { kIncomplete, kDone, kLlhttpDisagrees };
+template <class ParserState>
+SkipResult SkipOpaqueBytes(ParserState& s, uint64_t n) {
+  if (s.body == BodyKind::kContentLength) {
+    s.remaining -= n;
+    if (s.remaining != 0) return SkipResult::kIncomplete;
+    s.phase = decltype(s.phase)::kIdle;
+    return SkipResult::kDone;
+  }
+  s.chunked.SkipData(n);
+  return LlhttpSkipChunkData(&s.ll, n) ? SkipResult::kIncomplete : SkipResult::kLlhttpDisagrees;
+}
+
 }  // namespace ktlb::http1::internal

@@ -411,17 +411,12 @@ ParseStatus RequestParser::SkipOpaqueBody(uint64_t n) {
   if (s.phase == Phase::kError) return ParseStatus::kError;
   if (n == 0) return s.phase == Phase::kBody ? ParseStatus::kIncomplete : ParseStatus::kDone;
   if (n > OpaqueBodyBytes()) return Fail(RequestError::kBadRequest, "skipped past the payload");
-  if (s.body == BodyKind::kContentLength) {
-    s.remaining -= n;
-    if (s.remaining != 0) return ParseStatus::kIncomplete;
-    s.phase = Phase::kIdle;
-    return ParseStatus::kDone;
+  switch (internal::SkipOpaqueBytes(s, n)) {
+    case internal::SkipResult::kIncomplete: return ParseStatus::kIncomplete;
+    case internal::SkipResult::kDone: return ParseStatus::kDone;
+    case internal::SkipResult::kLlhttpDisagrees: break;
   }
-  s.chunked.SkipData(n);
-  if (!internal::LlhttpSkipChunkData(&s.ll, n)) {
-    return Fail(RequestError::kBadChunk, "llhttp disagrees on the chunk size");
-  }
-  return ParseStatus::kIncomplete;
+  return Fail(RequestError::kBadChunk, "llhttp disagrees on the chunk size");
 }
 
 uint64_t RequestParser::ChunkSize() const {

@@ -111,16 +111,14 @@ void TunnelConnection::FailHello(passthrough::HelloStatus why) {
 
 void TunnelConnection::OnHelloComplete(const passthrough::ClientHello& hello) {
   // Route names are stored lowercase and without a trailing dot.
-  char sni[256];
-  size_t n = std::min(hello.sni.size(), sizeof(sni));
+  size_t n = std::min(hello.sni.size(), sizeof(sni_));
   for (size_t i = 0; i < n; ++i) {
     char c = hello.sni[i];
-    sni[i] = (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+    sni_[i] = (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
   }
-  if (n > 0 && sni[n - 1] == '.') --n;
-  memcpy(sni_, sni, n);
+  if (n > 0 && sni_[n - 1] == '.') --n;
   sni_len_ = n;
-  std::string_view name(sni, n);
+  std::string_view name(sni_, n);
   int upstream = w_->snapshot().router.Match(listener_, name, "", "", hello.alpn_list);
   if (upstream < 0) {
     w_->metrics().listeners[listener_].passthrough_no_route.Inc();

@@ -133,7 +133,7 @@ class TunnelConnection final : public DeadlineTarget {
 
   uint64_t start_ms_ = 0;
   const char* close_reason_ = nullptr;  // why it ends, when not a clean end of both directions
-  char sni_[256] = {};                  // lowercased, for the access log
+  char sni_[256] = {};                  // lowercased, as routed on and logged
   size_t sni_len_ = 0;
 
   passthrough::ClientHelloParser hello_parser_;
