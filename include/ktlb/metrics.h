@@ -32,15 +32,14 @@ enum class TimeoutKind : uint8_t {
 };
 const char* TimeoutKindLabel(TimeoutKind k);
 
-struct ListenerMetrics {
-  Counter accepted;
-  Counter active;  // gauge: incremented on accept, decremented on close
+// What a TLS transport counts (one per listener today; upstream TLS will
+// have its own).
+struct TlsMetrics {
   Counter handshakes_full;
   Counter handshakes_resumed;
   std::array<Counter, kMaxReasons> handshake_failures;  // by tls::HandshakeFailure
-  std::array<Counter, 6> requests_by_class;             // [1..5] = 1xx..5xx
-  std::array<Counter, kMaxReasons> parse_errors;        // by http1::RequestError
-  Counter client_resets;
+  // Fatal TLS errors after the handshake, an alert sent (bad_record_mac, ...).
+  Counter protocol_errors;
   // kTLS
   Counter ktls_tx;
   Counter ktls_rx;
@@ -48,9 +47,18 @@ struct ListenerMetrics {
   Counter ktls_rekeys;      // ... after which the kernel took the new keys
   // ... after which the connection was closed, by KeyUpdateClose
   std::array<Counter, kMaxReasons> ktls_keyupdate_closes;
-  Counter bytes_spliced;  // body bytes moved socket -> pipe -> socket, both directions
   Counter ktls_ssl_released;  // connections whose OpenSSL object was freed after full offload
   std::array<Counter, kMaxReasons> ktls_fallbacks;
+};
+
+struct ListenerMetrics {
+  Counter accepted;
+  Counter active;  // gauge: incremented on accept, decremented on close
+  TlsMetrics tls;
+  std::array<Counter, 6> requests_by_class;             // [1..5] = 1xx..5xx
+  std::array<Counter, kMaxReasons> parse_errors;        // by http1::RequestError
+  Counter client_resets;
+  Counter bytes_spliced;  // body bytes moved socket -> pipe -> socket, both directions
   // Passthrough listeners.
   std::array<Counter, kMaxReasons> passthrough_hello_failures;  // by passthrough::HelloStatus
   Counter passthrough_no_route;

@@ -63,17 +63,20 @@ std::string MetricsRegistry::Render() const {
                [](const ListenerMetrics& m) -> const Counter& { return m.active; });
   per_listener("ktlb_client_resets_total", "counter", "Client connections reset mid-exchange.",
                [](const ListenerMetrics& m) -> const Counter& { return m.client_resets; });
+  per_listener("ktlb_tls_protocol_errors_total", "counter",
+               "Fatal TLS errors after the handshake (an alert was sent, then the close).",
+               [](const ListenerMetrics& m) -> const Counter& { return m.tls.protocol_errors; });
 
   Family(&out, "ktlb_tls_handshakes_total", "counter", "Completed TLS handshakes by kind.");
   for (size_t i = 0; i < L.size(); ++i) {
     absl::StrAppend(&out, "ktlb_tls_handshakes_total{listener=\"", L[i], "\",kind=\"full\"} ",
                     Sum(workers_, [&](const WorkerMetrics& w) -> const Counter& {
-                      return w.listeners[i].handshakes_full;
+                      return w.listeners[i].tls.handshakes_full;
                     }),
                     "\n");
     absl::StrAppend(&out, "ktlb_tls_handshakes_total{listener=\"", L[i], "\",kind=\"resumed\"} ",
                     Sum(workers_, [&](const WorkerMetrics& w) -> const Counter& {
-                      return w.listeners[i].handshakes_resumed;
+                      return w.listeners[i].tls.handshakes_resumed;
                     }),
                     "\n");
   }
@@ -94,7 +97,7 @@ std::string MetricsRegistry::Render() const {
   };
   reasons("ktlb_tls_handshake_failures_total", "Failed TLS handshakes by reason.",
           labels_.handshake_failures,
-          [](const ListenerMetrics& m) -> const auto& { return m.handshake_failures; });
+          [](const ListenerMetrics& m) -> const auto& { return m.tls.handshake_failures; });
   reasons("ktlb_http_parse_errors_total", "Refused HTTP requests by reason.", labels_.parse_errors,
           [](const ListenerMetrics& m) -> const auto& { return m.parse_errors; });
 
@@ -110,28 +113,28 @@ std::string MetricsRegistry::Render() const {
   }
 
   per_listener("ktlb_ktls_tx_total", "counter", "Connections with kernel TLS transmit offload.",
-               [](const ListenerMetrics& m) -> const Counter& { return m.ktls_tx; });
+               [](const ListenerMetrics& m) -> const Counter& { return m.tls.ktls_tx; });
   per_listener("ktlb_ktls_rx_total", "counter", "Connections with kernel TLS receive offload.",
-               [](const ListenerMetrics& m) -> const Counter& { return m.ktls_rx; });
+               [](const ListenerMetrics& m) -> const Counter& { return m.tls.ktls_rx; });
   per_listener("ktlb_ktls_ssl_released_total", "counter",
                "Connections whose OpenSSL state was freed once both directions were in the kernel.",
-               [](const ListenerMetrics& m) -> const Counter& { return m.ktls_ssl_released; });
+               [](const ListenerMetrics& m) -> const Counter& { return m.tls.ktls_ssl_released; });
   per_listener("ktlb_spliced_bytes_total", "counter",
                "Body bytes spliced between a backend and a kTLS client socket, both directions (never copied to userspace).",
                [](const ListenerMetrics& m) -> const Counter& { return m.bytes_spliced; });
   per_listener("ktlb_ktls_keyupdates_total", "counter",
                "TLS 1.3 KeyUpdates received on kTLS RX sockets.",
-               [](const ListenerMetrics& m) -> const Counter& { return m.ktls_keyupdates; });
+               [](const ListenerMetrics& m) -> const Counter& { return m.tls.ktls_keyupdates; });
   per_listener("ktlb_ktls_rekeys_total", "counter",
                "KeyUpdates after which the kernel took the new keys (kernels that can rekey).",
-               [](const ListenerMetrics& m) -> const Counter& { return m.ktls_rekeys; });
+               [](const ListenerMetrics& m) -> const Counter& { return m.tls.ktls_rekeys; });
   reasons("ktlb_ktls_keyupdate_closes_total",
           "Connections closed after a peer KeyUpdate on a kTLS connection, by reason.",
           labels_.keyupdate_closes,
-          [](const ListenerMetrics& m) -> const auto& { return m.ktls_keyupdate_closes; });
+          [](const ListenerMetrics& m) -> const auto& { return m.tls.ktls_keyupdate_closes; });
   reasons("ktlb_ktls_fallbacks_total", "Connections left in userspace TLS, by reason.",
           labels_.ktls_fallbacks,
-          [](const ListenerMetrics& m) -> const auto& { return m.ktls_fallbacks; });
+          [](const ListenerMetrics& m) -> const auto& { return m.tls.ktls_fallbacks; });
   reasons("ktlb_passthrough_hello_failures_total",
           "Passthrough connections closed because their first bytes were not a usable ClientHello.",
           labels_.hello_failures,

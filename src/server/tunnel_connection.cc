@@ -23,14 +23,36 @@ constexpr uint64_t kStream = UINT64_MAX;
 }  // namespace
 
 uint64_t TunnelConnection::Tag(TunnelOp op) const {
-  return UserData{static_cast<uint8_t>(OpKind::kTunnel), static_cast<uint8_t>(op), generation,
-                  slot_index}
-      .Pack();
+  return w_->loop().Tag(handle_, static_cast<uint8_t>(op));
 }
+
+void TunnelConnection::OnCompletion(uint8_t op, int res, uint32_t flags) {
+  switch (static_cast<TunnelOp>(op)) {
+    case TunnelOp::kRecv: return OnRecv(res, flags);
+    case TunnelOp::kConnect: return OnConnect(res);
+    case TunnelOp::kSend: return OnSend(res);
+    case TunnelOp::kClientIn:
+    case TunnelOp::kClientOut:
+    case TunnelOp::kBackendIn:
+    case TunnelOp::kBackendOut: return OnPoll(static_cast<TunnelOp>(op), res);
+    case TunnelOp::kUpRecv:
+    case TunnelOp::kDownRecv: return OnCopyRecv(static_cast<TunnelOp>(op), res, flags);
+    case TunnelOp::kUpSend:
+    case TunnelOp::kDownSend: return OnCopySend(static_cast<TunnelOp>(op), res);
+  }
+}
+
+void TunnelConnection::OnDeferred(uint8_t op) { RetryRecv(static_cast<TunnelOp>(op)); }
 
 void TunnelConnection::Start(Worker* w, size_t listener_index, int fd,
                              const sockaddr_storage& peer) {
   w_ = w;
+  if (!registered_) {
+    handle_ = w->loop().AddHandler(this);
+    registered_ = true;
+  } else {
+    w->loop().Retire(handle_);
+  }
   listener_ = listener_index;
   fd_ = fd;
   up_fd_ = -1;
@@ -66,11 +88,7 @@ void TunnelConnection::Start(Worker* w, size_t listener_index, int fd,
 
 void TunnelConnection::ArmRecv() {
   if (recv_inflight_ || state_ != State::kHello) return;
-  io_uring_sqe* sqe = w_->ring().Sqe();
-  io_uring_prep_recv(sqe, fd_, nullptr, w_->buffers().buf_size(), 0);
-  sqe->flags |= IOSQE_BUFFER_SELECT;
-  sqe->buf_group = w_->buffers().group_id();
-  io_uring_sqe_set_data64(sqe, Tag(TunnelOp::kRecv));
+  w_->loop().PrepRecv(fd_, Tag(TunnelOp::kRecv), false);
   recv_inflight_ = true;
   ++inflight_;
 }
@@ -79,20 +97,20 @@ void TunnelConnection::OnRecv(int res, uint32_t flags) {
   recv_inflight_ = false;
   --inflight_;
   if (state_ != State::kHello) {
-    w_->buffers().RecycleFrom(flags);
+    w_->loop().buffers().RecycleFrom(flags);
     return MaybeRelease();
   }
-  if (res == -ENOBUFS) return w_->DeferRecv(Tag(TunnelOp::kRecv));
+  if (res == -ENOBUFS) return w_->loop().NextTurn(Tag(TunnelOp::kRecv));
   if (res <= 0) {
     // Gone before a whole ClientHello: nothing to route.
-    w_->metrics().listeners[listener_].handshake_failures[static_cast<size_t>(
+    w_->metrics().listeners[listener_].tls.handshake_failures[static_cast<size_t>(
         tls::HandshakeFailure::kClientReset)].Inc();
     close_reason_ = "client_closed";
     return CloseNow();
   }
   uint16_t bid = BufferRing::BufferId(flags);
-  hello_.append(w_->buffers().Data(bid, static_cast<uint32_t>(res)));
-  w_->buffers().Recycle(bid);
+  hello_.append(w_->loop().buffers().Data(bid, static_cast<uint32_t>(res)));
+  w_->loop().buffers().Recycle(bid);
   passthrough::ClientHello hello;
   passthrough::HelloStatus st = hello_parser_.Parse(hello_, &hello);
   if (st == passthrough::HelloStatus::kNeedMore) return ArmRecv();
@@ -103,7 +121,7 @@ void TunnelConnection::OnRecv(int res, uint32_t flags) {
 void TunnelConnection::FailHello(passthrough::HelloStatus why) {
   ListenerMetrics& lm = w_->metrics().listeners[listener_];
   lm.passthrough_hello_failures[static_cast<size_t>(why)].Inc();
-  fprintf(stderr, "ktlb: passthrough: %s:%u: %s: %s\n", AddressIp(peer_).c_str(),
+  w_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "%s:%u: %s: %s", AddressIp(peer_).c_str(),
           AddressPort(peer_), passthrough::HelloStatusLabel(why), hello_parser_.error());
   close_reason_ = passthrough::HelloStatusLabel(why);
   CloseNow();
@@ -122,7 +140,7 @@ void TunnelConnection::OnHelloComplete(const passthrough::ClientHello& hello) {
   int upstream = w_->snapshot().router.Match(listener_, name, "", "", hello.alpn_list);
   if (upstream < 0) {
     w_->metrics().listeners[listener_].passthrough_no_route.Inc();
-    fprintf(stderr, "ktlb: passthrough: %s:%u: no route for SNI \"%.*s\"\n",
+    w_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "%s:%u: no route for SNI \"%.*s\"",
             AddressIp(peer_).c_str(), AddressPort(peer_), static_cast<int>(name.size()),
             name.data());
     close_reason_ = "no_route";
@@ -140,30 +158,24 @@ void TunnelConnection::OnHelloComplete(const passthrough::ClientHello& hello) {
     hello_.insert(0, header);
     proxy_header_len_ = header.size();
   }
-  size_t server = w_->balancer(static_cast<size_t>(upstream)).Pick(uc.servers.size());
-  Connect(static_cast<size_t>(upstream), server);
+  upstream::Cluster* cluster = w_->cluster(static_cast<size_t>(upstream));
+  Connect(static_cast<size_t>(upstream), cluster->Pick(-1));
 }
 
 bool TunnelConnection::Connect(size_t upstream, size_t server) {
   upstream_ = static_cast<int>(upstream);
   server_ = static_cast<int>(server);
-  UpstreamMetrics& um = w_->metrics().upstreams[upstream];
-  um.requests.Inc();
-  const SocketAddress& addr = w_->config().upstreams[upstream].servers[server];
-  auto fd = OpenClientSocket(addr.storage.ss_family);
-  if (!fd.ok()) {
-    fprintf(stderr, "ktlb: passthrough: %s: %s\n", addr.text.c_str(),
-            std::string(fd.status().message()).c_str());
-    um.connect_failures.Inc();
+  upstream::Cluster* cluster = w_->cluster(upstream);
+  cluster->metrics().requests.Inc();
+  up_fd_ = upstream::StartConnect(w_->loop(), cluster->server(server).address,
+                                  Tag(TunnelOp::kConnect), w_->error_log(), "passthrough",
+                                  cluster->metrics());
+  if (up_fd_ < 0) {
     close_reason_ = "connect_failed";
     CloseNow();
     return false;
   }
-  up_fd_ = *fd;
   state_ = State::kConnecting;
-  io_uring_sqe* sqe = w_->ring().Sqe();
-  io_uring_prep_connect(sqe, up_fd_, reinterpret_cast<const sockaddr*>(&addr.storage), addr.len);
-  io_uring_sqe_set_data64(sqe, Tag(TunnelOp::kConnect));
   ++inflight_;
   w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kUpstreamConnect),
                w_->config().server.timeouts.upstream_connect_ms);
@@ -174,9 +186,9 @@ void TunnelConnection::OnConnect(int res) {
   --inflight_;
   if (state_ != State::kConnecting) return MaybeRelease();
   if (res < 0) {
-    const SocketAddress& addr = w_->config().upstreams[upstream_].servers[server_];
-    fprintf(stderr, "ktlb: passthrough: connect to %s failed: %s\n", addr.text.c_str(),
-            strerror(-res));
+    const SocketAddress& addr = w_->cluster(upstream_)->server(server_).address;
+    w_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "connect to %s failed: %s",
+                        addr.text.c_str(), strerror(-res));
     w_->metrics().upstreams[upstream_].connect_failures.Inc();
     close_reason_ = "connect_failed";
     return CloseNow();
@@ -188,7 +200,7 @@ void TunnelConnection::OnConnect(int res) {
 void TunnelConnection::SendHello() {
   if (sent_ < hello_.size()) {
     // The ClientHello and anything after it, exactly as the client sent it.
-    io_uring_sqe* sqe = w_->ring().Sqe();
+    io_uring_sqe* sqe = w_->loop().Sqe();
     io_uring_prep_send(sqe, up_fd_, hello_.data() + sent_, hello_.size() - sent_, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, Tag(TunnelOp::kSend));
     ++inflight_;
@@ -235,11 +247,7 @@ void TunnelConnection::RetryRecv(TunnelOp op) {
 
 void TunnelConnection::ArmCopyRecv(Direction& d) {
   if (d.recv_inflight || d.send_inflight || d.done || state_ != State::kRelay) return;
-  io_uring_sqe* sqe = w_->ring().Sqe();
-  io_uring_prep_recv(sqe, d.src, nullptr, w_->buffers().buf_size(), 0);
-  sqe->flags |= IOSQE_BUFFER_SELECT;
-  sqe->buf_group = w_->buffers().group_id();
-  io_uring_sqe_set_data64(sqe, Tag(d.recv_op));
+  w_->loop().PrepRecv(d.src, Tag(d.recv_op), false);
   d.recv_inflight = true;
   ++inflight_;
 }
@@ -249,14 +257,14 @@ void TunnelConnection::OnCopyRecv(TunnelOp op, int res, uint32_t flags) {
   d.recv_inflight = false;
   --inflight_;
   if (state_ != State::kRelay) {
-    w_->buffers().RecycleFrom(flags);
+    w_->loop().buffers().RecycleFrom(flags);
     return MaybeRelease();
   }
-  if (res == -ENOBUFS) return w_->DeferRecv(Tag(op));
+  if (res == -ENOBUFS) return w_->loop().NextTurn(Tag(op));
   if (res == 0) return EndDirection(d);  // EOF: pass the FIN on
   if (res < 0) {
     if (res != -ECONNRESET && res != -EPIPE) {
-      fprintf(stderr, "ktlb: passthrough: relay read failed: %s\n", strerror(-res));
+      w_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "relay read failed: %s", strerror(-res));
     }
     return CloseNow();
   }
@@ -268,8 +276,8 @@ void TunnelConnection::OnCopyRecv(TunnelOp op, int res, uint32_t flags) {
 }
 
 void TunnelConnection::SendCopied(Direction& d) {
-  std::string_view data = d.spilling ? std::string_view(d.spill) : w_->buffers().Data(d.bid, d.len);
-  io_uring_sqe* sqe = w_->ring().Sqe();
+  std::string_view data = d.spilling ? std::string_view(d.spill) : w_->loop().buffers().Data(d.bid, d.len);
+  io_uring_sqe* sqe = w_->loop().Sqe();
   io_uring_prep_send(sqe, d.dst, data.data() + d.sent, data.size() - d.sent, MSG_NOSIGNAL);
   io_uring_sqe_set_data64(sqe, Tag(d.send_op));
   d.send_inflight = true;
@@ -281,11 +289,11 @@ void TunnelConnection::OnCopySend(TunnelOp op, int res) {
   d.send_inflight = false;
   --inflight_;
   if (state_ != State::kRelay) {
-    if (!d.spilling) w_->buffers().Recycle(d.bid);
+    if (!d.spilling) w_->loop().buffers().Recycle(d.bid);
     return MaybeRelease();
   }
   if (res < 0) {
-    if (!d.spilling) w_->buffers().Recycle(d.bid);
+    if (!d.spilling) w_->loop().buffers().Recycle(d.bid);
     return CloseNow();
   }
   d.sent += static_cast<uint32_t>(res);
@@ -298,16 +306,16 @@ void TunnelConnection::OnCopySend(TunnelOp op, int res) {
     return Pump(d);
   }
   if (d.sent < d.len) {
-    std::string_view rest = w_->buffers().Data(d.bid, d.len).substr(d.sent);
+    std::string_view rest = w_->loop().buffers().Data(d.bid, d.len).substr(d.sent);
     d.spill.assign(rest);
-    w_->buffers().Recycle(d.bid);
+    w_->loop().buffers().Recycle(d.bid);
     d.spilling = true;
     d.sent = 0;
     return SendCopied(d);
   }
-  w_->buffers().Recycle(d.bid);
+  w_->loop().buffers().Recycle(d.bid);
   // A read that filled a whole buffer: bulk transfer, better spliced.
-  if (d.len == w_->buffers().buf_size()) {
+  if (d.len == w_->loop().buffers().buf_size()) {
     d.bulk = true;
     return Pump(d);
   }
@@ -335,8 +343,8 @@ void TunnelConnection::Pump(Direction& d) {
   for (;;) {
     if (!d.pipe.active()) {
       int r, wfd;
-      if (!w_->TakePipe(&r, &wfd)) {
-        fprintf(stderr, "ktlb: passthrough: no pipe for a relay (file descriptor limit?)\n");
+      if (!w_->loop().TakePipe(&r, &wfd)) {
+        w_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "no pipe for a relay (file descriptor limit?)");
         return CloseNow();
       }
       d.pipe.Start(r, wfd, d.eof ? 0 : kStream);
@@ -348,7 +356,7 @@ void TunnelConnection::Pump(Direction& d) {
       case SplicePipe::Status::kWaitSource:
         if (d.pipe.empty()) {
           // Idle: the pipe goes back to the pool until the source has bytes.
-          w_->ReturnPipe(d.pipe.pipe_r(), d.pipe.pipe_w());
+          w_->loop().ReturnPipe(d.pipe.pipe_r(), d.pipe.pipe_w());
           d.pipe.Clear();
         }
         return ArmPoll(d, true);
@@ -358,7 +366,7 @@ void TunnelConnection::Pump(Direction& d) {
         if (d.pipe.error() != 0) {
           // A reset on one side ends both: the peer gets a reset too.
           if (d.pipe.error() != ECONNRESET && d.pipe.error() != EPIPE) {
-            fprintf(stderr, "ktlb: passthrough: relay read failed: %s\n",
+            w_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "relay read failed: %s",
                     strerror(d.pipe.error()));
           }
           return CloseNow();
@@ -369,7 +377,7 @@ void TunnelConnection::Pump(Direction& d) {
         d.pipe.EndSource();
         continue;
       case SplicePipe::Status::kDone:
-        w_->ReturnPipe(d.pipe.pipe_r(), d.pipe.pipe_w());
+        w_->loop().ReturnPipe(d.pipe.pipe_r(), d.pipe.pipe_w());
         d.pipe.Clear();
         return EndDirection(d);
       case SplicePipe::Status::kSinkFailed:
@@ -390,7 +398,7 @@ bool* TunnelConnection::PolledFlag(TunnelOp op) {
 
 void TunnelConnection::ArmPoll(Direction& d, bool on_src) {
   TunnelOp op = on_src ? d.poll_src : d.poll_dst;
-  w_->ArmPoll(on_src ? d.src : d.dst, !on_src, Tag(op), PolledFlag(op), &inflight_);
+  w_->loop().ArmPoll(on_src ? d.src : d.dst, !on_src, Tag(op), PolledFlag(op), &inflight_);
 }
 
 void TunnelConnection::OnPoll(TunnelOp op, int res) {

@@ -18,13 +18,14 @@
 
 #include "ktlb/client_hello.h"
 #include "ktlb/deadline_queue.h"
+#include "ktlb/loop.h"
 #include "ktlb/splice_pipe.h"
 
 namespace ktlb {
 
 class Worker;
 
-// Per-connection operations of OpKind::kTunnel (UserData::op).
+// The tunnel's operations (Loop::Tag's op).
 enum class TunnelOp : uint8_t {
   kRecv = 1,         // ClientHello bytes (buffer ring)
   kConnect = 2,
@@ -39,7 +40,7 @@ enum class TunnelOp : uint8_t {
   kDownSend = 11,
 };
 
-class TunnelConnection final : public DeadlineTarget {
+class TunnelConnection final : public IoHandler, public DeadlineTarget {
  public:
   uint32_t slot_index = 0;
   uint16_t generation = 0;
@@ -50,7 +51,9 @@ class TunnelConnection final : public DeadlineTarget {
   void OnSend(int res);
   void OnPoll(TunnelOp op, int res);
   void OnDeadline(uint8_t kind) override;
+  void OnCompletion(uint8_t op, int res, uint32_t flags) override;
   // The buffer ring was empty: try the recv for `op` again.
+  void OnDeferred(uint8_t op) override;
   void RetryRecv(TunnelOp op);
   void OnCopyRecv(TunnelOp op, int res, uint32_t flags);
   void OnCopySend(TunnelOp op, int res);
@@ -120,6 +123,8 @@ class TunnelConnection final : public DeadlineTarget {
   void LogTunnel(const char* error);
 
   Worker* w_ = nullptr;
+  uint32_t handle_ = 0;
+  bool registered_ = false;
   size_t listener_ = 0;
   int fd_ = -1;       // client
   int up_fd_ = -1;    // backend

@@ -1,0 +1,128 @@
+// One request sent upstream, and what it reports back.
+//
+// An Exchange carries one client request to one of a cluster's servers over
+// a pooled HTTP/1.1 connection, retrying on another server when that is safe.
+// It reports to an ExchangeSink: the parsed response head, body bytes (or
+// room for a splice), completion, failure, and backpressure both ways. It
+// never builds bytes for the client: the client protocol (HTTP/1.1 today,
+// an HTTP/2 stream next) is a sink and writes its own wire format.
+//
+// Ownership: the client-side object embeds its Exchange and is its sink; the
+// Exchange borrows a connection from the Cluster for the time of one attempt.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "ktlb/http1.h"
+
+namespace ktlb::upstream {
+
+class Cluster;
+class UpstreamConnection;
+
+// Stop reading a response while the client side holds this much unsent;
+// stop reading a request body while this much waits for the backend.
+inline constexpr size_t kMaxResponseBacklog = 512 * 1024;
+inline constexpr size_t kMaxRequestBacklog = 256 * 1024;
+
+enum class ExchangeFailure : uint8_t {
+  kFailed,    // connect refused, reset, bad response: 502
+  kTimedOut,  // connect or response timeout: 504
+};
+
+class ExchangeSink {
+ public:
+  // A response head: interim ones (1xx) may come before the final one. The
+  // views point into the exchange's buffers and last for this call only.
+  virtual void OnResponseHead(const http1::ResponseHead& head) = 0;
+  // Body bytes in the framing the final head announced: a chunked body
+  // arrives as-is (chunk sizes and trailers included).
+  virtual void OnResponseBody(std::string_view bytes) = 0;
+  virtual void OnResponseComplete() = 0;
+  // The exchange gave up. `response_started`: a head went to the sink, so
+  // the client cannot be answered anymore.
+  virtual void OnExchangeFailed(ExchangeFailure why, bool response_started) = 0;
+  // The backend took everything queued: more request body may be sent.
+  virtual void OnRequestWritable() = 0;
+  // Response bytes the sink holds but its client has not taken yet.
+  virtual size_t ResponseBacklog() const = 0;
+  // Splice: a socket the response body may be spliced into now (its own
+  // output queue is empty and the kernel encrypts), or -1.
+  virtual int ResponseSpliceFd() const { return -1; }
+  virtual bool ResponseSpliceReady() const { return false; }
+  virtual void OnResponseSpliced(uint64_t n) { (void)n; }
+
+ protected:
+  ~ExchangeSink() = default;
+};
+
+struct ExchangeRequest {
+  std::string_view head;  // the request head as it goes upstream (copied)
+  bool is_head = false;   // HEAD: the response has no body
+  bool has_body = false;
+  bool idempotent = false;
+  // Asked of the backend in HTTP/1.0 (for an HTTP/1.0 client): the backend
+  // may close after it, so the connection is never pooled.
+  bool http10 = false;
+};
+
+class Exchange {
+ public:
+  Exchange() = default;
+  ~Exchange();
+  Exchange(const Exchange&) = delete;
+  Exchange& operator=(const Exchange&) = delete;
+
+  // Sends `request` to a server of `cluster`. The sink hears of the result,
+  // possibly before Start returns (a connect that fails at once).
+  void Start(Cluster* cluster, const ExchangeRequest& request, ExchangeSink* sink);
+  bool active() const { return conn_ != nullptr; }
+
+  // --- the request body, from the client side ---
+  void SendBody(std::string_view bytes);
+  // Body bytes went to the backend another way (splice): the response
+  // deadline counts from the last of them, not from the head.
+  void BodyProgress();
+  // The whole request body went upstream (the connection may be pooled).
+  void EndBody() { body_done_ = true; }
+  size_t RequestBacklog() const;
+  // Splice of the request body: the backend socket, once everything queued
+  // before the body was sent; else -1.
+  int RequestSpliceFd() const;
+  bool RequestSpliceReady() const;
+
+  // The client took response bytes: reading may resume.
+  void OnSinkWritable();
+  // The client went away: the backend connection is closed (its exchange
+  // cannot be reused safely).
+  void Abandon();
+
+  // For the access log: the cluster and server of the last attempt.
+  const Cluster* cluster() const { return cluster_; }
+  int server() const { return server_; }
+
+  // --- from the UpstreamConnection of the current attempt ---
+  ExchangeSink* sink() const { return sink_; }
+  const ExchangeRequest& request() const { return request_; }
+  bool body_done() const { return body_done_; }
+  void OnAttemptFailed(bool timed_out, bool got_response_bytes);
+  void OnAttemptAborted();
+  void OnAttemptDone();
+
+ private:
+  void Attempt(int avoid_server);
+
+  Cluster* cluster_ = nullptr;
+  ExchangeSink* sink_ = nullptr;
+  UpstreamConnection* conn_ = nullptr;
+  ExchangeRequest request_;
+  std::string head_;  // request_.head points here (kept for retries)
+  int server_ = -1;
+  int attempts_ = 0;
+  bool body_done_ = true;
+};
+
+}  // namespace ktlb::upstream

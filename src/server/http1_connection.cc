@@ -1,0 +1,554 @@
+#include "http1_connection.h"
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "ktlb/sockets.h"
+#include "worker.h"
+
+namespace ktlb {
+
+namespace {
+int StatusClass(int status) { return status >= 100 && status < 600 ? status / 100 : 5; }
+}  // namespace
+
+uint64_t Http1Connection::Tag(uint8_t op) const { return w_->loop().Tag(handle_, op); }
+
+void Http1Connection::Start(Worker* w, size_t listener_index, int fd, const sockaddr_storage& peer,
+                            const tls::ServerTlsContext& tls) {
+  w_ = w;
+  if (!registered_) {
+    handle_ = w->loop().AddHandler(this);
+    registered_ = true;
+  } else {
+    w->loop().Retire(handle_);
+  }
+  listener_ = listener_index;
+  peer_ip_ = AddressIp(peer);
+  peer_port_ = AddressPort(peer);
+  timer_.target = this;
+  trim_timer_.target = this;
+  inflight_ = 0;
+  req_pipe_.Clear();
+  splice_poll_in_ = splice_poll_out_ = false;
+  log_pending_ = false;
+  refuse_reason_ = nullptr;
+  resp_bytes_ = 0;
+  cluster_ = nullptr;
+  pending_head_.clear();
+  head_flush_scheduled_ = false;
+  const ServerConfig& sc = w->config().server;
+  if (!parser_) parser_.emplace(http1::Limits{sc.max_request_line, sc.max_header_bytes});
+  parser_->Reset();  // the slot's previous connection may have ended on an error
+  req_body_done_ = true;
+  resp_done_ = false;
+  keep_alive_ = true;
+  state_ = State::kHandshake;
+  transport_released_ = false;
+  const ListenerConfig& lc = w->config().listeners[listener_index];
+  tls::TransportOptions opts;
+  opts.loop = &w->loop();
+  opts.log = &w->error_log();
+  opts.metrics = &w->metrics().listeners[listener_index].tls;
+  opts.handshake_timeouts = &w->metrics().timeouts[static_cast<size_t>(TimeoutKind::kHandshake)];
+  opts.handshake_timeout_ms = sc.timeouts.handshake_ms;
+  opts.ktls = lc.ktls;
+  opts.kernel_ktls = w->kernel_ktls();
+  transport_.StartServer(opts, this, fd, tls, absl::StrCat(peer_ip_, ":", peer_port_));
+}
+
+tls::InputWanted Http1Connection::WantsInput() const {
+  switch (state_) {
+    case State::kReadingHead: {
+      // A head larger than the limit is refused anyway; do not buffer beyond it.
+      size_t buffered = transport_.input().size();
+      if (buffered > w_->config().server.max_header_bytes + kPlainChunk) return tls::InputWanted::kNo;
+      return buffered == 0 ? tls::InputWanted::kIdle : tls::InputWanted::kYes;
+    }
+    case State::kProxying:
+      if (req_pipe_.active()) return tls::InputWanted::kNo;  // socket -> pipe -> backend
+      if (!req_body_done_ && exchange_.active() &&
+          exchange_.RequestBacklog() < upstream::kMaxRequestBacklog) {
+        return tls::InputWanted::kYes;
+      }
+      return tls::InputWanted::kNo;  // pipelined requests wait until this response is done
+    default:
+      return tls::InputWanted::kNo;
+  }
+}
+
+void Http1Connection::OnHandshakeDone() {
+  state_ = State::kReadingHead;
+  // Waiting for the first request: an idle timeout with the header
+  // timeout's length (a connection that never sends one is closed quietly).
+  w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kKeepalive),
+               w_->config().server.timeouts.request_header_ms);
+}
+
+void Http1Connection::OnNotTls() {
+  scratch_.clear();
+  http1::BuildErrorResponse(400, true, &scratch_);
+  transport_.WriteRaw(scratch_);
+}
+
+void Http1Connection::OnInput() {
+  if (req_pipe_.active()) {
+    // A control record met mid-body was read out of band: the body goes on.
+    if (state_ == State::kProxying) PumpRequestBody();
+    return;
+  }
+  ProcessPlain();
+  HandleInputEnd();
+}
+
+void Http1Connection::HandleInputEnd() {
+  tls::InputEnd end = transport_.input_end();
+  if (end == tls::InputEnd::kNone || state_ == State::kClosed || state_ == State::kClosing) return;
+  // Nothing more will be read: answer what is in flight, then close.
+  keep_alive_ = false;
+  if (state_ == State::kProxying && !req_body_done_) {
+    // The request it ends was still sending its body: cut short.
+    if (end == tls::InputEnd::kCloseNotify) w_->metrics().listeners[listener_].client_resets.Inc();
+    return CloseNow();
+  }
+  if (state_ == State::kReadingHead) BeginClose();
+}
+
+void Http1Connection::OnWritable() {
+  if (state_ == State::kProxying && ResponseBacklog() < upstream::kMaxResponseBacklog) {
+    exchange_.OnSinkWritable();
+  }
+}
+
+void Http1Connection::OnTransportClosed(tls::CloseReason why) {
+  if (state_ == State::kClosed) return;
+  if (why == tls::CloseReason::kProtocolError ||
+      (why == tls::CloseReason::kPeerGone &&
+       (state_ == State::kProxying ||
+        (state_ == State::kReadingHead && !transport_.input().empty())))) {
+    w_->metrics().listeners[listener_].client_resets.Inc();
+  }
+  TearDown();
+}
+
+void Http1Connection::OnReleased() {
+  transport_released_ = true;
+  MaybeRelease();
+}
+
+void Http1Connection::OnCompletion(uint8_t op, int res, uint32_t flags) {
+  (void)flags;
+  if (op == kPollIn || op == kPollOut) OnSplicePoll(op, res);
+}
+
+void Http1Connection::OnDeferred(uint8_t op) {
+  if (op != kFlushHead) return;
+  head_flush_scheduled_ = false;
+  WritePendingHead();
+}
+
+void Http1Connection::WritePendingHead() {
+  if (pending_head_.empty() || state_ == State::kClosed) return;
+  resp_bytes_ += pending_head_.size();
+  bool ok = transport_.Write(pending_head_);
+  pending_head_.clear();
+  if (!ok) return CloseNow();
+  transport_.ScheduleFlush();
+}
+
+void Http1Connection::OnResponseHead(const http1::ResponseHead& head) {
+  if (head.status >= 200) {
+    resp_head_seen_ = true;
+    resp_status_ = head.status;
+    // A close-delimited body ends with the connection; otherwise the client
+    // side decides (its Connection header, draining).
+    if (head.body == http1::BodyKind::kUntilClose) keep_alive_ = false;
+  }
+  WritePendingHead();  // an interim (1xx) head before this one
+  http1::BuildClientResponseHead(head, request_version_minor_, closing_after_response(),
+                                 &pending_head_);
+  if (!head_flush_scheduled_) {
+    head_flush_scheduled_ = true;
+    w_->loop().AtTurnEnd(Tag(kFlushHead));
+  }
+}
+
+void Http1Connection::OnResponseBody(std::string_view bytes) {
+  // A response head and a body piece up to one TLS record go out as one.
+  constexpr size_t kCoalesceMax = 16 * 1024;
+  if (!pending_head_.empty() && pending_head_.size() + bytes.size() <= kCoalesceMax) {
+    pending_head_.append(bytes);
+    return WritePendingHead();
+  }
+  WritePendingHead();
+  SendToClient(bytes);
+}
+
+void Http1Connection::OnResponseComplete() {
+  WritePendingHead();
+  w_->metrics().listeners[listener_].requests_by_class[StatusClass(resp_status_)].Inc();
+  if (log_pending_) LogRequest(resp_status_, nullptr);
+  resp_done_ = true;
+  if (!req_body_done_) {
+    // The backend answered before reading the whole body (e.g. 413): the rest
+    // of the body can't be framed for a next request, so this is the last one.
+    keep_alive_ = false;
+    StopRequestSplice(false);
+    exchange_.Abandon();
+    req_body_done_ = true;
+  }
+  ProcessPlain();
+  HandleInputEnd();
+  if (state_ == State::kReadingHead) {
+    transport_.Flush();
+    transport_.ResumeInput();
+  }
+}
+
+int Http1Connection::ResponseSpliceFd() const {
+  return transport_.tx_offloaded() && state_ == State::kProxying && pending_head_.empty()
+             ? transport_.fd()
+             : -1;
+}
+
+bool Http1Connection::ResponseSpliceReady() const {
+  return transport_.send_idle() && pending_head_.empty() && state_ == State::kProxying;
+}
+
+void Http1Connection::OnResponseSpliced(uint64_t n) {
+  resp_bytes_ += n;
+  w_->metrics().listeners[listener_].bytes_spliced.Inc(n);
+}
+
+void Http1Connection::OnRequestWritable() {
+  if (state_ != State::kProxying) return;
+  if (req_pipe_.active()) return PumpRequestBody();
+  ForwardRequestBody();
+  transport_.ResumeInput();
+}
+
+void Http1Connection::ProcessPlain() {
+  for (;;) {
+    if (state_ == State::kReadingHead) {
+      std::string_view buf = transport_.input();
+      if (buf.empty()) return;
+      if (timer_.kind == static_cast<uint8_t>(TimeoutKind::kKeepalive) && timer_.armed()) {
+        // First bytes of a request: the header deadline starts now.
+        w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kRequestHeader),
+                     w_->config().server.timeouts.request_header_ms);
+      }
+      head_.headers.clear();
+      http1::ParseStatus st = parser_->ParseHead(buf, &head_);
+      if (st == http1::ParseStatus::kIncomplete) return;
+      if (st == http1::ParseStatus::kError) return RefuseRequest(parser_->error());
+      StartExchange();
+      continue;
+    }
+    if (state_ == State::kProxying) {
+      if (!req_body_done_) ForwardRequestBody();
+      if (state_ != State::kProxying) return;
+      if (resp_done_ && req_body_done_) {
+        FinishExchange();
+        continue;
+      }
+      return;
+    }
+    return;
+  }
+}
+
+void Http1Connection::RefuseRequest(http1::RequestError e) {
+  w_->metrics().listeners[listener_].parse_errors[static_cast<size_t>(e)].Inc();
+  int status = http1::RequestErrorStatus(e);
+  w_->error_log().Log(ErrorLog::Level::kInfo, "http", "refused request from %s:%u: %s (%d)",
+                      peer_ip_.c_str(), peer_port_, http1::RequestErrorLabel(e), status);
+  refuse_reason_ = http1::RequestErrorLabel(e);
+  RespondError(status, true);
+}
+
+void Http1Connection::RespondError(int status, bool close) {
+  w_->metrics().listeners[listener_].requests_by_class[StatusClass(status)].Inc();
+  scratch_.clear();
+  http1::BuildErrorResponse(status, close, &scratch_);
+  resp_bytes_ += scratch_.size();
+  if (log_pending_ || refuse_reason_ != nullptr) {
+    const char* why = refuse_reason_;
+    if (why == nullptr && status == 502) why = "upstream_failed";
+    if (why == nullptr && status == 504) why = "upstream_timeout";
+    if (why == nullptr && status == 404) why = "no_route";
+    LogRequest(status, why);
+  }
+  transport_.Write(scratch_);
+  transport_.ScheduleFlush();
+  if (close) {
+    DeadlineQueue::Cancel(&timer_);
+    BeginClose();
+  }
+}
+
+void Http1Connection::StartExchange() {
+  // Route on SNI, Host and the path part of the target.
+  std::string_view target = head_.target;
+  std::string_view path = target.substr(0, target.find('?'));
+  int upstream = w_->snapshot().router.Match(listener_, transport_.info().sni, head_.host, path);
+  req_content_length_ = head_.body == http1::BodyKind::kContentLength ? head_.content_length : 0;
+  req_body_seen_ = 0;
+  request_version_minor_ = head_.version_minor;
+  request_has_body_ = head_.body != http1::BodyKind::kNone;
+  keep_alive_ = head_.keep_alive && !w_->draining();
+  resp_head_seen_ = resp_done_ = false;
+  resp_status_ = 0;
+  DeadlineQueue::Cancel(&timer_);
+  DeadlineQueue::Cancel(&trim_timer_);
+  cluster_ = nullptr;
+  if (w_->access_log().enabled()) LogRequestStart();
+
+  // The upstream head is built before the client's head bytes are released:
+  // head_'s views point into the transport's input.
+  up_head_.clear();
+  http1::ForwardingInfo fwd;
+  fwd.client_ip = peer_ip_;
+  fwd.client_port = peer_port_;
+  fwd.sni = transport_.info().sni;
+  http1::BuildUpstreamRequestHead(head_, fwd, &up_head_);
+  if (head_.version_minor == 0) {
+    // An HTTP/1.0 client cannot read chunked bodies or 1xx responses: ask the
+    // backend in HTTP/1.0 too, so it frames the response for this client.
+    size_t eol = up_head_.find("\r\n");
+    if (eol != std::string::npos && eol >= 8) up_head_.replace(eol - 8, 8, "HTTP/1.0");
+  }
+  transport_.Consume(head_.head_len);
+  req_body_done_ = !request_has_body_;
+  state_ = State::kProxying;
+
+  if (upstream < 0) {
+    // Nothing routes this request: answer here, never guess a backend.
+    keep_alive_ = keep_alive_ && !request_has_body_;
+    state_ = State::kReadingHead;
+    RespondError(404, !keep_alive_);
+    if (keep_alive_) {
+      w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kKeepalive),
+                   w_->config().server.timeouts.keepalive_ms);
+    }
+    return;
+  }
+  upstream::Cluster* cluster = w_->cluster(static_cast<size_t>(upstream));
+  cluster_ = cluster;
+  upstream::ExchangeRequest req;
+  req.head = up_head_;
+  req.is_head = head_.is_head;
+  req.has_body = request_has_body_;
+  req.idempotent = head_.idempotent;
+  req.http10 = request_version_minor_ == 0;
+  exchange_.Start(cluster, req, this);
+  if (state_ == State::kProxying && !req_body_done_) ForwardRequestBody();
+}
+
+void Http1Connection::ForwardRequestBody() {
+  if (!exchange_.active() || req_pipe_.active()) return;
+  std::string_view buf = transport_.input();
+  if (buf.empty()) return MaybeSpliceRequestBody();
+  size_t consumed = 0;
+  http1::ParseStatus st = parser_->ParseBody(buf, &consumed);
+  if (st == http1::ParseStatus::kError) return FailRequestBody();
+  if (consumed > 0) {
+    exchange_.SendBody(buf.substr(0, consumed));
+    exchange_.BodyProgress();
+  }
+  transport_.Consume(consumed);
+  req_body_seen_ += consumed;
+  if (st == http1::ParseStatus::kDone) {
+    req_body_done_ = true;
+    exchange_.EndBody();
+    return;
+  }
+  MaybeSpliceRequestBody();
+}
+
+void Http1Connection::FailRequestBody() {
+  // The head already went upstream; that exchange cannot be finished.
+  exchange_.Abandon();
+  StopRequestSplice(false);
+  w_->metrics().listeners[listener_].parse_errors[static_cast<size_t>(parser_->error())].Inc();
+  refuse_reason_ = http1::RequestErrorLabel(parser_->error());
+  if (!resp_head_seen_) {
+    RespondError(http1::RequestErrorStatus(parser_->error()), true);
+  } else {
+    CloseNow();
+  }
+}
+
+void Http1Connection::SendToClient(std::string_view plain) {
+  if (state_ == State::kClosed) return;
+  resp_bytes_ += plain.size();
+  if (!transport_.Write(plain)) return CloseNow();
+  // Sent at the end of the loop turn: a response's head, body and a
+  // close_notify then leave in one send.
+  transport_.ScheduleFlush();
+}
+
+void Http1Connection::LogRequestStart() {
+  log_pending_ = true;
+  log_start_ms_ = w_->now_ms();
+  resp_bytes_ = 0;
+  log_req_.assign("\"method\":\"");
+  AppendJsonEscaped(&log_req_, head_.method);
+  log_req_.append("\",\"target\":\"");
+  AppendJsonEscaped(&log_req_, head_.target.substr(0, 4096));  // a log line stays bounded
+  log_req_.append("\",\"host\":\"");
+  AppendJsonEscaped(&log_req_, head_.host);
+  log_req_.append("\",\"version\":\"HTTP/1.");
+  log_req_.push_back(static_cast<char>('0' + head_.version_minor));
+  log_req_.push_back('"');
+}
+
+void Http1Connection::LogRequest(int status, const char* error) {
+  const bool started = log_pending_;
+  log_pending_ = false;
+  refuse_reason_ = nullptr;
+  std::string* out = w_->access_log().Begin();
+  if (out == nullptr) return;
+  const Config& cfg = w_->config();
+  out->append("{\"time\":\"");
+  out->append(w_->log_time());
+  absl::StrAppend(out, "\",\"listener\":\"",
+                  cfg.listeners[listener_].name, "\",\"client\":\"", peer_ip_, ":", peer_port_,
+                  "\",\"sni\":\"");
+  AppendJsonEscaped(out, transport_.info().sni);
+  out->append("\",");
+  out->append(started ? std::string_view(log_req_)
+                      : std::string_view("\"method\":null,\"target\":null,\"host\":null,"
+                                         "\"version\":null"));
+  absl::StrAppend(out, ",\"status\":", status, ",\"bytes\":", resp_bytes_, ",\"ms\":",
+                  started ? w_->now_ms() - log_start_ms_ : 0);
+  if (started && cluster_ != nullptr) {
+    absl::StrAppend(out, ",\"upstream\":\"", cluster_->name(), "\"");
+    int server = exchange_.cluster() == cluster_ ? exchange_.server() : -1;
+    if (server >= 0 && static_cast<size_t>(server) < cluster_->size()) {
+      absl::StrAppend(out, ",\"server\":\"", cluster_->server(server).address.text, "\"");
+    }
+  }
+  if (error != nullptr) absl::StrAppend(out, ",\"error\":\"", error, "\"");
+  out->push_back('}');
+  w_->access_log().Commit();
+  resp_bytes_ = 0;  // a refusal on this connection later counts only its own
+}
+
+void Http1Connection::LogIfPending(const char* error) {
+  if (log_pending_) LogRequest(resp_status_, error);
+}
+
+bool Http1Connection::closing_after_response() const {
+  return !keep_alive_ || w_->draining() || transport_.input_end() != tls::InputEnd::kNone;
+}
+
+void Http1Connection::FinishExchange() {
+  cluster_ = nullptr;
+  if (!keep_alive_ || w_->draining()) {
+    state_ = State::kReadingHead;  // so BeginClose flushes from a settled state
+    BeginClose();
+    return;
+  }
+  state_ = State::kReadingHead;
+  if (transport_.input().empty()) {
+    w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kKeepalive),
+                 w_->config().server.timeouts.keepalive_ms);
+    // Busy keep-alive connections keep their buffers; idle ones give them
+    // back shortly (a few KiB per idle connection).
+    w_->ArmTimer(&trim_timer_, kTimerTrim, kTrimAfterMs);
+  } else {
+    w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kRequestHeader),
+                 w_->config().server.timeouts.request_header_ms);
+  }
+}
+
+void Http1Connection::OnExchangeFailed(upstream::ExchangeFailure why, bool response_started) {
+  // Mid-response: the client connection cannot be saved.
+  if (response_started) return CloseNow();
+  pending_head_.clear();
+  int status = why == upstream::ExchangeFailure::kTimedOut ? 504 : 502;
+  keep_alive_ = keep_alive_ && req_body_done_;
+  RespondError(status, !keep_alive_);
+  if (keep_alive_) {
+    resp_done_ = true;
+    req_body_done_ = true;
+    FinishExchange();
+    transport_.Flush();
+    transport_.ResumeInput();
+    ProcessPlain();
+    HandleInputEnd();
+  }
+}
+
+void Http1Connection::OnDeadline(uint8_t kind) {
+  if (kind == kTimerTrim) {
+    if (state_ == State::kReadingHead && transport_.input().empty() && transport_.send_idle()) {
+      ShrinkIdleBuffers();
+    }
+    return;
+  }
+  auto k = static_cast<TimeoutKind>(kind);
+  if (state_ == State::kReadingHead && k == TimeoutKind::kKeepalive && transport_.input().empty()) {
+    w_->CountTimeout(TimeoutKind::kKeepalive);
+    return BeginClose();
+  }
+  w_->CountTimeout(k);
+  if (k == TimeoutKind::kRequestHeader || k == TimeoutKind::kKeepalive) {
+    // nginx and haproxy answer a slow head with 408 and close.
+    refuse_reason_ = "request_timeout";
+    return RespondError(408, true);
+  }
+  CloseNow();
+}
+
+void Http1Connection::Drain() {
+  if (state_ == State::kClosed || state_ == State::kIdle || state_ == State::kClosing) return;
+  if (state_ == State::kHandshake) return CloseNow();
+  if (state_ == State::kReadingHead && transport_.input().empty()) return BeginClose();
+  keep_alive_ = false;
+}
+
+void Http1Connection::BeginClose() {
+  if (state_ == State::kClosed || state_ == State::kClosing) return;
+  TearDown();
+  state_ = State::kClosing;
+  transport_.Close();
+}
+
+void Http1Connection::CloseNow() {
+  if (state_ == State::kClosed) return;
+  TearDown();
+  transport_.Abort();
+}
+
+void Http1Connection::TearDown() {
+  // A request cut short (client gone, backend reset mid-response) is still
+  // logged, with what had been sent.
+  if (log_pending_) LogRequest(resp_status_, "aborted");
+  exchange_.Abandon();
+  pending_head_.clear();
+  state_ = State::kClosed;
+  DeadlineQueue::Cancel(&timer_);
+  DeadlineQueue::Cancel(&trim_timer_);
+  StopRequestSplice(false);
+}
+
+void Http1Connection::MaybeRelease() {
+  if (!transport_released_ || inflight_ > 0) return;
+  state_ = State::kIdle;
+  w_->metrics().listeners[listener_].active.Dec();
+  ShrinkIdleBuffers();
+  w_->ReleaseClient(this);
+}
+
+void Http1Connection::ShrinkIdleBuffers() {
+  // Idle keep-alive connections should cost a few KiB: nothing of a past
+  // exchange stays allocated.
+  transport_.ShrinkIdle();
+  std::string().swap(up_head_);
+  std::string().swap(scratch_);
+  if (head_.headers.capacity() > 16) std::vector<http1::Header>().swap(head_.headers);
+}
+
+}  // namespace ktlb

@@ -1,0 +1,88 @@
+#include "ktlb/exchange.h"
+
+#include "ktlb/cluster.h"
+#include "upstream_connection.h"
+
+namespace ktlb::upstream {
+
+Exchange::~Exchange() { Abandon(); }
+
+void Exchange::Start(Cluster* cluster, const ExchangeRequest& request, ExchangeSink* sink) {
+  cluster_ = cluster;
+  sink_ = sink;
+  head_.assign(request.head);
+  request_ = request;
+  request_.head = head_;
+  server_ = -1;
+  attempts_ = 0;
+  body_done_ = !request.has_body;
+  Attempt(-1);
+}
+
+void Exchange::Attempt(int avoid_server) {
+  ++attempts_;
+  size_t server = cluster_->Pick(avoid_server);
+  server_ = static_cast<int>(server);
+  // A retry always opens a fresh connection: a pooled one may be just as stale.
+  UpstreamConnection* c = cluster_->Connection(server, avoid_server < 0 && attempts_ == 1);
+  if (c == nullptr) return OnAttemptFailed(false, false);
+  conn_ = c;
+  cluster_->metrics().requests.Inc();
+  c->Begin(this);
+}
+
+void Exchange::OnAttemptFailed(bool timed_out, bool got_response_bytes) {
+  UpstreamConnection* failed = conn_;
+  conn_ = nullptr;
+  bool reused = failed != nullptr && failed->reused();
+  // Replaying is safe only when nothing of the response was seen and the
+  // whole request is still in hand (no streamed body).
+  bool can_retry = !timed_out && !got_response_bytes && !request_.has_body && attempts_ < 2 &&
+                   (request_.idempotent || reused);
+  if (can_retry) {
+    if (!reused) cluster_->metrics().retries.Inc();
+    // A stale pooled connection is retried on a fresh one, maybe the same
+    // server; a refusing server is avoided.
+    return Attempt(reused ? -1 : server_);
+  }
+  sink_->OnExchangeFailed(timed_out ? ExchangeFailure::kTimedOut : ExchangeFailure::kFailed, false);
+}
+
+void Exchange::OnAttemptAborted() {
+  conn_ = nullptr;
+  sink_->OnExchangeFailed(ExchangeFailure::kFailed, true);
+}
+
+void Exchange::OnAttemptDone() {
+  conn_ = nullptr;
+  sink_->OnResponseComplete();
+}
+
+void Exchange::SendBody(std::string_view bytes) {
+  if (conn_ != nullptr) conn_->Send(bytes);
+}
+
+void Exchange::BodyProgress() {
+  if (conn_ != nullptr) conn_->RequestBodyProgress();
+}
+
+size_t Exchange::RequestBacklog() const { return conn_ != nullptr ? conn_->SendBacklog() : 0; }
+
+int Exchange::RequestSpliceFd() const { return conn_ != nullptr ? conn_->fd() : -1; }
+
+bool Exchange::RequestSpliceReady() const {
+  return conn_ != nullptr && conn_->connected() && conn_->SendBacklog() == 0;
+}
+
+void Exchange::OnSinkWritable() {
+  if (conn_ != nullptr) conn_->OnSinkWritable();
+}
+
+void Exchange::Abandon() {
+  if (conn_ == nullptr) return;
+  UpstreamConnection* c = conn_;
+  conn_ = nullptr;
+  c->Abandon();
+}
+
+}  // namespace ktlb::upstream

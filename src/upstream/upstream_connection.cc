@@ -1,0 +1,367 @@
+#include "upstream_connection.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "ktlb/splice_policy.h"
+
+namespace ktlb::upstream {
+
+namespace {
+// A response head over this size is refused (a backend gone wrong).
+constexpr size_t kMaxResponseHead = 64 * 1024;
+}  // namespace
+
+uint64_t UpstreamConnection::Tag(uint8_t op) const { return loop_->Tag(handle_, op); }
+
+void UpstreamConnection::OnCompletion(uint8_t op, int res, uint32_t flags) {
+  switch (op) {
+    case kRecv: return OnRecv(res, flags);
+    case kSend: return OnSend(res);
+    case kConnect: return OnConnect(res);
+    case kPollIn:
+    case kPollOut: return OnSplicePoll(op, res);
+    default: return;
+  }
+}
+
+void UpstreamConnection::OnDeferred(uint8_t op) {
+  if (op == kRetryRecv) ArmRecv();
+}
+
+bool UpstreamConnection::Connect(Cluster* cluster, size_t server) {
+  cluster_ = cluster;
+  loop_ = &cluster->loop();
+  if (!registered_) {
+    handle_ = loop_->AddHandler(this);
+    registered_ = true;
+  } else {
+    loop_->Retire(handle_);
+  }
+  server_ = server;
+  timer_.target = this;
+  out_.clear();
+  sending_.clear();
+  sending_off_ = 0;
+  recv_inflight_ = send_inflight_ = connect_inflight_ = poll_in_inflight_ = poll_out_inflight_ =
+      false;
+  inflight_ = 0;
+  reused_ = false;
+  exchange_ = nullptr;
+  pipe_.Clear();
+  fd_ = StartConnect(*loop_, cluster->server(server).address, Tag(kConnect), cluster->log(),
+                     "upstream", cluster->metrics());
+  if (fd_ < 0) {
+    state_ = State::kClosed;
+    return false;
+  }
+  state_ = State::kConnecting;
+  connect_inflight_ = true;
+  ++inflight_;
+  loop_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kUpstreamConnect),
+                  cluster->limits().connect_timeout_ms);
+  return true;
+}
+
+void UpstreamConnection::Begin(Exchange* exchange) {
+  exchange_ = exchange;
+  got_bytes_ = head_done_ = resp_done_ = reusable_ = false;
+  head_buf_.clear();
+  if (!parser_) parser_.emplace();
+  out_.append(exchange->request().head);
+  if (state_ == State::kIdle) {
+    // A parked connection already has its recv armed (it watches for the
+    // backend closing); that recv now carries the response.
+    reused_ = true;
+    state_ = State::kActive;
+    loop_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kUpstreamResponse),
+                    cluster_->limits().response_timeout_ms);
+    FlushSend();
+    ArmRecv();
+  }
+  // While connecting, the head waits in out_ until OnConnect.
+}
+
+void UpstreamConnection::Send(std::string_view bytes) {
+  out_.append(bytes);
+  if (state_ == State::kActive) FlushSend();
+}
+
+void UpstreamConnection::ArmRecv() {
+  if (recv_inflight_ || fd_ < 0) return;
+  if (state_ == State::kActive && sink() != nullptr &&
+      sink()->ResponseBacklog() >= kMaxResponseBacklog) {
+    return;  // the client is slow: let the backend's window fill instead of our memory
+  }
+  // The response (or, parked, anything at all) cannot be there yet: wait
+  // for readiness instead of trying a receive that would fail first.
+  loop_->PrepRecv(fd_, Tag(kRecv), !got_bytes_ || state_ == State::kIdle);
+  recv_inflight_ = true;
+  ++inflight_;
+}
+
+void UpstreamConnection::FlushSend() {
+  if (send_inflight_ || fd_ < 0 || state_ != State::kActive) return;
+  if (sending_off_ >= sending_.size()) {
+    sending_.clear();
+    sending_off_ = 0;
+    if (out_.empty()) return;
+    sending_.swap(out_);
+  }
+  io_uring_sqe* sqe = loop_->Sqe();
+  io_uring_prep_send(sqe, fd_, sending_.data() + sending_off_, sending_.size() - sending_off_,
+                     MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(sqe, Tag(kSend));
+  send_inflight_ = true;
+  ++inflight_;
+}
+
+void UpstreamConnection::OnConnect(int res) {
+  connect_inflight_ = false;
+  --inflight_;
+  if (state_ == State::kClosed) return MaybeRelease();
+  if (res < 0) {
+    cluster_->log().Log(ErrorLog::Level::kWarn, "upstream", "connect to %s failed: %s",
+                        cluster_->server(server_).address.text.c_str(), strerror(-res));
+    cluster_->metrics().connect_failures.Inc();
+    return Fail(false);
+  }
+  state_ = State::kActive;
+  loop_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kUpstreamResponse),
+                  cluster_->limits().response_timeout_ms);
+  FlushSend();
+  ArmRecv();
+}
+
+void UpstreamConnection::OnSend(int res) {
+  send_inflight_ = false;
+  --inflight_;
+  if (state_ == State::kClosed) return MaybeRelease();
+  if (res < 0) {
+    if (res == -EAGAIN || res == -EINTR) return FlushSend();
+    // The backend went away; the recv side reports the details.
+    cluster_->metrics().resets.Inc();
+    return Fail(false);
+  }
+  sending_off_ += static_cast<size_t>(res);
+  FlushSend();
+  if (sink() != nullptr && SendBacklog() == 0) sink()->OnRequestWritable();
+}
+
+void UpstreamConnection::OnRecv(int res, uint32_t flags) {
+  recv_inflight_ = false;
+  --inflight_;
+  if (state_ == State::kClosed) {
+    loop_->buffers().RecycleFrom(flags);
+    return MaybeRelease();
+  }
+  if (res == -ENOBUFS) {
+    loop_->NextTurn(Tag(kRetryRecv));
+    return;
+  }
+  if (state_ == State::kIdle) {
+    // A parked connection heard from its backend: a close, or bytes nobody
+    // asked for. Either way it is not reusable.
+    loop_->buffers().RecycleFrom(flags);
+    cluster_->Forget(this);
+    return CloseNow();
+  }
+  if (res <= 0) {
+    if (head_done_ && parser_ && head_.body == http1::BodyKind::kUntilClose) {
+      // EOF is how this body ends.
+      resp_done_ = true;
+      reusable_ = false;
+      return Finish();
+    }
+    if (res < 0 || !got_bytes_ || head_done_) cluster_->metrics().resets.Inc();
+    return head_done_ ? Abort() : Fail(false);
+  }
+  uint16_t bid = BufferRing::BufferId(flags);
+  std::string_view data = loop_->buffers().Data(bid, static_cast<uint32_t>(res));
+  got_bytes_ = true;
+  loop_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kUpstreamResponse),
+                  cluster_->limits().response_timeout_ms);
+  HandleBytes(data);
+  loop_->buffers().Recycle(bid);
+  if (state_ == State::kActive && !resp_done_ && !pipe_.active()) ArmRecv();
+}
+
+void UpstreamConnection::HandleBytes(std::string_view data) {
+  while (!data.empty() && state_ == State::kActive && sink() != nullptr) {
+    if (!head_done_) {
+      std::string_view buf = data;
+      if (!head_buf_.empty()) {
+        head_buf_.append(data);
+        buf = head_buf_;
+      }
+      head_.headers.clear();
+      http1::ParseStatus st = parser_->ParseHead(buf, exchange_->request().is_head, &head_);
+      if (st == http1::ParseStatus::kIncomplete) {
+        if (head_buf_.empty()) head_buf_.assign(data);
+        if (head_buf_.size() > kMaxResponseHead) {
+          cluster_->log().Log(ErrorLog::Level::kWarn, "upstream", "response head over 64 KiB");
+          return Fail(false);
+        }
+        return;
+      }
+      if (st == http1::ParseStatus::kError) {
+        cluster_->log().Log(ErrorLog::Level::kWarn, "upstream", "bad response: %s",
+                            parser_->error_reason());
+        cluster_->metrics().resets.Inc();
+        return Fail(false);
+      }
+      // The rest of this read, past the head, is body (or the next head).
+      size_t consumed_from_data =
+          head_buf_.empty() ? head_.head_len : head_.head_len - (head_buf_.size() - data.size());
+      const bool interim = head_.status < 200;
+      if (!interim) {
+        head_done_ = true;
+        // An HTTP/1.0 request may leave the backend expecting to close:
+        // never pool after one.
+        reusable_ = head_.keep_alive && !exchange_->request().http10;
+      }
+      sink()->OnResponseHead(head_);
+      data.remove_prefix(consumed_from_data);
+      head_buf_.clear();
+      if (sink() == nullptr || state_ != State::kActive) return;
+      if (interim) continue;  // 1xx: the final head follows
+      if (head_.body == http1::BodyKind::kNone) {
+        resp_done_ = true;
+        if (!data.empty()) reusable_ = false;  // bytes after a complete response
+        return Finish();
+      }
+      continue;
+    }
+    size_t consumed = 0;
+    http1::ParseStatus st = parser_->ParseBody(data, &consumed);
+    if (st == http1::ParseStatus::kError) {
+      cluster_->log().Log(ErrorLog::Level::kWarn, "upstream", "bad response body: %s",
+                          parser_->error_reason());
+      cluster_->metrics().resets.Inc();
+      return Abort();
+    }
+    if (consumed > 0) {
+      sink()->OnResponseBody(data.substr(0, consumed));
+      if (sink() == nullptr || state_ != State::kActive) return;
+    }
+    data.remove_prefix(consumed);
+    if (st == http1::ParseStatus::kDone) {
+      resp_done_ = true;
+      if (!data.empty()) reusable_ = false;
+      return Finish();
+    }
+    if (data.empty() && sink()->ResponseSpliceFd() >= 0) {
+      std::optional<uint64_t> n =
+          SpliceLength(*parser_, head_.body == http1::BodyKind::kContentLength);
+      // The rest of a large body (or of a body of large chunks) goes
+      // through the kernel only.
+      if (n) return StartSplice(*n);
+    }
+  }
+}
+
+void UpstreamConnection::Finish() {
+  Exchange* ex = exchange_;
+  exchange_ = nullptr;
+  Loop::CancelTimer(&timer_);
+  bool parked = false;
+  if (reusable_ && SendBacklog() == 0 && ex != nullptr && ex->body_done()) {
+    state_ = State::kIdle;
+    if (cluster_->Park(this)) {
+      parked = true;
+      ArmRecv();
+      // An idle pooled connection holds no buffers worth keeping.
+      if (sending_.capacity() > 4096 && !send_inflight_) {
+        std::string().swap(sending_);
+        sending_off_ = 0;
+      }
+    }
+  }
+  if (!parked) CloseNow();
+  if (ex != nullptr) ex->OnAttemptDone();
+}
+
+void UpstreamConnection::Fail(bool timed_out) {
+  Exchange* ex = exchange_;
+  exchange_ = nullptr;
+  bool got = got_bytes_;
+  bool head_done = head_done_;
+  CloseNow();
+  if (ex == nullptr) return;
+  if (head_done) {
+    ex->OnAttemptAborted();
+  } else {
+    ex->OnAttemptFailed(timed_out, got);
+  }
+}
+
+void UpstreamConnection::Abort() {
+  Exchange* ex = exchange_;
+  exchange_ = nullptr;
+  CloseNow();  // closes a splice pipe too: it may hold bytes of the abandoned body
+  if (ex != nullptr) ex->OnAttemptAborted();
+}
+
+void UpstreamConnection::OnSinkWritable() {
+  if (state_ != State::kActive || resp_done_) return;
+  if (pipe_.active()) return Pump();
+  ArmRecv();
+}
+
+void UpstreamConnection::RequestBodyProgress() {
+  if (state_ == State::kActive && !head_done_) {
+    loop_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kUpstreamResponse),
+                    cluster_->limits().response_timeout_ms);
+  }
+}
+
+void UpstreamConnection::Abandon() {
+  exchange_ = nullptr;
+  CloseNow();
+}
+
+void UpstreamConnection::CloseIdle() { CloseNow(); }
+
+void UpstreamConnection::OnDeadline(uint8_t kind) {
+  auto k = static_cast<TimeoutKind>(kind);
+  cluster_->metrics().timeouts.Inc();
+  cluster_->log().Log(ErrorLog::Level::kWarn, "upstream", "%s timeout on %s", TimeoutKindLabel(k),
+                      cluster_->server(server_).address.text.c_str());
+  if (k == TimeoutKind::kUpstreamConnect) cluster_->metrics().connect_failures.Inc();
+  cluster_->CountTimeout(k);
+  if (head_done_) return Abort();
+  Fail(true);
+}
+
+void UpstreamConnection::CloseNow() {
+  if (state_ == State::kClosed) return;
+  state_ = State::kClosed;
+  Loop::CancelTimer(&timer_);
+  if (connect_inflight_) loop_->Cancel(Tag(kConnect));
+  if (fd_ >= 0) shutdown(fd_, SHUT_RDWR);
+  MaybeRelease();
+}
+
+void UpstreamConnection::MaybeRelease() {
+  if (state_ != State::kClosed || inflight_ > 0) return;
+  if (pipe_.active()) {
+    // A pipe with bytes of an aborted body is not reusable.
+    close(pipe_.pipe_r());
+    close(pipe_.pipe_w());
+    pipe_.Clear();
+  }
+  if (fd_ >= 0) {
+    // A connect still in flight is cancelled by closing only after it
+    // completes, which inflight_ already waited for.
+    close(fd_);
+    fd_ = -1;
+  }
+  out_.clear();
+  head_buf_.clear();
+  cluster_->Release(this);
+}
+
+}  // namespace ktlb::upstream
