@@ -72,6 +72,8 @@ class Cluster {
   bool Park(UpstreamConnection* c);
   void Forget(UpstreamConnection* c);  // a parked one closed
   void Release(UpstreamConnection* c);  // its slot may be reused
+  // Connections open or still closing.
+  size_t live() const { return connections_.live(); }
   // Drain: closes parked connections and parks no more.
   void Drain();
 

@@ -8,8 +8,11 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace ktlb {
@@ -75,15 +78,18 @@ struct UpstreamMetrics {
 };
 
 struct WorkerMetrics {
-  std::vector<ListenerMetrics> listeners;  // by listener index in the config
-  std::vector<UpstreamMetrics> upstreams;  // by upstream index in the config
+  // By the registry's slot for a listener or upstream name (see
+  // MetricsRegistry::Listener); grown under the registry's lock, never
+  // shrunk or moved, so a connection may keep a reference.
+  std::deque<ListenerMetrics> listeners;
+  std::deque<UpstreamMetrics> upstreams;
   std::array<Counter, static_cast<size_t>(TimeoutKind::kCount)> timeouts;
   Counter loop_turns;
 };
 
 // Names needed to render label values; filled once at startup.
 struct MetricsLabels {
-  std::vector<std::string> listeners;
+  std::vector<std::string> listeners;  // registered up front, in this order
   std::vector<std::string> upstreams;
   std::vector<const char*> handshake_failures;  // index -> label
   std::vector<const char*> parse_errors;        // index -> label
@@ -92,14 +98,24 @@ struct MetricsLabels {
   std::vector<const char*> hello_failures;      // index -> label (nullptr: not a failure)
 };
 
+// Listeners and upstreams are counted by name: two config generations with
+// different listeners and upstreams count side by side, and a name that
+// stays counts on across them. Workers register names when they build a
+// generation (off the request path); counting itself takes no lock.
 class MetricsRegistry {
  public:
   MetricsRegistry(MetricsLabels labels, size_t workers);
   WorkerMetrics& worker(size_t i) { return *workers_[i]; }
+  // Worker `worker`'s counters for the listener / upstream `name`.
+  ListenerMetrics& Listener(size_t worker, std::string_view name);
+  UpstreamMetrics& Upstream(size_t worker, std::string_view name);
   // Prometheus text exposition format, summed over workers.
   std::string Render() const;
 
  private:
+  static size_t Slot(std::vector<std::string>* names, std::string_view name);
+
+  mutable std::mutex mu_;  // guards the name lists and the workers' deques' sizes
   MetricsLabels labels_;
   std::vector<std::unique_ptr<WorkerMetrics>> workers_;
 };

@@ -25,6 +25,13 @@ class Server {
   absl::Status Start();
   // Asks every worker to drain, waits for them (bounded by drain_timeout_ms).
   void StopAndWait();
+  // Hands every worker `snapshot` for its next accepts (Worker::Swap);
+  // returns at once. Live connections finish on the snapshot they began on.
+  void Swap(std::shared_ptr<const Snapshot> snapshot);
+  // Worker swaps applied / refused so far, summed over workers.
+  uint64_t swaps_applied() const;
+  uint64_t swaps_failed() const;
+  const MetricsRegistry& metrics() const { return *metrics_; }
   size_t worker_count() const { return workers_.size(); }
 
  private:

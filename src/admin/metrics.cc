@@ -21,10 +21,34 @@ const char* TimeoutKindLabel(TimeoutKind k) {
 MetricsRegistry::MetricsRegistry(MetricsLabels labels, size_t workers) : labels_(std::move(labels)) {
   for (size_t i = 0; i < workers; ++i) {
     auto w = std::make_unique<WorkerMetrics>();
-    w->listeners = std::vector<ListenerMetrics>(labels_.listeners.size());
-    w->upstreams = std::vector<UpstreamMetrics>(labels_.upstreams.size());
+    w->listeners.resize(labels_.listeners.size());
+    w->upstreams.resize(labels_.upstreams.size());
     workers_.push_back(std::move(w));
   }
+}
+
+size_t MetricsRegistry::Slot(std::vector<std::string>* names, std::string_view name) {
+  for (size_t i = 0; i < names->size(); ++i) {
+    if ((*names)[i] == name) return i;
+  }
+  names->emplace_back(name);
+  return names->size() - 1;
+}
+
+ListenerMetrics& MetricsRegistry::Listener(size_t worker, std::string_view name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  size_t slot = Slot(&labels_.listeners, name);
+  auto& list = workers_[worker]->listeners;
+  while (list.size() <= slot) list.emplace_back();
+  return list[slot];
+}
+
+UpstreamMetrics& MetricsRegistry::Upstream(size_t worker, std::string_view name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  size_t slot = Slot(&labels_.upstreams, name);
+  auto& list = workers_[worker]->upstreams;
+  while (list.size() <= slot) list.emplace_back();
+  return list[slot];
 }
 
 namespace {
@@ -37,6 +61,20 @@ uint64_t Sum(const std::vector<std::unique_ptr<WorkerMetrics>>& ws, F&& pick) {
   return total;
 }
 
+// Sums one listener's (or upstream's) counter over the workers that have
+// registered it.
+template <typename F>
+uint64_t SumSlot(const std::vector<std::unique_ptr<WorkerMetrics>>& ws, size_t slot, bool listener,
+                 F&& pick) {
+  uint64_t total = 0;
+  for (const auto& w : ws) {
+    if (listener ? slot < w->listeners.size() : slot < w->upstreams.size()) {
+      total += pick(*w).Get();
+    }
+  }
+  return total;
+}
+
 void Family(std::string* out, const char* name, const char* type, const char* help) {
   absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
 }
@@ -44,6 +82,7 @@ void Family(std::string* out, const char* name, const char* type, const char* he
 }  // namespace
 
 std::string MetricsRegistry::Render() const {
+  std::lock_guard<std::mutex> lock(mu_);
   std::string out;
   const auto& L = labels_.listeners;
   auto per_listener = [&](const char* name, const char* type, const char* help,
@@ -51,7 +90,7 @@ std::string MetricsRegistry::Render() const {
     Family(&out, name, type, help);
     for (size_t i = 0; i < L.size(); ++i) {
       absl::StrAppend(&out, name, "{listener=\"", L[i], "\"} ",
-                      Sum(workers_, [&](const WorkerMetrics& w) -> const Counter& {
+                      SumSlot(workers_, i, true, [&](const WorkerMetrics& w) -> const Counter& {
                         return pick(w.listeners[i]);
                       }),
                       "\n");
@@ -70,12 +109,12 @@ std::string MetricsRegistry::Render() const {
   Family(&out, "ktlb_tls_handshakes_total", "counter", "Completed TLS handshakes by kind.");
   for (size_t i = 0; i < L.size(); ++i) {
     absl::StrAppend(&out, "ktlb_tls_handshakes_total{listener=\"", L[i], "\",kind=\"full\"} ",
-                    Sum(workers_, [&](const WorkerMetrics& w) -> const Counter& {
+                    SumSlot(workers_, i, true, [&](const WorkerMetrics& w) -> const Counter& {
                       return w.listeners[i].tls.handshakes_full;
                     }),
                     "\n");
     absl::StrAppend(&out, "ktlb_tls_handshakes_total{listener=\"", L[i], "\",kind=\"resumed\"} ",
-                    Sum(workers_, [&](const WorkerMetrics& w) -> const Counter& {
+                    SumSlot(workers_, i, true, [&](const WorkerMetrics& w) -> const Counter& {
                       return w.listeners[i].tls.handshakes_resumed;
                     }),
                     "\n");
@@ -87,7 +126,7 @@ std::string MetricsRegistry::Render() const {
     for (size_t i = 0; i < L.size(); ++i) {
       for (size_t r = 0; r < labels.size() && r < kMaxReasons; ++r) {
         if (labels[r] == nullptr) continue;
-        uint64_t v = Sum(workers_, [&](const WorkerMetrics& w) -> const Counter& {
+        uint64_t v = SumSlot(workers_, i, true, [&](const WorkerMetrics& w) -> const Counter& {
           return pick(w.listeners[i])[r];
         });
         absl::StrAppend(&out, name, "{listener=\"", L[i], "\",reason=\"", labels[r], "\"} ", v,
@@ -105,7 +144,7 @@ std::string MetricsRegistry::Render() const {
   for (size_t i = 0; i < L.size(); ++i) {
     for (int c = 1; c <= 5; ++c) {
       absl::StrAppend(&out, "ktlb_http_requests_total{listener=\"", L[i], "\",class=\"", c, "xx\"} ",
-                      Sum(workers_, [&](const WorkerMetrics& w) -> const Counter& {
+                      SumSlot(workers_, i, true, [&](const WorkerMetrics& w) -> const Counter& {
                         return w.listeners[i].requests_by_class[c];
                       }),
                       "\n");
@@ -154,7 +193,7 @@ std::string MetricsRegistry::Render() const {
     Family(&out, name, "counter", help);
     for (size_t i = 0; i < U.size(); ++i) {
       absl::StrAppend(&out, name, "{upstream=\"", U[i], "\"} ",
-                      Sum(workers_, [&](const WorkerMetrics& w) -> const Counter& {
+                      SumSlot(workers_, i, false, [&](const WorkerMetrics& w) -> const Counter& {
                         return pick(w.upstreams[i]);
                       }),
                       "\n");

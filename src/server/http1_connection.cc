@@ -15,9 +15,10 @@ int StatusClass(int status) { return status >= 100 && status < 600 ? status / 10
 
 uint64_t Http1Connection::Tag(uint8_t op) const { return w_->loop().Tag(handle_, op); }
 
-void Http1Connection::Start(Worker* w, size_t listener_index, int fd, const sockaddr_storage& peer,
-                            const tls::ServerTlsContext& tls) {
+void Http1Connection::Start(Worker* w, Generation* gen, size_t listener_index, int fd,
+                            const sockaddr_storage& peer) {
   w_ = w;
+  gen_ = gen;
   if (!registered_) {
     handle_ = w->loop().AddHandler(this);
     registered_ = true;
@@ -38,7 +39,7 @@ void Http1Connection::Start(Worker* w, size_t listener_index, int fd, const sock
   cluster_ = nullptr;
   pending_head_.clear();
   head_flush_scheduled_ = false;
-  const ServerConfig& sc = w->config().server;
+  const ServerConfig& sc = gen->config().server;
   if (!parser_) parser_.emplace(http1::Limits{sc.max_request_line, sc.max_header_bytes});
   parser_->Reset();  // the slot's previous connection may have ended on an error
   req_body_done_ = true;
@@ -46,16 +47,17 @@ void Http1Connection::Start(Worker* w, size_t listener_index, int fd, const sock
   keep_alive_ = true;
   state_ = State::kHandshake;
   transport_released_ = false;
-  const ListenerConfig& lc = w->config().listeners[listener_index];
+  const ListenerConfig& lc = gen->config().listeners[listener_index];
   tls::TransportOptions opts;
   opts.loop = &w->loop();
   opts.log = &w->error_log();
-  opts.metrics = &w->metrics().listeners[listener_index].tls;
+  opts.metrics = &gen->listener_metrics(listener_index).tls;
   opts.handshake_timeouts = &w->metrics().timeouts[static_cast<size_t>(TimeoutKind::kHandshake)];
   opts.handshake_timeout_ms = sc.timeouts.handshake_ms;
   opts.ktls = lc.ktls;
   opts.kernel_ktls = w->kernel_ktls();
-  transport_.StartServer(opts, this, fd, tls, absl::StrCat(peer_ip_, ":", peer_port_));
+  transport_.StartServer(opts, this, fd, *gen->tls(listener_index),
+                         absl::StrCat(peer_ip_, ":", peer_port_));
 }
 
 tls::InputWanted Http1Connection::WantsInput() const {
@@ -63,7 +65,7 @@ tls::InputWanted Http1Connection::WantsInput() const {
     case State::kReadingHead: {
       // A head larger than the limit is refused anyway; do not buffer beyond it.
       size_t buffered = transport_.input().size();
-      if (buffered > w_->config().server.max_header_bytes + kPlainChunk) return tls::InputWanted::kNo;
+      if (buffered > gen_->config().server.max_header_bytes + kPlainChunk) return tls::InputWanted::kNo;
       return buffered == 0 ? tls::InputWanted::kIdle : tls::InputWanted::kYes;
     }
     case State::kProxying:
@@ -83,7 +85,7 @@ void Http1Connection::OnHandshakeDone() {
   // Waiting for the first request: an idle timeout with the header
   // timeout's length (a connection that never sends one is closed quietly).
   w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kKeepalive),
-               w_->config().server.timeouts.request_header_ms);
+               gen_->config().server.timeouts.request_header_ms);
 }
 
 void Http1Connection::OnNotTls() {
@@ -109,7 +111,7 @@ void Http1Connection::HandleInputEnd() {
   keep_alive_ = false;
   if (state_ == State::kProxying && !req_body_done_) {
     // The request it ends was still sending its body: cut short.
-    if (end == tls::InputEnd::kCloseNotify) w_->metrics().listeners[listener_].client_resets.Inc();
+    if (end == tls::InputEnd::kCloseNotify) gen_->listener_metrics(listener_).client_resets.Inc();
     return CloseNow();
   }
   if (state_ == State::kReadingHead) BeginClose();
@@ -127,7 +129,7 @@ void Http1Connection::OnTransportClosed(tls::CloseReason why) {
       (why == tls::CloseReason::kPeerGone &&
        (state_ == State::kProxying ||
         (state_ == State::kReadingHead && !transport_.input().empty())))) {
-    w_->metrics().listeners[listener_].client_resets.Inc();
+    gen_->listener_metrics(listener_).client_resets.Inc();
   }
   TearDown();
 }
@@ -187,7 +189,7 @@ void Http1Connection::OnResponseBody(std::string_view bytes) {
 
 void Http1Connection::OnResponseComplete() {
   WritePendingHead();
-  w_->metrics().listeners[listener_].requests_by_class[StatusClass(resp_status_)].Inc();
+  gen_->listener_metrics(listener_).requests_by_class[StatusClass(resp_status_)].Inc();
   if (log_pending_) LogRequest(resp_status_, nullptr);
   resp_done_ = true;
   if (!req_body_done_) {
@@ -218,7 +220,7 @@ bool Http1Connection::ResponseSpliceReady() const {
 
 void Http1Connection::OnResponseSpliced(uint64_t n) {
   resp_bytes_ += n;
-  w_->metrics().listeners[listener_].bytes_spliced.Inc(n);
+  gen_->listener_metrics(listener_).bytes_spliced.Inc(n);
 }
 
 void Http1Connection::OnRequestWritable() {
@@ -236,7 +238,7 @@ void Http1Connection::ProcessPlain() {
       if (timer_.kind == static_cast<uint8_t>(TimeoutKind::kKeepalive) && timer_.armed()) {
         // First bytes of a request: the header deadline starts now.
         w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kRequestHeader),
-                     w_->config().server.timeouts.request_header_ms);
+                     gen_->config().server.timeouts.request_header_ms);
       }
       head_.headers.clear();
       http1::ParseStatus st = parser_->ParseHead(buf, &head_);
@@ -259,7 +261,7 @@ void Http1Connection::ProcessPlain() {
 }
 
 void Http1Connection::RefuseRequest(http1::RequestError e) {
-  w_->metrics().listeners[listener_].parse_errors[static_cast<size_t>(e)].Inc();
+  gen_->listener_metrics(listener_).parse_errors[static_cast<size_t>(e)].Inc();
   int status = http1::RequestErrorStatus(e);
   w_->error_log().Log(ErrorLog::Level::kInfo, "http", "refused request from %s:%u: %s (%d)",
                       peer_ip_.c_str(), peer_port_, http1::RequestErrorLabel(e), status);
@@ -268,7 +270,7 @@ void Http1Connection::RefuseRequest(http1::RequestError e) {
 }
 
 void Http1Connection::RespondError(int status, bool close) {
-  w_->metrics().listeners[listener_].requests_by_class[StatusClass(status)].Inc();
+  gen_->listener_metrics(listener_).requests_by_class[StatusClass(status)].Inc();
   scratch_.clear();
   http1::BuildErrorResponse(status, close, &scratch_);
   resp_bytes_ += scratch_.size();
@@ -291,7 +293,7 @@ void Http1Connection::StartExchange() {
   // Route on SNI, Host and the path part of the target.
   std::string_view target = head_.target;
   std::string_view path = target.substr(0, target.find('?'));
-  int upstream = w_->snapshot().router.Match(listener_, transport_.info().sni, head_.host, path);
+  int upstream = gen_->router().Match(listener_, transport_.info().sni, head_.host, path);
   req_content_length_ = head_.body == http1::BodyKind::kContentLength ? head_.content_length : 0;
   req_body_seen_ = 0;
   request_version_minor_ = head_.version_minor;
@@ -329,11 +331,11 @@ void Http1Connection::StartExchange() {
     RespondError(404, !keep_alive_);
     if (keep_alive_) {
       w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kKeepalive),
-                   w_->config().server.timeouts.keepalive_ms);
+                   gen_->config().server.timeouts.keepalive_ms);
     }
     return;
   }
-  upstream::Cluster* cluster = w_->cluster(static_cast<size_t>(upstream));
+  upstream::Cluster* cluster = gen_->cluster(static_cast<size_t>(upstream));
   cluster_ = cluster;
   upstream::ExchangeRequest req;
   req.head = up_head_;
@@ -370,7 +372,7 @@ void Http1Connection::FailRequestBody() {
   // The head already went upstream; that exchange cannot be finished.
   exchange_.Abandon();
   StopRequestSplice(false);
-  w_->metrics().listeners[listener_].parse_errors[static_cast<size_t>(parser_->error())].Inc();
+  gen_->listener_metrics(listener_).parse_errors[static_cast<size_t>(parser_->error())].Inc();
   refuse_reason_ = http1::RequestErrorLabel(parser_->error());
   if (!resp_head_seen_) {
     RespondError(http1::RequestErrorStatus(parser_->error()), true);
@@ -409,7 +411,7 @@ void Http1Connection::LogRequest(int status, const char* error) {
   refuse_reason_ = nullptr;
   std::string* out = w_->access_log().Begin();
   if (out == nullptr) return;
-  const Config& cfg = w_->config();
+  const Config& cfg = gen_->config();
   out->append("{\"time\":\"");
   out->append(w_->log_time());
   absl::StrAppend(out, "\",\"listener\":\"",
@@ -453,13 +455,13 @@ void Http1Connection::FinishExchange() {
   state_ = State::kReadingHead;
   if (transport_.input().empty()) {
     w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kKeepalive),
-                 w_->config().server.timeouts.keepalive_ms);
+                 gen_->config().server.timeouts.keepalive_ms);
     // Busy keep-alive connections keep their buffers; idle ones give them
     // back shortly (a few KiB per idle connection).
     w_->ArmTimer(&trim_timer_, kTimerTrim, kTrimAfterMs);
   } else {
     w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kRequestHeader),
-                 w_->config().server.timeouts.request_header_ms);
+                 gen_->config().server.timeouts.request_header_ms);
   }
 }
 
@@ -537,9 +539,9 @@ void Http1Connection::TearDown() {
 void Http1Connection::MaybeRelease() {
   if (!transport_released_ || inflight_ > 0) return;
   state_ = State::kIdle;
-  w_->metrics().listeners[listener_].active.Dec();
+  gen_->listener_metrics(listener_).active.Dec();
   ShrinkIdleBuffers();
-  w_->ReleaseClient(this);
+  w_->ReleaseClient(this, gen_);
 }
 
 void Http1Connection::ShrinkIdleBuffers() {

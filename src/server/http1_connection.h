@@ -22,6 +22,7 @@
 
 namespace ktlb {
 
+class Generation;
 class Worker;
 
 class Http1Connection final : public IoHandler,
@@ -32,8 +33,9 @@ class Http1Connection final : public IoHandler,
   uint32_t slot_index = 0;
   uint16_t generation = 0;
 
-  void Start(Worker* w, size_t listener_index, int fd, const sockaddr_storage& peer,
-             const tls::ServerTlsContext& tls);
+  // `gen`: the worker's generation this connection lives on (referenced).
+  void Start(Worker* w, Generation* gen, size_t listener_index, int fd,
+             const sockaddr_storage& peer);
 
   // Drain: close now if idle between requests, else after the current response.
   void Drain();
@@ -116,6 +118,7 @@ class Http1Connection final : public IoHandler,
   void OnSplicePoll(uint8_t op, int res);
 
   Worker* w_ = nullptr;
+  Generation* gen_ = nullptr;
   uint32_t handle_ = 0;
   bool registered_ = false;
   size_t listener_ = 0;

@@ -56,7 +56,7 @@ void Http1Connection::PumpRequestBody() {
   const int backend_fd = exchange_.RequestSpliceFd();
   uint64_t moved = 0;
   SplicePipe::Status st = req_pipe_.Run(fd(), backend_fd, sink_ready, &moved);
-  if (moved > 0) w_->metrics().listeners[listener_].bytes_spliced.Inc(moved);
+  if (moved > 0) gen_->listener_metrics(listener_).bytes_spliced.Inc(moved);
   switch (st) {
     case SplicePipe::Status::kDone:
       break;
@@ -70,7 +70,7 @@ void Http1Connection::PumpRequestBody() {
       // band; the pipe keeps what it holds and the body resumes after it.
       if (req_pipe_.error() == EINVAL) return transport_.ReadControlRecord();
       // EOF or reset.
-      w_->metrics().listeners[listener_].client_resets.Inc();
+      gen_->listener_metrics(listener_).client_resets.Inc();
       return CloseNow();
     case SplicePipe::Status::kSinkFailed:
       w_->error_log().Log(ErrorLog::Level::kWarn, "upstream", "splice of a request body failed: %s",
@@ -100,7 +100,7 @@ void Http1Connection::ReadRequestFraming() {
       // A control record (EIO) between chunks: as in PumpRequestBody.
       if (step.error == EIO) return transport_.ReadControlRecord();
       // EOF or reset before the body ended.
-      w_->metrics().listeners[listener_].client_resets.Inc();
+      gen_->listener_metrics(listener_).client_resets.Inc();
       return CloseNow();
     case FramingStep::kBadBody:
       return FailRequestBody();

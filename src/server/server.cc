@@ -92,7 +92,7 @@ absl::Status Server::Start() {
     }
   }
   for (size_t i = 0; i < n; ++i) {
-    workers_.push_back(std::make_unique<Worker>(i, snapshot_, &metrics_->worker(i), kernel_ktls,
+    workers_.push_back(std::make_unique<Worker>(i, snapshot_, metrics_.get(), kernel_ktls,
                                                 access_log_fd_));
   }
   // Each worker initialises on its own thread (its ring is single-issuer) and
@@ -134,6 +134,22 @@ absl::Status Server::Start() {
     }
   }
   return absl::OkStatus();
+}
+
+void Server::Swap(std::shared_ptr<const Snapshot> snapshot) {
+  for (auto& w : workers_) w->Swap(snapshot);
+}
+
+uint64_t Server::swaps_applied() const {
+  uint64_t n = 0;
+  for (const auto& w : workers_) n += w->swaps_applied();
+  return n;
+}
+
+uint64_t Server::swaps_failed() const {
+  uint64_t n = 0;
+  for (const auto& w : workers_) n += w->swaps_failed();
+  return n;
 }
 
 void Server::StopAndWait() {

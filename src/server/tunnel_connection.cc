@@ -44,9 +44,10 @@ void TunnelConnection::OnCompletion(uint8_t op, int res, uint32_t flags) {
 
 void TunnelConnection::OnDeferred(uint8_t op) { RetryRecv(static_cast<TunnelOp>(op)); }
 
-void TunnelConnection::Start(Worker* w, size_t listener_index, int fd,
+void TunnelConnection::Start(Worker* w, Generation* gen, size_t listener_index, int fd,
                              const sockaddr_storage& peer) {
   w_ = w;
+  gen_ = gen;
   if (!registered_) {
     handle_ = w->loop().AddHandler(this);
     registered_ = true;
@@ -82,7 +83,7 @@ void TunnelConnection::Start(Worker* w, size_t listener_index, int fd,
   // The ClientHello must arrive within the handshake timeout, as on a
   // terminating listener.
   w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kHandshake),
-               w_->config().server.timeouts.handshake_ms);
+               gen_->config().server.timeouts.handshake_ms);
   ArmRecv();
 }
 
@@ -103,7 +104,7 @@ void TunnelConnection::OnRecv(int res, uint32_t flags) {
   if (res == -ENOBUFS) return w_->loop().NextTurn(Tag(TunnelOp::kRecv));
   if (res <= 0) {
     // Gone before a whole ClientHello: nothing to route.
-    w_->metrics().listeners[listener_].tls.handshake_failures[static_cast<size_t>(
+    gen_->listener_metrics(listener_).tls.handshake_failures[static_cast<size_t>(
         tls::HandshakeFailure::kClientReset)].Inc();
     close_reason_ = "client_closed";
     return CloseNow();
@@ -119,7 +120,7 @@ void TunnelConnection::OnRecv(int res, uint32_t flags) {
 }
 
 void TunnelConnection::FailHello(passthrough::HelloStatus why) {
-  ListenerMetrics& lm = w_->metrics().listeners[listener_];
+  ListenerMetrics& lm = gen_->listener_metrics(listener_);
   lm.passthrough_hello_failures[static_cast<size_t>(why)].Inc();
   w_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "%s:%u: %s: %s", AddressIp(peer_).c_str(),
           AddressPort(peer_), passthrough::HelloStatusLabel(why), hello_parser_.error());
@@ -137,16 +138,16 @@ void TunnelConnection::OnHelloComplete(const passthrough::ClientHello& hello) {
   if (n > 0 && sni_[n - 1] == '.') --n;
   sni_len_ = n;
   std::string_view name(sni_, n);
-  int upstream = w_->snapshot().router.Match(listener_, name, "", "", hello.alpn_list);
+  int upstream = gen_->router().Match(listener_, name, "", "", hello.alpn_list);
   if (upstream < 0) {
-    w_->metrics().listeners[listener_].passthrough_no_route.Inc();
+    gen_->listener_metrics(listener_).passthrough_no_route.Inc();
     w_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "%s:%u: no route for SNI \"%.*s\"",
             AddressIp(peer_).c_str(), AddressPort(peer_), static_cast<int>(name.size()),
             name.data());
     close_reason_ = "no_route";
     return CloseNow();
   }
-  const UpstreamConfig& uc = w_->config().upstreams[static_cast<size_t>(upstream)];
+  const UpstreamConfig& uc = gen_->config().upstreams[static_cast<size_t>(upstream)];
   if (uc.proxy_protocol == ProxyProtocol::kV2) {
     // The backend learns who the client is from a header ahead of its bytes
     // (hello's views are not used past this point).
@@ -158,14 +159,14 @@ void TunnelConnection::OnHelloComplete(const passthrough::ClientHello& hello) {
     hello_.insert(0, header);
     proxy_header_len_ = header.size();
   }
-  upstream::Cluster* cluster = w_->cluster(static_cast<size_t>(upstream));
+  upstream::Cluster* cluster = gen_->cluster(static_cast<size_t>(upstream));
   Connect(static_cast<size_t>(upstream), cluster->Pick(-1));
 }
 
 bool TunnelConnection::Connect(size_t upstream, size_t server) {
   upstream_ = static_cast<int>(upstream);
   server_ = static_cast<int>(server);
-  upstream::Cluster* cluster = w_->cluster(upstream);
+  upstream::Cluster* cluster = gen_->cluster(upstream);
   cluster->metrics().requests.Inc();
   up_fd_ = upstream::StartConnect(w_->loop(), cluster->server(server).address,
                                   Tag(TunnelOp::kConnect), w_->error_log(), "passthrough",
@@ -178,7 +179,7 @@ bool TunnelConnection::Connect(size_t upstream, size_t server) {
   state_ = State::kConnecting;
   ++inflight_;
   w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kUpstreamConnect),
-               w_->config().server.timeouts.upstream_connect_ms);
+               gen_->config().server.timeouts.upstream_connect_ms);
   return true;
 }
 
@@ -186,10 +187,10 @@ void TunnelConnection::OnConnect(int res) {
   --inflight_;
   if (state_ != State::kConnecting) return MaybeRelease();
   if (res < 0) {
-    const SocketAddress& addr = w_->cluster(upstream_)->server(server_).address;
+    const SocketAddress& addr = gen_->cluster(upstream_)->server(server_).address;
     w_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "connect to %s failed: %s",
                         addr.text.c_str(), strerror(-res));
-    w_->metrics().upstreams[upstream_].connect_failures.Inc();
+    gen_->cluster(upstream_)->metrics().connect_failures.Inc();
     close_reason_ = "connect_failed";
     return CloseNow();
   }
@@ -213,7 +214,7 @@ void TunnelConnection::OnSend(int res) {
   --inflight_;
   if (state_ != State::kReplay) return MaybeRelease();
   if (res < 0) {
-    w_->metrics().upstreams[upstream_].resets.Inc();
+    gen_->cluster(upstream_)->metrics().resets.Inc();
     close_reason_ = "replay_failed";
     return CloseNow();
   }
@@ -230,7 +231,7 @@ void TunnelConnection::StartRelay() {
   down_.src = up_fd_;
   down_.dst = fd_;
   w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kTunnelIdle),
-               w_->config().server.timeouts.tunnel_idle_ms);
+               gen_->config().server.timeouts.tunnel_idle_ms);
   Relay(up_);
   if (state_ == State::kRelay) Relay(down_);
 }
@@ -324,10 +325,10 @@ void TunnelConnection::OnCopySend(TunnelOp op, int res) {
 
 void TunnelConnection::CountMoved(Direction& d, uint64_t n) {
   d.bytes += n;
-  ListenerMetrics& lm = w_->metrics().listeners[listener_];
+  ListenerMetrics& lm = gen_->listener_metrics(listener_);
   (&d == &up_ ? lm.passthrough_bytes_up : lm.passthrough_bytes_down).Inc(n);
   w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kTunnelIdle),
-               w_->config().server.timeouts.tunnel_idle_ms);
+               gen_->config().server.timeouts.tunnel_idle_ms);
 }
 
 void TunnelConnection::EndDirection(Direction& d) {
@@ -415,7 +416,7 @@ void TunnelConnection::OnDeadline(uint8_t kind) {
     w_->CountTimeout(static_cast<TimeoutKind>(kind));
   }
   if (kind == static_cast<uint8_t>(TimeoutKind::kUpstreamConnect) && upstream_ >= 0) {
-    w_->metrics().upstreams[upstream_].timeouts.Inc();
+    gen_->cluster(upstream_)->metrics().timeouts.Inc();
   }
   if (kind < static_cast<uint8_t>(TimeoutKind::kCount)) {
     close_reason_ = TimeoutKindLabel(static_cast<TimeoutKind>(kind));
@@ -464,7 +465,7 @@ void TunnelConnection::LogIfOpen(const char* error) {
 void TunnelConnection::LogTunnel(const char* error) {
   std::string* out = w_->access_log().Begin();
   if (out == nullptr) return;
-  const Config& cfg = w_->config();
+  const Config& cfg = gen_->config();
   out->append("{\"time\":\"");
   out->append(w_->log_time());
   absl::StrAppend(out, "\",\"listener\":\"", cfg.listeners[listener_].name,
@@ -490,8 +491,8 @@ void TunnelConnection::MaybeRelease() {
   if (up_fd_ >= 0) close(up_fd_);
   fd_ = up_fd_ = -1;
   std::string().swap(hello_);
-  w_->metrics().listeners[listener_].active.Dec();
-  w_->ReleaseTunnel(this);
+  gen_->listener_metrics(listener_).active.Dec();
+  w_->ReleaseTunnel(this, gen_);
 }
 
 }  // namespace ktlb

@@ -23,6 +23,7 @@
 
 namespace ktlb {
 
+class Generation;
 class Worker;
 
 // The tunnel's operations (Loop::Tag's op).
@@ -45,7 +46,8 @@ class TunnelConnection final : public IoHandler, public DeadlineTarget {
   uint32_t slot_index = 0;
   uint16_t generation = 0;
 
-  void Start(Worker* w, size_t listener_index, int fd, const sockaddr_storage& peer);
+  void Start(Worker* w, Generation* gen, size_t listener_index, int fd,
+             const sockaddr_storage& peer);
   void OnRecv(int res, uint32_t flags);
   void OnConnect(int res);
   void OnSend(int res);
@@ -123,6 +125,7 @@ class TunnelConnection final : public IoHandler, public DeadlineTarget {
   void LogTunnel(const char* error);
 
   Worker* w_ = nullptr;
+  Generation* gen_ = nullptr;
   uint32_t handle_ = 0;
   bool registered_ = false;
   size_t listener_ = 0;

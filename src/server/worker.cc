@@ -22,9 +22,13 @@ namespace {
 constexpr uint32_t kMaxWaitMs = 1000;
 }  // namespace
 
-Worker::Worker(size_t id, std::shared_ptr<const Snapshot> snapshot, WorkerMetrics* metrics,
+Worker::Worker(size_t id, std::shared_ptr<const Snapshot> snapshot, MetricsRegistry* registry,
                bool kernel_ktls, int access_log_fd)
-    : id_(id), kernel_ktls_(kernel_ktls), snapshot_(std::move(snapshot)), metrics_(metrics) {
+    : id_(id),
+      kernel_ktls_(kernel_ktls),
+      initial_(std::move(snapshot)),
+      registry_(registry),
+      metrics_(&registry->worker(id)) {
   access_log_.Init(access_log_fd);
 }
 
@@ -56,47 +60,161 @@ absl::Status Worker::Init() {
   wake_fd_ = eventfd(0, EFD_CLOEXEC);
   if (wake_fd_ < 0) return absl::InternalError(absl::StrCat("eventfd: ", strerror(errno)));
 
-  const Config& cfg = config();
+  auto gen = BuildGeneration(std::move(initial_));
+  if (!gen.ok()) return gen.status();
+  if (absl::Status st = MatchListeners(**gen); !st.ok()) return st;
+  generations_.push_back(*std::move(gen));
+  current_ = generations_.back().get();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Generation>> Worker::BuildGeneration(
+    std::shared_ptr<const Snapshot> snapshot) {
+  auto gen = std::make_unique<Generation>(std::move(snapshot));
+  const Config& cfg = gen->config();
   for (size_t i = 0; i < cfg.listeners.size(); ++i) {
     const ListenerConfig& lc = cfg.listeners[i];
-    auto lp = std::make_unique<Listener>();
-    Listener& l = *lp;
-    l.worker = this;
-    l.handle = loop_.AddHandler(&l);
-    l.index = i;
-    l.passthrough = lc.mode == ListenerMode::kPassthrough;
-    auto fd = OpenListenSocket(lc.listen.storage, lc.listen.len, 4096);
-    if (!fd.ok()) {
-      return absl::Status(fd.status().code(), absl::StrCat("listener \"", lc.name, "\" ",
-                                                           lc.listen.text, ": ", fd.status().message()));
-    }
-    l.fd = *fd;
-    if (l.passthrough) {  // never decrypts: no TLS context
-      listeners_.push_back(std::move(lp));
+    gen->listener_metrics_.push_back(&registry_->Listener(id_, lc.name));
+    if (lc.mode == ListenerMode::kPassthrough) {  // never decrypts: no TLS context
+      gen->tls_.push_back(nullptr);
       continue;
     }
     // Without kernel support OpenSSL need not offer keys nor log secrets.
     ListenerConfig effective = lc;
     if (!kernel_ktls_) effective.ktls = KtlsMode::kOff;
-    auto ctx = tls::ServerTlsContext::Create(effective, snapshot_->ListenerCertificates(i),
-                                             snapshot_->ticket_keys);
-    if (!ctx.ok()) {
-      close(l.fd);
-      return ctx.status();
-    }
-    l.tls = *std::move(ctx);
-    listeners_.push_back(std::move(lp));
+    auto ctx = tls::ServerTlsContext::Create(effective, gen->snapshot().ListenerCertificates(i),
+                                             gen->snapshot().ticket_keys);
+    if (!ctx.ok()) return ctx.status();
+    gen->tls_.push_back(*std::move(ctx));
   }
   upstream::Cluster::Limits limits;
   limits.connect_timeout_ms = cfg.server.timeouts.upstream_connect_ms;
   limits.response_timeout_ms = cfg.server.timeouts.upstream_response_ms;
-  for (size_t u = 0; u < cfg.upstreams.size(); ++u) {
-    limits.max_idle_per_server = cfg.upstreams[u].max_idle_per_server;
-    clusters_.push_back(std::make_unique<upstream::Cluster>(
-        cfg.upstreams[u], limits, id_, &loop_, &error_log_, &metrics_->upstreams[u],
+  for (const UpstreamConfig& uc : cfg.upstreams) {
+    limits.max_idle_per_server = uc.max_idle_per_server;
+    gen->clusters_.push_back(std::make_unique<upstream::Cluster>(
+        uc, limits, id_, &loop_, &error_log_, &registry_->Upstream(id_, uc.name),
         metrics_->timeouts.data()));
   }
+  return gen;
+}
+
+absl::Status Worker::MatchListeners(const Generation& gen) {
+  const Config& cfg = gen.config();
+  // A listener is kept (its socket and backlog too) when the new config has
+  // one of the same name, address and mode.
+  std::vector<Listener*> kept(cfg.listeners.size(), nullptr);
+  std::vector<std::unique_ptr<Listener>> opened;
+  for (size_t i = 0; i < cfg.listeners.size(); ++i) {
+    const ListenerConfig& lc = cfg.listeners[i];
+    const bool passthrough = lc.mode == ListenerMode::kPassthrough;
+    for (auto& l : listeners_) {
+      if (current_ != nullptr && l->fd >= 0 && l->passthrough == passthrough) {
+        const ListenerConfig& old = current_->config().listeners[l->index];
+        if (old.name == lc.name && old.listen.text == lc.listen.text) kept[i] = l.get();
+      }
+    }
+    if (kept[i] != nullptr) continue;
+    auto fd = OpenListenSocket(lc.listen.storage, lc.listen.len, 4096);
+    if (!fd.ok()) {
+      for (auto& l : opened) close(l->fd);
+      return absl::Status(fd.status().code(), absl::StrCat("listener \"", lc.name, "\" ",
+                                                           lc.listen.text, ": ", fd.status().message()));
+    }
+    auto lp = std::make_unique<Listener>();
+    lp->worker = this;
+    lp->index = i;
+    lp->fd = *fd;
+    lp->passthrough = passthrough;
+    opened.push_back(std::move(lp));
+  }
+  // Nothing can fail from here on.
+  std::vector<std::unique_ptr<Listener>> next;
+  for (auto& l : listeners_) {
+    bool keep = false;
+    for (size_t i = 0; i < kept.size(); ++i) {
+      if (kept[i] == l.get()) {
+        l->index = i;
+        keep = true;
+      }
+    }
+    if (keep) {
+      next.push_back(std::move(l));
+    } else {
+      CloseListener(*l);  // its connections finish on their own generation
+    }
+  }
+  const bool running = current_ != nullptr;
+  for (auto& l : opened) {
+    l->handle = loop_.AddHandler(l.get());
+    if (running) ArmAccept(*l);
+    next.push_back(std::move(l));
+  }
+  listeners_.swap(next);
   return absl::OkStatus();
+}
+
+void Worker::CloseListener(Listener& l) {
+  if (l.accept_armed) loop_.Cancel(loop_.Tag(l.handle, 0));
+  // shutdown() takes a listening socket out of the reuseport group at once
+  // (a pending io_uring accept would otherwise keep it listening until the
+  // ring goes away); connections still in its backlog are reset.
+  if (l.fd >= 0) {
+    shutdown(l.fd, SHUT_RDWR);
+    close(l.fd);
+    l.fd = -1;
+  }
+  loop_.RemoveHandler(l.handle);
+}
+
+void Worker::Swap(std::shared_ptr<const Snapshot> snapshot) {
+  {
+    std::lock_guard<std::mutex> lock(swap_mu_);
+    pending_ = std::move(snapshot);
+  }
+  swap_pending_.store(true, std::memory_order_release);
+  uint64_t one = 1;
+  ssize_t n = write(wake_fd_, &one, sizeof one);
+  (void)n;
+}
+
+void Worker::ApplyPendingSwap() {
+  if (!swap_pending_.exchange(false, std::memory_order_acquire) || draining_) return;
+  std::shared_ptr<const Snapshot> snapshot;
+  {
+    std::lock_guard<std::mutex> lock(swap_mu_);
+    snapshot.swap(pending_);
+  }
+  if (!snapshot) return;
+  auto gen = BuildGeneration(std::move(snapshot));
+  absl::Status st = gen.ok() ? MatchListeners(**gen) : gen.status();
+  if (!st.ok()) {
+    error_log_.Log(ErrorLog::Level::kError, "config", "worker %zu keeps its config: %s", id_,
+                   std::string(st.message()).c_str());
+    swaps_failed_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  // Parked upstream connections of the old generation are not reused.
+  for (size_t u = 0; u < current_->config().upstreams.size(); ++u) current_->cluster(u)->Drain();
+  generations_.push_back(*std::move(gen));
+  current_ = generations_.back().get();
+  swaps_applied_.fetch_add(1, std::memory_order_relaxed);
+  PruneGenerations();
+}
+
+void Worker::PruneGenerations() {
+  for (size_t i = 0; i + 1 < generations_.size();) {
+    Generation& g = *generations_[i];
+    bool busy = g.refs() > 0;
+    for (size_t u = 0; !busy && u < g.config().upstreams.size(); ++u) {
+      busy = g.cluster(u)->live() > 0;  // connections still closing
+    }
+    if (busy) {
+      ++i;
+    } else {
+      generations_.erase(generations_.begin() + static_cast<long>(i));
+    }
+  }
 }
 
 void Worker::Stop() {
@@ -126,7 +244,9 @@ void Worker::ArmWake() {
 void Worker::OnCompletion(uint8_t op, int res, uint32_t flags) {
   (void)flags;
   if (op == kAccessLogWrite) return access_log_.OnWrite(res);
-  if (op == kWakeRead && !stop_requested_.load(std::memory_order_acquire)) ArmWake();
+  if (op != kWakeRead) return;
+  ApplyPendingSwap();
+  if (!stop_requested_.load(std::memory_order_acquire)) ArmWake();
 }
 
 void Worker::Run() {
@@ -179,6 +299,8 @@ void Worker::OnAccept(Listener& l, int res, uint32_t flags) {
     if (res != -ECANCELED) {
       error_log_.Log(ErrorLog::Level::kWarn, "tcp", "accept on %s failed: %s",
                      config().listeners[l.index].listen.text.c_str(), strerror(-res));
+      // EMFILE/ENFILE and the like: the multishot accept ended; it is armed
+      // again above, and the failure is rate-limited in the log.
     }
     return;
   }
@@ -189,39 +311,40 @@ void Worker::OnAccept(Listener& l, int res, uint32_t flags) {
   sockaddr_storage peer{};
   socklen_t plen = sizeof peer;
   getpeername(res, reinterpret_cast<sockaddr*>(&peer), &plen);
-  ListenerMetrics& lm = metrics_->listeners[l.index];
+  Generation* gen = current_;
+  ListenerMetrics& lm = gen->listener_metrics(l.index);
   lm.accepted.Inc();
   lm.active.Inc();
+  gen->Ref();
   if (l.passthrough) {
-    tunnels_.Acquire()->Start(this, l.index, res, peer);
+    tunnels_.Acquire()->Start(this, gen, l.index, res, peer);
     return;
   }
-  Http1Connection* c = clients_.Acquire();
-  c->Start(this, l.index, res, peer, *l.tls);
+  clients_.Acquire()->Start(this, gen, l.index, res, peer);
 }
 
 void Worker::BeginDrain() {
   draining_ = true;
   drain_deadline_ms_ = now_ms() + config().server.timeouts.drain_ms;
-  for (auto& lp : listeners_) {
-    Listener& l = *lp;
-    if (l.accept_armed) loop_.Cancel(loop_.Tag(l.handle, 0));
-    // shutdown() takes a listening socket out of the reuseport group at once
-    // (a pending io_uring accept would otherwise keep it listening until the
-    // ring goes away); connections still in its backlog are reset.
-    if (l.fd >= 0) {
-      shutdown(l.fd, SHUT_RDWR);
-      close(l.fd);
-      l.fd = -1;
-    }
-  }
+  for (auto& l : listeners_) CloseListener(*l);
+  listeners_.clear();
   clients_.ForEachSlot([](Http1Connection* c) { c->Drain(); });
   tunnels_.ForEachSlot([](TunnelConnection* t) { t->Drain(); });
-  for (auto& c : clusters_) c->Drain();
+  for (auto& g : generations_) {
+    for (size_t u = 0; u < g->config().upstreams.size(); ++u) g->cluster(u)->Drain();
+  }
 }
 
-void Worker::ReleaseClient(Http1Connection* c) { clients_.Release(c); }
+void Worker::ReleaseClient(Http1Connection* c, Generation* gen) {
+  clients_.Release(c);
+  gen->Unref();
+  if (gen != current_ && gen->refs() == 0) PruneGenerations();
+}
 
-void Worker::ReleaseTunnel(TunnelConnection* t) { tunnels_.Release(t); }
+void Worker::ReleaseTunnel(TunnelConnection* t, Generation* gen) {
+  tunnels_.Release(t);
+  gen->Unref();
+  if (gen != current_ && gen->refs() == 0) PruneGenerations();
+}
 
 }  // namespace ktlb

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,7 @@
 #include "ktlb/snapshot.h"
 #include "ktlb/tls.h"
 #include "access_log.h"
+#include "generation.h"
 #include "http1_connection.h"
 #include "tunnel_connection.h"
 
@@ -33,7 +35,7 @@ class Worker : private IoHandler {
  public:
   // `kernel_ktls`: the kernel takes the "tls" ULP and OpenSSL can hand keys over.
   // `access_log_fd`: the shared access log file, or -1.
-  Worker(size_t id, std::shared_ptr<const Snapshot> snapshot, WorkerMetrics* metrics,
+  Worker(size_t id, std::shared_ptr<const Snapshot> snapshot, MetricsRegistry* registry,
          bool kernel_ktls, int access_log_fd = -1);
   ~Worker();
 
@@ -44,12 +46,21 @@ class Worker : private IoHandler {
   void Run();
   // Thread-safe: asks the loop to drain and exit.
   void Stop();
+  // Thread-safe: new connections use `snapshot` from the next loop turn on
+  // (listeners added, kept or closed to match it); connections already open
+  // finish on the generation they started with. If the worker cannot build
+  // it (a listener cannot bind, a TLS context fails) it keeps the current
+  // one and says why in the log.
+  void Swap(std::shared_ptr<const Snapshot> snapshot);
+  // Swaps applied, and refused (counted on the worker's thread).
+  uint64_t swaps_applied() const { return swaps_applied_.load(std::memory_order_relaxed); }
+  uint64_t swaps_failed() const { return swaps_failed_.load(std::memory_order_relaxed); }
 
   // --- used by the connection objects ---
   Loop& loop() { return loop_; }
   ErrorLog& error_log() { return error_log_; }
-  const Snapshot& snapshot() const { return *snapshot_; }
-  const Config& config() const { return *snapshot_->config; }
+  // The generation new connections start on (connections keep their own).
+  const Config& config() const { return current_->config(); }
   WorkerMetrics& metrics() { return *metrics_; }
   bool draining() const { return draining_; }
   uint64_t now_ms() const { return loop_.now_ms(); }
@@ -65,21 +76,17 @@ class Worker : private IoHandler {
   void CountTimeout(TimeoutKind k) { metrics_->timeouts[static_cast<size_t>(k)].Inc(); }
 
   // Connection pools.
-  void ReleaseClient(Http1Connection* c);
-  void ReleaseTunnel(TunnelConnection* t);
-  // An idle keep-alive connection to (upstream, server), or nullptr.
-  // Parks a connection whose exchange ended cleanly; false if the pool is full.
-  // This worker's cluster for the snapshot's upstream `index`.
-  upstream::Cluster* cluster(size_t index) { return clusters_[index].get(); }
+  // `gen` is the generation the connection started on.
+  void ReleaseClient(Http1Connection* c, Generation* gen);
+  void ReleaseTunnel(TunnelConnection* t, Generation* gen);
 
  private:
   // A listening socket: its multishot accept completes here.
   struct Listener final : IoHandler {
     Worker* worker = nullptr;
-    size_t index = 0;  // into config().listeners
+    size_t index = 0;  // into the current generation's config().listeners
     int fd = -1;
     uint32_t handle = 0;
-    std::unique_ptr<tls::ServerTlsContext> tls;  // null on a passthrough listener
     bool passthrough = false;
     bool accept_armed = false;
     void OnCompletion(uint8_t op, int res, uint32_t flags) override {
@@ -95,18 +102,34 @@ class Worker : private IoHandler {
   void ArmWake();
   void OnAccept(Listener& l, int res, uint32_t flags);
   void BeginDrain();
+  // A generation for `snapshot`: TLS contexts, clusters, metrics.
+  absl::StatusOr<std::unique_ptr<Generation>> BuildGeneration(
+      std::shared_ptr<const Snapshot> snapshot);
+  // Opens, keeps or closes listeners to match `gen`; nothing changes on error.
+  absl::Status MatchListeners(const Generation& gen);
+  void CloseListener(Listener& l);
+  void ApplyPendingSwap();
+  // Frees old generations no connection uses any more.
+  void PruneGenerations();
 
   size_t id_;
   bool kernel_ktls_;
-  std::shared_ptr<const Snapshot> snapshot_;
+  std::shared_ptr<const Snapshot> initial_;
+  MetricsRegistry* registry_;
   WorkerMetrics* metrics_;
   Loop loop_;
   uint32_t handle_ = 0;
   ErrorLog error_log_;
   std::vector<std::unique_ptr<Listener>> listeners_;
-  // By upstream index in the snapshot. Before the client pools: a client's
-  // exchange may still hold one of their connections when it is destroyed.
-  std::vector<std::unique_ptr<upstream::Cluster>> clusters_;
+  // The current generation is the last. Before the client pools: a client's
+  // exchange may still hold a connection of their clusters when destroyed.
+  std::vector<std::unique_ptr<Generation>> generations_;
+  Generation* current_ = nullptr;
+  std::mutex swap_mu_;
+  std::shared_ptr<const Snapshot> pending_;  // guarded by swap_mu_
+  std::atomic<bool> swap_pending_{false};
+  std::atomic<uint64_t> swaps_applied_{0};
+  std::atomic<uint64_t> swaps_failed_{0};
   SlotPool<Http1Connection> clients_;
   SlotPool<TunnelConnection> tunnels_;
 
