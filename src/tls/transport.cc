@@ -16,10 +16,10 @@ namespace ktlb::tls {
 
 namespace {
 // TLS alert descriptions (RFC 8446 §6).
-constexpr uint8_t kAlertUnexpectedMessage = 10;
 constexpr uint8_t kAlertBadRecordMac = 20;
 constexpr uint8_t kAlertRecordOverflow = 22;
 constexpr uint8_t kAlertDecodeError = 50;
+constexpr uint8_t kAlertProtocolVersion = 70;
 }  // namespace
 
 Transport::~Transport() {
@@ -424,7 +424,11 @@ void Transport::FailProtocol(const char* what) {
 void Transport::FailKernelRecord(int err) {
   // The kernel's record layer refused what the peer sent (KTLS.md): the
   // same alerts OpenSSL would have sent, from the kernel's TX.
-  uint8_t alert = kAlertDecodeError;
+  // EBADMSG: authentication failed, or (TLS 1.3) no content type or an
+  // outer type other than 23, which the kernel cannot tell apart.
+  // EMSGSIZE: over 2^14 plus the cipher's overhead. EINVAL: a bad record
+  // version, which OpenSSL answers by version.
+  uint8_t alert = info_.version == TLS1_2_VERSION ? kAlertProtocolVersion : kAlertDecodeError;
   if (err == EBADMSG) alert = kAlertBadRecordMac;
   if (err == EMSGSIZE) alert = kAlertRecordOverflow;
   metrics_->protocol_errors.Inc();

@@ -16,7 +16,20 @@ namespace ktlb::tls {
 
 namespace {
 constexpr uint8_t kAlertUnexpectedMessage = 10;
+constexpr uint8_t kAlertIllegalParameter = 47;
 constexpr uint8_t kAlertDecodeError = 50;
+
+// The alert OpenSSL 3.0 sends for a malformed KeyUpdate (checked against
+// nginx and s_server): a body of more than one byte or a value other than
+// 0/1 is illegal_parameter, an empty or truncated one decode_error.
+uint8_t KeyUpdateAlert(std::string_view msg) {
+  if (msg.size() < 4) return kAlertDecodeError;
+  size_t declared = (size_t{static_cast<uint8_t>(msg[1])} << 16) |
+                    (size_t{static_cast<uint8_t>(msg[2])} << 8) | static_cast<uint8_t>(msg[3]);
+  if (declared > 1) return kAlertIllegalParameter;
+  if (declared == 0 || msg.size() != 5) return kAlertDecodeError;
+  return kAlertIllegalParameter;  // one byte, but neither 0 nor 1
+}
 }  // namespace
 
 void Transport::FallBack(KtlsFallback why) {
@@ -290,14 +303,16 @@ void Transport::OnRecvMsg(int res) {
   recv_inflight_ = false;
   --inflight_;
   if (state_ == State::kClosed) return MaybeRelease();
-  if (res <= 0) {
+  ControlIo& c = *recv_ctl_;
+  // A zero-length alert or handshake record reads as 0 bytes with its type
+  // in the control message: not an EOF.
+  int type = res >= 0 ? RecordTypeFromCmsg(c.cbuf, c.msg.msg_controllen) : -1;
+  if (res < 0 || (res == 0 && (type < 0 || type == kRecordApplicationData))) {
     peer_eof_ = true;
     if (state_ == State::kLingering) return CloseSocket();
     if (res < 0 && res != -ECONNRESET && res != -EPIPE) return FailKernelRecord(-res);
     return CloseBy(CloseReason::kPeerGone);
   }
-  ControlIo& c = *recv_ctl_;
-  int type = RecordTypeFromCmsg(c.cbuf, c.msg.msg_controllen);
   std::string_view payload(c.data, static_cast<size_t>(res));
   if (type < 0 || type == kRecordApplicationData) {
     AppendInput(payload);
@@ -325,7 +340,8 @@ void Transport::HandleControlRecord(int type, std::string_view payload) {
     return CloseSocket();
   }
   if (type == kRecordAlert) {
-    if (payload.size() != 2) return FailWithAlert(kAlertDecodeError, "alert record");
+    // What OpenSSL answers to an alert record of another length.
+    if (payload.size() != 2) return FailWithAlert(kAlertUnexpectedMessage, "alert record");
     if (payload[1] == 0) {
       // close_notify: the owner answers what is in flight, then closes.
       peer_eof_ = true;
@@ -361,7 +377,7 @@ void Transport::HandlePeerKeyUpdate(std::string_view payload) {
   absl::StatusOr<KeyUpdateRequest> request = ParseKeyUpdate(payload);
   if (!request.ok()) {
     metrics_->ktls_keyupdate_closes[static_cast<size_t>(KeyUpdateClose::kMalformed)].Inc();
-    return FailWithAlert(kAlertDecodeError, "KeyUpdate");
+    return FailWithAlert(KeyUpdateAlert(payload), "KeyUpdate");
   }
   if (!keyupdate_limiter_.Allow(loop_->now_ms())) {
     return EndReadsAfterKeyUpdate(KeyUpdateClose::kRateLimited, 0);
