@@ -16,6 +16,7 @@ namespace ktlb {
 
 // True when `name` matches `pattern`: exact (case-insensitive) or a
 // single-label wildcard "*.example.test". An empty pattern matches anything.
+// The same rules as certificate selection: see HostPatternMatches().
 bool SniPatternMatches(std::string_view pattern, std::string_view name);
 
 // True when the wire-format ALPN list (length byte + name, repeated) names

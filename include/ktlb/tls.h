@@ -37,15 +37,17 @@ absl::StatusOr<std::vector<CertificatePtr>> LoadCertificates(const Config& confi
 
 // Maps an SNI host name to the index of a certificate: exact names first, then
 // single-label wildcards ("*.example.test" matches "a.example.test", not
-// "example.test" nor "a.b.example.test"). Case-insensitive; a trailing dot in
-// the SNI is ignored. Earlier Add() calls win ties.
+// "example.test" nor "a.b.example.test"). Case-insensitive; a trailing dot is
+// ignored. Earlier Add() calls win ties. Patterns mean what host_pattern.h
+// says; Add() ignores "" and malformed patterns, which never match.
 class SniTable {
  public:
   void Add(std::string_view pattern, int index);
   int Match(std::string_view server_name) const;  // -1 if nothing matches
  private:
-  std::vector<std::pair<std::string, int>> exact_;     // sorted? small: linear is fine
-  std::vector<std::pair<std::string, int>> wildcard_;  // stored as ".example.test"
+  // Patterns as added (see host_pattern.h), in Add() order: small, so linear.
+  std::vector<std::pair<std::string, int>> exact_;
+  std::vector<std::pair<std::string, int>> wildcard_;  // "*.example.test"
 };
 
 // 80 bytes of session-ticket key material (name, HMAC, AES), generated once at

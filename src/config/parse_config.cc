@@ -36,6 +36,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "ktlb/config.h"
+#include "ktlb/unique_fd.h"
 
 namespace ktlb {
 namespace {
@@ -400,13 +401,12 @@ absl::Status ResolveReadableFile(const Section& s, std::string_view key, const S
   }
   // stat() does not check permissions; opening does (key files are often
   // mode 0600 owned by another user).
-  const int fd = ::open(resolved.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-  if (fd < 0) {
+  const UniqueFd probe(::open(resolved.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
+  if (!probe) {
     return s.ErrorAt(node, key,
                      absl::StrCat("cannot read ", Quote(resolved), ": ",
                                   std::generic_category().message(errno)));
   }
-  ::close(fd);
   *out = std::move(resolved);
   return absl::OkStatus();
 }
@@ -845,20 +845,6 @@ std::filesystem::path BaseDir(const std::string& config_path) {
   return ec ? dir : absolute.lexically_normal();
 }
 
-// Closes a file descriptor on every return path.
-class FdCloser {
- public:
-  explicit FdCloser(int fd) : fd_(fd) {}
-  FdCloser(const FdCloser&) = delete;
-  FdCloser& operator=(const FdCloser&) = delete;
-  ~FdCloser() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-
- private:
-  int fd_;
-};
-
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<const Config>> ParseConfig(std::string_view toml_text,
@@ -882,9 +868,9 @@ absl::StatusOr<std::shared_ptr<const Config>> ParseConfig(std::string_view toml_
 }
 
 absl::StatusOr<std::shared_ptr<const Config>> LoadConfigFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot open"));
-  FdCloser closer(fd);
+  const UniqueFd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
+  if (!file) return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot open"));
+  const int fd = file.get();
 
   struct stat st {};
   if (::fstat(fd, &st) != 0) return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot stat"));

@@ -2,29 +2,19 @@
 
 #include <strings.h>
 
+#include "ktlb/host_pattern.h"
+
 namespace ktlb {
 
 namespace {
-// Debian's abseil is built with its own string_view type, so these stay std-only.
+// Debian's abseil is built with its own string_view type, so this stays std-only.
 bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
   return a.size() == b.size() && strncasecmp(a.data(), b.data(), a.size()) == 0;
-}
-bool EndsWithIgnoreCase(std::string_view s, std::string_view suffix) {
-  return s.size() >= suffix.size() && EqualsIgnoreCase(s.substr(s.size() - suffix.size()), suffix);
 }
 }  // namespace
 
 bool SniPatternMatches(std::string_view pattern, std::string_view name) {
-  if (pattern.empty()) return true;
-  if (!name.empty() && name.back() == '.') name.remove_suffix(1);
-  if (pattern.starts_with("*.")) {
-    std::string_view suffix = pattern.substr(1);  // ".example.test"
-    if (name.size() <= suffix.size()) return false;
-    if (!EndsWithIgnoreCase(name, suffix)) return false;
-    std::string_view label = name.substr(0, name.size() - suffix.size());
-    return label.find('.') == std::string_view::npos;  // exactly one label
-  }
-  return EqualsIgnoreCase(pattern, name);
+  return HostPatternMatches(pattern, name);
 }
 
 std::string_view HostWithoutPort(std::string_view host) {
