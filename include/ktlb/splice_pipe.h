@@ -50,6 +50,9 @@ class SplicePipe {
   int pipe_w() const { return pipe_w_; }
   int error() const { return errno_; }
   void Clear() { pipe_r_ = pipe_w_ = -1; }
+  // Closes the pipe (it may hold bytes of an abandoned body, so it cannot
+  // go back to the pool) and clears it; no-op when not active.
+  void Discard();
 
   static constexpr size_t kPipeBytes = 256 * 1024;
   // Below these, splice's extra system calls and polls cost more than the

@@ -28,6 +28,7 @@
 #include "ktlb/openssl_ptr.h"
 #include "ktlb/output_queue.h"
 #include "ktlb/tls.h"
+#include "ktlb/unique_fd.h"
 
 namespace ktlb::tls {
 
@@ -136,7 +137,7 @@ class Transport final : public IoHandler, public DeadlineTarget, public KtlsHook
   size_t backlog() const { return out_.bytes(); }
 
   // --- splice support (kTLS) ---
-  int fd() const { return fd_; }
+  int fd() const { return fd_.get(); }
   // TLS_TX is on and nothing of ours is queued: a pipe may write the socket.
   bool tx_offloaded() const { return tx_active_; }
   bool rx_offloaded() const { return rx_active_; }
@@ -221,7 +222,7 @@ class Transport final : public IoHandler, public DeadlineTarget, public KtlsHook
   ErrorLog* log_ = nullptr;
   TlsMetrics* metrics_ = nullptr;
   Counter* handshake_timeouts_ = nullptr;
-  int fd_ = -1;
+  UniqueFd fd_;
   std::string peer_;  // "ip:port", for log lines
   State state_ = State::kIdle;
   DeadlineNode timer_;

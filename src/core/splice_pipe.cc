@@ -1,5 +1,7 @@
 #include "ktlb/splice_pipe.h"
 
+#include <unistd.h>
+
 #include <fcntl.h>
 
 #include <algorithm>
@@ -51,6 +53,13 @@ SplicePipe::Status SplicePipe::Run(int source_fd, int sink_fd, bool sink_ready, 
     }
     if (!progressed) return blocked;
   }
+}
+
+void SplicePipe::Discard() {
+  if (!active()) return;
+  close(pipe_r_);
+  close(pipe_w_);
+  Clear();
 }
 
 }  // namespace ktlb

@@ -123,14 +123,9 @@ void Http1Connection::ReadRequestFraming() {
 
 void Http1Connection::StopRequestSplice(bool done) {
   if (!req_pipe_.active()) return;
-  if (done) {
-    w_->loop().ReturnPipe(req_pipe_.pipe_r(), req_pipe_.pipe_w());
-  } else {
-    close(req_pipe_.pipe_r());  // may hold bytes of an abandoned body
-    close(req_pipe_.pipe_w());
-  }
+  if (!done) return req_pipe_.Discard();  // may hold bytes of an abandoned body
+  w_->loop().ReturnPipe(req_pipe_.pipe_r(), req_pipe_.pipe_w());
   req_pipe_.Clear();
-  if (!done) return;
   req_body_done_ = true;
   exchange_.EndBody();
   ProcessPlain();

@@ -55,8 +55,8 @@ void TunnelConnection::Start(Worker* w, Generation* gen, size_t listener_index, 
     w->loop().Retire(handle_);
   }
   listener_ = listener_index;
-  fd_ = fd;
-  up_fd_ = -1;
+  fd_.reset(fd);
+  up_fd_.reset();
   upstream_ = server_ = -1;
   peer_ = peer;
   state_ = State::kHello;
@@ -89,7 +89,7 @@ void TunnelConnection::Start(Worker* w, Generation* gen, size_t listener_index, 
 
 void TunnelConnection::ArmRecv() {
   if (recv_inflight_ || state_ != State::kHello) return;
-  w_->loop().PrepRecv(fd_, Tag(TunnelOp::kRecv), false);
+  w_->loop().PrepRecv(fd_.get(), Tag(TunnelOp::kRecv), false);
   recv_inflight_ = true;
   ++inflight_;
 }
@@ -153,7 +153,7 @@ void TunnelConnection::OnHelloComplete(const passthrough::ClientHello& hello) {
     // (hello's views are not used past this point).
     sockaddr_storage local{};
     socklen_t len = sizeof(local);
-    getsockname(fd_, reinterpret_cast<sockaddr*>(&local), &len);
+    getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&local), &len);
     std::string header;
     passthrough::AppendProxyV2Header(peer_, local, &header);
     hello_.insert(0, header);
@@ -168,10 +168,10 @@ bool TunnelConnection::Connect(size_t upstream, size_t server) {
   server_ = static_cast<int>(server);
   upstream::Cluster* cluster = gen_->cluster(upstream);
   cluster->metrics().requests.Inc();
-  up_fd_ = upstream::StartConnect(w_->loop(), cluster->server(server).address,
+  up_fd_.reset(upstream::StartConnect(w_->loop(), cluster->server(server).address,
                                   Tag(TunnelOp::kConnect), w_->error_log(), "passthrough",
-                                  cluster->metrics());
-  if (up_fd_ < 0) {
+                                  cluster->metrics()));
+  if (up_fd_.get() < 0) {
     close_reason_ = "connect_failed";
     CloseNow();
     return false;
@@ -202,7 +202,7 @@ void TunnelConnection::SendHello() {
   if (sent_ < hello_.size()) {
     // The ClientHello and anything after it, exactly as the client sent it.
     io_uring_sqe* sqe = w_->loop().Sqe();
-    io_uring_prep_send(sqe, up_fd_, hello_.data() + sent_, hello_.size() - sent_, MSG_NOSIGNAL);
+    io_uring_prep_send(sqe, up_fd_.get(), hello_.data() + sent_, hello_.size() - sent_, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, Tag(TunnelOp::kSend));
     ++inflight_;
     return;
@@ -226,10 +226,10 @@ void TunnelConnection::StartRelay() {
   state_ = State::kRelay;
   CountMoved(up_, hello_.size() - proxy_header_len_);  // the client's bytes read so far
   std::string().swap(hello_);  // a relay holds no buffer of its own
-  up_.src = fd_;
-  up_.dst = up_fd_;
-  down_.src = up_fd_;
-  down_.dst = fd_;
+  up_.src = fd_.get();
+  up_.dst = up_fd_.get();
+  down_.src = up_fd_.get();
+  down_.dst = fd_.get();
   w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kTunnelIdle),
                gen_->config().server.timeouts.tunnel_idle_ms);
   Relay(up_);
@@ -442,17 +442,11 @@ void TunnelConnection::CloseNow() {
   }
   state_ = State::kClosed;
   DeadlineQueue::Cancel(&timer_);
-  for (Direction* d : {&up_, &down_}) {
-    if (d->pipe.active()) {
-      // May hold bytes of a broken relay: never back to the pool.
-      close(d->pipe.pipe_r());
-      close(d->pipe.pipe_w());
-      d->pipe.Clear();
-    }
-  }
+  // A pipe may hold bytes of a broken relay: never back to the pool.
+  for (Direction* d : {&up_, &down_}) d->pipe.Discard();
   // Pending polls, recvs and connects complete once the sockets are shut.
-  shutdown(fd_, SHUT_RDWR);
-  if (up_fd_ >= 0) shutdown(up_fd_, SHUT_RDWR);
+  shutdown(fd_.get(), SHUT_RDWR);
+  if (up_fd_.get() >= 0) shutdown(up_fd_.get(), SHUT_RDWR);
   MaybeRelease();
 }
 
@@ -487,9 +481,8 @@ void TunnelConnection::LogTunnel(const char* error) {
 
 void TunnelConnection::MaybeRelease() {
   if (state_ != State::kClosed || inflight_ > 0) return;
-  if (fd_ >= 0) close(fd_);
-  if (up_fd_ >= 0) close(up_fd_);
-  fd_ = up_fd_ = -1;
+  fd_.reset();
+  up_fd_.reset();
   std::string().swap(hello_);
   gen_->listener_metrics(listener_).active.Dec();
   w_->ReleaseTunnel(this, gen_);

@@ -20,6 +20,7 @@
 #include "ktlb/deadline_queue.h"
 #include "ktlb/loop.h"
 #include "ktlb/splice_pipe.h"
+#include "ktlb/unique_fd.h"
 
 namespace ktlb {
 
@@ -129,8 +130,8 @@ class TunnelConnection final : public IoHandler, public DeadlineTarget {
   uint32_t handle_ = 0;
   bool registered_ = false;
   size_t listener_ = 0;
-  int fd_ = -1;       // client
-  int up_fd_ = -1;    // backend
+  UniqueFd fd_;     // client
+  UniqueFd up_fd_;  // backend
   int upstream_ = -1;
   int server_ = -1;
   State state_ = State::kClosed;

@@ -46,19 +46,14 @@ std::string_view Worker::log_time() {
   return log_time_;
 }
 
-Worker::~Worker() {
-  for (auto& l : listeners_) {
-    if (l->fd >= 0) close(l->fd);
-  }
-  if (wake_fd_ >= 0) close(wake_fd_);
-}
+Worker::~Worker() = default;
 
 absl::Status Worker::Init() {
   // 256 buffers of 64 KiB (four full TLS records) in the receive ring.
   if (absl::Status s = loop_.Init(Loop::Options{}); !s.ok()) return s;
   handle_ = loop_.AddHandler(this);
-  wake_fd_ = eventfd(0, EFD_CLOEXEC);
-  if (wake_fd_ < 0) return absl::InternalError(absl::StrCat("eventfd: ", strerror(errno)));
+  wake_fd_.reset(eventfd(0, EFD_CLOEXEC));
+  if (!wake_fd_) return absl::InternalError(absl::StrCat("eventfd: ", strerror(errno)));
 
   auto gen = BuildGeneration(std::move(initial_));
   if (!gen.ok()) return gen.status();
@@ -109,7 +104,7 @@ absl::Status Worker::MatchListeners(const Generation& gen) {
     const ListenerConfig& lc = cfg.listeners[i];
     const bool passthrough = lc.mode == ListenerMode::kPassthrough;
     for (auto& l : listeners_) {
-      if (current_ != nullptr && l->fd >= 0 && l->passthrough == passthrough) {
+      if (current_ != nullptr && l->fd && l->passthrough == passthrough) {
         const ListenerConfig& old = current_->config().listeners[l->index];
         if (old.name == lc.name && old.listen.text == lc.listen.text) kept[i] = l.get();
       }
@@ -117,14 +112,13 @@ absl::Status Worker::MatchListeners(const Generation& gen) {
     if (kept[i] != nullptr) continue;
     auto fd = OpenListenSocket(lc.listen.storage, lc.listen.len, 4096);
     if (!fd.ok()) {
-      for (auto& l : opened) close(l->fd);
       return absl::Status(fd.status().code(), absl::StrCat("listener \"", lc.name, "\" ",
                                                            lc.listen.text, ": ", fd.status().message()));
     }
     auto lp = std::make_unique<Listener>();
     lp->worker = this;
     lp->index = i;
-    lp->fd = *fd;
+    lp->fd.reset(*fd);
     lp->passthrough = passthrough;
     opened.push_back(std::move(lp));
   }
@@ -159,11 +153,8 @@ void Worker::CloseListener(Listener& l) {
   // shutdown() takes a listening socket out of the reuseport group at once
   // (a pending io_uring accept would otherwise keep it listening until the
   // ring goes away); connections still in its backlog are reset.
-  if (l.fd >= 0) {
-    shutdown(l.fd, SHUT_RDWR);
-    close(l.fd);
-    l.fd = -1;
-  }
+  if (l.fd) shutdown(l.fd.get(), SHUT_RDWR);
+  l.fd.reset();
   loop_.RemoveHandler(l.handle);
 }
 
@@ -174,7 +165,7 @@ void Worker::Swap(std::shared_ptr<const Snapshot> snapshot) {
   }
   swap_pending_.store(true, std::memory_order_release);
   uint64_t one = 1;
-  ssize_t n = write(wake_fd_, &one, sizeof one);
+  ssize_t n = write(wake_fd_.get(), &one, sizeof one);
   (void)n;
 }
 
@@ -220,7 +211,7 @@ void Worker::PruneGenerations() {
 void Worker::Stop() {
   stop_requested_.store(true, std::memory_order_release);
   uint64_t one = 1;
-  ssize_t n = write(wake_fd_, &one, sizeof one);
+  ssize_t n = write(wake_fd_.get(), &one, sizeof one);
   (void)n;
 }
 
@@ -230,14 +221,14 @@ void Worker::ArmAccept(Listener& l) {
   // returns EAGAIN (instead of blocking, or a false EOF) on an O_NONBLOCK
   // TCP socket; io_uring's own operations do not need it.
   int flags = SOCK_CLOEXEC | (l.passthrough ? SOCK_NONBLOCK : 0);
-  io_uring_prep_multishot_accept(sqe, l.fd, nullptr, nullptr, flags);
+  io_uring_prep_multishot_accept(sqe, l.fd.get(), nullptr, nullptr, flags);
   io_uring_sqe_set_data64(sqe, loop_.Tag(l.handle, 0));
   l.accept_armed = true;
 }
 
 void Worker::ArmWake() {
   io_uring_sqe* sqe = loop_.Sqe();
-  io_uring_prep_read(sqe, wake_fd_, &wake_buf_, sizeof wake_buf_, 0);
+  io_uring_prep_read(sqe, wake_fd_.get(), &wake_buf_, sizeof wake_buf_, 0);
   io_uring_sqe_set_data64(sqe, loop_.Tag(handle_, kWakeRead));
 }
 
@@ -282,18 +273,13 @@ void Worker::Run() {
   }
   access_log_.FlushBlocking();
   // Whatever is left after the drain deadline is cut; the process exits next.
-  for (auto& l : listeners_) {
-    if (l->fd >= 0) {
-      close(l->fd);
-      l->fd = -1;
-    }
-  }
+  for (auto& l : listeners_) l->fd.reset();
 }
 
 void Worker::OnAccept(Listener& l, int res, uint32_t flags) {
   if (!(flags & IORING_CQE_F_MORE)) {
     l.accept_armed = false;
-    if (!draining_ && l.fd >= 0) ArmAccept(l);
+    if (!draining_ && l.fd) ArmAccept(l);
   }
   if (res < 0) {
     if (res != -ECANCELED) {

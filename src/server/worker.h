@@ -19,6 +19,7 @@
 #include "ktlb/slot_pool.h"
 #include "ktlb/snapshot.h"
 #include "ktlb/tls.h"
+#include "ktlb/unique_fd.h"
 #include "access_log.h"
 #include "generation.h"
 #include "http1_connection.h"
@@ -85,7 +86,7 @@ class Worker : private IoHandler {
   struct Listener final : IoHandler {
     Worker* worker = nullptr;
     size_t index = 0;  // into the current generation's config().listeners
-    int fd = -1;
+    UniqueFd fd;
     uint32_t handle = 0;
     bool passthrough = false;
     bool accept_armed = false;
@@ -133,7 +134,7 @@ class Worker : private IoHandler {
   SlotPool<Http1Connection> clients_;
   SlotPool<TunnelConnection> tunnels_;
 
-  int wake_fd_ = -1;
+  UniqueFd wake_fd_;
   uint64_t wake_buf_ = 0;
   std::atomic<bool> stop_requested_{false};
   bool draining_ = false;

@@ -24,6 +24,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "ktlb/tls.h"
+#include "ktlb/unique_fd.h"
 
 namespace ktlb::tls {
 namespace {
@@ -35,11 +36,6 @@ struct OpenSslStringFree {
   void operator()(unsigned char* p) const { OPENSSL_free(p); }
 };
 using UniqueOpenSslString = std::unique_ptr<unsigned char, OpenSslStringFree>;
-
-struct FdCloser {
-  int fd;
-  ~FdCloser() { ::close(fd); }
-};
 
 std::string Quoted(const CertificateConfig& c) { return absl::StrCat("certificate \"", c.name, "\""); }
 
@@ -62,7 +58,7 @@ absl::StatusOr<std::string> ReadWholeFile(const CertificateConfig& c, const std:
   };
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return io_error(errno);
-  FdCloser closer{fd};
+  UniqueFd closer(fd);
   struct stat st {};
   if (::fstat(fd, &st) != 0) return io_error(errno);
   if (S_ISDIR(st.st_mode)) return io_error(EISDIR);

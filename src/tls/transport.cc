@@ -24,7 +24,6 @@ constexpr uint8_t kAlertProtocolVersion = 70;
 
 Transport::~Transport() {
   if (registered_) loop_->RemoveHandler(handle_);
-  if (fd_ >= 0) close(fd_);
 }
 
 void Transport::StartServer(const TransportOptions& options, TransportOwner* owner, int fd,
@@ -41,7 +40,7 @@ void Transport::StartServer(const TransportOptions& options, TransportOwner* own
   log_ = options.log;
   metrics_ = options.metrics;
   handshake_timeouts_ = options.handshake_timeouts;
-  fd_ = fd;
+  fd_.reset(fd);
   peer_.assign(peer_label);
   info_ = HandshakeInfo{};
   timer_.target = this;
@@ -123,7 +122,7 @@ void Transport::OnDeferred(uint8_t op) {
 }
 
 void Transport::ArmRecv() {
-  if (recv_inflight_ || recv_deferred_ || peer_eof_ || fd_ < 0) return;
+  if (recv_inflight_ || recv_deferred_ || peer_eof_ || fd_.get() < 0) return;
   if (state_ == State::kClosed || state_ == State::kClosing || state_ == State::kIdle) return;
   if (rx_sync_ == RxSync::kPending) return;  // the RX resync reads exact byte counts
   bool poll_first = false;
@@ -134,7 +133,7 @@ void Transport::ArmRecv() {
     // the first receive attempt and go straight to waiting for readiness.
     poll_first = want == InputWanted::kIdle && input().empty();
   }
-  loop_->PrepRecv(fd_, Tag(kRecv), poll_first);
+  loop_->PrepRecv(fd_.get(), Tag(kRecv), poll_first);
   recv_inflight_ = true;
   ++inflight_;
 }
@@ -146,7 +145,7 @@ void Transport::ScheduleFlush() {
 }
 
 void Transport::FlushSend() {
-  if (send_inflight_ || fd_ < 0 || state_ == State::kClosed) return;
+  if (send_inflight_ || fd_.get() < 0 || state_ == State::kClosed) return;
   while (!out_.empty()) {
     OutputQueue::Segment& f = out_.front();
     io_uring_sqe* sqe = nullptr;
@@ -170,7 +169,7 @@ void Transport::FlushSend() {
           continue;
         }
         sqe = loop_->Sqe();
-        io_uring_prep_send(sqe, fd_, u.data(), u.size(), MSG_NOSIGNAL);
+        io_uring_prep_send(sqe, fd_.get(), u.data(), u.size(), MSG_NOSIGNAL);
         break;
       }
       case OutputQueue::Kind::kRecord: {
@@ -192,7 +191,7 @@ void Transport::FlushSend() {
         cm->cmsg_len = CMSG_LEN(1);
         *CMSG_DATA(cm) = f.record_type;
         sqe = loop_->Sqe();
-        io_uring_prep_sendmsg(sqe, fd_, &c.msg, MSG_NOSIGNAL);
+        io_uring_prep_sendmsg(sqe, fd_.get(), &c.msg, MSG_NOSIGNAL);
         break;
       }
     }
@@ -497,7 +496,7 @@ void Transport::EnterLinger() {
   // Everything is out: half-close and wait briefly for the peer's FIN so
   // unread bytes do not turn our last bytes into a reset.
   state_ = State::kLingering;
-  shutdown(fd_, SHUT_WR);
+  shutdown(fd_.get(), SHUT_WR);
   loop_->ArmTimer(&timer_, kTimerLinger, kLingerMs);
   ArmRecv();
 }
@@ -513,16 +512,13 @@ void Transport::CloseSocket() {
   Loop::CancelTimer(&timer_);
   // Pending ops complete (with 0 or an error) once the socket is shut down;
   // the socket is closed when the last one is back.
-  if (fd_ >= 0) shutdown(fd_, SHUT_RDWR);
+  if (fd_.get() >= 0) shutdown(fd_.get(), SHUT_RDWR);
   MaybeRelease();
 }
 
 void Transport::MaybeRelease() {
   if (state_ != State::kClosed || inflight_ > 0) return;
-  if (fd_ >= 0) {
-    close(fd_);
-    fd_ = -1;
-  }
+  fd_.reset();
   ssl_.reset();
   WipeTrafficSecrets();
   in_.clear();

@@ -47,7 +47,7 @@ void Transport::FallBack(KtlsFallback why) {
 bool Transport::OfferTx(const KtlsCryptoInfo& info) {
   if (!ktls_allowed_ || tx_taken_) return false;
   if (!ulp_attached_) {
-    int rc = AttachTlsUlp(fd_);
+    int rc = AttachTlsUlp(fd_.get());
     if (rc != 0) {
       FallBack(rc == ENOENT ? KtlsFallback::kNoModule : KtlsFallback::kSetsockopt);
       ktls_allowed_ = false;
@@ -101,7 +101,7 @@ void Transport::WipeTrafficSecrets() {
 }
 
 bool Transport::InstallTxNow(const KtlsCryptoInfo& key) {
-  int rc = InstallKtls(fd_, kTlsTx, key);
+  int rc = InstallKtls(fd_.get(), kTlsTx, key);
   if (tx_active_) {
     // A rekey after our KeyUpdate went out: the peer now expects the next
     // key, so without it the connection is over.
@@ -149,7 +149,7 @@ void Transport::StartRxOffload() {
   }
   if (version != TLS1_2_VERSION && version != TLS1_3_VERSION) return;
   if (!ulp_attached_) {
-    int rc = AttachTlsUlp(fd_);
+    int rc = AttachTlsUlp(fd_.get());
     if (rc != 0) {
       FallBack(rc == ENOENT ? KtlsFallback::kNoModule : KtlsFallback::kSetsockopt);
       return;
@@ -185,7 +185,7 @@ void Transport::ArmRecvExact(size_t n) {
   }
   cipher_stash_.resize(have + n);
   io_uring_sqe* sqe = loop_->Sqe();
-  io_uring_prep_recv(sqe, fd_, cipher_stash_.data() + have, n, 0);
+  io_uring_prep_recv(sqe, fd_.get(), cipher_stash_.data() + have, n, 0);
   io_uring_sqe_set_data64(sqe, Tag(kRecvExact));
   recv_inflight_ = true;
   ++inflight_;
@@ -252,7 +252,7 @@ void Transport::FinishRxOffload() {
     info = rx12_info_;
     info.SetRecordSequence(1 + rx_records_);
   }
-  int rc = InstallKtls(fd_, kTlsRx, info);
+  int rc = InstallKtls(fd_.get(), kTlsRx, info);
   info.Wipe();
   rx12_info_.Wipe();
   if (rc != 0) {
@@ -282,7 +282,7 @@ void Transport::MaybeDropSsl() {
 }
 
 void Transport::ArmRecvMsg() {
-  if (recv_inflight_ || fd_ < 0) return;
+  if (recv_inflight_ || fd_.get() < 0) return;
   if (!recv_ctl_) recv_ctl_ = std::make_unique<ControlIo>();
   ControlIo& c = *recv_ctl_;
   c.iov.iov_base = c.data;
@@ -293,7 +293,7 @@ void Transport::ArmRecvMsg() {
   c.msg.msg_control = c.cbuf;
   c.msg.msg_controllen = sizeof c.cbuf;
   io_uring_sqe* sqe = loop_->Sqe();
-  io_uring_prep_recvmsg(sqe, fd_, &c.msg, 0);
+  io_uring_prep_recvmsg(sqe, fd_.get(), &c.msg, 0);
   io_uring_sqe_set_data64(sqe, Tag(kRecvMsg));
   recv_inflight_ = true;
   ++inflight_;
@@ -398,7 +398,7 @@ void Transport::HandlePeerKeyUpdate(std::string_view payload) {
   }
   auto rx = Tls13CryptoInfo(tls13_cipher_, rx_secret_, rx_secret_len_, 0);
   if (!rx.ok()) return EndReadsAfterKeyUpdate(KeyUpdateClose::kKernelCannotRekey, EINVAL);
-  int rc = InstallKtls(fd_, kTlsRx, *rx);
+  int rc = InstallKtls(fd_.get(), kTlsRx, *rx);
   rx->Wipe();
   if (rc != 0) return EndReadsAfterKeyUpdate(KeyUpdateClose::kKernelCannotRekey, rc);
   if (answer) {

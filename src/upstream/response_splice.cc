@@ -41,7 +41,7 @@ void UpstreamConnection::Pump() {
   const int client_fd = sink()->ResponseSpliceFd();
   if (client_fd < 0) return Abort();  // the client side can no longer take spliced bytes
   uint64_t moved = 0;
-  SplicePipe::Status st = pipe_.Run(fd_, client_fd, sink()->ResponseSpliceReady(), &moved);
+  SplicePipe::Status st = pipe_.Run(fd_.get(), client_fd, sink()->ResponseSpliceReady(), &moved);
   if (moved > 0) {
     sink()->OnResponseSpliced(moved);
     if (sink() == nullptr || state_ != State::kActive) return;
@@ -52,7 +52,7 @@ void UpstreamConnection::Pump() {
     case SplicePipe::Status::kDone:
       break;
     case SplicePipe::Status::kWaitSource:
-      return ArmPoll(fd_, false);
+      return ArmPoll(fd_.get(), false);
     case SplicePipe::Status::kWaitSink:
       // Either the socket is full (poll it) or the client still sends what
       // was queued before these bytes (OnSinkWritable resumes us).
@@ -79,13 +79,13 @@ void UpstreamConnection::Pump() {
 }
 
 void UpstreamConnection::ReadFraming() {
-  FramingStep step = ReadChunkFraming(fd_, *parser_, [this](std::string_view framing) {
+  FramingStep step = ReadChunkFraming(fd_.get(), *parser_, [this](std::string_view framing) {
     sink()->OnResponseBody(framing);
     return sink() != nullptr && state_ == State::kActive;
   });
   switch (step.kind) {
     case FramingStep::kWaitReadable:
-      return ArmPoll(fd_, false);
+      return ArmPoll(fd_.get(), false);
     case FramingStep::kStopped:
       return;
     case FramingStep::kSourceEnded:

@@ -52,9 +52,9 @@ bool UpstreamConnection::Connect(Cluster* cluster, size_t server) {
   reused_ = false;
   exchange_ = nullptr;
   pipe_.Clear();
-  fd_ = StartConnect(*loop_, cluster->server(server).address, Tag(kConnect), cluster->log(),
-                     "upstream", cluster->metrics());
-  if (fd_ < 0) {
+  fd_.reset(StartConnect(*loop_, cluster->server(server).address, Tag(kConnect), cluster->log(),
+                     "upstream", cluster->metrics()));
+  if (fd_.get() < 0) {
     state_ = State::kClosed;
     return false;
   }
@@ -91,20 +91,20 @@ void UpstreamConnection::Send(std::string_view bytes) {
 }
 
 void UpstreamConnection::ArmRecv() {
-  if (recv_inflight_ || fd_ < 0) return;
+  if (recv_inflight_ || fd_.get() < 0) return;
   if (state_ == State::kActive && sink() != nullptr &&
       sink()->ResponseBacklog() >= kMaxResponseBacklog) {
     return;  // the client is slow: let the backend's window fill instead of our memory
   }
   // The response (or, parked, anything at all) cannot be there yet: wait
   // for readiness instead of trying a receive that would fail first.
-  loop_->PrepRecv(fd_, Tag(kRecv), !got_bytes_ || state_ == State::kIdle);
+  loop_->PrepRecv(fd_.get(), Tag(kRecv), !got_bytes_ || state_ == State::kIdle);
   recv_inflight_ = true;
   ++inflight_;
 }
 
 void UpstreamConnection::FlushSend() {
-  if (send_inflight_ || fd_ < 0 || state_ != State::kActive) return;
+  if (send_inflight_ || fd_.get() < 0 || state_ != State::kActive) return;
   if (sending_off_ >= sending_.size()) {
     sending_.clear();
     sending_off_ = 0;
@@ -112,7 +112,7 @@ void UpstreamConnection::FlushSend() {
     sending_.swap(out_);
   }
   io_uring_sqe* sqe = loop_->Sqe();
-  io_uring_prep_send(sqe, fd_, sending_.data() + sending_off_, sending_.size() - sending_off_,
+  io_uring_prep_send(sqe, fd_.get(), sending_.data() + sending_off_, sending_.size() - sending_off_,
                      MSG_NOSIGNAL);
   io_uring_sqe_set_data64(sqe, Tag(kSend));
   send_inflight_ = true;
@@ -341,24 +341,16 @@ void UpstreamConnection::CloseNow() {
   state_ = State::kClosed;
   Loop::CancelTimer(&timer_);
   if (connect_inflight_) loop_->Cancel(Tag(kConnect));
-  if (fd_ >= 0) shutdown(fd_, SHUT_RDWR);
+  if (fd_.get() >= 0) shutdown(fd_.get(), SHUT_RDWR);
   MaybeRelease();
 }
 
 void UpstreamConnection::MaybeRelease() {
   if (state_ != State::kClosed || inflight_ > 0) return;
-  if (pipe_.active()) {
-    // A pipe with bytes of an aborted body is not reusable.
-    close(pipe_.pipe_r());
-    close(pipe_.pipe_w());
-    pipe_.Clear();
-  }
-  if (fd_ >= 0) {
-    // A connect still in flight is cancelled by closing only after it
-    // completes, which inflight_ already waited for.
-    close(fd_);
-    fd_ = -1;
-  }
+  pipe_.Discard();  // a pipe with bytes of an aborted body is not reusable
+  // A connect still in flight is cancelled by closing only after it
+  // completes, which inflight_ already waited for.
+  fd_.reset();
   out_.clear();
   head_buf_.clear();
   cluster_->Release(this);

@@ -13,6 +13,7 @@
 #include "ktlb/http1.h"
 #include "ktlb/loop.h"
 #include "ktlb/splice_pipe.h"
+#include "ktlb/unique_fd.h"
 
 namespace ktlb::upstream {
 
@@ -43,7 +44,7 @@ class UpstreamConnection final : public IoHandler, public DeadlineTarget {
   void OnDeadline(uint8_t kind) override;
 
   size_t server() const { return server_; }
-  int fd() const { return fd_; }
+  int fd() const { return fd_.get(); }
   bool connected() const { return state_ == State::kActive; }
   bool reused() const { return reused_; }
   size_t SendBacklog() const { return out_.size() + (sending_.size() - sending_off_); }
@@ -82,7 +83,7 @@ class UpstreamConnection final : public IoHandler, public DeadlineTarget {
   Loop* loop_ = nullptr;
   uint32_t handle_ = 0;
   bool registered_ = false;
-  int fd_ = -1;
+  UniqueFd fd_;
   size_t server_ = 0;
   State state_ = State::kClosed;
   Exchange* exchange_ = nullptr;
