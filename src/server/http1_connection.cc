@@ -409,31 +409,25 @@ void Http1Connection::LogRequest(int status, const char* error) {
   const bool started = log_pending_;
   log_pending_ = false;
   refuse_reason_ = nullptr;
-  std::string* out = w_->access_log().Begin();
+  std::string* out =
+      w_->access_log().BeginLine(w_->log_time(), gen_->config().listeners[listener_].name,
+                                 peer_ip_, peer_port_, transport_.info().sni);
   if (out == nullptr) return;
-  const Config& cfg = gen_->config();
-  out->append("{\"time\":\"");
-  out->append(w_->log_time());
-  absl::StrAppend(out, "\",\"listener\":\"",
-                  cfg.listeners[listener_].name, "\",\"client\":\"", peer_ip_, ":", peer_port_,
-                  "\",\"sni\":\"");
-  AppendJsonEscaped(out, transport_.info().sni);
-  out->append("\",");
+  out->push_back(',');
   out->append(started ? std::string_view(log_req_)
                       : std::string_view("\"method\":null,\"target\":null,\"host\":null,"
                                          "\"version\":null"));
   absl::StrAppend(out, ",\"status\":", status, ",\"bytes\":", resp_bytes_, ",\"ms\":",
                   started ? w_->now_ms() - log_start_ms_ : 0);
+  std::string_view upstream, server;
   if (started && cluster_ != nullptr) {
-    absl::StrAppend(out, ",\"upstream\":\"", cluster_->name(), "\"");
-    int server = exchange_.cluster() == cluster_ ? exchange_.server() : -1;
-    if (server >= 0 && static_cast<size_t>(server) < cluster_->size()) {
-      absl::StrAppend(out, ",\"server\":\"", cluster_->server(server).address.text, "\"");
+    upstream = cluster_->name();
+    int s = exchange_.cluster() == cluster_ ? exchange_.server() : -1;
+    if (s >= 0 && static_cast<size_t>(s) < cluster_->size()) {
+      server = cluster_->server(static_cast<size_t>(s)).address.text;
     }
   }
-  if (error != nullptr) absl::StrAppend(out, ",\"error\":\"", error, "\"");
-  out->push_back('}');
-  w_->access_log().Commit();
+  w_->access_log().EndLine(out, upstream, server, error);
   resp_bytes_ = 0;  // a refusal on this connection later counts only its own
 }
 

@@ -457,26 +457,20 @@ void TunnelConnection::LogIfOpen(const char* error) {
 }
 
 void TunnelConnection::LogTunnel(const char* error) {
-  std::string* out = w_->access_log().Begin();
-  if (out == nullptr) return;
   const Config& cfg = gen_->config();
-  out->append("{\"time\":\"");
-  out->append(w_->log_time());
-  absl::StrAppend(out, "\",\"listener\":\"", cfg.listeners[listener_].name,
-                  "\",\"client\":\"", AddressIp(peer_), ":", AddressPort(peer_),
-                  "\",\"sni\":\"");
-  // The parser let through only [A-Za-z0-9.-_]: nothing to escape.
-  out->append(sni_, sni_len_);
-  absl::StrAppend(out, "\",\"passthrough\":true,\"bytes_up\":", up_.bytes,
+  std::string* out =
+      w_->access_log().BeginLine(w_->log_time(), cfg.listeners[listener_].name, AddressIp(peer_),
+                                 AddressPort(peer_), std::string_view(sni_, sni_len_));
+  if (out == nullptr) return;
+  absl::StrAppend(out, ",\"passthrough\":true,\"bytes_up\":", up_.bytes,
                   ",\"bytes_down\":", down_.bytes, ",\"ms\":", w_->now_ms() - start_ms_);
+  std::string_view upstream, server;
   if (upstream_ >= 0) {
-    const UpstreamConfig& uc = cfg.upstreams[upstream_];
-    absl::StrAppend(out, ",\"upstream\":\"", uc.name, "\"");
-    if (server_ >= 0) absl::StrAppend(out, ",\"server\":\"", uc.servers[server_].text, "\"");
+    const upstream::Cluster* c = gen_->cluster(static_cast<size_t>(upstream_));
+    upstream = c->name();
+    if (server_ >= 0) server = c->server(static_cast<size_t>(server_)).address.text;
   }
-  if (error != nullptr) absl::StrAppend(out, ",\"error\":\"", error, "\"");
-  out->push_back('}');
-  w_->access_log().Commit();
+  w_->access_log().EndLine(out, upstream, server, error);
 }
 
 void TunnelConnection::MaybeRelease() {

@@ -20,7 +20,7 @@
 #include "ktlb/snapshot.h"
 #include "ktlb/tls.h"
 #include "ktlb/unique_fd.h"
-#include "access_log.h"
+#include "ktlb/access_log.h"
 #include "generation.h"
 #include "http1_connection.h"
 #include "tunnel_connection.h"

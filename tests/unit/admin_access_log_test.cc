@@ -1,4 +1,4 @@
-#include "../../src/server/access_log.h"
+#include "ktlb/access_log.h"
 
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-#include "access_log.h"
+#include "ktlb/access_log.h"
 
 #include <unistd.h>
 
@@ -9,6 +9,29 @@
 #include "ktlb/ring.h"
 
 namespace ktlb {
+
+std::string* AccessLog::BeginLine(std::string_view time, std::string_view listener,
+                                  std::string_view client_ip, uint16_t client_port,
+                                  std::string_view sni) {
+  std::string* out = Begin();
+  if (out == nullptr) return nullptr;
+  // std::string_view does not convert to Debian's absl::string_view: plain appends.
+  out->append("{\"time\":\"").append(time).append("\",\"listener\":\"").append(listener);
+  out->append("\",\"client\":\"").append(client_ip).push_back(':');
+  out->append(std::to_string(client_port)).append("\",\"sni\":\"");
+  AppendJsonEscaped(out, sni);
+  out->push_back('"');
+  return out;
+}
+
+void AccessLog::EndLine(std::string* out, std::string_view upstream, std::string_view server,
+                        const char* error) {
+  if (!upstream.empty()) out->append(",\"upstream\":\"").append(upstream).push_back('"');
+  if (!server.empty()) out->append(",\"server\":\"").append(server).push_back('"');
+  if (error != nullptr) out->append(",\"error\":\"").append(error).push_back('"');
+  out->push_back('}');
+  Commit();
+}
 
 std::string* AccessLog::Begin() {
   if (fd_ < 0) return nullptr;

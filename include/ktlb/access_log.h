@@ -29,6 +29,15 @@ class AccessLog {
   std::string* Begin();
   void Commit() { filling_.push_back('\n'); }
 
+  // The members every line starts with: {"time":..,"listener":..,
+  // "client":"ip:port","sni":..  (no trailing comma). nullptr: dropped.
+  std::string* BeginLine(std::string_view time, std::string_view listener,
+                         std::string_view client_ip, uint16_t client_port, std::string_view sni);
+  // The members every line ends with (upstream, server and error when
+  // known, each may be empty / null), the closing brace, and Commit().
+  void EndLine(std::string* line, std::string_view upstream, std::string_view server,
+               const char* error);
+
   // End of a loop turn: start writing what collected, unless a write is
   // still in flight (it goes next time).
   void Flush(Ring& ring, uint64_t user_data);
