@@ -12,6 +12,7 @@
 
 namespace ktlb {
 
+class ErrorLog;
 class Ring;
 
 class AccessLog {
@@ -21,7 +22,11 @@ class AccessLog {
 
   // `fd` opened O_APPEND by the server, shared by every worker (O_APPEND
   // makes each write land whole at the end). -1: logging is off.
-  void Init(int fd) { fd_ = fd; }
+  // Write failures are reported to `log` (rate-limited), if given.
+  void Init(int fd, ErrorLog* log = nullptr) {
+    fd_ = fd;
+    log_ = log;
+  }
   bool enabled() const { return fd_ >= 0; }
 
   // The buffer to append one line to (without the newline); Commit() ends it.
@@ -49,6 +54,7 @@ class AccessLog {
 
  private:
   int fd_ = -1;
+  ErrorLog* log_ = nullptr;
   std::string filling_;
   std::string writing_;
   size_t written_ = 0;  // of writing_

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "ktlb/error_log.h"
 #include "ktlb/ring.h"
 
 namespace ktlb {
@@ -59,7 +60,9 @@ void AccessLog::OnWrite(int res) {
   if (res < 0) {
     // A full disk or a revoked file: the lines are lost, counted, and the
     // next turn tries again with new ones.
-    fprintf(stderr, "ktlb: access log write failed: %s\n", strerror(-res));
+    if (log_ != nullptr) {
+      log_->Log(ErrorLog::Level::kError, "access_log", "write failed: %s", strerror(-res));
+    }
     dropped_ += 1;
   } else if (static_cast<size_t>(res) < writing_.size()) {
     // A short write: the rest goes ahead of the next turn's lines.

@@ -29,7 +29,7 @@ Worker::Worker(size_t id, std::shared_ptr<const Snapshot> snapshot, MetricsRegis
       initial_(std::move(snapshot)),
       registry_(registry),
       metrics_(&registry->worker(id)) {
-  access_log_.Init(access_log_fd);
+  access_log_.Init(access_log_fd, &error_log_);
 }
 
 std::string_view Worker::log_time() {
