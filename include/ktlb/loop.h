@@ -142,4 +142,29 @@ class Loop {
   uint64_t now_ms_ = 0;
 };
 
+// A pooled handler's registration: the first user registers it with the
+// loop, each later user retires the previous one's completions and deferred
+// calls. Removed from the loop with the object (the loop must outlive it).
+class HandlerSlot {
+ public:
+  HandlerSlot() = default;
+  ~HandlerSlot() {
+    if (loop_ != nullptr) loop_->RemoveHandler(handle_);
+  }
+  HandlerSlot(const HandlerSlot&) = delete;
+  HandlerSlot& operator=(const HandlerSlot&) = delete;
+
+  void Bind(Loop* loop, IoHandler* handler) {
+    if (loop_ == loop) return loop->Retire(handle_);
+    if (loop_ != nullptr) loop_->RemoveHandler(handle_);
+    loop_ = loop;
+    handle_ = loop->AddHandler(handler);
+  }
+  uint64_t Tag(uint8_t op) const { return loop_->Tag(handle_, op); }
+
+ private:
+  Loop* loop_ = nullptr;
+  uint32_t handle_ = 0;
+};
+
 }  // namespace ktlb

@@ -178,7 +178,7 @@ class Transport final : public IoHandler, public DeadlineTarget, public KtlsHook
   enum TimerKind : uint8_t { kTimerHandshake = 1, kTimerLinger };
   static constexpr uint32_t kLingerMs = 2000;
 
-  uint64_t Tag(uint8_t op) const { return loop_->Tag(handle_, op); }
+  uint64_t Tag(uint8_t op) const { return slot_.Tag(op); }
   void ArmRecv();
   void FlushSend();
   void OnRecv(int res, uint32_t flags);
@@ -216,8 +216,7 @@ class Transport final : public IoHandler, public DeadlineTarget, public KtlsHook
   void AfterInputEvent();
 
   Loop* loop_ = nullptr;
-  uint32_t handle_ = 0;
-  bool registered_ = false;
+  HandlerSlot slot_;
   TransportOwner* owner_ = nullptr;
   ErrorLog* log_ = nullptr;
   TlsMetrics* metrics_ = nullptr;

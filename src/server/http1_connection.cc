@@ -13,18 +13,13 @@ namespace {
 int StatusClass(int status) { return status >= 100 && status < 600 ? status / 100 : 5; }
 }  // namespace
 
-uint64_t Http1Connection::Tag(uint8_t op) const { return w_->loop().Tag(handle_, op); }
+uint64_t Http1Connection::Tag(uint8_t op) const { return slot_.Tag(op); }
 
 void Http1Connection::Start(Worker* w, Generation* gen, size_t listener_index, int fd,
                             const sockaddr_storage& peer) {
   w_ = w;
   gen_ = gen;
-  if (!registered_) {
-    handle_ = w->loop().AddHandler(this);
-    registered_ = true;
-  } else {
-    w->loop().Retire(handle_);
-  }
+  slot_.Bind(&w->loop(), this);
   listener_ = listener_index;
   peer_ip_ = AddressIp(peer);
   peer_port_ = AddressPort(peer);

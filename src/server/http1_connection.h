@@ -119,8 +119,7 @@ class Http1Connection final : public IoHandler,
 
   Worker* w_ = nullptr;
   Generation* gen_ = nullptr;
-  uint32_t handle_ = 0;
-  bool registered_ = false;
+  HandlerSlot slot_;
   size_t listener_ = 0;
   std::string peer_ip_;
   uint16_t peer_port_ = 0;

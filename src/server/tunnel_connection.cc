@@ -23,7 +23,7 @@ constexpr uint64_t kStream = UINT64_MAX;
 }  // namespace
 
 uint64_t TunnelConnection::Tag(TunnelOp op) const {
-  return w_->loop().Tag(handle_, static_cast<uint8_t>(op));
+  return slot_.Tag(static_cast<uint8_t>(op));
 }
 
 void TunnelConnection::OnCompletion(uint8_t op, int res, uint32_t flags) {
@@ -48,12 +48,7 @@ void TunnelConnection::Start(Worker* w, Generation* gen, size_t listener_index, 
                              const sockaddr_storage& peer) {
   w_ = w;
   gen_ = gen;
-  if (!registered_) {
-    handle_ = w->loop().AddHandler(this);
-    registered_ = true;
-  } else {
-    w->loop().Retire(handle_);
-  }
+  slot_.Bind(&w->loop(), this);
   listener_ = listener_index;
   fd_.reset(fd);
   up_fd_.reset();

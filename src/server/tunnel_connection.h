@@ -127,8 +127,7 @@ class TunnelConnection final : public IoHandler, public DeadlineTarget {
 
   Worker* w_ = nullptr;
   Generation* gen_ = nullptr;
-  uint32_t handle_ = 0;
-  bool registered_ = false;
+  HandlerSlot slot_;
   size_t listener_ = 0;
   UniqueFd fd_;     // client
   UniqueFd up_fd_;  // backend

@@ -22,20 +22,12 @@ constexpr uint8_t kAlertDecodeError = 50;
 constexpr uint8_t kAlertProtocolVersion = 70;
 }  // namespace
 
-Transport::~Transport() {
-  if (registered_) loop_->RemoveHandler(handle_);
-}
+Transport::~Transport() = default;
 
 void Transport::StartServer(const TransportOptions& options, TransportOwner* owner, int fd,
                             const ServerTlsContext& ctx, std::string_view peer_label) {
-  if (!registered_ || loop_ != options.loop) {
-    if (registered_) loop_->RemoveHandler(handle_);
-    loop_ = options.loop;
-    handle_ = loop_->AddHandler(this);
-    registered_ = true;
-  } else {
-    loop_->Retire(handle_);  // a new user of this slot
-  }
+  loop_ = options.loop;
+  slot_.Bind(loop_, this);
   owner_ = owner;
   log_ = options.log;
   metrics_ = options.metrics;

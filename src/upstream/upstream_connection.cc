@@ -15,7 +15,7 @@ namespace {
 constexpr size_t kMaxResponseHead = 64 * 1024;
 }  // namespace
 
-uint64_t UpstreamConnection::Tag(uint8_t op) const { return loop_->Tag(handle_, op); }
+uint64_t UpstreamConnection::Tag(uint8_t op) const { return slot_.Tag(op); }
 
 void UpstreamConnection::OnCompletion(uint8_t op, int res, uint32_t flags) {
   switch (op) {
@@ -35,12 +35,7 @@ void UpstreamConnection::OnDeferred(uint8_t op) {
 bool UpstreamConnection::Connect(Cluster* cluster, size_t server) {
   cluster_ = cluster;
   loop_ = &cluster->loop();
-  if (!registered_) {
-    handle_ = loop_->AddHandler(this);
-    registered_ = true;
-  } else {
-    loop_->Retire(handle_);
-  }
+  slot_.Bind(loop_, this);
   server_ = server;
   timer_.target = this;
   out_.clear();

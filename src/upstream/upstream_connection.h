@@ -81,8 +81,7 @@ class UpstreamConnection final : public IoHandler, public DeadlineTarget {
 
   Cluster* cluster_ = nullptr;
   Loop* loop_ = nullptr;
-  uint32_t handle_ = 0;
-  bool registered_ = false;
+  HandlerSlot slot_;
   UniqueFd fd_;
   size_t server_ = 0;
   State state_ = State::kClosed;
