@@ -22,6 +22,8 @@ class Counter {
   void Inc(uint64_t n = 1) { v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
   void Dec(uint64_t n = 1) { v_.store(v_.load(std::memory_order_relaxed) - n, std::memory_order_relaxed); }
   uint64_t Get() const { return v_.load(std::memory_order_relaxed); }
+  // For a count kept elsewhere by the same thread, published once in a while.
+  void Set(uint64_t v) { v_.store(v, std::memory_order_relaxed); }
 
  private:
   std::atomic<uint64_t> v_{0};
@@ -85,6 +87,10 @@ struct WorkerMetrics {
   std::deque<UpstreamMetrics> upstreams;
   std::array<Counter, static_cast<size_t>(TimeoutKind::kCount)> timeouts;
   Counter loop_turns;
+  // The worker's error log: lines logged, and of them kept from stderr by
+  // the rate limit.
+  Counter log_lines;
+  Counter log_lines_suppressed;
 };
 
 // Names needed to render label values; filled once at startup.

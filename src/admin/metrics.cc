@@ -210,6 +210,19 @@ std::string MetricsRegistry::Render() const {
   per_upstream("ktlb_upstream_resets_total", "Upstream connections reset or closed early.",
                [](const UpstreamMetrics& m) -> const Counter& { return m.resets; });
 
+  Family(&out, "ktlb_error_log_lines_total", "counter",
+         "Lines the workers' error logs were given (printed or not).");
+  absl::StrAppend(&out, "ktlb_error_log_lines_total ",
+                  Sum(workers_, [](const WorkerMetrics& w) -> const Counter& { return w.log_lines; }),
+                  "\n");
+  Family(&out, "ktlb_error_log_lines_suppressed_total", "counter",
+         "Error log lines kept from stderr by the rate limit (5/s, bursts of 20, per worker).");
+  absl::StrAppend(&out, "ktlb_error_log_lines_suppressed_total ",
+                  Sum(workers_, [](const WorkerMetrics& w) -> const Counter& {
+                    return w.log_lines_suppressed;
+                  }),
+                  "\n");
+
   Family(&out, "ktlb_timeouts_total", "counter", "Timeouts fired, by kind.");
   for (size_t k = 0; k < static_cast<size_t>(TimeoutKind::kCount); ++k) {
     absl::StrAppend(&out, "ktlb_timeouts_total{kind=\"", TimeoutKindLabel(static_cast<TimeoutKind>(k)),

@@ -262,6 +262,8 @@ void Worker::Run() {
     }
     loop_.Turn(wait);
     metrics_->loop_turns.Inc();
+    metrics_->log_lines.Set(error_log_.lines_total());
+    metrics_->log_lines_suppressed.Set(error_log_.lines_suppressed());
     access_log_.Flush(loop_.ring(), loop_.Tag(handle_, kAccessLogWrite));
   }
   // The log write in flight reads our buffer: wait for it, then write the rest.
