@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "ktlb/cluster.h"
@@ -32,6 +33,7 @@ class Generation {
   ListenerMetrics& listener_metrics(size_t listener) { return *listener_metrics_[listener]; }
   // By upstream index in config().
   upstream::Cluster* cluster(size_t upstream) { return clusters_[upstream].get(); }
+  std::span<const std::unique_ptr<upstream::Cluster>> clusters() const { return clusters_; }
 
   void Ref() { ++refs_; }
   void Unref() { --refs_; }

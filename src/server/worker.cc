@@ -252,7 +252,7 @@ void Worker::Run() {
       CountTimeout(TimeoutKind::kDrain);
       // What the deadline cuts still gets its access log line.
       clients_.ForEachSlot([](Http1Connection* c) { c->LogIfPending("drain_timeout"); });
-      tunnels_.ForEachSlot([](TunnelConnection* t) { t->LogIfOpen("drain_timeout"); });
+      tunnels_.ForEachSlot([](Tunnel* t) { t->LogIfOpen("drain_timeout"); });
       break;
     }
     uint32_t wait = kMaxWaitMs;
@@ -305,7 +305,11 @@ void Worker::OnAccept(Listener& l, int res, uint32_t flags) {
   lm.active.Inc();
   gen->Ref();
   if (l.passthrough) {
-    tunnels_.Acquire()->Start(this, gen, l.index, res, peer);
+    Tunnel* t = tunnels_.Acquire();
+    t->gen = gen;
+    t->Start(this, passthrough::RelayContext{&gen->config(), &gen->router(), l.index, &lm,
+                                             gen->clusters()},
+             res, peer);
     return;
   }
   clients_.Acquire()->Start(this, gen, l.index, res, peer);
@@ -317,7 +321,7 @@ void Worker::BeginDrain() {
   for (auto& l : listeners_) CloseListener(*l);
   listeners_.clear();
   clients_.ForEachSlot([](Http1Connection* c) { c->Drain(); });
-  tunnels_.ForEachSlot([](TunnelConnection* t) { t->Drain(); });
+  tunnels_.ForEachSlot([](Tunnel* t) { t->Drain(); });
   for (auto& g : generations_) {
     for (size_t u = 0; u < g->config().upstreams.size(); ++u) g->cluster(u)->Drain();
   }
@@ -329,7 +333,9 @@ void Worker::ReleaseClient(Http1Connection* c, Generation* gen) {
   if (gen != current_ && gen->refs() == 0) PruneGenerations();
 }
 
-void Worker::ReleaseTunnel(TunnelConnection* t, Generation* gen) {
+void Worker::OnRelayReleased(passthrough::Relay* relay) {
+  Tunnel* t = static_cast<Tunnel*>(relay);
+  Generation* gen = t->gen;
   tunnels_.Release(t);
   gen->Unref();
   if (gen != current_ && gen->refs() == 0) PruneGenerations();

@@ -15,6 +15,7 @@
 #include "ktlb/error_log.h"
 #include "ktlb/loop.h"
 #include "ktlb/metrics.h"
+#include "ktlb/relay.h"
 #include "ktlb/router.h"
 #include "ktlb/slot_pool.h"
 #include "ktlb/snapshot.h"
@@ -23,7 +24,6 @@
 #include "ktlb/access_log.h"
 #include "generation.h"
 #include "http1_connection.h"
-#include "tunnel_connection.h"
 
 namespace ktlb {
 
@@ -32,7 +32,7 @@ namespace ktlb {
 inline constexpr uint8_t kTimerTrim = static_cast<uint8_t>(TimeoutKind::kCount);
 inline constexpr uint32_t kTrimAfterMs = 1000;
 
-class Worker : private IoHandler {
+class Worker final : private IoHandler, private passthrough::RelayHost {
  public:
   // `kernel_ktls`: the kernel takes the "tls" ULP and OpenSSL can hand keys over.
   // `access_log_fd`: the shared access log file, or -1.
@@ -58,8 +58,8 @@ class Worker : private IoHandler {
   uint64_t swaps_failed() const { return swaps_failed_.load(std::memory_order_relaxed); }
 
   // --- used by the connection objects ---
-  Loop& loop() { return loop_; }
-  ErrorLog& error_log() { return error_log_; }
+  Loop& loop() override { return loop_; }
+  ErrorLog& error_log() override { return error_log_; }
   // The generation new connections start on (connections keep their own).
   const Config& config() const { return current_->config(); }
   WorkerMetrics& metrics() { return *metrics_; }
@@ -67,19 +67,18 @@ class Worker : private IoHandler {
   uint64_t now_ms() const { return loop_.now_ms(); }
   size_t id() const { return id_; }
   bool kernel_ktls() const { return kernel_ktls_; }
-  AccessLog& access_log() { return access_log_; }
+  AccessLog& access_log() override { return access_log_; }
   // Wall-clock time of this loop turn, "2026-11-24T04:40:01.123Z" (for logs).
-  std::string_view log_time();
+  std::string_view log_time() override;
 
   void ArmTimer(DeadlineNode* node, uint8_t kind, uint32_t duration_ms) {
     loop_.ArmTimer(node, kind, duration_ms);
   }
-  void CountTimeout(TimeoutKind k) { metrics_->timeouts[static_cast<size_t>(k)].Inc(); }
+  void CountTimeout(TimeoutKind k) override { metrics_->timeouts[static_cast<size_t>(k)].Inc(); }
 
   // Connection pools.
   // `gen` is the generation the connection started on.
   void ReleaseClient(Http1Connection* c, Generation* gen);
-  void ReleaseTunnel(TunnelConnection* t, Generation* gen);
 
  private:
   // A listening socket: its multishot accept completes here.
@@ -95,10 +94,18 @@ class Worker : private IoHandler {
       worker->OnAccept(*this, res, flags);
     }
   };
+  // A passthrough relay in the pool, and the generation it started on.
+  struct Tunnel final : passthrough::Relay {
+    uint32_t slot_index = 0;
+    uint16_t generation = 0;
+    Generation* gen = nullptr;
+  };
   enum Op : uint8_t { kWakeRead = 1, kAccessLogWrite };
 
   // IoHandler: the wake eventfd and the access log's writes.
   void OnCompletion(uint8_t op, int res, uint32_t flags) override;
+  // RelayHost: a relay (always one of tunnels_) is done.
+  void OnRelayReleased(passthrough::Relay* relay) override;
   void ArmAccept(Listener& l);
   void ArmWake();
   void OnAccept(Listener& l, int res, uint32_t flags);
@@ -132,7 +139,7 @@ class Worker : private IoHandler {
   std::atomic<uint64_t> swaps_applied_{0};
   std::atomic<uint64_t> swaps_failed_{0};
   SlotPool<Http1Connection> clients_;
-  SlotPool<TunnelConnection> tunnels_;
+  SlotPool<Tunnel> tunnels_;
 
   UniqueFd wake_fd_;
   uint64_t wake_buf_ = 0;

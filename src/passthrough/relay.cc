@@ -1,4 +1,4 @@
-#include "tunnel_connection.h"
+#include "ktlb/relay.h"
 
 #include <sys/socket.h>
 #include <unistd.h>
@@ -11,9 +11,9 @@
 #include "absl/strings/str_cat.h"
 #include "ktlb/proxy_protocol.h"
 #include "ktlb/sockets.h"
-#include "worker.h"
+#include "ktlb/tls.h"
 
-namespace ktlb {
+namespace ktlb::passthrough {
 
 namespace {
 // A relay direction with nothing left to move gives its pipe back; it takes
@@ -22,40 +22,40 @@ namespace {
 constexpr uint64_t kStream = UINT64_MAX;
 }  // namespace
 
-uint64_t TunnelConnection::Tag(TunnelOp op) const {
-  return slot_.Tag(static_cast<uint8_t>(op));
+uint64_t Relay::Tag(RelayOp op) const { return slot_.Tag(static_cast<uint8_t>(op)); }
+
+void Relay::ArmTimer(TimeoutKind kind, uint32_t duration_ms) {
+  loop().ArmTimer(&timer_, static_cast<uint8_t>(kind), duration_ms);
 }
 
-void TunnelConnection::OnCompletion(uint8_t op, int res, uint32_t flags) {
-  switch (static_cast<TunnelOp>(op)) {
-    case TunnelOp::kRecv: return OnRecv(res, flags);
-    case TunnelOp::kConnect: return OnConnect(res);
-    case TunnelOp::kSend: return OnSend(res);
-    case TunnelOp::kClientIn:
-    case TunnelOp::kClientOut:
-    case TunnelOp::kBackendIn:
-    case TunnelOp::kBackendOut: return OnPoll(static_cast<TunnelOp>(op), res);
-    case TunnelOp::kUpRecv:
-    case TunnelOp::kDownRecv: return OnCopyRecv(static_cast<TunnelOp>(op), res, flags);
-    case TunnelOp::kUpSend:
-    case TunnelOp::kDownSend: return OnCopySend(static_cast<TunnelOp>(op), res);
+void Relay::OnCompletion(uint8_t op, int res, uint32_t flags) {
+  switch (static_cast<RelayOp>(op)) {
+    case RelayOp::kRecv: return OnRecv(res, flags);
+    case RelayOp::kConnect: return OnConnect(res);
+    case RelayOp::kSend: return OnSend(res);
+    case RelayOp::kClientIn:
+    case RelayOp::kClientOut:
+    case RelayOp::kBackendIn:
+    case RelayOp::kBackendOut: return OnPoll(static_cast<RelayOp>(op), res);
+    case RelayOp::kUpRecv:
+    case RelayOp::kDownRecv: return OnCopyRecv(static_cast<RelayOp>(op), res, flags);
+    case RelayOp::kUpSend:
+    case RelayOp::kDownSend: return OnCopySend(static_cast<RelayOp>(op), res);
   }
 }
 
-void TunnelConnection::OnDeferred(uint8_t op) { RetryRecv(static_cast<TunnelOp>(op)); }
+void Relay::OnDeferred(uint8_t op) { RetryRecv(static_cast<RelayOp>(op)); }
 
-void TunnelConnection::Start(Worker* w, Generation* gen, size_t listener_index, int fd,
-                             const sockaddr_storage& peer) {
-  w_ = w;
-  gen_ = gen;
-  slot_.Bind(&w->loop(), this);
-  listener_ = listener_index;
+void Relay::Start(RelayHost* host, const RelayContext& ctx, int fd, const sockaddr_storage& peer) {
+  host_ = host;
+  ctx_ = ctx;
+  slot_.Bind(&loop(), this);
   fd_.reset(fd);
   up_fd_.reset();
   upstream_ = server_ = -1;
   peer_ = peer;
   state_ = State::kHello;
-  start_ms_ = w_->now_ms();
+  start_ms_ = loop().now_ms();
   close_reason_ = nullptr;
   proxy_header_len_ = 0;
   sni_len_ = 0;
@@ -63,67 +63,67 @@ void TunnelConnection::Start(Worker* w, Generation* gen, size_t listener_index, 
   recv_inflight_ = false;
   timer_.target = this;
   hello_.clear();
-  hello_parser_ = passthrough::ClientHelloParser();
+  hello_parser_ = ClientHelloParser();
   sent_ = 0;
   up_ = Direction{};
   down_ = Direction{};
-  up_.poll_src = TunnelOp::kClientIn;
-  up_.poll_dst = TunnelOp::kBackendOut;
-  up_.recv_op = TunnelOp::kUpRecv;
-  up_.send_op = TunnelOp::kUpSend;
-  down_.poll_src = TunnelOp::kBackendIn;
-  down_.poll_dst = TunnelOp::kClientOut;
-  down_.recv_op = TunnelOp::kDownRecv;
-  down_.send_op = TunnelOp::kDownSend;
+  up_.poll_src = RelayOp::kClientIn;
+  up_.poll_dst = RelayOp::kBackendOut;
+  up_.recv_op = RelayOp::kUpRecv;
+  up_.send_op = RelayOp::kUpSend;
+  down_.poll_src = RelayOp::kBackendIn;
+  down_.poll_dst = RelayOp::kClientOut;
+  down_.recv_op = RelayOp::kDownRecv;
+  down_.send_op = RelayOp::kDownSend;
   // The ClientHello must arrive within the handshake timeout, as on a
   // terminating listener.
-  w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kHandshake),
-               gen_->config().server.timeouts.handshake_ms);
+  ArmTimer(TimeoutKind::kHandshake, timeouts().handshake_ms);
   ArmRecv();
 }
 
-void TunnelConnection::ArmRecv() {
+void Relay::ArmRecv() {
   if (recv_inflight_ || state_ != State::kHello) return;
-  w_->loop().PrepRecv(fd_.get(), Tag(TunnelOp::kRecv), false);
+  loop().PrepRecv(fd_.get(), Tag(RelayOp::kRecv), false);
   recv_inflight_ = true;
   ++inflight_;
 }
 
-void TunnelConnection::OnRecv(int res, uint32_t flags) {
+void Relay::OnRecv(int res, uint32_t flags) {
   recv_inflight_ = false;
   --inflight_;
   if (state_ != State::kHello) {
-    w_->loop().buffers().RecycleFrom(flags);
+    loop().buffers().RecycleFrom(flags);
     return MaybeRelease();
   }
-  if (res == -ENOBUFS) return w_->loop().NextTurn(Tag(TunnelOp::kRecv));
+  if (res == -ENOBUFS) return loop().NextTurn(Tag(RelayOp::kRecv));
   if (res <= 0) {
     // Gone before a whole ClientHello: nothing to route.
-    gen_->listener_metrics(listener_).tls.handshake_failures[static_cast<size_t>(
+    ctx_.metrics->tls.handshake_failures[static_cast<size_t>(
         tls::HandshakeFailure::kClientReset)].Inc();
     close_reason_ = "client_closed";
     return CloseNow();
   }
   uint16_t bid = BufferRing::BufferId(flags);
-  hello_.append(w_->loop().buffers().Data(bid, static_cast<uint32_t>(res)));
-  w_->loop().buffers().Recycle(bid);
-  passthrough::ClientHello hello;
-  passthrough::HelloStatus st = hello_parser_.Parse(hello_, &hello);
-  if (st == passthrough::HelloStatus::kNeedMore) return ArmRecv();
-  if (st != passthrough::HelloStatus::kDone) return FailHello(st);
+  hello_.append(loop().buffers().Data(bid, static_cast<uint32_t>(res)));
+  loop().buffers().Recycle(bid);
+  ClientHello hello;
+  HelloStatus st = hello_parser_.Parse(hello_, &hello);
+  if (st == HelloStatus::kNeedMore) return ArmRecv();
+  if (st != HelloStatus::kDone) return FailHello(st);
   OnHelloComplete(hello);
 }
 
-void TunnelConnection::FailHello(passthrough::HelloStatus why) {
-  ListenerMetrics& lm = gen_->listener_metrics(listener_);
+void Relay::FailHello(HelloStatus why) {
+  ListenerMetrics& lm = *ctx_.metrics;
   lm.passthrough_hello_failures[static_cast<size_t>(why)].Inc();
-  w_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "%s:%u: %s: %s", AddressIp(peer_).c_str(),
-          AddressPort(peer_), passthrough::HelloStatusLabel(why), hello_parser_.error());
-  close_reason_ = passthrough::HelloStatusLabel(why);
+  host_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "%s:%u: %s: %s",
+                         AddressIp(peer_).c_str(), AddressPort(peer_), HelloStatusLabel(why),
+                         hello_parser_.error());
+  close_reason_ = HelloStatusLabel(why);
   CloseNow();
 }
 
-void TunnelConnection::OnHelloComplete(const passthrough::ClientHello& hello) {
+void Relay::OnHelloComplete(const ClientHello& hello) {
   // Route names are stored lowercase and without a trailing dot.
   size_t n = std::min(hello.sni.size(), sizeof(sni_));
   for (size_t i = 0; i < n; ++i) {
@@ -133,16 +133,16 @@ void TunnelConnection::OnHelloComplete(const passthrough::ClientHello& hello) {
   if (n > 0 && sni_[n - 1] == '.') --n;
   sni_len_ = n;
   std::string_view name(sni_, n);
-  int upstream = gen_->router().Match(listener_, name, "", "", hello.alpn_list);
+  int upstream = ctx_.router->Match(ctx_.listener, name, "", "", hello.alpn_list);
   if (upstream < 0) {
-    gen_->listener_metrics(listener_).passthrough_no_route.Inc();
-    w_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "%s:%u: no route for SNI \"%.*s\"",
-            AddressIp(peer_).c_str(), AddressPort(peer_), static_cast<int>(name.size()),
-            name.data());
+    ctx_.metrics->passthrough_no_route.Inc();
+    host_->error_log().Log(ErrorLog::Level::kWarn, "passthrough",
+                           "%s:%u: no route for SNI \"%.*s\"", AddressIp(peer_).c_str(),
+                           AddressPort(peer_), static_cast<int>(name.size()), name.data());
     close_reason_ = "no_route";
     return CloseNow();
   }
-  const UpstreamConfig& uc = gen_->config().upstreams[static_cast<size_t>(upstream)];
+  const UpstreamConfig& uc = ctx_.config->upstreams[static_cast<size_t>(upstream)];
   if (uc.proxy_protocol == ProxyProtocol::kV2) {
     // The backend learns who the client is from a header ahead of its bytes
     // (hello's views are not used past this point).
@@ -150,22 +150,20 @@ void TunnelConnection::OnHelloComplete(const passthrough::ClientHello& hello) {
     socklen_t len = sizeof(local);
     getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&local), &len);
     std::string header;
-    passthrough::AppendProxyV2Header(peer_, local, &header);
+    AppendProxyV2Header(peer_, local, &header);
     hello_.insert(0, header);
     proxy_header_len_ = header.size();
   }
-  upstream::Cluster* cluster = gen_->cluster(static_cast<size_t>(upstream));
-  Connect(static_cast<size_t>(upstream), cluster->Pick(-1));
+  Connect(static_cast<size_t>(upstream), cluster(static_cast<size_t>(upstream))->Pick(-1));
 }
 
-bool TunnelConnection::Connect(size_t upstream, size_t server) {
+bool Relay::Connect(size_t upstream, size_t server) {
   upstream_ = static_cast<int>(upstream);
   server_ = static_cast<int>(server);
-  upstream::Cluster* cluster = gen_->cluster(upstream);
-  cluster->metrics().requests.Inc();
-  up_fd_.reset(upstream::StartConnect(w_->loop(), cluster->server(server).address,
-                                  Tag(TunnelOp::kConnect), w_->error_log(), "passthrough",
-                                  cluster->metrics()));
+  upstream::Cluster* c = cluster(upstream);
+  c->metrics().requests.Inc();
+  up_fd_.reset(upstream::StartConnect(loop(), c->server(server).address, Tag(RelayOp::kConnect),
+                                      host_->error_log(), "passthrough", c->metrics()));
   if (up_fd_.get() < 0) {
     close_reason_ = "connect_failed";
     CloseNow();
@@ -173,19 +171,18 @@ bool TunnelConnection::Connect(size_t upstream, size_t server) {
   }
   state_ = State::kConnecting;
   ++inflight_;
-  w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kUpstreamConnect),
-               gen_->config().server.timeouts.upstream_connect_ms);
+  ArmTimer(TimeoutKind::kUpstreamConnect, timeouts().upstream_connect_ms);
   return true;
 }
 
-void TunnelConnection::OnConnect(int res) {
+void Relay::OnConnect(int res) {
   --inflight_;
   if (state_ != State::kConnecting) return MaybeRelease();
   if (res < 0) {
-    const SocketAddress& addr = gen_->cluster(upstream_)->server(server_).address;
-    w_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "connect to %s failed: %s",
-                        addr.text.c_str(), strerror(-res));
-    gen_->cluster(upstream_)->metrics().connect_failures.Inc();
+    const SocketAddress& addr = cluster(upstream_)->server(server_).address;
+    host_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "connect to %s failed: %s",
+                           addr.text.c_str(), strerror(-res));
+    cluster(upstream_)->metrics().connect_failures.Inc();
     close_reason_ = "connect_failed";
     return CloseNow();
   }
@@ -193,23 +190,24 @@ void TunnelConnection::OnConnect(int res) {
   SendHello();
 }
 
-void TunnelConnection::SendHello() {
+void Relay::SendHello() {
   if (sent_ < hello_.size()) {
     // The ClientHello and anything after it, exactly as the client sent it.
-    io_uring_sqe* sqe = w_->loop().Sqe();
-    io_uring_prep_send(sqe, up_fd_.get(), hello_.data() + sent_, hello_.size() - sent_, MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, Tag(TunnelOp::kSend));
+    io_uring_sqe* sqe = loop().Sqe();
+    io_uring_prep_send(sqe, up_fd_.get(), hello_.data() + sent_, hello_.size() - sent_,
+                       MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, Tag(RelayOp::kSend));
     ++inflight_;
     return;
   }
   StartRelay();
 }
 
-void TunnelConnection::OnSend(int res) {
+void Relay::OnSend(int res) {
   --inflight_;
   if (state_ != State::kReplay) return MaybeRelease();
   if (res < 0) {
-    gen_->cluster(upstream_)->metrics().resets.Inc();
+    cluster(upstream_)->metrics().resets.Inc();
     close_reason_ = "replay_failed";
     return CloseNow();
   }
@@ -217,7 +215,7 @@ void TunnelConnection::OnSend(int res) {
   SendHello();
 }
 
-void TunnelConnection::StartRelay() {
+void Relay::StartRelay() {
   state_ = State::kRelay;
   CountMoved(up_, hello_.size() - proxy_header_len_);  // the client's bytes read so far
   std::string().swap(hello_);  // a relay holds no buffer of its own
@@ -225,42 +223,42 @@ void TunnelConnection::StartRelay() {
   up_.dst = up_fd_.get();
   down_.src = up_fd_.get();
   down_.dst = fd_.get();
-  w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kTunnelIdle),
-               gen_->config().server.timeouts.tunnel_idle_ms);
-  Relay(up_);
-  if (state_ == State::kRelay) Relay(down_);
+  ArmTimer(TimeoutKind::kTunnelIdle, timeouts().tunnel_idle_ms);
+  Forward(up_);
+  if (state_ == State::kRelay) Forward(down_);
 }
 
-void TunnelConnection::Relay(Direction& d) {
+void Relay::Forward(Direction& d) {
   if (d.bulk) return Pump(d);
   ArmCopyRecv(d);
 }
 
-void TunnelConnection::RetryRecv(TunnelOp op) {
-  if (op == TunnelOp::kRecv) return ArmRecv();
+void Relay::RetryRecv(RelayOp op) {
+  if (op == RelayOp::kRecv) return ArmRecv();
   if (state_ == State::kRelay) ArmCopyRecv(DirectionOf(op));
 }
 
-void TunnelConnection::ArmCopyRecv(Direction& d) {
+void Relay::ArmCopyRecv(Direction& d) {
   if (d.recv_inflight || d.send_inflight || d.done || state_ != State::kRelay) return;
-  w_->loop().PrepRecv(d.src, Tag(d.recv_op), false);
+  loop().PrepRecv(d.src, Tag(d.recv_op), false);
   d.recv_inflight = true;
   ++inflight_;
 }
 
-void TunnelConnection::OnCopyRecv(TunnelOp op, int res, uint32_t flags) {
+void Relay::OnCopyRecv(RelayOp op, int res, uint32_t flags) {
   Direction& d = DirectionOf(op);
   d.recv_inflight = false;
   --inflight_;
   if (state_ != State::kRelay) {
-    w_->loop().buffers().RecycleFrom(flags);
+    loop().buffers().RecycleFrom(flags);
     return MaybeRelease();
   }
-  if (res == -ENOBUFS) return w_->loop().NextTurn(Tag(op));
+  if (res == -ENOBUFS) return loop().NextTurn(Tag(op));
   if (res == 0) return EndDirection(d);  // EOF: pass the FIN on
   if (res < 0) {
     if (res != -ECONNRESET && res != -EPIPE) {
-      w_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "relay read failed: %s", strerror(-res));
+      host_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "relay read failed: %s",
+                             strerror(-res));
     }
     return CloseNow();
   }
@@ -271,25 +269,26 @@ void TunnelConnection::OnCopyRecv(TunnelOp op, int res, uint32_t flags) {
   SendCopied(d);
 }
 
-void TunnelConnection::SendCopied(Direction& d) {
-  std::string_view data = d.spilling ? std::string_view(d.spill) : w_->loop().buffers().Data(d.bid, d.len);
-  io_uring_sqe* sqe = w_->loop().Sqe();
+void Relay::SendCopied(Direction& d) {
+  std::string_view data =
+      d.spilling ? std::string_view(d.spill) : loop().buffers().Data(d.bid, d.len);
+  io_uring_sqe* sqe = loop().Sqe();
   io_uring_prep_send(sqe, d.dst, data.data() + d.sent, data.size() - d.sent, MSG_NOSIGNAL);
   io_uring_sqe_set_data64(sqe, Tag(d.send_op));
   d.send_inflight = true;
   ++inflight_;
 }
 
-void TunnelConnection::OnCopySend(TunnelOp op, int res) {
+void Relay::OnCopySend(RelayOp op, int res) {
   Direction& d = DirectionOf(op);
   d.send_inflight = false;
   --inflight_;
   if (state_ != State::kRelay) {
-    if (!d.spilling) w_->loop().buffers().Recycle(d.bid);
+    if (!d.spilling) loop().buffers().Recycle(d.bid);
     return MaybeRelease();
   }
   if (res < 0) {
-    if (!d.spilling) w_->loop().buffers().Recycle(d.bid);
+    if (!d.spilling) loop().buffers().Recycle(d.bid);
     return CloseNow();
   }
   d.sent += static_cast<uint32_t>(res);
@@ -302,31 +301,30 @@ void TunnelConnection::OnCopySend(TunnelOp op, int res) {
     return Pump(d);
   }
   if (d.sent < d.len) {
-    std::string_view rest = w_->loop().buffers().Data(d.bid, d.len).substr(d.sent);
+    std::string_view rest = loop().buffers().Data(d.bid, d.len).substr(d.sent);
     d.spill.assign(rest);
-    w_->loop().buffers().Recycle(d.bid);
+    loop().buffers().Recycle(d.bid);
     d.spilling = true;
     d.sent = 0;
     return SendCopied(d);
   }
-  w_->loop().buffers().Recycle(d.bid);
+  loop().buffers().Recycle(d.bid);
   // A read that filled a whole buffer: bulk transfer, better spliced.
-  if (d.len == w_->loop().buffers().buf_size()) {
+  if (d.len == loop().buffers().buf_size()) {
     d.bulk = true;
     return Pump(d);
   }
   ArmCopyRecv(d);
 }
 
-void TunnelConnection::CountMoved(Direction& d, uint64_t n) {
+void Relay::CountMoved(Direction& d, uint64_t n) {
   d.bytes += n;
-  ListenerMetrics& lm = gen_->listener_metrics(listener_);
+  ListenerMetrics& lm = *ctx_.metrics;
   (&d == &up_ ? lm.passthrough_bytes_up : lm.passthrough_bytes_down).Inc(n);
-  w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kTunnelIdle),
-               gen_->config().server.timeouts.tunnel_idle_ms);
+  ArmTimer(TimeoutKind::kTunnelIdle, timeouts().tunnel_idle_ms);
 }
 
-void TunnelConnection::EndDirection(Direction& d) {
+void Relay::EndDirection(Direction& d) {
   // Everything read has been sent: the other side learns of the end with a
   // FIN of its own (half-close), the opposite direction keeps flowing.
   shutdown(d.dst, SHUT_WR);
@@ -334,13 +332,14 @@ void TunnelConnection::EndDirection(Direction& d) {
   if (up_.done && down_.done) CloseNow();
 }
 
-void TunnelConnection::Pump(Direction& d) {
+void Relay::Pump(Direction& d) {
   if (state_ != State::kRelay || d.done) return;
   for (;;) {
     if (!d.pipe.active()) {
       int r, wfd;
-      if (!w_->loop().TakePipe(&r, &wfd)) {
-        w_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "no pipe for a relay (file descriptor limit?)");
+      if (!loop().TakePipe(&r, &wfd)) {
+        host_->error_log().Log(ErrorLog::Level::kWarn, "passthrough",
+                               "no pipe for a relay (file descriptor limit?)");
         return CloseNow();
       }
       d.pipe.Start(r, wfd, d.eof ? 0 : kStream);
@@ -352,7 +351,7 @@ void TunnelConnection::Pump(Direction& d) {
       case SplicePipe::Status::kWaitSource:
         if (d.pipe.empty()) {
           // Idle: the pipe goes back to the pool until the source has bytes.
-          w_->loop().ReturnPipe(d.pipe.pipe_r(), d.pipe.pipe_w());
+          loop().ReturnPipe(d.pipe.pipe_r(), d.pipe.pipe_w());
           d.pipe.Clear();
         }
         return ArmPoll(d, true);
@@ -362,8 +361,8 @@ void TunnelConnection::Pump(Direction& d) {
         if (d.pipe.error() != 0) {
           // A reset on one side ends both: the peer gets a reset too.
           if (d.pipe.error() != ECONNRESET && d.pipe.error() != EPIPE) {
-            w_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "relay read failed: %s",
-                    strerror(d.pipe.error()));
+            host_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "relay read failed: %s",
+                                   strerror(d.pipe.error()));
           }
           return CloseNow();
         }
@@ -373,7 +372,7 @@ void TunnelConnection::Pump(Direction& d) {
         d.pipe.EndSource();
         continue;
       case SplicePipe::Status::kDone:
-        w_->loop().ReturnPipe(d.pipe.pipe_r(), d.pipe.pipe_w());
+        loop().ReturnPipe(d.pipe.pipe_r(), d.pipe.pipe_w());
         d.pipe.Clear();
         return EndDirection(d);
       case SplicePipe::Status::kSinkFailed:
@@ -382,22 +381,22 @@ void TunnelConnection::Pump(Direction& d) {
   }
 }
 
-bool* TunnelConnection::PolledFlag(TunnelOp op) {
+bool* Relay::PolledFlag(RelayOp op) {
   switch (op) {
-    case TunnelOp::kClientIn: return &up_.src_polled;
-    case TunnelOp::kBackendOut: return &up_.dst_polled;
-    case TunnelOp::kBackendIn: return &down_.src_polled;
-    case TunnelOp::kClientOut: return &down_.dst_polled;
+    case RelayOp::kClientIn: return &up_.src_polled;
+    case RelayOp::kBackendOut: return &up_.dst_polled;
+    case RelayOp::kBackendIn: return &down_.src_polled;
+    case RelayOp::kClientOut: return &down_.dst_polled;
     default: return nullptr;
   }
 }
 
-void TunnelConnection::ArmPoll(Direction& d, bool on_src) {
-  TunnelOp op = on_src ? d.poll_src : d.poll_dst;
-  w_->loop().ArmPoll(on_src ? d.src : d.dst, !on_src, Tag(op), PolledFlag(op), &inflight_);
+void Relay::ArmPoll(Direction& d, bool on_src) {
+  RelayOp op = on_src ? d.poll_src : d.poll_dst;
+  loop().ArmPoll(on_src ? d.src : d.dst, !on_src, Tag(op), PolledFlag(op), &inflight_);
 }
 
-void TunnelConnection::OnPoll(TunnelOp op, int res) {
+void Relay::OnPoll(RelayOp op, int res) {
   if (bool* flag = PolledFlag(op)) *flag = false;
   --inflight_;
   if (state_ != State::kRelay) return MaybeRelease();
@@ -405,13 +404,13 @@ void TunnelConnection::OnPoll(TunnelOp op, int res) {
   Pump(DirectionOf(op));
 }
 
-void TunnelConnection::OnDeadline(uint8_t kind) {
+void Relay::OnDeadline(uint8_t kind) {
   if (state_ == State::kClosed) return;
   if (kind < static_cast<uint8_t>(TimeoutKind::kCount)) {
-    w_->CountTimeout(static_cast<TimeoutKind>(kind));
+    host_->CountTimeout(static_cast<TimeoutKind>(kind));
   }
   if (kind == static_cast<uint8_t>(TimeoutKind::kUpstreamConnect) && upstream_ >= 0) {
-    gen_->cluster(upstream_)->metrics().timeouts.Inc();
+    cluster(upstream_)->metrics().timeouts.Inc();
   }
   if (kind < static_cast<uint8_t>(TimeoutKind::kCount)) {
     close_reason_ = TimeoutKindLabel(static_cast<TimeoutKind>(kind));
@@ -419,19 +418,19 @@ void TunnelConnection::OnDeadline(uint8_t kind) {
   CloseNow();
 }
 
-void TunnelConnection::Drain() {
+void Relay::Drain() {
   if (state_ == State::kHello) {
     close_reason_ = "draining";
     CloseNow();
   }
 }
 
-void TunnelConnection::CloseNow() {
+void Relay::CloseNow() {
   if (state_ == State::kClosed) return;
   // Connections that never sent a byte (port probes, health checks) are not
   // logged, as haproxy's "option dontlognull".
   const bool null_connection = state_ == State::kHello && hello_.empty();
-  if (w_->access_log().enabled() && !null_connection) {
+  if (host_->access_log().enabled() && !null_connection) {
     const bool clean = state_ == State::kRelay && up_.done && down_.done;
     LogTunnel(close_reason_ != nullptr ? close_reason_ : clean ? nullptr : "reset");
   }
@@ -445,36 +444,36 @@ void TunnelConnection::CloseNow() {
   MaybeRelease();
 }
 
-void TunnelConnection::LogIfOpen(const char* error) {
-  if (state_ == State::kClosed || !w_->access_log().enabled()) return;
+void Relay::LogIfOpen(const char* error) {
+  if (state_ == State::kClosed || !host_->access_log().enabled()) return;
   if (state_ == State::kHello && hello_.empty()) return;  // as in CloseNow
   LogTunnel(error);
 }
 
-void TunnelConnection::LogTunnel(const char* error) {
-  const Config& cfg = gen_->config();
-  std::string* out =
-      w_->access_log().BeginLine(w_->log_time(), cfg.listeners[listener_].name, AddressIp(peer_),
-                                 AddressPort(peer_), std::string_view(sni_, sni_len_));
+void Relay::LogTunnel(const char* error) {
+  const Config& cfg = *ctx_.config;
+  std::string* out = host_->access_log().BeginLine(
+      host_->log_time(), cfg.listeners[ctx_.listener].name, AddressIp(peer_), AddressPort(peer_),
+      std::string_view(sni_, sni_len_));
   if (out == nullptr) return;
   absl::StrAppend(out, ",\"passthrough\":true,\"bytes_up\":", up_.bytes,
-                  ",\"bytes_down\":", down_.bytes, ",\"ms\":", w_->now_ms() - start_ms_);
+                  ",\"bytes_down\":", down_.bytes, ",\"ms\":", loop().now_ms() - start_ms_);
   std::string_view upstream, server;
   if (upstream_ >= 0) {
-    const upstream::Cluster* c = gen_->cluster(static_cast<size_t>(upstream_));
+    const upstream::Cluster* c = cluster(static_cast<size_t>(upstream_));
     upstream = c->name();
     if (server_ >= 0) server = c->server(static_cast<size_t>(server_)).address.text;
   }
-  w_->access_log().EndLine(out, upstream, server, error);
+  host_->access_log().EndLine(out, upstream, server, error);
 }
 
-void TunnelConnection::MaybeRelease() {
+void Relay::MaybeRelease() {
   if (state_ != State::kClosed || inflight_ > 0) return;
   fd_.reset();
   up_fd_.reset();
   std::string().swap(hello_);
-  gen_->listener_metrics(listener_).active.Dec();
-  w_->ReleaseTunnel(this, gen_);
+  ctx_.metrics->active.Dec();
+  host_->OnRelayReleased(this);
 }
 
-}  // namespace ktlb
+}  // namespace ktlb::passthrough
