@@ -65,7 +65,7 @@ class Loop {
 
   // --- submission ---
   Ring& ring() { return ring_; }
-  io_uring_sqe* Sqe() { return ring_.Sqe(); }
+  io_uring_sqe* Sqe() { return stopped_ ? &scratch_sqe_ : ring_.Sqe(); }
   BufferRing& buffers() { return buffers_; }
   // A multishot-free recv into the provided-buffer ring. `poll_first`: the
   // bytes are almost never there yet, so wait for readiness first.
@@ -104,6 +104,10 @@ class Loop {
   // timer or a next-turn call is due), dispatch completions, expire timers,
   // run the turn-end calls, then the calls deferred to the next turn.
   void Turn(uint32_t max_wait_ms);
+  // At exit, before the handlers are destroyed: unlinks every timer (their
+  // nodes are freed in any order next) and from then on hands out a scratch
+  // SQE that is never submitted (a destructor may still cancel something).
+  void Stop();
   // Reaps completions without dispatching them (shutdown, when handlers may
   // be gone): `on_cqe(tag, res)` sees each one.
   template <typename F>
@@ -140,6 +144,8 @@ class Loop {
   std::vector<std::pair<int, int>> pipes_;
   std::unique_ptr<char[]> read_scratch_ = std::make_unique<char[]>(kReadScratch);
   uint64_t now_ms_ = 0;
+  bool stopped_ = false;
+  io_uring_sqe scratch_sqe_{};
 };
 
 // A pooled handler's registration: the first user registers it with the

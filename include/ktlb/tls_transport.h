@@ -179,6 +179,9 @@ class Transport final : public IoHandler, public DeadlineTarget, public KtlsHook
   static constexpr uint32_t kLingerMs = 2000;
 
   uint64_t Tag(uint8_t op) const { return slot_.Tag(op); }
+  // Closed, or already released: an owner callback may have ended the
+  // connection (and released it, when nothing was in flight) under us.
+  bool gone() const { return state_ == State::kClosed || state_ == State::kIdle; }
   void ArmRecv();
   void FlushSend();
   void OnRecv(int res, uint32_t flags);

@@ -47,7 +47,7 @@ void Loop::RemoveHandler(uint32_t handle) {
 }
 
 void Loop::PrepRecv(int fd, uint64_t tag, bool poll_first) {
-  io_uring_sqe* sqe = ring_.Sqe();
+  io_uring_sqe* sqe = Sqe();
   io_uring_prep_recv(sqe, fd, nullptr, buffers_.buf_size(), 0);
   if (poll_first) sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
   sqe->flags |= IOSQE_BUFFER_SELECT;
@@ -57,15 +57,21 @@ void Loop::PrepRecv(int fd, uint64_t tag, bool poll_first) {
 
 void Loop::ArmPoll(int fd, bool out, uint64_t tag, bool* armed, int* inflight) {
   if (*armed) return;
-  io_uring_sqe* sqe = ring_.Sqe();
+  io_uring_sqe* sqe = Sqe();
   io_uring_prep_poll_add(sqe, fd, out ? POLLOUT : POLLIN);
   io_uring_sqe_set_data64(sqe, tag);
   *armed = true;
   ++*inflight;
 }
 
+void Loop::Stop() {
+  while (timers_.PopExpired(UINT64_MAX) != nullptr) {
+  }
+  stopped_ = true;
+}
+
 void Loop::Cancel(uint64_t tag) {
-  io_uring_sqe* sqe = ring_.Sqe();
+  io_uring_sqe* sqe = Sqe();
   io_uring_prep_cancel64(sqe, tag, 0);
   io_uring_sqe_set_data64(sqe, kIgnoredTag);
 }

@@ -35,7 +35,12 @@ void Http1Connection::Start(Worker* w, Generation* gen, size_t listener_index, i
   pending_head_.clear();
   head_flush_scheduled_ = false;
   const ServerConfig& sc = gen->config().server;
-  if (!parser_) parser_.emplace(http1::Limits{sc.max_request_line, sc.max_header_bytes});
+  // A pooled slot may have served another generation with other limits.
+  if (!parser_ || parser_limits_.max_request_line != sc.max_request_line ||
+      parser_limits_.max_header_bytes != sc.max_header_bytes) {
+    parser_limits_ = http1::Limits{sc.max_request_line, sc.max_header_bytes};
+    parser_.emplace(parser_limits_);
+  }
   parser_->Reset();  // the slot's previous connection may have ended on an error
   req_body_done_ = true;
   resp_done_ = false;
@@ -91,6 +96,9 @@ void Http1Connection::OnNotTls() {
 
 void Http1Connection::OnInput() {
   if (req_pipe_.active()) {
+    // The body cannot come any more (close_notify, a KeyUpdate the kernel
+    // cannot follow): the exchange is cut short.
+    if (transport_.input_end() != tls::InputEnd::kNone) return HandleInputEnd();
     // A control record met mid-body was read out of band: the body goes on.
     if (state_ == State::kProxying) PumpRequestBody();
     return;

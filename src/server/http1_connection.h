@@ -132,6 +132,7 @@ class Http1Connection final : public IoHandler,
   DeadlineNode trim_timer_;  // idle keep-alive: release buffers (kTimerTrim)
 
   std::optional<http1::RequestParser> parser_;
+  http1::Limits parser_limits_;
   http1::RequestHead head_;
   std::string up_head_;  // the rewritten request head for the upstream
   std::string scratch_;

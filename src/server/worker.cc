@@ -119,6 +119,7 @@ absl::Status Worker::MatchListeners(const Generation& gen) {
     lp->worker = this;
     lp->index = i;
     lp->fd.reset(*fd);
+    lp->address = lc.listen.text;
     lp->passthrough = passthrough;
     opened.push_back(std::move(lp));
   }
@@ -135,7 +136,7 @@ absl::Status Worker::MatchListeners(const Generation& gen) {
     if (keep) {
       next.push_back(std::move(l));
     } else {
-      CloseListener(*l);  // its connections finish on their own generation
+      CloseListener(std::move(l));  // its connections finish on their own generation
     }
   }
   const bool running = current_ != nullptr;
@@ -148,14 +149,19 @@ absl::Status Worker::MatchListeners(const Generation& gen) {
   return absl::OkStatus();
 }
 
-void Worker::CloseListener(Listener& l) {
+void Worker::CloseListener(std::unique_ptr<Listener> lp) {
+  Listener& l = *lp;
   if (l.accept_armed) loop_.Cancel(loop_.Tag(l.handle, 0));
   // shutdown() takes a listening socket out of the reuseport group at once
   // (a pending io_uring accept would otherwise keep it listening until the
   // ring goes away); connections still in its backlog are reset.
   if (l.fd) shutdown(l.fd.get(), SHUT_RDWR);
   l.fd.reset();
-  loop_.RemoveHandler(l.handle);
+  if (l.accept_armed) {
+    closing_listeners_.push_back(std::move(lp));
+  } else {
+    loop_.RemoveHandler(l.handle);
+  }
 }
 
 void Worker::Swap(std::shared_ptr<const Snapshot> snapshot) {
@@ -190,7 +196,20 @@ void Worker::ApplyPendingSwap() {
   generations_.push_back(*std::move(gen));
   current_ = generations_.back().get();
   swaps_applied_.fetch_add(1, std::memory_order_relaxed);
+  housekeeping_due_ = true;
+}
+
+void Worker::Housekeeping() {
+  housekeeping_due_ = false;
   PruneGenerations();
+  for (size_t i = 0; i < closing_listeners_.size();) {
+    if (closing_listeners_[i]->accept_armed) {
+      ++i;
+      continue;
+    }
+    loop_.RemoveHandler(closing_listeners_[i]->handle);
+    closing_listeners_.erase(closing_listeners_.begin() + static_cast<long>(i));
+  }
 }
 
 void Worker::PruneGenerations() {
@@ -262,6 +281,9 @@ void Worker::Run() {
     }
     loop_.Turn(wait);
     metrics_->loop_turns.Inc();
+    if (housekeeping_due_ || (generations_.size() > 1 && metrics_->loop_turns.Get() % 64 == 0)) {
+      Housekeeping();  // also catches an old cluster's last connection closing late
+    }
     metrics_->log_lines.Set(error_log_.lines_total());
     metrics_->log_lines_suppressed.Set(error_log_.lines_suppressed());
     access_log_.Flush(loop_.ring(), loop_.Tag(handle_, kAccessLogWrite));
@@ -276,17 +298,23 @@ void Worker::Run() {
   access_log_.FlushBlocking();
   // Whatever is left after the drain deadline is cut; the process exits next.
   for (auto& l : listeners_) l->fd.reset();
+  loop_.Stop();
 }
 
 void Worker::OnAccept(Listener& l, int res, uint32_t flags) {
   if (!(flags & IORING_CQE_F_MORE)) {
     l.accept_armed = false;
     if (!draining_ && l.fd) ArmAccept(l);
+    if (!l.fd) housekeeping_due_ = true;  // a closed listener's accept ended
+  }
+  if (res >= 0 && !l.fd) {
+    close(res);  // accepted just before its listener closed
+    return;
   }
   if (res < 0) {
     if (res != -ECANCELED) {
-      error_log_.Log(ErrorLog::Level::kWarn, "tcp", "accept on %s failed: %s",
-                     config().listeners[l.index].listen.text.c_str(), strerror(-res));
+      error_log_.Log(ErrorLog::Level::kWarn, "tcp", "accept on %s failed: %s", l.address.c_str(),
+                     strerror(-res));
       // EMFILE/ENFILE and the like: the multishot accept ended; it is armed
       // again above, and the failure is rate-limited in the log.
     }
@@ -318,8 +346,9 @@ void Worker::OnAccept(Listener& l, int res, uint32_t flags) {
 void Worker::BeginDrain() {
   draining_ = true;
   drain_deadline_ms_ = now_ms() + config().server.timeouts.drain_ms;
-  for (auto& l : listeners_) CloseListener(*l);
-  listeners_.clear();
+  std::vector<std::unique_ptr<Listener>> all;
+  all.swap(listeners_);
+  for (auto& l : all) CloseListener(std::move(l));
   clients_.ForEachSlot([](Http1Connection* c) { c->Drain(); });
   tunnels_.ForEachSlot([](Tunnel* t) { t->Drain(); });
   for (auto& g : generations_) {
@@ -330,7 +359,7 @@ void Worker::BeginDrain() {
 void Worker::ReleaseClient(Http1Connection* c, Generation* gen) {
   clients_.Release(c);
   gen->Unref();
-  if (gen != current_ && gen->refs() == 0) PruneGenerations();
+  if (gen != current_ && gen->refs() == 0) housekeeping_due_ = true;
 }
 
 void Worker::OnRelayReleased(passthrough::Relay* relay) {
@@ -338,7 +367,7 @@ void Worker::OnRelayReleased(passthrough::Relay* relay) {
   Generation* gen = t->gen;
   tunnels_.Release(t);
   gen->Unref();
-  if (gen != current_ && gen->refs() == 0) PruneGenerations();
+  if (gen != current_ && gen->refs() == 0) housekeeping_due_ = true;
 }
 
 }  // namespace ktlb

@@ -85,7 +85,8 @@ class Worker final : private IoHandler, private passthrough::RelayHost {
   struct Listener final : IoHandler {
     Worker* worker = nullptr;
     size_t index = 0;  // into the current generation's config().listeners
-    UniqueFd fd;
+    UniqueFd fd;  // empty once closed (accept completions may still come)
+    std::string address;  // for log lines
     uint32_t handle = 0;
     bool passthrough = false;
     bool accept_armed = false;
@@ -115,7 +116,12 @@ class Worker final : private IoHandler, private passthrough::RelayHost {
       std::shared_ptr<const Snapshot> snapshot);
   // Opens, keeps or closes listeners to match `gen`; nothing changes on error.
   absl::Status MatchListeners(const Generation& gen);
-  void CloseListener(Listener& l);
+  // Stops accepting on `l`; it stays registered until its multishot
+  // accept has ended, so sockets it still hands over get closed.
+  void CloseListener(std::unique_ptr<Listener> l);
+  // Between loop turns (never under a callback whose object it may free):
+  // old generations nobody uses, closed listeners whose accept ended.
+  void Housekeeping();
   void ApplyPendingSwap();
   // Frees old generations no connection uses any more.
   void PruneGenerations();
@@ -129,6 +135,8 @@ class Worker final : private IoHandler, private passthrough::RelayHost {
   uint32_t handle_ = 0;
   ErrorLog error_log_;
   std::vector<std::unique_ptr<Listener>> listeners_;
+  std::vector<std::unique_ptr<Listener>> closing_listeners_;
+  bool housekeeping_due_ = false;
   // The current generation is the last. Before the client pools: a client's
   // exchange may still hold a connection of their clusters when destroyed.
   std::vector<std::unique_ptr<Generation>> generations_;

@@ -106,7 +106,7 @@ void Transport::OnCompletion(uint8_t op, int res, uint32_t flags) {
 void Transport::OnDeferred(uint8_t op) {
   if (op == kDeferredFlush) {
     flush_scheduled_ = false;
-    if (state_ != State::kClosed) FlushSend();
+    if (!gone()) FlushSend();
   } else if (op == kDeferredRecv) {
     recv_deferred_ = false;
     ArmRecv();
@@ -131,13 +131,13 @@ void Transport::ArmRecv() {
 }
 
 void Transport::ScheduleFlush() {
-  if (flush_scheduled_ || state_ == State::kClosed) return;
+  if (flush_scheduled_ || gone()) return;
   flush_scheduled_ = true;
   loop_->AtTurnEnd(Tag(kDeferredFlush));
 }
 
 void Transport::FlushSend() {
-  if (send_inflight_ || fd_.get() < 0 || state_ == State::kClosed) return;
+  if (send_inflight_ || fd_.get() < 0 || gone()) return;
   while (!out_.empty()) {
     OutputQueue::Segment& f = out_.front();
     io_uring_sqe* sqe = nullptr;
@@ -260,7 +260,7 @@ void Transport::OnRecv(int res, uint32_t flags) {
     Loop::CancelTimer(&timer_);
     out_.Clear();
     owner_->OnNotTls();
-    if (state_ == State::kClosed) return;
+    if (gone()) return;
     state_ = State::kOpen;  // so Close() sends no close_notify of a session that never was
     ssl_.reset();
     tx_active_ = false;
@@ -276,7 +276,7 @@ void Transport::OnRecv(int res, uint32_t flags) {
   DriveTls();
   // OpenSSL takes every byte it is offered into its own record buffer; what
   // is left only survives an early exit, so keep it off the ring buffer.
-  if (!bio_.in.empty() && state_ != State::kClosed) {
+  if (!bio_.in.empty() && !gone()) {
     std::string rest(bio_.in);
     cipher_stash_.swap(rest);
   } else {
@@ -284,7 +284,7 @@ void Transport::OnRecv(int res, uint32_t flags) {
   }
   bio_.in = {};
   loop_->buffers().Recycle(bid);
-  if (rx_sync_ == RxSync::kPending && state_ != State::kClosed) {
+  if (rx_sync_ == RxSync::kPending && !gone()) {
     // The handshake just ended: cipher_stash_ holds the partial record
     // DriveTls kept from OpenSSL, if any.
     FinishRxOffload();
@@ -293,7 +293,7 @@ void Transport::OnRecv(int res, uint32_t flags) {
 }
 
 void Transport::AfterInputEvent() {
-  if (state_ == State::kClosed) return;
+  if (gone()) return;
   if (require_failed_ && state_ == State::kOpen) {
     log_->Log(ErrorLog::Level::kWarn, "tls",
               "%s: kTLS offload failed and ktls = \"require\": closing", peer_.c_str());
@@ -394,7 +394,7 @@ void Transport::FailHandshake(int ssl_error) {
   }
   // The alert OpenSSL queued, if any, goes out before the close.
   owner_->OnTransportClosed(CloseReason::kHandshakeFailed);
-  if (state_ != State::kClosed) Close();
+  if (!gone()) Close();
 }
 
 void Transport::FailProtocol(const char* what) {
@@ -409,7 +409,7 @@ void Transport::FailProtocol(const char* what) {
   // wants it sent before the close. It marked the session shut down, so
   // Close() adds no close_notify.
   owner_->OnTransportClosed(CloseReason::kProtocolError);
-  if (state_ != State::kClosed) Close();
+  if (!gone()) Close();
 }
 
 void Transport::FailKernelRecord(int err) {
@@ -427,7 +427,7 @@ void Transport::FailKernelRecord(int err) {
             strerror(err));
   QueueAlert(alert);
   owner_->OnTransportClosed(CloseReason::kProtocolError);
-  if (state_ != State::kClosed) Close();
+  if (!gone()) Close();
 }
 
 void Transport::QueueAlert(uint8_t description) {
@@ -461,13 +461,13 @@ bool Transport::Write(std::string_view plain) {
 }
 
 void Transport::CloseBy(CloseReason why) {
-  if (state_ == State::kClosed) return;
+  if (gone()) return;
   owner_->OnTransportClosed(why);
   Abort();
 }
 
 void Transport::Close() {
-  if (state_ == State::kClosed || state_ == State::kClosing || state_ == State::kLingering) return;
+  if (gone() || state_ == State::kClosing || state_ == State::kLingering) return;
   if (state_ != State::kHandshake && !alert_sent_) {
     if (ssl_ && SSL_is_init_finished(ssl_.get())) {
       SSL_shutdown(ssl_.get());  // queue close_notify behind what is queued
@@ -478,8 +478,8 @@ void Transport::Close() {
   ERR_clear_error();
   state_ = State::kClosing;
   Loop::CancelTimer(&timer_);
-  FlushSend();
-  if (!send_inflight_ && out_.empty()) EnterLinger();
+  FlushSend();  // may end the connection (a TX key that cannot be installed)
+  if (state_ == State::kClosing && !send_inflight_ && out_.empty()) EnterLinger();
 }
 
 void Transport::EnterLinger() {
@@ -494,7 +494,7 @@ void Transport::EnterLinger() {
 }
 
 void Transport::Abort() {
-  if (state_ == State::kClosed) return;
+  if (gone()) return;
   CloseSocket();
 }
 

@@ -370,7 +370,7 @@ void Transport::FailWithAlert(uint8_t description, const char* what) {
   peer_eof_ = true;
   QueueAlert(description);
   owner_->OnTransportClosed(CloseReason::kProtocolError);
-  if (state_ != State::kClosed) Close();
+  if (!gone()) Close();
 }
 
 void Transport::HandlePeerKeyUpdate(std::string_view payload) {

@@ -123,6 +123,20 @@ class Client {
     X509_free(cert);
     return cn;
   }
+  bool SendGet() {
+    const std::string req = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    return SSL_write(ssl_.get(), req.data(), static_cast<int>(req.size())) > 0;
+  }
+  std::string ReadSome() {
+    char tmp[4096];
+    int n = SSL_read(ssl_.get(), tmp, sizeof tmp);
+    return n > 0 ? std::string(tmp, static_cast<size_t>(n)) : "";
+  }
+  void ReadUntilClosed() {
+    char tmp[4096];
+    while (SSL_read(ssl_.get(), tmp, sizeof tmp) > 0) {
+    }
+  }
   // The body of the response to GET /, or "" on failure.
   std::string Get() {
     const std::string req = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
@@ -252,6 +266,62 @@ TEST(GenerationSwapTest, ABadSnapshotKeepsTheRunningOne) {
   ASSERT_TRUE(conn.connected());
   EXPECT_EQ(conn.PeerCn(), "site.example.test");
   EXPECT_EQ(conn.Get(), "backend-a");
+  server.StopAndWait();
+}
+
+
+// Found in review: after a swap, the last old connection's upstream fails
+// mid-response (a bad chunk); its generation must not be freed while the
+// upstream connection's own method is still on the stack (ASan/UBSan catch it).
+TEST(GenerationSwapTest, OldGenerationOutlivesTheCallbackThatEndsIt) {
+  TempDir dir;
+  uint16_t be_port = 0;
+  int be = ListenOn(&be_port);
+  ASSERT_GE(be, 0);
+  std::atomic<bool> swapped{false};
+  std::thread backend([&] {
+    int c = accept(be, nullptr, nullptr);
+    char tmp[4096];
+    recv(c, tmp, sizeof tmp, 0);
+    std::string head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
+    send(c, head.data(), head.size(), MSG_NOSIGNAL);
+    while (!swapped) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    send(c, "zz\r\n", 4, MSG_NOSIGNAL);  // not a chunk size
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    close(c);
+  });
+  uint16_t port = 0;
+  int probe = ListenOn(&port);
+  ASSERT_GE(probe, 0);
+  close(probe);
+  const std::string backend_addr = "127.0.0.1:" + std::to_string(be_port);
+  Server server(MakeSnapshot(dir, port, "site", "app-a", backend_addr));
+  ASSERT_TRUE(server.Start().ok());
+  {
+    Client conn(port);
+    ASSERT_TRUE(conn.connected());
+    ASSERT_TRUE(conn.SendGet());
+    EXPECT_NE(conn.ReadSome().find("hello"), std::string::npos);
+    server.Swap(MakeSnapshot(dir, port, "site", "app-b", backend_addr));
+    for (int i = 0; i < 500 && server.swaps_applied() == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_EQ(server.swaps_applied(), 1u);
+    swapped = true;
+    conn.ReadUntilClosed();  // ktlb cuts the response when the chunk breaks
+  }
+  backend.join();
+  close(be);
+  // Still serving, from the new generation.
+  Backend b("backend-b");
+  server.Swap(MakeSnapshot(dir, port, "site", "app-b", b.address()));
+  for (int i = 0; i < 500 && server.swaps_applied() < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  Client next(port);
+  ASSERT_TRUE(next.connected());
+  EXPECT_EQ(next.Get(), "backend-b");
   server.StopAndWait();
 }
 
