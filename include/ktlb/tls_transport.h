@@ -146,6 +146,10 @@ class Transport final : public IoHandler, public DeadlineTarget, public KtlsHook
   // A splice from the socket met a control record (EINVAL/EIO): read it out
   // of band; OnInput follows.
   void ReadControlRecord() { ArmRecvMsg(); }
+  // A read of the owner's own (a splice, a framing recv) failed with the
+  // kernel's record error `err` (EBADMSG, EMSGSIZE, EINVAL): the alert the
+  // RFC asks for goes out, then the close (OnTransportClosed follows).
+  void FailReceive(int err) { FailKernelRecord(err); }
 
   // --- closing ---
   // Graceful: close_notify after what is queued, half-close, wait briefly

@@ -69,6 +69,10 @@ void Http1Connection::PumpRequestBody() {
       // A control record (EINVAL) in the middle of the body: read it out of
       // band; the pipe keeps what it holds and the body resumes after it.
       if (req_pipe_.error() == EINVAL) return transport_.ReadControlRecord();
+      // The kernel refused a record (bad MAC, oversized): the alert first.
+      if (req_pipe_.error() == EBADMSG || req_pipe_.error() == EMSGSIZE) {
+        return transport_.FailReceive(req_pipe_.error());
+      }
       // EOF or reset.
       gen_->listener_metrics(listener_).client_resets.Inc();
       return CloseNow();
@@ -99,6 +103,9 @@ void Http1Connection::ReadRequestFraming() {
     case FramingStep::kSourceEnded:
       // A control record (EIO) between chunks: as in PumpRequestBody.
       if (step.error == EIO) return transport_.ReadControlRecord();
+      if (step.error == EBADMSG || step.error == EMSGSIZE || step.error == EINVAL) {
+        return transport_.FailReceive(step.error);
+      }
       // EOF or reset before the body ended.
       gen_->listener_metrics(listener_).client_resets.Inc();
       return CloseNow();

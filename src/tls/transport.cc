@@ -202,6 +202,12 @@ void Transport::OnSend(int res) {
   if (state_ == State::kClosed) return MaybeRelease();
   if (res < 0) {
     if (res == -EAGAIN || res == -EINTR) return FlushSend();
+    // A record the kernel refused on RX (tls_err_abort) fails sends with
+    // that error too, before any receive reported it: answer it as such.
+    if (rx_active_ && (res == -EBADMSG || res == -EMSGSIZE || res == -EINVAL) &&
+        state_ != State::kClosing) {
+      return FailKernelRecord(-res);
+    }
     return CloseBy(CloseReason::kPeerGone);
   }
   out_.Consume(static_cast<size_t>(res));
@@ -425,6 +431,12 @@ void Transport::FailKernelRecord(int err) {
   metrics_->protocol_errors.Inc();
   log_->Log(ErrorLog::Level::kInfo, "tls", "%s: kTLS receive failed: %s", peer_.c_str(),
             strerror(err));
+  // The kernel also left the error on the socket (tls_err_abort sets
+  // sk_err), which fails every later send, the alert's too. Reading
+  // SO_ERROR takes it off; TX itself is unharmed.
+  int pending = 0;
+  socklen_t len = sizeof pending;
+  getsockopt(fd_.get(), SOL_SOCKET, SO_ERROR, &pending, &len);
   QueueAlert(alert);
   owner_->OnTransportClosed(CloseReason::kProtocolError);
   if (!gone()) Close();
