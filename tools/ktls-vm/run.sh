@@ -70,6 +70,7 @@ fi
 
 mkdir -p "$cache"
 cache=$(cd "$cache" && pwd)
+t_setup=$(date +%s.%N)
 
 # --- kernel ------------------------------------------------------------------------------
 kroot=$("$here/fetch-kernel.sh" "$cache" | tail -n1)
@@ -230,6 +231,7 @@ initrd="$cache/work/initrd-$$.cpio.gz"
   cpio --null -o -H newc --owner=0:0 --quiet | gzip -1) >"$initrd"
 trap 'cleanup; rm -f "$initrd"' EXIT
 log "initramfs $(du -h "$initrd" | cut -f1), kernel $kpkg $kpkgver ($kver)"
+log "phase host-setup (kernel cache check, initramfs): $(awk -v s="$t_setup" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }') s"
 
 # --- boot ----------------------------------------------------------------------------------
 if [[ -z $logfile ]]; then
