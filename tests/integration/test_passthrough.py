@@ -322,3 +322,7 @@ proxy_protocol = "v2"
         refused = next(l for l in lines if l["sni"] == "nothing.example.test")
         self.assertEqual(refused["error"], "no_route")
         self.assertNotIn("upstream", refused)
+
+
+if __name__ == "__main__":
+    harness.main()
