@@ -58,9 +58,34 @@ def origin_bin():
     return _binary("KTLB_ORIGIN_BIN")
 
 
-# Generous by default: the suite also runs under ASan (about 3x slower).
-START_TIMEOUT = 10.0
-CLIENT_TIMEOUT = 30.0
+# Generous by default: the suite also runs under ASan (about 3x slower), two tests
+# at a time, on machines that may be shared or slow. Deadlines are for conditions
+# (a port accepts, a counter moves), so a fast machine never waits them out.
+START_TIMEOUT = 30.0
+CLIENT_TIMEOUT = 60.0
+
+# Every ktlb a test starts states the timeouts it relies on instead of taking
+# ktlb's defaults: far beyond anything a test needs, so that a slow run never
+# meets a timeout it did not ask for (a connection held idle between two steps,
+# a large body on a loaded machine). A test that exercises a timeout sets that one
+# short itself (server={"keepalive_timeout_ms": "500"}).
+TEST_TIMEOUTS_MS = {
+    "handshake_timeout_ms": 60000,
+    "request_header_timeout_ms": 120000,
+    "keepalive_timeout_ms": 120000,
+    "upstream_connect_timeout_ms": 30000,
+    "upstream_response_timeout_ms": 120000,
+    "drain_timeout_ms": 10000,
+    "tunnel_idle_timeout_ms": 600000,
+}
+
+
+def server_table(**overrides):
+    """The body of a [server] table: TEST_TIMEOUTS_MS with `overrides`
+    ({key: toml literal}) on top, one "key = value" line each."""
+    keys = {k: str(v) for k, v in TEST_TIMEOUTS_MS.items()}
+    keys.update(overrides)
+    return "".join(f"{k} = {v}\n" for k, v in keys.items())
 
 # ---------------------------------------------------------------------------
 # Processes: every child is registered so that nothing outlives the tests.
@@ -339,7 +364,7 @@ class Ktlb:
     def signal(self, sig):
         os.kill(self.proc.pid, sig)
 
-    def stop(self, timeout=20.0, expect_code=0):
+    def stop(self, timeout=40.0, expect_code=0):
         """SIGTERM, wait, and check the exit code. Returns the exit code."""
         if self.proc.poll() is None:
             self.signal(signal.SIGTERM)
@@ -390,7 +415,7 @@ class Ktlb:
     def metric(self, name, **labels):
         return metric_value(self.metrics(), name, **labels)
 
-    def wait_metric(self, name, at_least, timeout=5.0, **labels):
+    def wait_metric(self, name, at_least, timeout=30.0, **labels):
         """Polls until metric(name, **labels) >= at_least; returns the last value.
         Counters may lag the client-visible event by a moment (a worker updates
         them when it gets to the connection's teardown)."""
@@ -580,7 +605,7 @@ class KtlbTestCase(unittest.TestCase):
                 if p.running():
                     # Graceful stop so that ASan/UBSan reports surface as a failure.
                     try:
-                        p.stop(timeout=15)
+                        p.stop(timeout=40)
                     except AssertionError as e:
                         problems.append(str(e))
                 else:
@@ -640,6 +665,7 @@ class KtlbTestCase(unittest.TestCase):
         first upstream. server / listener: extra keys, as {key: toml-literal}.
         """
         srv = {"workers": "1", "admin_listen": f'"127.0.0.1:{free_port()}"'}
+        srv.update({k: str(v) for k, v in TEST_TIMEOUTS_MS.items()})
         srv.update(server or {})
         lst = {
             "name": f'"{listener_name}"',
@@ -697,7 +723,7 @@ class KtlbTestCase(unittest.TestCase):
             headers[name.strip().lower()] = value.strip()
         return status, headers, r.stdout
 
-    def s_client(self, port, *args, servername="localhost", input=b"", timeout=20):
+    def s_client(self, port, *args, servername="localhost", input=b"", timeout=60):
         """openssl s_client against 127.0.0.1:port. Returns (returncode, output text)."""
         argv = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", self.ca]
         if servername:

@@ -96,7 +96,7 @@ class Http1Test(harness.KtlbTestCase):
         with self.tls(k) as c:
             c.send(b"PUT /sha256 HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
                    b"Content-Length: 5\r\n\r\n")
-            c.sock.settimeout(5)
+            c.sock.settimeout(30)
             status, _ = c.read_head()  # must come without the body having been sent
             self.assertEqual(status, 100)
             c.send(b"hello")
@@ -215,7 +215,7 @@ class Http1Test(harness.KtlbTestCase):
 
     def refuse(self, k, reason, data, want_status):
         before_metric = k.metric("ktlb_http_parse_errors_total", listener="public", reason=reason)
-        with self.tls(k, timeout=10) as c:
+        with self.tls(k, timeout=30) as c:
             try:
                 c.send(data)
             except (OSError, ssl.SSLError):
@@ -225,7 +225,7 @@ class Http1Test(harness.KtlbTestCase):
                 self.assertEqual(status, want_status)
             else:
                 self.assertTrue(400 <= status < 500, f"status {status}")
-            self.assertIsNotNone(c.wait_closed(5), "connection not closed after a refused request")
+            self.assertIsNotNone(c.wait_closed(15), "connection not closed after a refused request")
         self.assertGreaterEqual(
             k.wait_metric("ktlb_http_parse_errors_total", before_metric + 1, listener="public", reason=reason),
             before_metric + 1, f"ktlb_http_parse_errors_total{{reason={reason}}} did not grow")

@@ -359,7 +359,7 @@ class StreamingTest(harness.KtlbTestCase):
                         f"{what}: ktlb's RSS grew by {mon.growth / MiB:.1f} MiB while streaming "
                         f"{STREAM_MIB} MiB ({mon.describe()})")
 
-    def wait_active_zero(self, k, timeout=10.0):
+    def wait_active_zero(self, k, timeout=30.0):
         deadline = time.monotonic() + timeout
         while True:
             v = k.metric("ktlb_connections_active", listener="public")
@@ -367,7 +367,7 @@ class StreamingTest(harness.KtlbTestCase):
                 return v
             time.sleep(0.05)
 
-    def wait_gone(self, k, origin_port, inodes, timeout=10.0):
+    def wait_gone(self, k, origin_port, inodes, timeout=30.0):
         """Waits until none of ktlb's upstream sockets `inodes` is open; returns
         the ones still open."""
         deadline = time.monotonic() + timeout
@@ -550,7 +550,7 @@ class StreamingTest(harness.KtlbTestCase):
                 def find_upstream():
                     # The origin waits for the rest of the body, so the upload's
                     # upstream connection is open as long as the client's is.
-                    deadline = time.monotonic() + 10
+                    deadline = time.monotonic() + 30
                     while not seen and time.monotonic() < deadline:
                         seen.update(set(upstream_sockets(k, o.port)) - before)
                         time.sleep(0.01)

@@ -92,8 +92,8 @@ class TlsTest(harness.KtlbTestCase):
         before = k.metric("ktlb_tls_handshake_failures_total", listener="public", reason="plain_http")
         with socket.create_connection(("127.0.0.1", k.port()), timeout=5) as s:
             s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            took = harness.wait_closed(s, 2.0)
-        self.assertIsNotNone(took, "plain HTTP connection was not closed within 2 s")
+            took = harness.wait_closed(s, 10.0)
+        self.assertIsNotNone(took, "plain HTTP connection was not closed within 10 s")
         self.assertGreaterEqual(
             k.wait_metric("ktlb_tls_handshake_failures_total", before + 1, listener="public", reason="plain_http"),
             before + 1)
@@ -133,10 +133,10 @@ class TlsTest(harness.KtlbTestCase):
         k = self.start(server={"handshake_timeout_ms": "500"})
         before = k.metric("ktlb_timeouts_total", kind="handshake")
         with socket.create_connection(("127.0.0.1", k.port()), timeout=5) as s:
-            took = harness.wait_closed(s, 5.0)
-        self.assertIsNotNone(took, "silent connection still open after 5 s")
+            took = harness.wait_closed(s, 15.0)
+        self.assertIsNotNone(took, "silent connection still open after 15 s")
         self.assertGreater(took, 0.3, "closed before the handshake timeout")
-        self.assertLess(took, 3.0)
+        self.assertLess(took, 10.0)
         self.assertGreaterEqual(k.wait_metric("ktlb_timeouts_total", before + 1, kind="handshake"), before + 1)
         # A real handshake is unaffected.
         self.assertEqual(self.curl_version(k)[1], b"hello from ktlb-origin\n")

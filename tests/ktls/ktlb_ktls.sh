@@ -13,6 +13,11 @@
 # connection is gone, and ktlb's ktlb_ktls_tx_total / ktlb_ktls_rx_total must move with
 # the kernel. Each case also checks the payload (sha256 both ways).
 #
+# Nothing waits for a fixed time: every wait is for a condition (a port, a response in
+# a client's output, a counter, a line in ktlb's log) with a generous deadline, ktlb's
+# timeouts are set far beyond what a case needs, and each group of cases prints how
+# long it took ("phase <group>: 12.3 s"), so a slow host shows in the log.
+#
 # ktls-vm-certs: ca.crt site.crt site.key
 # ktls-vm-bin: /usr/bin/curl
 # ktls-vm-bin: /usr/bin/openssl
@@ -29,7 +34,7 @@ ORIGIN_PORT=9001
 RELAY_PORT=8600
 BIG=4194304
 URL=https://localhost:$PORT
-T_START=$(date +%s)
+T_START=$(uptime_s)
 KTLB_PID=""
 ORIGIN_PID=""
 
@@ -41,8 +46,8 @@ cp "$F/ca.crt" "$F/site.crt" "$F/site.key" "$W/"
 # keyupdate, renegotiate, maxfrag, nomodule). The ctest entry runs everything.
 want() { [ ! -f "$F/ktlb_ktls.only" ] || echo "$1" | grep -qE "$(cat "$F/ktlb_ktls.only")"; }
 
-now() { date +%s; }
-elapsed() { echo $(($(now) - $1)); }
+now() { uptime_s; }
+elapsed() { secs_since "$1"; }
 note() { echo "$*" | tee -a summary.txt; }
 
 # The guest has no proxy settings, but never let curl guess.
@@ -53,6 +58,13 @@ write_config() { # write_config FILE KTLS_MODE
 [server]
 workers = 1
 admin_listen = "$ADMIN"
+# Far beyond any case: a slow guest must never see a timeout it did not ask for.
+handshake_timeout_ms = 120000
+request_header_timeout_ms = 120000
+keepalive_timeout_ms = 120000
+upstream_connect_timeout_ms = 60000
+upstream_response_timeout_ms = 120000
+drain_timeout_ms = 20000
 
 [[listeners]]
 name = "public"
@@ -79,8 +91,8 @@ EOF
 start_ktlb() { # start_ktlb CONFIG LOG
   KTLB_KTLS_DEBUG=1 ktlb --config "$1" >"$2" 2>&1 &
   KTLB_PID=$!
-  wait_for_listen "$PORT" 30 || { cat "$2"; fail "ktlb did not listen on $PORT"; }
-  wait_for_listen 9901 30 || { cat "$2"; fail "ktlb admin did not listen"; }
+  wait_for_listen "$PORT" 60 || { cat "$2"; fail "ktlb did not listen on $PORT"; }
+  wait_for_listen 9901 60 || { cat "$2"; fail "ktlb admin did not listen"; }
 }
 
 stop_ktlb() {
@@ -117,17 +129,15 @@ HS_M='ktlb_tls_handshakes_total{listener="public",kind="full"}'
 
 # wait_curr_zero SECS: ktlb closes its side shortly after the client; the kernel counts
 # a socket in TlsCurrTxSw/TlsCurrRxSw until it is destroyed.
+curr_zero() { [ "$(tls_stat TlsCurrTxSw)" -eq 0 ] && [ "$(tls_stat TlsCurrRxSw)" -eq 0 ]; }
 wait_curr_zero() {
-  i=0
-  while [ "$(tls_stat TlsCurrTxSw)" -ne 0 ] || [ "$(tls_stat TlsCurrRxSw)" -ne 0 ]; do
-    i=$((i + 1))
-    if [ "$i" -gt $(($1 * 10)) ]; then
-      tls_stat_show stuck
-      return 1
-    fi
-    usleep 100000
-  done
+  wait_until "$1" curr_zero && return 0
+  tls_stat_show stuck
+  return 1
 }
+# wait_responses FILE N SECS: FILE (a client's output) holds N responses.
+has_responses() { [ "$(count_responses "$1")" -ge "$2" ]; }
+wait_responses() { wait_until "$3" has_responses "$1" "$2"; }
 
 # Around every client connection: begin_conn LABEL ... end_conn LABEL CONNS [FULL]
 # CONNS is how many ktlb connections the case made; each must be offloaded both ways.
@@ -141,7 +151,7 @@ begin_conn() {
 }
 end_conn() {
   n=$2
-  wait_curr_zero 20 || fail "$CASE: TlsCurrTxSw/TlsCurrRxSw not back to 0 after the connection closed"
+  wait_curr_zero 60 || fail "$CASE: TlsCurrTxSw/TlsCurrRxSw not back to 0 after the connection closed"
   metrics_save "m.after.$CASE"
   dtx=$(tls_stat_delta "tls.before.$CASE" TlsTxSw)
   drx=$(tls_stat_delta "tls.before.$CASE" TlsRxSw)
@@ -161,16 +171,19 @@ end_conn() {
   echo "=== case $CASE: ok"
 }
 
+lt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 == a && a < b) }'; } # lt A B: A < B (decimals)
+
 ccurl() { # curl with the test CA and a deadline
   curl -sS --cacert "$W/ca.crt" --max-time 120 "$@"
 }
 
 # --- setup ---------------------------------------------------------------------------------
+phase setup
 echo "=== setup"
 tls_stat_show boot
 ktlb-origin --listen "127.0.0.1:$ORIGIN_PORT" --threads 1 >origin.log 2>&1 &
 ORIGIN_PID=$!
-wait_for_listen "$ORIGIN_PORT" 30 || { cat origin.log; fail "origin did not start"; }
+wait_for_listen "$ORIGIN_PORT" 60 || { cat origin.log; fail "origin did not start"; }
 
 head -c "$BIG" /dev/urandom >up.bin
 UP_SUM="$(sha256sum up.bin | cut -d' ' -f1) $BIG"
@@ -227,6 +240,7 @@ bulk_case() { # bulk_case NAME EXPECT_PROTO EXPECT_CIPHER CURL_TLS_ARGS...
 T12="--tlsv1.2 --tls-max 1.2"
 T13="--tlsv1.3"
 if want bulk; then
+  phase bulk
   # shellcheck disable=SC2086
   bulk_case t12-aes128gcm TLSv1.2 ECDHE-RSA-AES128-GCM-SHA256 $T12 --ciphers ECDHE-RSA-AES128-GCM-SHA256
   bulk_case t12-aes256gcm TLSv1.2 ECDHE-RSA-AES256-GCM-SHA384 $T12 --ciphers ECDHE-RSA-AES256-GCM-SHA384
@@ -238,6 +252,7 @@ fi
 
 # --- keep-alive: several requests on one connection ------------------------------------------
 if want keepalive; then
+  phase keepalive
   for v in 12 13; do
     if [ "$v" = 12 ]; then flags=$T12; else flags=$T13; fi
     begin_conn "keepalive-t$v"
@@ -261,6 +276,7 @@ CRLF=$(printf '\r')
 # Pipelining: two requests in one write (one TLS record), answered in order; the second
 # asks ktlb to close, which it does with a close_notify ("closed" from s_client).
 if want pipelined; then
+  phase pipelined
   for v in 1_2 1_3; do
     begin_conn "pipelined-t$v"
     printf 'GET /size/3000 HTTP/1.1\r\nHost: localhost\r\n\r\nGET /size/5000 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' >pipe.req
@@ -310,40 +326,105 @@ if want pipelined; then
 fi
 
 # First request bytes in the same read as the client Finished. A relay (busybox nc -e)
-# holds the client's second flight back, then forwards it in one write cut at a chosen
-# byte: everything (Finished + whole request record), Finished + 10 bytes of the request
-# record (body partial), Finished + 3 bytes (record header partial). ktlb must finish the
-# record it holds half of with exact reads and start kernel RX at record 1.
+# holds the client's second flight back until it has the whole request record too, then
+# forwards it cut at a chosen byte: everything (Finished + whole request record),
+# Finished + 10 bytes of the request record (body partial), Finished + 3 bytes (record
+# header partial). ktlb must finish the record it holds half of with exact reads and
+# start kernel RX at record 1.
+#
+# The relay is driven by byte counts and ktlb's log, not by time: it reads the client's
+# records whole (by their length fields), forwards the first part in one write, and the
+# rest only once ktlb has logged its exact read for the held record (so the two parts can
+# never arrive in one read). It logs every count to relay.log, printed with each case.
 if want coalesce; then
-  make_relay() { # make_relay CUT
+  phase coalesce
+  make_relay() { # make_relay CUT: CUT = all, or bytes of the request record in the first part
     cat >relay.sh <<EOF
 #!/bin/sh
+# stdin and stdout: the client's socket (nc -e). To ktlb: nc 127.0.0.1 $PORT.
 exec 2>>$W/relay.err
-# One read each (busybox dd without iflag=fullblock): the ClientHello; then, after the
-# client had time to send its second flight and the request, up to CUT bytes of them,
-# forwarded in one write; the rest a moment later, again in one read. (Not cat: busybox
-# cat reads a socket with sendfile(16 MB) and passes nothing on before EOF.)
-{ dd bs=65536 count=1 2>/dev/null; sleep 2; dd bs=$1 count=1 of=$W/relay.second 2>/dev/null;
-  cat $W/relay.second; usleep 700000; dd bs=65536 count=1 2>/dev/null; cat; } |
-  nc 127.0.0.1 $PORT
+. "\$KTLB_VM_LIB"
+cd $W || exit 1
+LOG=$W/relay.log
+exact_before=\$(grep -c 'reading exactly' $W/ktlb.log)
+# read_record FILE: appends one whole TLS record from the client to FILE; prints
+# "TYPE LENGTH". dd iflag=fullblock reads exactly the count asked for, never more.
+read_record() {
+  out=\$1
+  dd bs=5 count=1 iflag=fullblock of=relay.hdr 2>/dev/null <&3
+  set -- \$(od -An -tu1 relay.hdr)
+  [ \$# -eq 5 ] || return 1
+  len=\$((\$4 * 256 + \$5))
+  [ "\$len" -gt 0 ] || return 1
+  cat relay.hdr >>"\$out"
+  dd bs="\$len" count=1 iflag=fullblock 2>/dev/null <&3 >>"\$out"
+  echo "\$1 \$len"
+}
+exact_logged() { [ "\$(grep -c 'reading exactly' $W/ktlb.log)" -gt "\$exact_before" ]; }
+relay() {
+  : >relay.hello
+  r=\$(read_record relay.hello) || { echo "relay: no ClientHello" >>\$LOG; return 1; }
+  echo "relay: client record (type len) \$r: ClientHello, forwarded" >>\$LOG
+  dd if=relay.hello bs=65536 count=1 2>/dev/null
+  # The client's second flight (ChangeCipherSpec, Finished) and the request: records up
+  # to and including the second application_data (23) one.
+  : >relay.second
+  apps=0
+  while [ "\$apps" -lt 2 ]; do
+    r=\$(read_record relay.second) || { echo "relay: client closed after \$(wc -c <relay.second) bytes" >>\$LOG; return 1; }
+    echo "relay: client record (type len) \$r" >>\$LOG
+    set -- \$r
+    [ "\$1" = 23 ] && apps=\$((apps + 1))
+    last=\$((\$2 + 5))
+  done
+  total=\$(wc -c <relay.second)
+  flight=\$((total - last))
+  echo "\$flight \$last" >relay.sizes
+  cut=$1
+  if [ "\$cut" = all ]; then first=\$total; else first=\$((flight + cut)); fi
+  dd if=relay.second bs="\$first" count=1 2>/dev/null
+  echo "relay: forwarded \$first of \$total bytes in one write (second flight \$flight, request record \$last)" >>\$LOG
+  if [ "\$first" -lt "\$total" ]; then
+    if wait_until 60 exact_logged; then
+      echo "relay: ktlb logged its exact read" >>\$LOG
+    else
+      echo "relay: ktlb logged no exact read within 60 s; forwarding anyway" >>\$LOG
+    fi
+    dd if=relay.second bs=65536 skip="\$first" iflag=skip_bytes count=1 2>/dev/null
+    echo "relay: forwarded the remaining \$((total - first)) bytes in one write" >>\$LOG
+  fi
+  # Nothing more is expected from the client before it closes. exec: killing this
+  # subshell kills the reader, so the client sees ktlb's close.
+  exec cat <&3
+}
+exec 3<&0
+rm -f relay.fifo
+mkfifo relay.fifo
+nc 127.0.0.1 $PORT <relay.fifo &
+ncpid=\$!
+relay >relay.fifo &
+rpid=\$!
+wait \$ncpid
+echo "relay: ktlb closed the connection (nc exited)" >>\$LOG
+kill \$rpid 2>/dev/null
 EOF
     chmod +x relay.sh
   }
   printf 'GET /size/1234 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' >coalesce.req
   REQ_LEN=$(wc -c <coalesce.req)
   REQ_REC=$((REQ_LEN + 22)) # TLS 1.3 AES-GCM record: 5 header + 1 type + 16 tag
-  flight=""
   for cut in all body header; do
     case $cut in
-      all) make_relay 65536 ;;
-      body) make_relay $((flight + 10)) ;;
-      header) make_relay $((flight + 3)) ;;
+      all) make_relay all ;;
+      body) make_relay 10 ;;
+      header) make_relay 3 ;;
     esac
-    rm -f relay.second
+    rm -f relay.sizes
+    : >relay.log
     begin_conn "finished+request-$cut"
     nc -l -p "$RELAY_PORT" -e "$W/relay.sh" &
     rpid=$!
-    wait_for_listen "$RELAY_PORT" 10 || fail "relay did not listen"
+    wait_for_listen "$RELAY_PORT" 60 || fail "relay did not listen"
     lines_before=$(wc -l <ktlb.log)
     timeout 60 openssl s_client -connect "127.0.0.1:$RELAY_PORT" -servername localhost \
       -CAfile "$W/ca.crt" -verify_return_error -tls1_3 -ciphersuites TLS_AES_128_GCM_SHA256 \
@@ -351,26 +432,32 @@ EOF
     rc=$?
     kill "$rpid" 2>/dev/null
     wait "$rpid" 2>/dev/null
-    [ "$rc" -eq 0 ] || { cat "co.$cut.err"; tail ktlb.log; fail "finished+request-$cut: s_client exited $rc"; }
-    [ "$(count_responses "co.$cut.out")" -eq 1 ] && grep -q "^Content-Length: 1234$CRLF" "co.$cut.out" ||
-      { tail -5 "co.$cut.out"; tail -20 ktlb.log; fail "finished+request-$cut: no response"; }
-    # Second dd: the client's second flight (CCS + Finished) plus whatever of the request.
-    second=$(wc -c <relay.second)
-    if [ "$cut" = all ]; then
-      flight=$((second - REQ_REC))
-      echo "client second flight: $flight bytes, request record $REQ_REC bytes"
-      [ "$flight" -gt 0 ] || fail "relay did not hold the request back with the Finished"
-    fi
-    tail -n +$((lines_before + 1)) ktlb.log | grep -E 'after Finished|kTLS RX on' >co.$cut.log
+    cat relay.log
+    tail -n +$((lines_before + 1)) ktlb.log | grep -E 'after Finished|reading exactly|kTLS RX on' >co.$cut.log
     cat co.$cut.log
+    co_fail() {
+      echo "--- s_client"; tail -5 "co.$cut.out"; cat "co.$cut.err"
+      echo "--- ktlb.log since the case began"; tail -n +$((lines_before + 1)) ktlb.log | tail -30
+      echo "--- relay errors"; cat relay.err 2>/dev/null
+      metrics_save "m.fail.$CASE"
+      echo "--- ktlb metrics"; grep -E '^ktlb_(connections_active|client_resets|timeouts|ktls_(rx|tx)|tls_handshake)' "m.fail.$CASE"
+      fail "$CASE: $*"
+    }
+    [ "$rc" -eq 0 ] || co_fail "s_client exited $rc"
+    [ "$(count_responses "co.$cut.out")" -eq 1 ] && grep -q "^Content-Length: 1234$CRLF" "co.$cut.out" ||
+      co_fail "no response"
+    [ -s relay.sizes ] || co_fail "the relay did not get the second flight and the request"
+    read -r flight rec <relay.sizes
+    [ "$flight" -gt 0 ] && [ "$rec" -eq "$REQ_REC" ] ||
+      co_fail "relay saw a second flight of $flight bytes and a request record of $rec (want $REQ_REC)"
     case $cut in
       all) want='after Finished: 1 whole, 0 bytes missing' ;;
       body) want="after Finished: 0 whole, $((REQ_REC - 10)) bytes missing" ;;
       header) want='after Finished: 0 whole, 2 bytes missing' ;;
     esac
-    grep -qF "$want" co.$cut.log || fail "finished+request-$cut: expected ktlb to log \"$want\""
+    grep -qF "$want" co.$cut.log || co_fail "expected ktlb to log \"$want\""
     grep -qF 'kTLS RX on at record 1' co.$cut.log ||
-      fail "finished+request-$cut: expected kernel RX to start at record 1"
+      co_fail "expected kernel RX to start at record 1"
     end_conn "finished+request-$cut" 1
   done
 fi
@@ -378,6 +465,7 @@ fi
 # Resumption (session tickets): the abbreviated handshakes offer TX and (TLS 1.2) RX at
 # other points of the flight; the result must be the same.
 if want resume; then
+  phase resume
   printf 'GET /size/2000 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' >close.req
   for v in 1_2 1_3; do
     rm -f "sess.$v.pem"
@@ -400,16 +488,19 @@ if want resume; then
   done
 fi
 
-# Close_notify from the client: s_client sends it when its input ends (no -ign_eof).
+# Close_notify from the client: s_client sends it when its input ends (no -ign_eof),
+# here once the response is in.
 if want close_notify; then
+  phase close_notify
   begin_conn close_notify-client
   lines_before=$(wc -l <ktlb.log)
-  { printf 'GET /size/100 HTTP/1.1\r\nHost: localhost\r\n\r\n'; sleep 3; } |
+  rm -f cn.out
+  { printf 'GET /size/100 HTTP/1.1\r\nHost: localhost\r\n\r\n'; wait_responses cn.out 1 60; } |
     timeout 60 openssl s_client -connect "127.0.0.1:$PORT" -servername localhost \
       -CAfile "$W/ca.crt" -verify_return_error -tls1_3 >cn.out 2>cn.err
   [ "$(count_responses cn.out)" -eq 1 ] || { cat cn.err; fail "close_notify-client: no response"; }
   grep -q '^DONE' cn.err || fail "close_notify-client: s_client did not end on its input's EOF"
-  wait_curr_zero 20
+  wait_curr_zero 60
   tail -n +$((lines_before + 1)) ktlb.log | grep -q 'close_notify from' ||
     { tail ktlb.log; fail "close_notify-client: ktlb did not see the client's close_notify"; }
   end_conn close_notify-client 1
@@ -418,32 +509,36 @@ fi
 # KeyUpdate (TLS 1.3 "K" and "k" commands of s_client). A kernel that can rekey kTLS
 # (~6.14+) gets the next keys and the connection serves the request after it; Linux 6.1
 # cannot (a second TLS_RX is EBUSY), so ktlb must count it and close the connection
-# cleanly — no spin, and keep serving.
+# cleanly — no spin, and keep serving. The client's input is fed step by step: the
+# KeyUpdate command once the first response is in, the second request once s_client
+# has sent the KeyUpdate; then its input stays open (s_client must end because ktlb
+# closes, never because its input ended).
 if want keyupdate; then
+  phase keyupdate
   cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$KTLB_PID/stat"; }
   for k in K k; do
     begin_conn "keyupdate-$k"
     ku0=$(metric "m.before.keyupdate-$k" "$KU_M")
-    rm -f ku.fifo
+    rm -f ku.fifo ku.sent "ku.$k.out" "ku.$k.err"
     mkfifo ku.fifo
-    { printf 'GET /size/100 HTTP/1.1\r\nHost: localhost\r\n\r\n'; sleep 3; echo "$k"; sleep 2
-      printf 'GET /size/100 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n'; sleep 30; } >ku.fifo &
+    { printf 'GET /size/100 HTTP/1.1\r\nHost: localhost\r\n\r\n'; wait_responses "ku.$k.out" 1 60
+      echo "$k"; uptime_s >ku.sent; wait_for_file_text "ku.$k.err" KEYUPDATE 60
+      printf 'GET /size/100 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n'; exec sleep 300; } >ku.fifo &
     wpid=$!
-    t0=$(now)
-    timeout 60 openssl s_client -connect "127.0.0.1:$PORT" -servername localhost \
+    timeout 120 openssl s_client -connect "127.0.0.1:$PORT" -servername localhost \
       -CAfile "$W/ca.crt" -verify_return_error -tls1_3 <ku.fifo >"ku.$k.out" 2>"ku.$k.err"
-    took=$(elapsed "$t0")
+    [ -s ku.sent ] && took=$(elapsed "$(cat ku.sent)") || took=never
     kill "$wpid" 2>/dev/null
     wait "$wpid" 2>/dev/null
     responses=$(count_responses "ku.$k.out")
     [ "$responses" -ge 1 ] || { cat "ku.$k.err"; fail "keyupdate-$k: no response before the KeyUpdate"; }
     grep -q KEYUPDATE "ku.$k.err" || { cat "ku.$k.err"; fail "keyupdate-$k: s_client did not send a KeyUpdate"; }
-    [ "$took" -lt 25 ] || fail "keyupdate-$k: connection still open ${took}s after the KeyUpdate"
-    wait_curr_zero 20
+    lt "$took" 25 || fail "keyupdate-$k: connection still open ${took}s after the KeyUpdate"
+    wait_curr_zero 60
     c0=$(cpu_ticks)
     sleep 2
     c1=$(cpu_ticks)
-    echo "keyupdate-$k: s_client ended after ${took}s; ktlb used $((c1 - c0)) ticks in the next 2 s"
+    echo "keyupdate-$k: s_client ended ${took}s after the KeyUpdate; ktlb used $((c1 - c0)) ticks in the next 2 s"
     [ $((c1 - c0)) -lt 40 ] || fail "keyupdate-$k: ktlb busy after the KeyUpdate ($((c1 - c0)) ticks in 2 s)"
     end_conn "keyupdate-$k" 1
     ku1=$(metric "m.after.keyupdate-$k" "$KU_M")
@@ -452,11 +547,11 @@ if want keyupdate; then
     cannot=$(metric_delta "m.before.keyupdate-$k" "m.after.keyupdate-$k" "$KU_CANNOT_M")
     if [ "$rekeys" -eq 1 ]; then
       [ "$responses" -eq 2 ] || fail "keyupdate-$k: rekeyed but $responses responses (want 2)"
-      note "keyupdate-$k: kernel took the new key(s); request after it served; closed after ${took}s"
+      note "keyupdate-$k: kernel took the new key(s); request after it served; closed ${took}s after it"
     else
       [ "$cannot" -eq 1 ] || fail "keyupdate-$k: neither rekeyed nor closed as kernel_cannot_rekey"
       [ "$responses" -eq 1 ] || fail "keyupdate-$k: $responses responses on a connection that cannot rekey"
-      note "keyupdate-$k: ktlb_ktls_keyupdates_total +1, kernel_cannot_rekey +1, closed after ${took}s"
+      note "keyupdate-$k: ktlb_ktls_keyupdates_total +1, kernel_cannot_rekey +1, closed ${took}s after it"
     fi
     # ...and ktlb still serves.
     begin_conn "after-keyupdate-$k"
@@ -470,24 +565,26 @@ fi
 # TLS 1.2 renegotiation ("R"): the ClientHello arrives as a handshake record on the kTLS
 # RX socket; ktlb (SSL_OP_NO_RENEGOTIATION) ends the connection and keeps serving.
 if want renegotiate; then
+  phase renegotiate
   begin_conn renegotiate-t12
-  rm -f rn.fifo
+  rm -f rn.fifo rn.sent rn.out
   mkfifo rn.fifo
-  { printf 'GET /size/100 HTTP/1.1\r\nHost: localhost\r\n\r\n'; sleep 3; echo R; sleep 30; } >rn.fifo &
+  { printf 'GET /size/100 HTTP/1.1\r\nHost: localhost\r\n\r\n'; wait_responses rn.out 1 60
+    echo R; uptime_s >rn.sent; exec sleep 300; } >rn.fifo &
   wpid=$!
-  t0=$(now)
-  timeout 60 openssl s_client -connect "127.0.0.1:$PORT" -servername localhost \
+  timeout 120 openssl s_client -connect "127.0.0.1:$PORT" -servername localhost \
     -CAfile "$W/ca.crt" -verify_return_error -tls1_2 <rn.fifo >rn.out 2>rn.err
-  took=$(elapsed "$t0")
+  [ -s rn.sent ] && took=$(elapsed "$(cat rn.sent)") || took=never
   kill "$wpid" 2>/dev/null
   wait "$wpid" 2>/dev/null
   [ "$(count_responses rn.out)" -eq 1 ] || { cat rn.err; fail "renegotiate-t12: no response"; }
   grep -q RENEGOTIATING rn.err || fail "renegotiate-t12: s_client did not renegotiate"
-  [ "$took" -lt 25 ] || fail "renegotiate-t12: connection still open ${took}s after R"
+  lt "$took" 25 || fail "renegotiate-t12: connection still open ${took}s after R"
   end_conn renegotiate-t12 1
 fi
 
 # --- totals ------------------------------------------------------------------------------------
+phase totals
 metrics_save m.after.all
 echo "=== metrics (ktls and handshakes)"
 grep -E '^ktlb_(ktls|tls_handshakes|connections|client_resets|spliced)' m.after.all
@@ -512,15 +609,19 @@ fi
 # max_fragment_length (s_client -maxfraglen 512): OpenSSL 3.0 does not offer TX keys for
 # such a session, so the connection stays in userspace TLS for TX, counted as
 # openssl_declined, and is served all the same. After the totals: it is a fallback.
+# s_client (-ign_eof) ends when ktlb closes after the response (Connection: close).
 if want maxfrag; then
+  phase maxfrag
   echo "=== case maxfraglen"
   metrics_save m.mfl.before
   tls_stat_save tls.mfl.before
-  { printf 'GET /size/100000 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n'; sleep 5; } |
-    timeout 30 openssl s_client -connect "127.0.0.1:$PORT" -servername localhost \
+  printf 'GET /size/100000 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' |
+    timeout 60 openssl s_client -connect "127.0.0.1:$PORT" -servername localhost -ign_eof \
       -CAfile "$W/ca.crt" -verify_return_error -tls1_2 -maxfraglen 512 >mfl.out 2>mfl.err
+  rc=$?
   [ "$(count_responses mfl.out)" -eq 1 ] || { cat mfl.err; fail "maxfraglen: no response"; }
-  wait_curr_zero 20 || fail "maxfraglen: kTLS sockets left open"
+  [ "$rc" -eq 0 ] || { cat mfl.err; fail "maxfraglen: s_client exited $rc (ktlb did not close after Connection: close?)"; }
+  wait_curr_zero 60 || fail "maxfraglen: kTLS sockets left open"
   metrics_save m.mfl.after
   mtx=$(tls_stat_delta tls.mfl.before TlsTxSw)
   mrx=$(tls_stat_delta tls.mfl.before TlsRxSw)
@@ -534,13 +635,10 @@ stop_ktlb
 if want nomodule; then
   # --- without the tls module --------------------------------------------------------------------
   # The module must be unavailable, not just unloaded (TCP_ULP would autoload it).
+  phase nomodule
   echo "=== no tls module"
-  i=0
-  until rmmod tls 2>rmmod.err; do
-    i=$((i + 1))
-    [ "$i" -gt 100 ] && { cat rmmod.err; fail "cannot unload tls (still in use?)"; }
-    usleep 200000
-  done
+  rmmod_tls() { rmmod tls 2>rmmod.err; }
+  wait_until 60 rmmod_tls || { cat rmmod.err; fail "cannot unload tls (still in use?)"; }
   echo /bin/false >/proc/sys/kernel/modprobe
   write_config require.toml require
   t0=$(now)
@@ -568,4 +666,5 @@ fi
 
 echo "=== summary"
 cat summary.txt
+phase_summary
 echo "ktlb_ktls: all cases passed in $(elapsed "$T_START")s"

@@ -15,6 +15,7 @@ set -u
 . "$KTLB_VM_LIB"
 
 cd "$KTLB_WORK_DIR" || exit 1
+phase setup
 cat >ktls.cnf <<'EOF'
 openssl_conf = openssl_init
 [openssl_init]
@@ -44,6 +45,7 @@ port=4430
 run_case() {
   name=$1 proto=$2 cflag=$3 cipher=$4 want_tx=$5 want_rx=$6 extra=${7:-}
   port=$((port + 1))
+  phase "$name"
   echo "=== case $name ($proto $cipher $extra)"
   tls_stat_save "before.$name"
   # shellcheck disable=SC2086
@@ -94,10 +96,12 @@ run_case t13-aes128gcm -tls1_3 -ciphersuites TLS_AES_128_GCM_SHA256 2 0
 run_case t13-aes256gcm -tls1_3 -ciphersuites TLS_AES_256_GCM_SHA384 2 0
 run_case t13-chacha20 -tls1_3 -ciphersuites TLS_CHACHA20_POLY1305_SHA256 2 0 -sendfile
 
+phase summary
 echo "=== summary"
 tls_stat_show end
 expect_delta before.all TlsTxSw -eq 14
 expect_delta before.all TlsRxSw -eq 8
 [ "$(tls_stat TlsCurrTxSw)" -eq 0 ] || fail "TlsCurrTxSw $(tls_stat TlsCurrTxSw) after all sockets closed"
 [ "$(tls_stat TlsCurrRxSw)" -eq 0 ] || fail "TlsCurrRxSw $(tls_stat TlsCurrRxSw) after all sockets closed"
+phase_summary
 echo "openssl_ktls: all cases passed"

@@ -50,10 +50,14 @@ export KTLB_SCENARIO_TIMEOUT
 mkdir -p "$KTLB_WORK_DIR"
 cd "$KTLB_WORK_DIR" || finish "FAIL setup-workdir"
 
-echo "ktls-vm: scenario $KTLB_VM_SCENARIO start (uptime $(cut -d' ' -f1 /proc/uptime)s)"
+t0=$(cut -d' ' -f1 /proc/uptime)
+echo "ktls-vm: scenario $KTLB_VM_SCENARIO start (uptime ${t0}s)"
+echo "phase guest-boot: $t0 s"
 timeout "$KTLB_SCENARIO_TIMEOUT" sh "$KTLB_VM_SCENARIO"
 rc=$?
-echo "ktls-vm: scenario end rc=$rc (uptime $(cut -d' ' -f1 /proc/uptime)s)"
+t1=$(cut -d' ' -f1 /proc/uptime)
+echo "ktls-vm: scenario end rc=$rc (uptime ${t1}s)"
+echo "phase guest-scenario: $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
 if [ "$rc" -eq 0 ]; then
   finish PASS
 else

@@ -70,6 +70,7 @@ fi
 
 mkdir -p "$cache"
 cache=$(cd "$cache" && pwd)
+t_setup=$(date +%s.%N)
 
 # --- kernel ------------------------------------------------------------------------------
 kroot=$("$here/fetch-kernel.sh" "$cache" | tail -n1)
@@ -126,16 +127,21 @@ fi
 # the AEADs kTLS can use (AES-GCM, AES-CCM, ChaCha20-Poly1305) in generic and x86 forms.
 want_modules=(tls gcm ghash-generic ghash-clmulni-intel aesni-intel ctr ccm
   chacha20poly1305 chacha_generic chacha-x86_64 poly1305_generic poly1305-x86_64 seqiv)
-norm() { local n=${1##*/}; n=${n%%.ko*}; echo "${n//-/_}"; }
+# norm NAME: module name of a path or name, dashes as underscores, in $REPLY. No
+# command substitution: this runs for each of modules.dep's ~4000 lines, and a fork
+# per line took minutes on a loaded host.
+norm() { local n=${1##*/}; n=${n%%.ko*}; REPLY=${n//-/_}; }
 declare -A depline=()
 while IFS= read -r line; do
   key=${line%%:*}
-  depline[$(norm "$key")]=$line
+  norm "$key"
+  depline[$REPLY]=$line
 done <"$kmods/modules.dep"
 declare -A picked=()
 load_list=()
 for m in "${want_modules[@]}"; do
-  n=$(norm "$m")
+  norm "$m"
+  n=$REPLY
   if [[ -z ${depline[$n]:-} ]]; then
     if grep -q "/${m//_/[-_]}\.ko" "$kmods/modules.builtin" 2>/dev/null; then continue; fi
     [[ $n == tls ]] && die "kernel $kver has no tls module"
@@ -230,6 +236,7 @@ initrd="$cache/work/initrd-$$.cpio.gz"
   cpio --null -o -H newc --owner=0:0 --quiet | gzip -1) >"$initrd"
 trap 'cleanup; rm -f "$initrd"' EXIT
 log "initramfs $(du -h "$initrd" | cut -f1), kernel $kpkg $kpkgver ($kver)"
+log "phase host-setup (kernel cache check, initramfs): $(awk -v s="$t_setup" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }') s"
 
 # --- boot ----------------------------------------------------------------------------------
 if [[ -z $logfile ]]; then

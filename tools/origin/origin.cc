@@ -241,6 +241,10 @@ struct Conn {
   bool readable = true;   // edge-triggered readiness we have not exhausted yet
   bool writable = true;
   bool peer_eof = false;
+  // epoll reported the peer's FIN (EPOLLRDHUP) or a hang-up: a short read no
+  // longer means the socket is drained, the EOF may still be waiting behind the
+  // data, and no further edge will announce it.
+  bool rdhup = false;
   bool close_after = false;  // close once the current response is flushed
   bool queued = false;       // in the worker's ready list
   State state = State::kHead;
@@ -329,6 +333,7 @@ class Worker {
         Conn* c = Lookup(static_cast<int>(e.data.u64 & 0xffffffff), e.data.u64 >> 32);
         if (!c) continue;
         if (e.events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) c->readable = true;
+        if (e.events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) c->rdhup = true;
         if (e.events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) c->writable = true;
         Drive(c);
       }
@@ -513,7 +518,9 @@ class Worker {
       c->in.Commit(static_cast<size_t>(n));
       // A short read drained the socket: edge-triggered epoll reports the next
       // arrival (data or FIN), so skip the recv that would only say EAGAIN.
-      if (static_cast<size_t>(n) < kReadChunk) c->readable = false;
+      // Not when the FIN came with the same edge as the data (a client that
+      // writes and shuts down at once): then only the next recv sees the EOF.
+      if (static_cast<size_t>(n) < kReadChunk && !c->rdhup) c->readable = false;
       return 1;
     }
     if (n == 0) {
