@@ -1,7 +1,7 @@
 #!/bin/sh
 # kTLS guest scenario: fatal TLS errors on offloaded connections are answered with an
 # alert before the close (tests/ktls/alerts_cases.sh has the cases and what they expect).
-# Not registered in ctest yet; run by hand:
+# ctest ktls_vm.alerts runs it; by hand:
 #
 #   tools/ktls-vm/run.sh --scenario tests/ktls/ktlb_alerts.sh \
 #     --bin build/ktlb --bin build/ktlb-origin --bin build/ktlb-tlsrogue \
