@@ -100,6 +100,11 @@ class Exchange {
   // cannot be reused safely).
   void Abandon();
 
+  // Between requests: the copy of the last request head is not needed.
+  void ShrinkIdle() {
+    if (conn_ == nullptr) std::string().swap(head_);
+  }
+
   // For the access log: the cluster and server of the last attempt.
   const Cluster* cluster() const { return cluster_; }
   int server() const { return server_; }
