@@ -97,7 +97,7 @@ class Client {
  public:
   explicit Client(uint16_t port) : ctx_(SSL_CTX_new(TLS_client_method())) {
     fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    timeval tv{5, 0};
+    timeval tv{20, 0};
     setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     sockaddr_in a{};
     a.sin_family = AF_INET;
@@ -207,7 +207,7 @@ TEST(GenerationSwapTest, OldConnectionsKeepTheirSnapshotNewOnesGetTheNew) {
   EXPECT_EQ(old_conn.Get(), "backend-a");
 
   server.Swap(MakeSnapshot(dir, port, "other", "app-b", b.address()));
-  for (int i = 0; i < 500 && server.swaps_applied() == 0; ++i) {
+  for (int i = 0; i < 3000 && server.swaps_applied() == 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   ASSERT_EQ(server.swaps_applied(), 1u);
@@ -255,7 +255,7 @@ TEST(GenerationSwapTest, ABadSnapshotKeepsTheRunningOne) {
   auto bad = BuildSnapshot(c, tls::TicketKeys::Generate());
   ASSERT_TRUE(bad.ok()) << bad.status();
   server.Swap(*bad);
-  for (int i = 0; i < 500 && server.swaps_failed() == 0; ++i) {
+  for (int i = 0; i < 3000 && server.swaps_failed() == 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_EQ(server.swaps_failed(), 1u);
@@ -304,7 +304,7 @@ TEST(GenerationSwapTest, OldGenerationOutlivesTheCallbackThatEndsIt) {
     ASSERT_TRUE(conn.SendGet());
     EXPECT_NE(conn.ReadSome().find("hello"), std::string::npos);
     server.Swap(MakeSnapshot(dir, port, "site", "app-b", backend_addr));
-    for (int i = 0; i < 500 && server.swaps_applied() == 0; ++i) {
+    for (int i = 0; i < 3000 && server.swaps_applied() == 0; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     ASSERT_EQ(server.swaps_applied(), 1u);
@@ -316,7 +316,7 @@ TEST(GenerationSwapTest, OldGenerationOutlivesTheCallbackThatEndsIt) {
   // Still serving, from the new generation.
   Backend b("backend-b");
   server.Swap(MakeSnapshot(dir, port, "site", "app-b", b.address()));
-  for (int i = 0; i < 500 && server.swaps_applied() < 2; ++i) {
+  for (int i = 0; i < 3000 && server.swaps_applied() < 2; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   Client next(port);

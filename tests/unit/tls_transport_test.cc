@@ -49,7 +49,7 @@ struct LoopbackPair {
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     a.sin_port = htons(port);
     connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    timeval tv{5, 0};
+    timeval tv{20, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     return fd;
   }
@@ -122,9 +122,11 @@ class TransportTest : public ::testing::Test {
     owner->transport.StartServer(opts, owner, fd, *ctx_, "test-peer");
   }
 
-  // Runs the loop until `done` or 5 s pass.
+  // Runs the loop until `done`, or 60 s pass (a loaded machine or a
+  // sanitizer build makes the client's RSA handshake slow).
   bool RunUntil(const std::function<bool()>& done) {
-    for (int i = 0; i < 500 && !done(); ++i) loop_.Turn(10);
+    const uint64_t deadline = NowMs() + 60'000;
+    while (!done() && NowMs() < deadline) loop_.Turn(10);
     return done();
   }
 
