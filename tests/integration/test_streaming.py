@@ -352,7 +352,8 @@ class StreamingTest(harness.KtlbTestCase):
             self.assertEqual((status, body), (200, f"{digest} {16 * MiB}\n".encode()))
         status, _, body = self.get(k, f"/size/{16 * MiB}")
         self.assertEqual((status, len(body)), (200, 16 * MiB))
-        time.sleep(0.2)
+        # Steady state: the warm-up connections are gone before the baseline.
+        self.assertEqual(self.wait_active_zero(k), 0, "warm-up connections still open")
 
     def assert_bounded(self, mon, what):
         self.assertLess(mon.growth, RSS_BOUND,
