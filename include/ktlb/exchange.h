@@ -60,7 +60,9 @@ class ExchangeSink {
 };
 
 struct ExchangeRequest {
-  std::string_view head;  // the request head as it goes upstream (copied)
+  // The request head as it goes upstream. Not copied: the caller keeps it
+  // unchanged until the exchange ends (a retry sends it again).
+  std::string_view head;
   bool is_head = false;   // HEAD: the response has no body
   bool has_body = false;
   bool idempotent = false;
@@ -100,11 +102,6 @@ class Exchange {
   // cannot be reused safely).
   void Abandon();
 
-  // Between requests: the copy of the last request head is not needed.
-  void ShrinkIdle() {
-    if (conn_ == nullptr) std::string().swap(head_);
-  }
-
   // For the access log: the cluster and server of the last attempt.
   const Cluster* cluster() const { return cluster_; }
   int server() const { return server_; }
@@ -124,7 +121,6 @@ class Exchange {
   ExchangeSink* sink_ = nullptr;
   UpstreamConnection* conn_ = nullptr;
   ExchangeRequest request_;
-  std::string head_;  // request_.head points here (kept for retries)
   int server_ = -1;
   int attempts_ = 0;
   bool body_done_ = true;

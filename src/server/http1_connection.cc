@@ -545,7 +545,6 @@ void Http1Connection::ShrinkIdleBuffers() {
   // Idle keep-alive connections should cost a few KiB: nothing of a past
   // exchange stays allocated.
   transport_.ShrinkIdle();
-  exchange_.ShrinkIdle();
   std::string().swap(up_head_);
   std::string().swap(scratch_);
   std::string().swap(pending_head_);

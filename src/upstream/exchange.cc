@@ -10,9 +10,7 @@ Exchange::~Exchange() { Abandon(); }
 void Exchange::Start(Cluster* cluster, const ExchangeRequest& request, ExchangeSink* sink) {
   cluster_ = cluster;
   sink_ = sink;
-  head_.assign(request.head);
   request_ = request;
-  request_.head = head_;
   server_ = -1;
   attempts_ = 0;
   body_done_ = !request.has_body;
