@@ -7,7 +7,9 @@ PKGS=(
   build-essential cmake pkg-config ninja-build clang libclang-rt-14-dev
   libssl-dev openssl liburing-dev node-llhttp libabsl-dev libnghttp2-dev
   libtomlplusplus-dev libgtest-dev libgmock-dev libbenchmark-dev
-  curl wrk nghttp2-client nginx-light libnginx-mod-stream haproxy procps iproute2 python3 util-linux
+  curl wrk nghttp2-client nginx-light libnginx-mod-stream haproxy h2o procps iproute2 python3 util-linux
+  # adversarial HTTP/2 and WebSocket clients for the integration tests
+  python3-h2 python3-websockets
   # kTLS guest harness
   qemu-system-x86 busybox-static cpio kmod
 )
@@ -25,7 +27,7 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The distro's nginx/haproxy services are not ours to run; the bench starts its own.
-  for svc in nginx haproxy; do
+  for svc in nginx haproxy h2o; do
     $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
     $SUDO service "$svc" stop >/dev/null 2>&1 || true
   done
