@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "ktlb/http1.h"
 
@@ -39,8 +40,11 @@ class ExchangeSink {
   // views point into the exchange's buffers and last for this call only.
   virtual void OnResponseHead(const http1::ResponseHead& head) = 0;
   // Body bytes in the framing the final head announced: a chunked body
-  // arrives as-is (chunk sizes and trailers included).
+  // arrives as-is (chunk sizes and trailers included). With
+  // ExchangeRequest::decode_body, only the payload, and the trailers of a
+  // chunked body come to OnResponseTrailers before OnResponseComplete.
   virtual void OnResponseBody(std::string_view bytes) = 0;
+  virtual void OnResponseTrailers(const std::vector<http1::Header>& trailers) { (void)trailers; }
   virtual void OnResponseComplete() = 0;
   // The exchange gave up. `response_started`: a head went to the sink, so
   // the client cannot be answered anymore.
@@ -69,6 +73,9 @@ struct ExchangeRequest {
   // Asked of the backend in HTTP/1.0 (for an HTTP/1.0 client): the backend
   // may close after it, so the connection is never pooled.
   bool http10 = false;
+  // The sink frames bodies itself (HTTP/2): it gets the response payload and
+  // trailers without HTTP/1 chunk framing (and no splice of chunked data).
+  bool decode_body = false;
 };
 
 class Exchange {

@@ -89,6 +89,23 @@ struct Limits {
 
 enum class ParseStatus { kIncomplete, kDone, kError };
 
+// Receives a body without its HTTP/1 framing: the payload, and a chunked
+// body's trailer section ("name: value" CRLF lines, in pieces as they
+// arrive). For a client protocol that frames bodies its own way (HTTP/2).
+class BodyVisitor {
+ public:
+  virtual void OnBodyData(std::string_view data) = 0;
+  virtual void OnTrailerBytes(std::string_view bytes) = 0;
+
+ protected:
+  ~BodyVisitor() = default;
+};
+
+// Splits a trailer section the chunked parser accepted (the bytes given to
+// BodyVisitor::OnTrailerBytes, joined) into fields; values are trimmed.
+// Views point into `section`.
+void ParseTrailerSection(std::string_view section, std::vector<Header>* out);
+
 // Request side. One parser per client connection, reused across keep-alive
 // requests (Reset() between messages is done by ParseHead itself).
 class RequestParser {
@@ -158,8 +175,9 @@ class ResponseParser {
   // it and calls ParseHead again for the final response.
   ParseStatus ParseHead(std::string_view buf, bool request_was_head, ResponseHead* head);
   // Like RequestParser::ParseBody. For kUntilClose, every byte is body and the
-  // caller ends the body at EOF.
-  ParseStatus ParseBody(std::string_view buf, size_t* consumed);
+  // caller ends the body at EOF. With a visitor, the payload of what was
+  // consumed (and a chunked body's trailers) is also reported to it.
+  ParseStatus ParseBody(std::string_view buf, size_t* consumed, BodyVisitor* visitor = nullptr);
   // As RequestParser's (a close-delimited body has none: its end is EOF).
   uint64_t OpaqueBodyBytes() const;
   ParseStatus SkipOpaqueBody(uint64_t n);

@@ -11,7 +11,7 @@ void ChunkedScanner::Reset(uint32_t max_trailer_bytes) {
   max_trailer_bytes_ = max_trailer_bytes;
 }
 
-ParseStatus ChunkedScanner::Scan(std::string_view buf, size_t* consumed) {
+ParseStatus ChunkedScanner::Scan(std::string_view buf, size_t* consumed, BodyVisitor* visitor) {
   *consumed = 0;
   if (state_ == State::kError) return ParseStatus::kError;
   if (state_ == State::kDone) return ParseStatus::kDone;
@@ -23,11 +23,19 @@ ParseStatus ChunkedScanner::Scan(std::string_view buf, size_t* consumed) {
     state_ = State::kError;
     return ParseStatus::kError;
   };
+  // Trailer bytes are reported in runs: [trailer_run, i) once the run ends.
+  size_t trailer_run = std::string_view::npos;
+  auto end_trailer_run = [&](size_t end) {
+    if (trailer_run == std::string_view::npos) return;
+    if (end > trailer_run) visitor->OnTrailerBytes(buf.substr(trailer_run, end - trailer_run));
+    trailer_run = std::string_view::npos;
+  };
 
   while (i < n) {
     // Chunk data is the bulk of the bytes: skip it without looking.
     if (state_ == State::kData) {
       const size_t take = static_cast<size_t>(std::min<uint64_t>(size_, n - i));
+      if (visitor != nullptr && take > 0) visitor->OnBodyData(buf.substr(i, take));
       i += take;
       size_ -= take;
       if (size_ == 0) state_ = State::kDataCr;
@@ -35,6 +43,14 @@ ParseStatus ChunkedScanner::Scan(std::string_view buf, size_t* consumed) {
     }
 
     const char c = p[i++];
+    if (visitor != nullptr) {
+      // A trailer line: its name, value and line end, not the final CRLF.
+      const bool trailer_byte =
+          (state_ == State::kTrailerStart && c != '\r') || state_ == State::kTrailerName ||
+          state_ == State::kTrailerValue || state_ == State::kTrailerLf;
+      if (trailer_byte && trailer_run == std::string_view::npos) trailer_run = i - 1;
+      if (!trailer_byte) end_trailer_run(i - 1);
+    }
     switch (state_) {
       case State::kSizeFirst:
         if (!Is(c, kHexDigit)) return fail();
@@ -111,6 +127,7 @@ ParseStatus ChunkedScanner::Scan(std::string_view buf, size_t* consumed) {
         break;
       case State::kFinalLf:
         if (c != '\n') return fail();
+        end_trailer_run(i);
         state_ = State::kDone;
         *consumed = i;
         return ParseStatus::kDone;
@@ -120,8 +137,30 @@ ParseStatus ChunkedScanner::Scan(std::string_view buf, size_t* consumed) {
         return fail();  // unreachable: handled above
     }
   }
+  if (visitor != nullptr) end_trailer_run(n);
   *consumed = n;
   return ParseStatus::kIncomplete;
 }
 
 }  // namespace ktlb::http1::internal
+
+namespace ktlb::http1 {
+
+void ParseTrailerSection(std::string_view section, std::vector<Header>* out) {
+  // The scanner already checked the syntax: "name:value CRLF" lines with
+  // token names; only the optional whitespace around values is trimmed.
+  while (!section.empty()) {
+    size_t eol = section.find('\n');
+    std::string_view line = section.substr(0, eol);
+    section.remove_prefix(eol == std::string_view::npos ? section.size() : eol + 1);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    size_t colon = line.find(':');
+    if (colon == std::string_view::npos || colon == 0) continue;
+    std::string_view value = line.substr(colon + 1);
+    while (!value.empty() && internal::IsOws(value.front())) value.remove_prefix(1);
+    while (!value.empty() && internal::IsOws(value.back())) value.remove_suffix(1);
+    out->push_back(Header{line.substr(0, colon), value});
+  }
+}
+
+}  // namespace ktlb::http1

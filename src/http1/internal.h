@@ -202,7 +202,9 @@ class ChunkedScanner {
 
   void Reset(uint32_t max_trailer_bytes);
   // kDone: *consumed bytes complete the body. kIncomplete: all of buf is body.
-  ParseStatus Scan(std::string_view buf, size_t* consumed);
+  // With a visitor, the chunk data and the trailer section's bytes are
+  // reported as they are scanned (the framing around them is not).
+  ParseStatus Scan(std::string_view buf, size_t* consumed, BodyVisitor* visitor = nullptr);
   // Bytes of data left in the current chunk; 0 unless the next byte is chunk
   // data (the framing around the data must always be scanned).
   uint64_t DataLeft() const { return state_ == State::kData ? size_ : 0; }

@@ -243,7 +243,8 @@ ParseStatus ResponseParser::ParseHead(std::string_view buf, bool request_was_hea
   return ParseStatus::kDone;
 }
 
-ParseStatus ResponseParser::ParseBody(std::string_view buf, size_t* consumed) {
+ParseStatus ResponseParser::ParseBody(std::string_view buf, size_t* consumed,
+                                      BodyVisitor* visitor) {
   Impl& s = *impl_;
   *consumed = 0;
   if (s.phase == Phase::kError) return ParseStatus::kError;
@@ -252,11 +253,13 @@ ParseStatus ResponseParser::ParseBody(std::string_view buf, size_t* consumed) {
   switch (s.body) {
     case BodyKind::kUntilClose:
       *consumed = buf.size();
+      if (visitor != nullptr && !buf.empty()) visitor->OnBodyData(buf);
       return ParseStatus::kIncomplete;  // the caller ends the body at EOF
     case BodyKind::kContentLength: {
       const size_t take = static_cast<size_t>(std::min<uint64_t>(s.remaining, buf.size()));
       s.remaining -= take;
       *consumed = take;
+      if (visitor != nullptr && take > 0) visitor->OnBodyData(buf.substr(0, take));
       if (s.remaining != 0) return ParseStatus::kIncomplete;
       s.phase = Phase::kIdle;
       return ParseStatus::kDone;
@@ -269,7 +272,7 @@ ParseStatus ResponseParser::ParseBody(std::string_view buf, size_t* consumed) {
   }
 
   size_t n = 0;
-  const ParseStatus st = s.chunked.Scan(buf, &n);
+  const ParseStatus st = s.chunked.Scan(buf, &n, visitor);
   if (st == ParseStatus::kError) return Fail("invalid chunked framing");
   if (!internal::LlhttpCheckChunked(&s.ll, buf.substr(0, n), st == ParseStatus::kDone)) {
     const llhttp_errno_t e = llhttp_get_errno(&s.ll);

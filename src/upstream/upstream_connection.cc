@@ -65,6 +65,7 @@ void UpstreamConnection::Begin(Exchange* exchange) {
   exchange_ = exchange;
   got_bytes_ = head_done_ = resp_done_ = reusable_ = false;
   head_buf_.clear();
+  trailer_bytes_.clear();
   if (!parser_) parser_.emplace();
   out_.append(exchange->request().head);
   if (state_ == State::kIdle) {
@@ -231,24 +232,27 @@ void UpstreamConnection::HandleBytes(std::string_view data) {
       continue;
     }
     size_t consumed = 0;
-    http1::ParseStatus st = parser_->ParseBody(data, &consumed);
+    const bool decode = exchange_->request().decode_body;
+    http1::ParseStatus st = parser_->ParseBody(data, &consumed, decode ? this : nullptr);
     if (st == http1::ParseStatus::kError) {
       cluster_->log().Log(ErrorLog::Level::kWarn, "upstream", "bad response body: %s",
                           parser_->error_reason());
       cluster_->metrics().resets.Inc();
       return Abort();
     }
-    if (consumed > 0) {
-      sink()->OnResponseBody(data.substr(0, consumed));
-      if (sink() == nullptr || state_ != State::kActive) return;
-    }
+    if (consumed > 0 && !decode) sink()->OnResponseBody(data.substr(0, consumed));
+    if (sink() == nullptr || state_ != State::kActive) return;
     data.remove_prefix(consumed);
     if (st == http1::ParseStatus::kDone) {
       resp_done_ = true;
       if (!data.empty()) reusable_ = false;
+      if (decode && !trailer_bytes_.empty()) {
+        DeliverTrailers();
+        if (sink() == nullptr || state_ != State::kActive) return;
+      }
       return Finish();
     }
-    if (data.empty() && sink()->ResponseSpliceFd() >= 0) {
+    if (data.empty() && !decode && sink()->ResponseSpliceFd() >= 0) {
       std::optional<uint64_t> n =
           SpliceLength(*parser_, head_.body == http1::BodyKind::kContentLength);
       // The rest of a large body (or of a body of large chunks) goes
@@ -256,6 +260,23 @@ void UpstreamConnection::HandleBytes(std::string_view data) {
       if (n) return StartSplice(*n);
     }
   }
+}
+
+void UpstreamConnection::OnBodyData(std::string_view data) {
+  // The sink may have given up the exchange during an earlier piece.
+  if (sink() != nullptr && state_ == State::kActive) sink()->OnResponseBody(data);
+}
+
+void UpstreamConnection::OnTrailerBytes(std::string_view bytes) {
+  // Bounded: the parser refuses a trailer section over the head limit.
+  trailer_bytes_.append(bytes);
+}
+
+void UpstreamConnection::DeliverTrailers() {
+  trailers_.clear();
+  http1::ParseTrailerSection(trailer_bytes_, &trailers_);
+  sink()->OnResponseTrailers(trailers_);
+  trailer_bytes_.clear();
 }
 
 void UpstreamConnection::Finish() {

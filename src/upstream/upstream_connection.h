@@ -17,7 +17,9 @@
 
 namespace ktlb::upstream {
 
-class UpstreamConnection final : public IoHandler, public DeadlineTarget {
+class UpstreamConnection final : public IoHandler,
+                                 public DeadlineTarget,
+                                 private http1::BodyVisitor {
  public:
   uint32_t slot_index = 0;
   uint16_t generation = 0;
@@ -61,6 +63,10 @@ class UpstreamConnection final : public IoHandler, public DeadlineTarget {
   void ArmRecv();
   void FlushSend();
   void HandleBytes(std::string_view data);
+  // http1::BodyVisitor: a decoded body (ExchangeRequest::decode_body).
+  void OnBodyData(std::string_view data) override;
+  void OnTrailerBytes(std::string_view bytes) override;
+  void DeliverTrailers();
   // Splice (response_splice.cc): a large Content-Length body, or the data
   // of large chunks, to a kTLS client moves backend socket -> pipe -> client
   // socket without entering userspace.
@@ -107,6 +113,8 @@ class UpstreamConnection final : public IoHandler, public DeadlineTarget {
   std::optional<http1::ResponseParser> parser_;
   http1::ResponseHead head_;
   std::string head_buf_;
+  std::string trailer_bytes_;  // a decoded chunked body's trailer section
+  std::vector<http1::Header> trailers_;
 };
 
 }  // namespace ktlb::upstream

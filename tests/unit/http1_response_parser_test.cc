@@ -244,5 +244,63 @@ TEST(Http1ResponseParser, ReusedForKeepAliveResponses) {
   EXPECT_TRUE(rest.empty());
 }
 
+
+// A decoded body (for HTTP/2 clients): payload without chunk framing, and the
+// trailer section, however the bytes are split across reads.
+struct Collect final : BodyVisitor {
+  std::string data;
+  std::string trailers;
+  void OnBodyData(std::string_view d) override { data.append(d); }
+  void OnTrailerBytes(std::string_view b) override { trailers.append(b); }
+};
+
+TEST(Http1ResponseParser, DecodedChunkedBodyAndTrailersAtEverySplit) {
+  const std::string head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+  const std::string body =
+      "5\r\nhello\r\n1;ext=1\r\n \r\nb\r\nworld, more\r\n0\r\n"
+      "Grpc-Status: 0\r\nX-Sum:  abc \r\n\r\n";
+  for (size_t split = 0; split <= body.size(); ++split) {
+    ResponseParser p;
+    ResponseHead h;
+    ASSERT_EQ(p.ParseHead(head, false, &h), ParseStatus::kDone);
+    Collect c;
+    size_t consumed = 0;
+    ParseStatus st = p.ParseBody(std::string_view(body).substr(0, split), &consumed, &c);
+    ASSERT_NE(st, ParseStatus::kError);
+    if (st != ParseStatus::kDone) {
+      ASSERT_EQ(consumed, split);
+      st = p.ParseBody(std::string_view(body).substr(split), &consumed, &c);
+    }
+    ASSERT_EQ(st, ParseStatus::kDone) << split;
+    EXPECT_EQ(c.data, "hello world, more") << split;
+    std::vector<Header> fields;
+    ParseTrailerSection(c.trailers, &fields);
+    ASSERT_EQ(fields.size(), 2u) << split << " " << c.trailers;
+    EXPECT_EQ(fields[0].name, "Grpc-Status");
+    EXPECT_EQ(fields[0].value, "0");
+    EXPECT_EQ(fields[1].name, "X-Sum");
+    EXPECT_EQ(fields[1].value, "abc");
+  }
+}
+
+TEST(Http1ResponseParser, DecodedContentLengthAndCloseDelimitedBodies) {
+  ResponseParser p;
+  ResponseHead h;
+  ASSERT_EQ(p.ParseHead("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false, &h),
+            ParseStatus::kDone);
+  Collect c;
+  size_t consumed = 0;
+  EXPECT_EQ(p.ParseBody("abcdef", &consumed, &c), ParseStatus::kDone);
+  EXPECT_EQ(consumed, 3u);
+  EXPECT_EQ(c.data, "abc");
+  EXPECT_TRUE(c.trailers.empty());
+
+  ResponseParser q;
+  ASSERT_EQ(q.ParseHead("HTTP/1.1 200 OK\r\n\r\n", false, &h), ParseStatus::kDone);
+  Collect d;
+  EXPECT_EQ(q.ParseBody("xyz", &consumed, &d), ParseStatus::kIncomplete);
+  EXPECT_EQ(d.data, "xyz");
+}
+
 }  // namespace
 }  // namespace ktlb::http1
