@@ -38,6 +38,18 @@ struct Timeouts {
   uint32_t upstream_response_ms = 60'000;  // request sent -> response head; also idle during body
   uint32_t drain_ms = 10'000;            // SIGTERM -> forced exit
   uint32_t tunnel_idle_ms = 600'000;     // passthrough: no byte either way for this long
+  // A client that takes no response byte for this long (its TCP window or,
+  // in HTTP/2, its flow-control window stays shut) loses the stream.
+  uint32_t send_ms = 60'000;
+};
+
+// HTTP/2 limits (the defaults a proxy wants; see configs/reference.toml).
+struct Http2Settings {
+  uint32_t max_concurrent_streams = 128;
+  uint32_t max_header_list_size = 65536;
+  uint32_t stream_window = 1 << 20;
+  uint32_t connection_window = 16 << 20;
+  uint32_t glitch_budget = 1000;
 };
 
 struct ServerConfig {
@@ -47,6 +59,7 @@ struct ServerConfig {
   Timeouts timeouts;
   uint32_t max_request_line = 8192;   // bytes; longer -> 414
   uint32_t max_header_bytes = 32768;  // whole head; larger -> 431
+  Http2Settings h2;
   // One JSON line per request; "" = no access log. Resolved against the
   // config file's directory; appended to (created if missing).
   std::string access_log;

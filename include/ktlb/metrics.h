@@ -33,7 +33,7 @@ inline constexpr size_t kMaxReasons = 32;
 
 enum class TimeoutKind : uint8_t {
   kHandshake, kRequestHeader, kKeepalive, kUpstreamConnect, kUpstreamResponse, kDrain,
-  kTunnelIdle, kCount
+  kTunnelIdle, kSend, kCount
 };
 const char* TimeoutKindLabel(TimeoutKind k);
 
@@ -56,6 +56,19 @@ struct TlsMetrics {
   std::array<Counter, kMaxReasons> ktls_fallbacks;
 };
 
+// HTTP/2 on a terminate listener (labels: http2::RefusalLabel, GlitchLabel,
+// ErrorCodeLabel through MetricsLabels).
+struct H2Metrics {
+  Counter connections;
+  Counter streams;
+  std::array<Counter, kMaxReasons> refused;          // by http2::Refusal
+  std::array<Counter, kMaxReasons> resets_by_client;  // by error code
+  std::array<Counter, kMaxReasons> resets_by_ktlb;    // by error code
+  std::array<Counter, kMaxReasons> goaways;           // sent, by error code
+  std::array<Counter, kMaxReasons> glitches;          // by http2::Glitch
+  std::array<Counter, kMaxReasons> budget_exhausted;  // by the glitch that ended it
+};
+
 struct ListenerMetrics {
   Counter accepted;
   Counter active;  // gauge: incremented on accept, decremented on close
@@ -69,6 +82,7 @@ struct ListenerMetrics {
   Counter passthrough_no_route;
   Counter passthrough_bytes_up;    // client -> backend
   Counter passthrough_bytes_down;  // backend -> client
+  H2Metrics h2;
 };
 
 struct UpstreamMetrics {
@@ -102,6 +116,9 @@ struct MetricsLabels {
   std::vector<const char*> ktls_fallbacks;      // index -> label
   std::vector<const char*> keyupdate_closes;    // index -> label
   std::vector<const char*> hello_failures;      // index -> label (nullptr: not a failure)
+  std::vector<const char*> h2_refusals;         // index -> label (nullptr: not a refusal)
+  std::vector<const char*> h2_glitches;         // index -> label
+  std::vector<const char*> h2_error_codes;      // index -> label
 };
 
 // Listeners and upstreams are counted by name: two config generations with

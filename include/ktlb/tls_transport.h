@@ -108,6 +108,10 @@ class Transport final : public IoHandler, public DeadlineTarget, public KtlsHook
   void StartServer(const TransportOptions& options, TransportOwner* owner, int fd,
                    const ServerTlsContext& ctx, std::string_view peer_label);
 
+  // Hands the connection to another protocol object (ALPN chose HTTP/2):
+  // every later event goes to `owner`.
+  void SetOwner(TransportOwner* owner) { owner_ = owner; }
+
   const HandshakeInfo& info() const { return info_; }
   bool handshake_done() const { return state_ != State::kHandshake && state_ != State::kIdle; }
 

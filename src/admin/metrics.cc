@@ -13,6 +13,7 @@ const char* TimeoutKindLabel(TimeoutKind k) {
     case TimeoutKind::kUpstreamResponse: return "upstream_response";
     case TimeoutKind::kDrain: return "drain";
     case TimeoutKind::kTunnelIdle: return "tunnel_idle";
+    case TimeoutKind::kSend: return "send";
     case TimeoutKind::kCount: break;
   }
   return "unknown";
@@ -178,6 +179,31 @@ std::string MetricsRegistry::Render() const {
           "Passthrough connections closed because their first bytes were not a usable ClientHello.",
           labels_.hello_failures,
           [](const ListenerMetrics& m) -> const auto& { return m.passthrough_hello_failures; });
+  per_listener("ktlb_h2_connections_total", "counter", "Client connections that chose HTTP/2 (ALPN h2).",
+               [](const ListenerMetrics& m) -> const Counter& { return m.h2.connections; });
+  per_listener("ktlb_h2_streams_total", "counter", "HTTP/2 request streams opened by clients.",
+               [](const ListenerMetrics& m) -> const Counter& { return m.h2.streams; });
+  reasons("ktlb_h2_refused_streams_total",
+          "HTTP/2 requests refused as malformed (RST_STREAM PROTOCOL_ERROR), by RFC 9113 rule.",
+          labels_.h2_refusals,
+          [](const ListenerMetrics& m) -> const auto& { return m.h2.refused; });
+  reasons("ktlb_h2_stream_resets_by_client_total",
+          "HTTP/2 streams the client reset, by error code.", labels_.h2_error_codes,
+          [](const ListenerMetrics& m) -> const auto& { return m.h2.resets_by_client; });
+  reasons("ktlb_h2_stream_resets_by_ktlb_total",
+          "HTTP/2 streams ktlb reset, by error code.", labels_.h2_error_codes,
+          [](const ListenerMetrics& m) -> const auto& { return m.h2.resets_by_ktlb; });
+  reasons("ktlb_h2_goaways_sent_total", "HTTP/2 GOAWAY frames sent, by error code.",
+          labels_.h2_error_codes,
+          [](const ListenerMetrics& m) -> const auto& { return m.h2.goaways; });
+  reasons("ktlb_h2_glitches_total",
+          "HTTP/2 client misbehaviour charged to the connection's abuse budget, by kind.",
+          labels_.h2_glitches,
+          [](const ListenerMetrics& m) -> const auto& { return m.h2.glitches; });
+  reasons("ktlb_h2_glitch_budget_exhausted_total",
+          "HTTP/2 connections closed with GOAWAY ENHANCE_YOUR_CALM, by the glitch that ended the budget.",
+          labels_.h2_glitches,
+          [](const ListenerMetrics& m) -> const auto& { return m.h2.budget_exhausted; });
   per_listener("ktlb_passthrough_no_route_total", "counter",
                "Passthrough connections closed because no route matched their SNI.",
                [](const ListenerMetrics& m) -> const Counter& { return m.passthrough_no_route; });

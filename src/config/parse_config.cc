@@ -20,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <string_view>
 #include <system_error>
 #include <utility>
@@ -416,8 +417,11 @@ absl::Status ReadServer(const Section& s, ServerConfig* server) {
                                           "request_header_timeout_ms", "keepalive_timeout_ms",
                                           "upstream_connect_timeout_ms",
                                           "upstream_response_timeout_ms", "drain_timeout_ms",
-                                          "tunnel_idle_timeout_ms", "max_request_line",
-                                          "max_header_bytes", "access_log"});
+                                          "tunnel_idle_timeout_ms", "send_timeout_ms",
+                                          "max_request_line", "max_header_bytes", "access_log",
+                                          "h2_max_concurrent_streams", "h2_max_header_list_size",
+                                          "h2_stream_window", "h2_connection_window",
+                                          "h2_glitch_budget"});
       !st.ok()) {
     return st;
   }
@@ -442,6 +446,7 @@ absl::Status ReadServer(const Section& s, ServerConfig* server) {
       {"upstream_response_timeout_ms", &t.upstream_response_ms},
       {"drain_timeout_ms", &t.drain_ms},
       {"tunnel_idle_timeout_ms", &t.tunnel_idle_ms},
+      {"send_timeout_ms", &t.send_ms},
   };
   for (const auto& [key, field] : timeouts) {
     if (absl::Status st = s.Uint32(key, 1, kMaxTimeoutMs, field); !st.ok()) return st;
@@ -453,6 +458,18 @@ absl::Status ReadServer(const Section& s, ServerConfig* server) {
   if (absl::Status st = s.Uint32("max_header_bytes", 1, kMaxHeadLimit, &server->max_header_bytes);
       !st.ok()) {
     return st;
+  }
+  // HTTP/2. Windows: at least the protocol's initial 65535, at most 2^31-1.
+  Http2Settings& h2 = server->h2;
+  const std::tuple<std::string_view, uint32_t, uint32_t, uint32_t*> h2_keys[] = {
+      {"h2_max_concurrent_streams", 1, 10000, &h2.max_concurrent_streams},
+      {"h2_max_header_list_size", 1024, 1u << 24, &h2.max_header_list_size},
+      {"h2_stream_window", 65535, 0x7fffffff, &h2.stream_window},
+      {"h2_connection_window", 65535, 0x7fffffff, &h2.connection_window},
+      {"h2_glitch_budget", 1, 1000000, &h2.glitch_budget},
+  };
+  for (const auto& [key, lo, hi, field] : h2_keys) {
+    if (absl::Status st = s.Uint32(key, lo, hi, field); !st.ok()) return st;
   }
   absl::StatusOr<const StringNode*> log = s.String("access_log");
   if (!log.ok()) return log.status();

@@ -236,6 +236,17 @@ void BuildClientResponseHead(const ResponseHead& head, int client_version_minor,
   out->append("\r\n", 2);
 }
 
+std::string_view ReasonPhrase(int status) { return StatusReason(status); }
+
+void EndToEndResponseFields(const ResponseHead& head, std::vector<const Header*>* out) {
+  const bool custom_nominations = HasCustomNominations(head.headers);
+  for (const Header& h : head.headers) {
+    if (IsHopByHop(h.name) || HeaderNameIs(h.name, "transfer-encoding")) continue;
+    if (custom_nominations && MayBeNominated(h.name) && IsNominated(head.headers, h.name)) continue;
+    out->push_back(&h);
+  }
+}
+
 void BuildErrorResponse(int status, bool close, std::string* out) {
   if (status < 100 || status > 999) status = 500;
   const std::string_view reason = StatusReason(status);

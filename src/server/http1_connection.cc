@@ -81,6 +81,12 @@ tls::InputWanted Http1Connection::WantsInput() const {
 }
 
 void Http1Connection::OnHandshakeDone() {
+  if (transport_.info().alpn == "h2") {
+    state_ = State::kHttp2;
+    if (!h2_) h2_ = std::make_unique<Http2Connection>();
+    h2_->Start(w_, gen_, listener_, &transport_, peer_ip_, peer_port_, this);
+    return;
+  }
   state_ = State::kReadingHead;
   // Waiting for the first request: an idle timeout with the header
   // timeout's length (a connection that never sends one is closed quietly).
@@ -140,6 +146,12 @@ void Http1Connection::OnTransportClosed(tls::CloseReason why) {
 void Http1Connection::OnReleased() {
   transport_released_ = true;
   MaybeRelease();
+}
+
+void Http1Connection::OnHttp2Released() {
+  // The transport's owner is this object again for its next connection.
+  transport_.SetOwner(this);
+  OnReleased();
 }
 
 void Http1Connection::OnCompletion(uint8_t op, int res, uint32_t flags) {
@@ -435,6 +447,7 @@ void Http1Connection::LogRequest(int status, const char* error) {
 }
 
 void Http1Connection::LogIfPending(const char* error) {
+  if (state_ == State::kHttp2) return h2_->LogIfPending(error);
   if (log_pending_) LogRequest(resp_status_, error);
 }
 
@@ -502,6 +515,7 @@ void Http1Connection::OnDeadline(uint8_t kind) {
 }
 
 void Http1Connection::Drain() {
+  if (state_ == State::kHttp2) return h2_->Drain();
   if (state_ == State::kClosed || state_ == State::kIdle || state_ == State::kClosing) return;
   if (state_ == State::kHandshake) return CloseNow();
   if (state_ == State::kReadingHead && transport_.input().empty()) return BeginClose();

@@ -2,6 +2,8 @@
 // transport below (tls::Transport), the HTTP/1 codec (http1::RequestParser),
 // and one upstream exchange at a time (pipelined requests wait in the
 // transport's input, so responses go out in request order).
+// It is the pooled object every accepted connection starts as: when ALPN
+// picks h2 it hands its transport to an Http2Connection it keeps for that.
 #pragma once
 
 #include <netinet/in.h>
@@ -19,6 +21,7 @@
 #include "ktlb/splice_pipe.h"
 #include "ktlb/tls.h"
 #include "ktlb/tls_transport.h"
+#include "http2_connection.h"
 
 namespace ktlb {
 
@@ -28,7 +31,8 @@ class Worker;
 class Http1Connection final : public IoHandler,
                               public DeadlineTarget,
                               public tls::TransportOwner,
-                              public upstream::ExchangeSink {
+                              public upstream::ExchangeSink,
+                              private Http2Connection::Host {
  public:
   uint32_t slot_index = 0;
   uint16_t generation = 0;
@@ -75,7 +79,9 @@ class Http1Connection final : public IoHandler,
   static constexpr size_t kPlainChunk = 16 * 1024;  // slack over the head limit
   enum Op : uint8_t { kPollIn = 1, kPollOut, kFlushHead };
 
-  enum class State { kIdle, kHandshake, kReadingHead, kProxying, kClosing, kClosed };
+  enum class State { kIdle, kHandshake, kReadingHead, kProxying, kClosing, kClosed, kHttp2 };
+  // Http2Connection::Host: the h2 connection let the transport go.
+  void OnHttp2Released() override;
 
   uint64_t Tag(uint8_t op) const;
   int fd() const { return transport_.fd(); }
@@ -125,6 +131,8 @@ class Http1Connection final : public IoHandler,
   uint16_t peer_port_ = 0;
   tls::Transport transport_;
   bool transport_released_ = true;
+  // Made on the first h2 connection this slot carries, then reused.
+  std::unique_ptr<Http2Connection> h2_;
   int inflight_ = 0;  // our own operations (splice polls)
 
   State state_ = State::kIdle;

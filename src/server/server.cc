@@ -1,4 +1,5 @@
 #include "ktlb/server.h"
+#include "ktlb/http2.h"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -43,6 +44,16 @@ MetricsLabels BuildMetricsLabels(const Config& config) {
   for (int c = 0; c < static_cast<int>(tls::KeyUpdateClose::kCount); ++c) {
     labels.keyupdate_closes.push_back(
         tls::KeyUpdateCloseLabel(static_cast<tls::KeyUpdateClose>(c)));
+  }
+  labels.h2_refusals.push_back(nullptr);  // kNone
+  for (int r = 1; r < static_cast<int>(http2::Refusal::kCount); ++r) {
+    labels.h2_refusals.push_back(http2::RefusalLabel(static_cast<http2::Refusal>(r)));
+  }
+  for (int g = 0; g < static_cast<int>(http2::Glitch::kCount); ++g) {
+    labels.h2_glitches.push_back(http2::GlitchLabel(static_cast<http2::Glitch>(g)));
+  }
+  for (uint32_t c = 0; c < http2::kErrorCodes; ++c) {
+    labels.h2_error_codes.push_back(http2::ErrorCodeLabel(c));
   }
   return labels;
 }

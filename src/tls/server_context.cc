@@ -43,10 +43,7 @@ constexpr char kGroups[] = "X25519:P-256:P-384";
 constexpr unsigned char kSessionIdContext[] = "ktlb";
 
 // Protocols this server can actually speak after the handshake.
-// TODO(http2): add "h2" once the HTTP/2 server (src/http2, the HTTP/2 issue)
-// lands; until then offering it would strand h2 clients on a server that only
-// parses HTTP/1.1.
-constexpr std::string_view kSpokenProtocols[] = {"http/1.1"};
+constexpr std::string_view kSpokenProtocols[] = {"h2", "http/1.1"};
 
 bool Speaks(std::string_view protocol) {
   for (std::string_view p : kSpokenProtocols) {
@@ -109,25 +106,26 @@ int ServerTlsContext::Impl::OnServerName(SSL* ssl, int* alert, void* arg) {
   return SSL_TLSEXT_ERR_OK;
 }
 
-// Picks, in the client's order of preference, the first protocol the listener
-// allows. OpenSSL has already checked that `in` is a well-formed list of
-// non-empty length-prefixed names; the bounds checks are belt and braces.
+// Picks the first protocol of the listener's list (its order of preference,
+// as nginx and haproxy do) that the client offers. OpenSSL has already
+// checked that `in` is a well-formed list of non-empty length-prefixed names;
+// the bounds checks are belt and braces.
 int ServerTlsContext::Impl::OnAlpn(SSL* /*ssl*/, const unsigned char** out,
                                    unsigned char* outlen, const unsigned char* in,
                                    unsigned int inlen, void* arg) {
   const auto* impl = static_cast<const Impl*>(arg);
-  for (unsigned int i = 0; i < inlen;) {
-    unsigned int len = in[i];
-    if (len == 0 || len > inlen - i - 1) break;
-    std::string_view offered(reinterpret_cast<const char*>(in + i + 1), len);
-    for (const std::string& allowed : impl->alpn) {
+  for (const std::string& allowed : impl->alpn) {
+    for (unsigned int i = 0; i < inlen;) {
+      unsigned int len = in[i];
+      if (len == 0 || len > inlen - i - 1) break;
+      std::string_view offered(reinterpret_cast<const char*>(in + i + 1), len);
       if (allowed == offered) {
         *out = in + i + 1;  // must point into `in`, which outlives the call
         *outlen = static_cast<unsigned char>(len);
         return SSL_TLSEXT_ERR_OK;
       }
+      i += 1 + len;
     }
-    i += 1 + len;
   }
   // Nothing in common: go on without ALPN rather than fail the handshake
   // (nginx does the same); HTTP/1.1 is the default on a TLS port anyway.

@@ -240,12 +240,15 @@ TEST_P(AlpnTest, SelectsOnlyWhatTheServerSpeaks) {
 INSTANTIATE_TEST_SUITE_P(
     Cases, AlpnTest,
     ::testing::Values(
-        // h2 is configured but the server cannot speak it yet.
-        AlpnCase{{"h2", "http/1.1"}, {"h2", "http/1.1"}, "http/1.1"},
-        AlpnCase{{"h2", "http/1.1"}, {"http/1.1", "h2"}, "http/1.1"},
+        // The listener's order of preference wins, whatever the client's.
+        AlpnCase{{"h2", "http/1.1"}, {"h2", "http/1.1"}, "h2"},
+        AlpnCase{{"h2", "http/1.1"}, {"http/1.1", "h2"}, "h2"},
+        AlpnCase{{"http/1.1", "h2"}, {"h2", "http/1.1"}, "http/1.1"},
         AlpnCase{{"http/1.1"}, {"spdy/3", "http/1.1"}, "http/1.1"},
+        AlpnCase{{"h2", "http/1.1"}, {"h2"}, "h2"},
+        // A protocol the server cannot speak is never chosen.
+        AlpnCase{{"spdy/3", "http/1.1"}, {"spdy/3", "http/1.1"}, "http/1.1"},
         // Offered, nothing acceptable: carry on without ALPN.
-        AlpnCase{{"h2", "http/1.1"}, {"h2"}, ""},
         AlpnCase{{"h2", "http/1.1"}, {"acme-tls/1"}, ""},
         AlpnCase{{"h2"}, {"http/1.1"}, ""},
         AlpnCase{{}, {"http/1.1"}, ""},

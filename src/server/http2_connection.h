@@ -1,0 +1,151 @@
+// A client connection that chose HTTP/2 (ALPN h2): the TLS transport below
+// (borrowed from the Http1Connection that accepted it), an nghttp2 server
+// session (http2::Session), and one upstream exchange per stream.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ktlb/cluster.h"
+#include "ktlb/deadline_queue.h"
+#include "ktlb/exchange.h"
+#include "ktlb/http1.h"
+#include "ktlb/http2.h"
+#include "ktlb/loop.h"
+#include "ktlb/tls_transport.h"
+
+namespace ktlb {
+
+class Generation;
+class Worker;
+class Http2Connection;
+
+// One request stream: the session's view of it plus its upstream exchange.
+class Http2Stream final : public http2::Stream, public upstream::ExchangeSink {
+ public:
+  // upstream::ExchangeSink.
+  void OnResponseHead(const http1::ResponseHead& head) override;
+  void OnResponseBody(std::string_view bytes) override;
+  void OnResponseTrailers(const std::vector<http1::Header>& trailers) override;
+  void OnResponseComplete() override;
+  void OnExchangeFailed(upstream::ExchangeFailure why, bool response_started) override;
+  void OnRequestWritable() override;
+  size_t ResponseBacklog() const override { return unsent(); }
+
+  Http2Connection* conn = nullptr;
+  upstream::Exchange exchange;
+  http1::RequestHead req_head;  // the request as HTTP/1.1 sees it
+  std::string up_head;  // the HTTP/1.1 request head for the backend
+  const upstream::Cluster* cluster = nullptr;
+  bool exchange_started = false;
+  bool chunked_up = false;     // the body goes upstream chunked (no content-length)
+  bool body_closed = false;    // the body's end went upstream
+  bool discard_body = false;   // answered already: request bytes are dropped
+  std::string early_body;      // body bytes that came before the exchange started
+  size_t unconsumed = 0;       // body bytes not yet given back to the client's window
+  int status = 0;
+  bool log_pending = false;
+  uint64_t start_ms = 0;
+  uint64_t resp_bytes = 0;
+  std::string nv_storage;
+  std::vector<nghttp2_nv> nva;
+};
+
+class Http2Connection final : public IoHandler,
+                              public DeadlineTarget,
+                              public tls::TransportOwner,
+                              public http2::SessionOwner {
+ public:
+  // Told when the transport is released (the host pools both objects).
+  class Host {
+   public:
+    virtual void OnHttp2Released() = 0;
+
+   protected:
+    ~Host() = default;
+  };
+
+  // Takes over `transport` right after its handshake chose h2.
+  void Start(Worker* w, Generation* gen, size_t listener, tls::Transport* transport,
+             std::string_view peer_ip, uint16_t peer_port, Host* host);
+  // GOAWAY; streams in flight finish, then the connection closes.
+  void Drain();
+  void LogIfPending(const char* error);
+
+  // tls::TransportOwner.
+  void OnHandshakeDone() override {}
+  void OnInput() override;
+  void OnWritable() override;
+  void OnTransportClosed(tls::CloseReason why) override;
+  void OnReleased() override;
+  tls::InputWanted WantsInput() const override;
+  // IoHandler (the end-of-turn send).
+  void OnDeferred(uint8_t op) override;
+  void OnCompletion(uint8_t, int, uint32_t) override {}
+  // DeadlineTarget.
+  void OnDeadline(uint8_t kind) override;
+
+  // http2::SessionOwner.
+  http2::Stream* OpenStream(int32_t id) override;
+  void OnRequestHead(http2::Stream* s) override;
+  void OnRequestData(http2::Stream* s, std::string_view data) override;
+  void OnRequestEnd(http2::Stream* s) override;
+  void OnStreamClosed(http2::Stream* s, uint32_t error_code) override;
+  bool OnOutput(std::string_view bytes) override;
+  void OnResponseDataSent(http2::Stream* s) override;
+  void OnRefused(http2::Refusal r) override;
+  void OnGlitch(http2::Glitch g, bool exhausted) override;
+  void OnResetSent(uint32_t code) override;
+  void OnResetReceived(uint32_t code) override;
+  void OnGoawaySent(uint32_t code) override;
+
+  // --- for the streams ---
+  http2::Session& session() { return session_; }
+  // Sends what the session has queued at the end of this loop turn.
+  void ScheduleSend();
+  void FinishStream(Http2Stream* s, int status, const char* error);
+  // Gives request window back for what the backend took.
+  void ConsumeBody(Http2Stream* s);
+  void SendBodyUpstream(Http2Stream* s, std::string_view data);
+  void EndBodyUpstream(Http2Stream* s);
+  void RespondError(Http2Stream* s, int status, const char* error);
+  void CountResponse(int status);
+
+ private:
+  enum Op : uint8_t { kSend = 1 };
+  enum TimerKind : uint8_t { kTimerIdle = 1, kTimerStall };
+  // Stop producing frames while this much waits in the transport.
+  static constexpr size_t kOutputHighWater = 256 * 1024;
+
+  void StartStreams();
+  void StartExchange(Http2Stream* s);
+  void Pump();
+  void UpdateTimers();
+  void CloseWhenDone();
+  void TearDown();
+  void LogStream(Http2Stream* s, int status, const char* error);
+
+  Worker* w_ = nullptr;
+  Generation* gen_ = nullptr;
+  Host* host_ = nullptr;
+  HandlerSlot slot_;
+  size_t listener_ = 0;
+  std::string peer_ip_;
+  uint16_t peer_port_ = 0;
+  tls::Transport* transport_ = nullptr;
+  http2::Session session_;
+  DeadlineNode idle_timer_;
+  DeadlineNode stall_timer_;
+  std::string wbuf_;  // frames of this turn, written to the transport at once
+  bool send_scheduled_ = false;
+  bool closing_ = false;
+  bool closed_ = false;
+  bool in_receive_ = false;
+  std::vector<Http2Stream*> to_start_;  // streams whose exchange starts after this read
+  std::vector<Http2Stream*> live_;
+  std::vector<std::unique_ptr<Http2Stream>> free_;
+};
+
+}  // namespace ktlb
