@@ -77,6 +77,7 @@ struct UpstreamMetrics {
   Counter timeouts;
   Counter retries;
   Counter resets;
+  Counter in_flight;  // gauge: attempts (passthrough: tunnels) on a server now
 };
 
 struct WorkerMetrics {
