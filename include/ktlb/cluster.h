@@ -14,11 +14,11 @@
 #include <string>
 #include <vector>
 
+#include "ktlb/balancer.h"
 #include "ktlb/config.h"
 #include "ktlb/error_log.h"
 #include "ktlb/loop.h"
 #include "ktlb/metrics.h"
-#include "ktlb/router.h"
 #include "ktlb/slot_pool.h"
 
 namespace ktlb::upstream {
@@ -33,6 +33,7 @@ int StartConnect(Loop& loop, const SocketAddress& address, uint64_t tag, ErrorLo
 
 struct Server {
   SocketAddress address;  // .text is how logs and the access log name it
+  uint32_t weight = 1;
 };
 
 class Cluster {
@@ -43,7 +44,7 @@ class Cluster {
     size_t max_idle_per_server = 0;
   };
 
-  // `worker_id` staggers the round robin so workers do not start together.
+  // `worker_id` seeds the balancer so workers do not start on one server.
   // `timeouts`: the worker's timeouts_total counters, by TimeoutKind.
   Cluster(const UpstreamConfig& config, const Limits& limits, size_t worker_id, Loop* loop,
           ErrorLog* log, UpstreamMetrics* metrics, Counter* timeouts);
@@ -60,8 +61,34 @@ class Cluster {
   UpstreamMetrics& metrics() { return *metrics_; }
   void CountTimeout(TimeoutKind k) { timeouts_[static_cast<size_t>(k)].Inc(); }
 
-  // The next server, skipping `avoid` (a retry) when there is another.
-  size_t Pick(int avoid) { return balancer_.Pick(servers_.size(), avoid); }
+  // The server for a new attempt, skipping `avoid` (a retry) when there is
+  // another; -1 when no server is available. `hash` is the request's key
+  // (RequestHasher) for a hashing balancer, has_hash false when it has none.
+  int Pick(int avoid, uint64_t hash = 0, bool has_hash = false);
+  // What the balancer hashes, or nullptr when it hashes nothing (so the
+  // client side need not compute a key).
+  const HashKeyConfig* hash_key() const {
+    return hash_key_.kind == HashKeyKind::kNone ? nullptr : &hash_key_;
+  }
+
+  // Load bookkeeping for least_conn and p2c: an attempt on `server` started;
+  // it ended; its first response head came `us` after its start. A failed
+  // attempt reports its time with failed = true.
+  void AttemptStarted(size_t server) {
+    ++load_[server].in_flight;
+    metrics_->in_flight.Inc();
+  }
+  void AttemptEnded(size_t server) {
+    --load_[server].in_flight;
+    metrics_->in_flight.Dec();
+  }
+  void RecordLatency(size_t server, uint64_t us, bool failed);
+  const ServerLoad& load(size_t server) const { return load_[server]; }
+  // Which servers may be picked (health and ejection will clear bits).
+  ServerMask& available() { return available_; }
+  // CLOCK_MONOTONIC in microseconds: latency is sub-millisecond on a LAN,
+  // finer than the loop's millisecond clock.
+  static uint64_t NowUs();
 
   // A connection to `server`: a parked keep-alive one when `reuse` and one
   // is there, else a new one (connecting). nullptr when no socket could be
@@ -85,7 +112,10 @@ class Cluster {
   ErrorLog* log_;
   UpstreamMetrics* metrics_;
   Counter* timeouts_;
-  RoundRobin balancer_;
+  HashKeyConfig hash_key_;
+  std::unique_ptr<Balancer> balancer_;
+  ServerMask available_;
+  std::vector<ServerLoad> load_;  // by server
   bool draining_ = false;
   SlotPool<UpstreamConnection> connections_;
   // idle_[server]: parked keep-alive connections, most recent last.

@@ -27,7 +27,17 @@ struct SocketAddress {
 enum class ListenerMode { kTerminate, kPassthrough };
 enum class UnknownSniPolicy { kDefault, kReject };
 enum class KtlsMode { kAuto, kOff, kRequire };
-enum class BalanceAlgorithm { kRoundRobin };
+enum class BalanceAlgorithm { kRoundRobin, kLeastConn, kP2c, kMaglev };
+
+// What maglev hashes to keep a client on one server. kNone for the other
+// balancers (they never read a key).
+enum class HashKeyKind { kNone, kClientIp, kHeader, kCookie };
+struct HashKeyConfig {
+  HashKeyKind kind = HashKeyKind::kNone;
+  // kHeader: the field name, lowercased (field names are case-insensitive);
+  // kCookie: the cookie name as written (cookie names are case-sensitive).
+  std::string name;
+};
 
 // All durations are in milliseconds.
 struct Timeouts {
@@ -99,10 +109,19 @@ struct RouteConfig {
 // What a passthrough listener sends a backend before the client's bytes.
 enum class ProxyProtocol { kNone, kV2 };
 
+// One backend of an upstream. `address.text` is also its identity for
+// maglev, so the same list hashes the same on every worker and every host.
+struct UpstreamServer {
+  SocketAddress address;
+  uint32_t weight = 1;  // 1..256: its share relative to the others
+};
+
 struct UpstreamConfig {
   std::string name;
-  std::vector<SocketAddress> servers;
+  std::vector<UpstreamServer> servers;
   BalanceAlgorithm balance = BalanceAlgorithm::kRoundRobin;
+  HashKeyConfig hash_key;     // kClientIp by default under maglev
+  uint32_t hash_key_line = 0;  // where it was set, for route errors
   uint32_t max_idle_per_server = 64;  // pooled keep-alive connections per worker
   ProxyProtocol proxy_protocol = ProxyProtocol::kNone;  // passthrough routes only
   uint32_t proxy_protocol_line = 0;  // where it was set, for route errors

@@ -76,6 +76,10 @@ struct ExchangeRequest {
   // The sink frames bodies itself (HTTP/2): it gets the response payload and
   // trailers without HTTP/1 chunk framing (and no splice of chunked data).
   bool decode_body = false;
+  // The balancer's key (RequestHasher over the cluster's hash_key()), when
+  // the cluster hashes and the request has one.
+  uint64_t hash = 0;
+  bool has_hash = false;
 };
 
 class Exchange {
@@ -117,12 +121,17 @@ class Exchange {
   ExchangeSink* sink() const { return sink_; }
   const ExchangeRequest& request() const { return request_; }
   bool body_done() const { return body_done_; }
+  // A response head arrived (before the sink hears of it): the balancer's
+  // latency sample.
+  void OnResponseHeadSeen();
   void OnAttemptFailed(bool timed_out, bool got_response_bytes);
   void OnAttemptAborted();
   void OnAttemptDone();
 
  private:
   void Attempt(int avoid_server);
+  // The cluster's in-flight count for the attempt's server goes down.
+  void EndAttempt();
 
   Cluster* cluster_ = nullptr;
   ExchangeSink* sink_ = nullptr;
@@ -131,6 +140,9 @@ class Exchange {
   int server_ = -1;
   int attempts_ = 0;
   bool body_done_ = true;
+  bool counted_ = false;  // the attempt is in the cluster's in-flight count
+  bool head_seen_ = false;
+  uint64_t attempt_start_us_ = 0;
 };
 
 }  // namespace ktlb::upstream

@@ -91,6 +91,7 @@ struct UpstreamMetrics {
   Counter timeouts;
   Counter retries;
   Counter resets;
+  Counter in_flight;  // gauge: attempts (passthrough: tunnels) on a server now
 };
 
 struct WorkerMetrics {

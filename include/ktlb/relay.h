@@ -185,6 +185,7 @@ class Relay : public IoHandler, public DeadlineTarget {
   UniqueFd up_fd_;  // backend
   int upstream_ = -1;
   int server_ = -1;
+  bool counted_ = false;  // in the cluster's in-flight count for server_
   State state_ = State::kClosed;
   int inflight_ = 0;
   bool recv_inflight_ = false;

@@ -1,4 +1,5 @@
-// Route selection and server balancing: pure functions over the config.
+// Route selection: pure functions over the config (balancing is in
+// balancer.h).
 //
 // Routes are compiled once per config snapshot into per-listener lists; a
 // request is matched in file order (first match wins) on SNI, Host and path
@@ -42,22 +43,6 @@ class Router {
     int upstream = -1;
   };
   std::vector<std::vector<Route>> by_listener_;
-};
-
-// Per-worker round robin over an upstream's servers. Workers start at
-// different offsets so N workers do not hit server 0 together.
-class RoundRobin {
- public:
-  explicit RoundRobin(size_t start = 0) : next_(start) {}
-  // The next server index among `n`, skipping `avoid` (for retries) when n > 1.
-  size_t Pick(size_t n, int avoid = -1) {
-    size_t i = next_++ % n;
-    if (n > 1 && static_cast<int>(i) == avoid) i = next_++ % n;
-    return i;
-  }
-
- private:
-  size_t next_;
 };
 
 }  // namespace ktlb

@@ -215,8 +215,9 @@ std::string MetricsRegistry::Render() const {
                [](const ListenerMetrics& m) -> const Counter& { return m.passthrough_bytes_down; });
 
   const auto& U = labels_.upstreams;
-  auto per_upstream = [&](const char* name, const char* help, auto pick) {
-    Family(&out, name, "counter", help);
+  auto per_upstream = [&](const char* name, const char* help, auto pick,
+                          const char* type = "counter") {
+    Family(&out, name, type, help);
     for (size_t i = 0; i < U.size(); ++i) {
       absl::StrAppend(&out, name, "{upstream=\"", U[i], "\"} ",
                       SumSlot(workers_, i, false, [&](const WorkerMetrics& w) -> const Counter& {
@@ -235,6 +236,8 @@ std::string MetricsRegistry::Render() const {
                [](const UpstreamMetrics& m) -> const Counter& { return m.retries; });
   per_upstream("ktlb_upstream_resets_total", "Upstream connections reset or closed early.",
                [](const UpstreamMetrics& m) -> const Counter& { return m.resets; });
+  per_upstream("ktlb_upstream_in_flight", "Requests (passthrough: tunnels) on a server now.",
+               [](const UpstreamMetrics& m) -> const Counter& { return m.in_flight; }, "gauge");
 
   Family(&out, "ktlb_error_log_lines_total", "counter",
          "Lines the workers' error logs were given (printed or not).");

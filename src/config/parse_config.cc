@@ -48,6 +48,7 @@ constexpr uint32_t kMaxWorkers = 1024;
 constexpr uint32_t kMaxTimeoutMs = 86'400'000;  // one day
 constexpr uint32_t kMaxHeadLimit = 1 << 20;     // 1 MiB for request line / head
 constexpr uint32_t kMaxIdlePerServer = 65535;
+constexpr uint32_t kMaxServerWeight = 256;
 constexpr size_t kMaxConfigFileBytes = 16 << 20;
 
 using StringNode = toml::value<std::string>;
@@ -511,9 +512,108 @@ absl::Status ReadCertificate(const Section& s, NameSet* names, CertificateConfig
   return absl::OkStatus();
 }
 
+// RFC 9110 token characters: what a header field name (and, RFC 6265, a
+// cookie name) may be made of.
+bool IsToken(std::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
+    return absl::ascii_isalnum(c) || std::string_view("!#$%&'*+-.^_`|~").find(c) !=
+                                         std::string_view::npos;
+  });
+}
+
+// One `servers` element: "host:port", or { address = "host:port", weight = N }
+// when one backend should take a larger share.
+absl::Status ReadServer(const Section& s, size_t i, const toml::node& node, UpstreamServer* out) {
+  const std::string key = s.ElementKey("servers", i);
+  const StringNode* address = node.as_string();
+  if (const toml::table* table = node.as_table(); table != nullptr) {
+    Section t(s.ctx(), *table, key);
+    if (absl::Status st = t.CheckKnownKeys({"address", "weight"}); !st.ok()) return st;
+    absl::StatusOr<const StringNode*> a = t.RequiredString("address");
+    if (!a.ok()) return a.status();
+    address = *a;
+    if (absl::Status st = t.Uint32("weight", 1, kMaxServerWeight, &out->weight); !st.ok()) {
+      return st;
+    }
+    if (absl::Status st = ParseAddressAt(t, "address", *address, &out->address); !st.ok()) {
+      return st;
+    }
+  } else if (address != nullptr) {
+    absl::StatusOr<SocketAddress> parsed = ParseSocketAddress(address->get());
+    if (!parsed.ok()) return s.ctx().Error(LineOf(node), key, Sv(parsed.status().message()));
+    out->address = *std::move(parsed);
+  } else {
+    return s.ctx().Error(LineOf(node), key,
+                         absl::StrCat("expected a string or a table { address, weight }, got ",
+                                      Av(TypeName(node.type()))));
+  }
+  if (PortOf(out->address) == 0) {
+    return s.ctx().Error(LineOf(*address), node.is_table() ? key + ".address" : key,
+                         "port 0 cannot be connected to");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadServers(const Section& s, UpstreamConfig* upstream) {
+  const toml::node* node = s.Find("servers");
+  if (node == nullptr) return s.Missing("servers");
+  const toml::array* servers = node->as_array();
+  if (servers == nullptr) return s.WrongType(*node, "servers", "an array of servers");
+  if (servers->empty()) return s.ErrorAt(*servers, "servers", "must list at least one server");
+  for (size_t i = 0; i < servers->size(); ++i) {
+    UpstreamServer server;
+    if (absl::Status st = ReadServer(s, i, (*servers)[i], &server); !st.ok()) return st;
+    upstream->servers.push_back(std::move(server));
+  }
+  return absl::OkStatus();
+}
+
+// hash_key = "client_ip" | "header:NAME" | "cookie:NAME": what maglev hashes.
+// Read after `balance`, which it depends on.
+absl::Status ReadHashKey(const Section& s, UpstreamConfig* upstream) {
+  absl::StatusOr<const StringNode*> node = s.String("hash_key");
+  if (!node.ok()) return node.status();
+  HashKeyConfig& key = upstream->hash_key;
+  if (*node == nullptr) {
+    if (upstream->balance == BalanceAlgorithm::kMaglev) key.kind = HashKeyKind::kClientIp;
+    return absl::OkStatus();
+  }
+  upstream->hash_key_line = LineOf(**node);
+  // A key the balancer would ignore is a misunderstanding worth stopping on:
+  // the operator expects stickiness they would not get.
+  if (upstream->balance != BalanceAlgorithm::kMaglev) {
+    return s.ErrorAt(**node, "hash_key", "only used with balance = \"maglev\"");
+  }
+  const std::string& value = (*node)->get();
+  std::string_view v = value;
+  if (v == "client_ip") {
+    key.kind = HashKeyKind::kClientIp;
+    return absl::OkStatus();
+  }
+  std::string_view what;
+  if (v.starts_with("header:")) {
+    key.kind = HashKeyKind::kHeader;
+    what = "header";
+  } else if (v.starts_with("cookie:")) {
+    key.kind = HashKeyKind::kCookie;
+    what = "cookie";
+  } else {
+    return s.ErrorAt(**node, "hash_key",
+                     "must be \"client_ip\", \"header:NAME\" or \"cookie:NAME\"");
+  }
+  std::string_view name = v.substr(what.size() + 1);
+  if (!IsToken(name)) {
+    return s.ErrorAt(**node, "hash_key",
+                     absl::StrCat(Av(what), " name ", Quote(name),
+                                  " must be a token (letters, digits and !#$%&'*+-.^_`|~)"));
+  }
+  key.name = key.kind == HashKeyKind::kHeader ? absl::AsciiStrToLower(Av(name)) : std::string(name);
+  return absl::OkStatus();
+}
+
 absl::Status ReadUpstream(const Section& s, NameSet* names, UpstreamConfig* upstream) {
   if (absl::Status st = s.CheckKnownKeys(
-          {"name", "servers", "balance", "max_idle_per_server", "proxy_protocol"});
+          {"name", "servers", "balance", "hash_key", "max_idle_per_server", "proxy_protocol"});
       !st.ok()) {
     return st;
   }
@@ -522,28 +622,17 @@ absl::Status ReadUpstream(const Section& s, NameSet* names, UpstreamConfig* upst
   if (absl::Status st = CheckUnique(s, "name", **name, names); !st.ok()) return st;
   upstream->name = (*name)->get();
 
-  absl::StatusOr<const toml::array*> servers = s.StringArray("servers");
-  if (!servers.ok()) return servers.status();
-  if (*servers == nullptr) return s.Missing("servers");
-  if ((*servers)->empty()) return s.ErrorAt(**servers, "servers", "must list at least one server");
-  for (size_t i = 0; i < (*servers)->size(); ++i) {
-    const toml::node& node = (**servers)[i];
-    absl::StatusOr<SocketAddress> address = ParseSocketAddress(node.as_string()->get());
-    if (!address.ok()) {
-      return s.ctx().Error(LineOf(node), s.ElementKey("servers", i), Sv(address.status().message()));
-    }
-    if (PortOf(*address) == 0) {
-      return s.ctx().Error(LineOf(node), s.ElementKey("servers", i),
-                           "port 0 cannot be connected to");
-    }
-    upstream->servers.push_back(*std::move(address));
-  }
-
-  if (absl::Status st = s.Enum<BalanceAlgorithm>(
-          "balance", {{"round_robin", BalanceAlgorithm::kRoundRobin}}, &upstream->balance);
+  if (absl::Status st = ReadServers(s, upstream); !st.ok()) return st;
+  if (absl::Status st = s.Enum<BalanceAlgorithm>("balance",
+                                                 {{"round_robin", BalanceAlgorithm::kRoundRobin},
+                                                  {"least_conn", BalanceAlgorithm::kLeastConn},
+                                                  {"p2c", BalanceAlgorithm::kP2c},
+                                                  {"maglev", BalanceAlgorithm::kMaglev}},
+                                                 &upstream->balance);
       !st.ok()) {
     return st;
   }
+  if (absl::Status st = ReadHashKey(s, upstream); !st.ok()) return st;
   if (absl::Status st = s.Enum<ProxyProtocol>(
           "proxy_protocol", {{"none", ProxyProtocol::kNone}, {"v2", ProxyProtocol::kV2}},
           &upstream->proxy_protocol);
@@ -760,6 +849,16 @@ absl::Status ReadRoute(const Section& s, const Config& config, RouteConfig* rout
                                   Quote(listener->name),
                                   " tells backends the client address in X-Forwarded-For and "
                                   "Forwarded"));
+  }
+  // A passthrough listener never decrypts: there is no header or cookie to hash.
+  if ((target->hash_key.kind == HashKeyKind::kHeader ||
+       target->hash_key.kind == HashKeyKind::kCookie) &&
+      listener->mode == ListenerMode::kPassthrough) {
+    return s.ErrorAt(**upstream, "upstream",
+                     absl::StrCat("upstream ", Quote(route->upstream),
+                                  " hashes on a header or cookie (line ", target->hash_key_line,
+                                  "), which passthrough listener ", Quote(listener->name),
+                                  " never sees; use hash_key = \"client_ip\""));
   }
   return absl::OkStatus();
 }

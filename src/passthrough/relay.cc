@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "ktlb/proxy_protocol.h"
+#include "ktlb/request_hash.h"
 #include "ktlb/sockets.h"
 #include "ktlb/tls.h"
 
@@ -154,7 +155,23 @@ void Relay::OnHelloComplete(const ClientHello& hello) {
     hello_.insert(0, header);
     proxy_header_len_ = header.size();
   }
-  Connect(static_cast<size_t>(upstream), cluster(static_cast<size_t>(upstream))->Pick(-1));
+  upstream::Cluster* c = cluster(static_cast<size_t>(upstream));
+  // Maglev keeps a client on one backend by its address (a passthrough
+  // listener never sees headers or cookies; the config refuses those keys).
+  uint64_t hash = 0;
+  bool has_hash = false;
+  if (const HashKeyConfig* key = c->hash_key(); key != nullptr) {
+    upstream::RequestHasher hasher(*key);
+    hasher.ClientIp(AddressIp(peer_));
+    hash = hasher.hash();
+    has_hash = hasher.found();
+  }
+  int server = c->Pick(-1, hash, has_hash);
+  if (server < 0) {
+    close_reason_ = "no_server";
+    return CloseNow();
+  }
+  Connect(static_cast<size_t>(upstream), static_cast<size_t>(server));
 }
 
 bool Relay::Connect(size_t upstream, size_t server) {
@@ -170,6 +187,9 @@ bool Relay::Connect(size_t upstream, size_t server) {
     return false;
   }
   state_ = State::kConnecting;
+  // least_conn counts open tunnels to each backend.
+  c->AttemptStarted(server);
+  counted_ = true;
   ++inflight_;
   ArmTimer(TimeoutKind::kUpstreamConnect, timeouts().upstream_connect_ms);
   return true;
@@ -435,6 +455,10 @@ void Relay::CloseNow() {
     LogTunnel(close_reason_ != nullptr ? close_reason_ : clean ? nullptr : "reset");
   }
   state_ = State::kClosed;
+  if (counted_) {
+    counted_ = false;
+    cluster(static_cast<size_t>(upstream_))->AttemptEnded(static_cast<size_t>(server_));
+  }
   DeadlineQueue::Cancel(&timer_);
   // A pipe may hold bytes of a broken relay: never back to the pool.
   for (Direction* d : {&up_, &down_}) d->pipe.Discard();

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "ktlb/request_hash.h"
 #include "ktlb/sockets.h"
 #include "worker.h"
 
@@ -321,6 +322,21 @@ void Http1Connection::StartExchange() {
   cluster_ = nullptr;
   if (w_->access_log().enabled()) LogRequestStart();
 
+  // A hashing balancer's key, read while head_'s views are still valid.
+  uint64_t key_hash = 0;
+  bool has_key_hash = false;
+  if (upstream >= 0) {
+    if (const HashKeyConfig* key = gen_->cluster(static_cast<size_t>(upstream))->hash_key()) {
+      upstream::RequestHasher hasher(*key);
+      hasher.ClientIp(peer_ip_);
+      if (hasher.wants_headers()) {
+        for (const http1::Header& h : head_.headers) hasher.Header(h.name, h.value);
+      }
+      key_hash = hasher.hash();
+      has_key_hash = hasher.found();
+    }
+  }
+
   // The upstream head is built before the client's head bytes are released:
   // head_'s views point into the transport's input.
   up_head_.clear();
@@ -358,6 +374,8 @@ void Http1Connection::StartExchange() {
   req.has_body = request_has_body_;
   req.idempotent = head_.idempotent;
   req.http10 = request_version_minor_ == 0;
+  req.hash = key_hash;
+  req.has_hash = has_key_hash;
   exchange_.Start(cluster, req, this);
   if (state_ == State::kProxying && !req_body_done_) ForwardRequestBody();
 }

@@ -1,5 +1,8 @@
 #include "ktlb/cluster.h"
 
+#include <time.h>
+
+#include <algorithm>
 #include <string>
 
 #include "ktlb/sockets.h"
@@ -30,9 +33,41 @@ Cluster::Cluster(const UpstreamConfig& config, const Limits& limits, size_t work
       log_(log),
       metrics_(metrics),
       timeouts_(timeouts),
-      balancer_(worker_id) {
-  for (const SocketAddress& a : config.servers) servers_.push_back(Server{a});
+      hash_key_(config.hash_key),
+      available_(config.servers.size()),
+      load_(config.servers.size()) {
+  std::vector<BalancerServer> identities;
+  for (const UpstreamServer& s : config.servers) {
+    servers_.push_back(Server{s.address, s.weight});
+    identities.push_back(BalancerServer{s.address.text, s.weight});
+  }
+  balancer_ = MakeBalancer(config.balance, identities, worker_id);
   idle_.resize(servers_.size());
+}
+
+uint64_t Cluster::NowUs() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000 + static_cast<uint64_t>(ts.tv_nsec) / 1000;
+}
+
+int Cluster::Pick(int avoid, uint64_t hash, bool has_hash) {
+  PickArgs args;
+  args.available = &available_;
+  args.load = load_.data();
+  args.avoid = avoid;
+  args.hash = hash;
+  args.has_hash = has_hash;
+  args.now_us = NowUs();
+  return balancer_->Pick(args);
+}
+
+// A failure counts as at least this slow: a server that refuses at once must
+// not look like the fastest one to p2c.
+constexpr uint64_t kFailedAttemptUs = 1'000'000;
+
+void Cluster::RecordLatency(size_t server, uint64_t us, bool failed) {
+  upstream::RecordLatency(&load_[server], failed ? std::max(us, kFailedAttemptUs) : us, NowUs());
 }
 
 Cluster::~Cluster() = default;

@@ -19,20 +19,49 @@ void Exchange::Start(Cluster* cluster, const ExchangeRequest& request, ExchangeS
 
 void Exchange::Attempt(int avoid_server) {
   ++attempts_;
-  size_t server = cluster_->Pick(avoid_server);
-  server_ = static_cast<int>(server);
+  int picked = cluster_->Pick(avoid_server, request_.hash, request_.has_hash);
+  if (picked < 0) {
+    // No server may take it (all unavailable): fail now, never queue blind.
+    return sink_->OnExchangeFailed(ExchangeFailure::kFailed, false);
+  }
+  server_ = picked;
+  const size_t server = static_cast<size_t>(picked);
   // A retry always opens a fresh connection: a pooled one may be just as stale.
   UpstreamConnection* c = cluster_->Connection(server, avoid_server < 0 && attempts_ == 1);
   if (c == nullptr) return OnAttemptFailed(false, false);
   conn_ = c;
   cluster_->metrics().requests.Inc();
+  cluster_->AttemptStarted(server);
+  counted_ = true;
+  head_seen_ = false;
+  attempt_start_us_ = Cluster::NowUs();
   c->Begin(this);
+}
+
+void Exchange::EndAttempt() {
+  if (!counted_) return;
+  counted_ = false;
+  cluster_->AttemptEnded(static_cast<size_t>(server_));
+}
+
+void Exchange::OnResponseHeadSeen() {
+  if (head_seen_ || !counted_) return;
+  head_seen_ = true;
+  cluster_->RecordLatency(static_cast<size_t>(server_), Cluster::NowUs() - attempt_start_us_,
+                          false);
 }
 
 void Exchange::OnAttemptFailed(bool timed_out, bool got_response_bytes) {
   UpstreamConnection* failed = conn_;
   conn_ = nullptr;
   bool reused = failed != nullptr && failed->reused();
+  // A stale pooled connection says nothing about the server; a refusal,
+  // reset or timeout does, and p2c should see it.
+  if (counted_ && !reused && !head_seen_) {
+    cluster_->RecordLatency(static_cast<size_t>(server_), Cluster::NowUs() - attempt_start_us_,
+                            true);
+  }
+  EndAttempt();
   // Replaying is safe only when nothing of the response was seen and the
   // whole request is still in hand (no streamed body).
   bool can_retry = !timed_out && !got_response_bytes && !request_.has_body && attempts_ < 2 &&
@@ -48,11 +77,13 @@ void Exchange::OnAttemptFailed(bool timed_out, bool got_response_bytes) {
 
 void Exchange::OnAttemptAborted() {
   conn_ = nullptr;
+  EndAttempt();
   sink_->OnExchangeFailed(ExchangeFailure::kFailed, true);
 }
 
 void Exchange::OnAttemptDone() {
   conn_ = nullptr;
+  EndAttempt();
   sink_->OnResponseComplete();
 }
 
@@ -80,6 +111,7 @@ void Exchange::Abandon() {
   if (conn_ == nullptr) return;
   UpstreamConnection* c = conn_;
   conn_ = nullptr;
+  EndAttempt();
   c->Abandon();
 }
 

@@ -67,6 +67,23 @@ class ConfigCheckTest(harness.KtlbTestCase):
         text = self.good().replace("workers = 1", 'workers = "two"')
         self.check_error(text, "workers", line=line_of(text, "workers ="))
 
+    def test_bad_server_weight_and_hash_key(self):
+        port = harness.free_port()
+        good = self.good()
+        servers = next(l for l in good.splitlines() if l.startswith("servers = "))
+        text = good.replace(servers, f'servers = [{{ address = "127.0.0.1:{port}", weight = 0 }}]')
+        self.check_error(text, "upstreams[0].servers[0].weight", line=line_of(text, "weight = 0"),
+                         problem_part="between 1 and 256")
+        text = good.replace(servers, servers + '\nhash_key = "header:X-User"')
+        self.check_error(text, "upstreams[0].hash_key", line=line_of(text, "hash_key"),
+                         problem_part='only used with balance = "maglev"')
+        text = good.replace(servers, servers + '\nbalance = "maglev"\nhash_key = "ip"')
+        self.check_error(text, "upstreams[0].hash_key", line=line_of(text, "hash_key"),
+                         problem_part='"client_ip", "header:NAME" or "cookie:NAME"')
+        text = good.replace(servers, servers + '\nbalance = "random"')
+        self.check_error(text, "upstreams[0].balance", line=line_of(text, "balance"),
+                         problem_part='"round_robin", "least_conn", "p2c" or "maglev"')
+
     def test_route_to_missing_upstream(self):
         text = self.good().replace('upstream = "app"', 'upstream = "nope"')
         m = self.check_error(text, "upstream", line=line_of(text, 'upstream = "nope"'))

@@ -118,6 +118,8 @@ TEST_F(ConfigParseTest, MinimalConfigGetsDefaults) {
   EXPECT_EQ(c.listeners[0].ktls, KtlsMode::kAuto);
   ASSERT_EQ(c.upstreams.size(), 1u);
   EXPECT_EQ(c.upstreams[0].balance, BalanceAlgorithm::kRoundRobin);
+  EXPECT_EQ(c.upstreams[0].hash_key.kind, HashKeyKind::kNone);
+  EXPECT_EQ(c.upstreams[0].servers[0].weight, 1u);
   EXPECT_EQ(c.upstreams[0].max_idle_per_server, 64u);
   ASSERT_EQ(c.routes.size(), 1u);
   EXPECT_EQ(c.routes[0].sni, "");
@@ -245,10 +247,10 @@ servers = ["[::1]:9443"]
 
   ASSERT_EQ(c.upstreams.size(), 2u);
   ASSERT_EQ(c.upstreams[0].servers.size(), 2u);
-  EXPECT_EQ(c.upstreams[0].servers[0].text, "127.0.0.1:9001");
-  EXPECT_EQ(c.upstreams[0].servers[1].text, "localhost:9002");
+  EXPECT_EQ(c.upstreams[0].servers[0].address.text, "127.0.0.1:9001");
+  EXPECT_EQ(c.upstreams[0].servers[1].address.text, "localhost:9002");
   EXPECT_EQ(c.upstreams[0].max_idle_per_server, 8u);
-  EXPECT_EQ(c.upstreams[1].servers[0].storage.ss_family, AF_INET6);
+  EXPECT_EQ(c.upstreams[1].servers[0].address.storage.ss_family, AF_INET6);
 
   ASSERT_NE(c.FindCertificate("other"), nullptr);
   EXPECT_EQ(c.FindCertificate("other")->name, "other");
@@ -282,6 +284,9 @@ TEST_F(ConfigParseTest, ReferenceConfigIsValid) {
   EXPECT_EQ(c.upstreams.size(), 3u);
   EXPECT_EQ(c.routes[2].alpn, "h2");
   EXPECT_EQ(c.upstreams[2].proxy_protocol, ProxyProtocol::kV2);
+  EXPECT_EQ(c.upstreams[0].servers[1].weight, 3u);
+  EXPECT_EQ(c.upstreams[1].balance, BalanceAlgorithm::kMaglev);
+  EXPECT_EQ(c.upstreams[1].hash_key.kind, HashKeyKind::kCookie);
   EXPECT_EQ(c.server.timeouts.tunnel_idle_ms, 600'000u);
   EXPECT_EQ(c.certificates[0].cert_path, (dir_ / "certs/site.crt").string());
 }
@@ -344,7 +349,8 @@ TEST_F(ConfigParseTest, BadKtlsAndUnknownSni) {
 
 TEST_F(ConfigParseTest, BadBalance) {
   EXPECT_EQ(Error(std::string(kMinimal) + "balance = \"random\"\n"),
-            At(18) + "upstreams[0].balance: must be \"round_robin\"");
+            At(18) + "upstreams[0].balance: must be \"round_robin\", \"least_conn\", \"p2c\" or "
+                     "\"maglev\"");
 }
 
 TEST_F(ConfigParseTest, MissingNameUsesTableLine) {
@@ -639,6 +645,110 @@ TEST_F(ConfigParseTest, ProxyProtocolRefusedBehindATerminateListener) {
   EXPECT_EQ(Error(Edit(kMinimal, "servers = [\"127.0.0.1:9001\"]",
                        "servers = [\"127.0.0.1:9001\"]\nproxy_protocol = \"v1\"")),
             At(18) + "upstreams[0].proxy_protocol: must be \"none\" or \"v2\"");
+}
+
+// The [[upstreams]] table of kMinimal with `servers` and extra lines
+// replaced; the servers line stays line 17.
+std::string Upstream(std::string_view servers, std::string_view extra = "") {
+  return Edit(kMinimal, "servers = [\"127.0.0.1:9001\"]\n",
+              std::string(servers) + std::string(extra));
+}
+
+TEST_F(ConfigParseTest, WeightedServersAndBalancers) {
+  absl::StatusOr<std::shared_ptr<const Config>> loaded =
+      Load(Upstream("servers = [\"127.0.0.1:9001\", { address = \"127.0.0.1:9002\", weight = 3 },\n"
+                    "  { address = \"[::1]:9003\" }]\n",
+                    "balance = \"least_conn\"\n"));
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const UpstreamConfig& u = (*loaded)->upstreams[0];
+  ASSERT_EQ(u.servers.size(), 3u);
+  EXPECT_EQ(u.servers[0].address.text, "127.0.0.1:9001");
+  EXPECT_EQ(u.servers[0].weight, 1u);
+  EXPECT_EQ(u.servers[1].address.text, "127.0.0.1:9002");
+  EXPECT_EQ(u.servers[1].weight, 3u);
+  EXPECT_EQ(u.servers[2].weight, 1u);
+  EXPECT_EQ(u.balance, BalanceAlgorithm::kLeastConn);
+  EXPECT_EQ(u.hash_key.kind, HashKeyKind::kNone);
+
+  loaded = Load(Upstream("servers = [\"127.0.0.1:9001\"]\n", "balance = \"p2c\"\n"));
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ((*loaded)->upstreams[0].balance, BalanceAlgorithm::kP2c);
+}
+
+TEST_F(ConfigParseTest, MaglevHashKeys) {
+  struct Case {
+    const char* line;
+    HashKeyKind kind;
+    const char* name;
+  } cases[] = {
+      {"", HashKeyKind::kClientIp, ""},  // maglev's default
+      {"hash_key = \"client_ip\"\n", HashKeyKind::kClientIp, ""},
+      {"hash_key = \"header:X-User\"\n", HashKeyKind::kHeader, "x-user"},
+      {"hash_key = \"cookie:SessionID\"\n", HashKeyKind::kCookie, "SessionID"},
+  };
+  for (const Case& c : cases) {
+    absl::StatusOr<std::shared_ptr<const Config>> loaded = Load(
+        Upstream("servers = [\"127.0.0.1:9001\"]\n", std::string("balance = \"maglev\"\n") + c.line));
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    const UpstreamConfig& u = (*loaded)->upstreams[0];
+    EXPECT_EQ(u.balance, BalanceAlgorithm::kMaglev);
+    EXPECT_EQ(u.hash_key.kind, c.kind) << c.line;
+    EXPECT_EQ(u.hash_key.name, c.name) << c.line;
+  }
+}
+
+TEST_F(ConfigParseTest, BadServerEntries) {
+  const std::string one = "servers = [\"127.0.0.1:9001\",\n";
+  EXPECT_EQ(Error(Upstream(one + "  42]\n")),
+            At(18) + "upstreams[0].servers[1]: expected a string or a table { address, weight }, "
+                     "got an integer");
+  EXPECT_EQ(Error(Upstream(one + "  { address = \"127.0.0.1:9002\", weight = 0 }]\n")),
+            At(18) + "upstreams[0].servers[1].weight: must be between 1 and 256");
+  EXPECT_EQ(Error(Upstream(one + "  { address = \"127.0.0.1:9002\", weight = 257 }]\n")),
+            At(18) + "upstreams[0].servers[1].weight: must be between 1 and 256");
+  EXPECT_EQ(Error(Upstream(one + "  { address = \"127.0.0.1:9002\", weight = \"3\" }]\n")),
+            At(18) + "upstreams[0].servers[1].weight: expected an integer, got a string");
+  EXPECT_EQ(Error(Upstream(one + "  { weight = 2 }]\n")),
+            At(18) + "upstreams[0].servers[1].address: missing required key");
+  EXPECT_EQ(Error(Upstream(one + "  { address = \"127.0.0.1:9002\", wieght = 2 }]\n")),
+            At(18) + "upstreams[0].servers[1].wieght: unknown key");
+  EXPECT_EQ(Error(Upstream(one + "  { address = \"127.0.0.1:0\" }]\n")),
+            At(18) + "upstreams[0].servers[1].address: port 0 cannot be connected to");
+  EXPECT_EQ(Error(Upstream(one + "  { address = \"nowhere\" }]\n")),
+            At(18) + "upstreams[0].servers[1].address: invalid address \"nowhere\": expected \"host:port\" "
+                     "or \"[ipv6]:port\"");
+  EXPECT_EQ(Error(Upstream("servers = \"127.0.0.1:9001\"\n")),
+            At(17) + "upstreams[0].servers: expected an array of servers, got a string");
+}
+
+TEST_F(ConfigParseTest, BadHashKeys) {
+  const std::string servers = "servers = [\"127.0.0.1:9001\"]\n";
+  EXPECT_EQ(Error(Upstream(servers, "hash_key = \"client_ip\"\n")),
+            At(18) + "upstreams[0].hash_key: only used with balance = \"maglev\"");
+  EXPECT_EQ(Error(Upstream(servers, "balance = \"p2c\"\nhash_key = \"header:X-User\"\n")),
+            At(19) + "upstreams[0].hash_key: only used with balance = \"maglev\"");
+  EXPECT_EQ(Error(Upstream(servers, "balance = \"maglev\"\nhash_key = \"source_ip\"\n")),
+            At(19) + "upstreams[0].hash_key: must be \"client_ip\", \"header:NAME\" or \"cookie:NAME\"");
+  EXPECT_EQ(Error(Upstream(servers, "balance = \"maglev\"\nhash_key = \"header:\"\n")),
+            At(19) + "upstreams[0].hash_key: header name \"\" must be a token (letters, digits and "
+                     "!#$%&'*+-.^_`|~)");
+  EXPECT_EQ(Error(Upstream(servers, "balance = \"maglev\"\nhash_key = \"cookie:a b\"\n")),
+            At(19) + "upstreams[0].hash_key: cookie name \"a b\" must be a token (letters, digits "
+                     "and !#$%&'*+-.^_`|~)");
+  EXPECT_EQ(Error(Upstream(servers, "balance = \"maglev\"\nhash_key = 1\n")),
+            At(19) + "upstreams[0].hash_key: expected a string, got an integer");
+}
+
+TEST_F(ConfigParseTest, PassthroughMaglevHashesOnlyTheClientAddress) {
+  const std::string passthrough = Edit(kMinimal, "certificates = [\"site\"]", "mode = \"passthrough\"");
+  const std::string servers = "servers = [\"127.0.0.1:9001\"]\n";
+  absl::StatusOr<std::shared_ptr<const Config>> loaded = Load(
+      Edit(passthrough, servers, servers + "balance = \"maglev\"\nhash_key = \"client_ip\"\n"));
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(Error(Edit(passthrough, servers,
+                       servers + "balance = \"maglev\"\nhash_key = \"cookie:sid\"\n")),
+            At(13) + "routes[0].upstream: upstream \"app\" hashes on a header or cookie (line 19), "
+                     "which passthrough listener \"public\" never sees; use hash_key = \"client_ip\"");
 }
 
 }  // namespace

@@ -183,7 +183,7 @@ std::shared_ptr<const Snapshot> MakeSnapshot(const TempDir& dir, uint16_t port,
   c->routes.push_back(r);
   UpstreamConfig u;
   u.name = upstream;
-  u.servers.push_back(*ParseSocketAddress(server));
+  u.servers.push_back(UpstreamServer{*ParseSocketAddress(server)});
   c->upstreams.push_back(u);
   auto snap = BuildSnapshot(c, tls::TicketKeys::Generate());
   EXPECT_TRUE(snap.ok()) << snap.status();

@@ -87,18 +87,5 @@ TEST(AlpnListTest, ExactNamesAndBadLengths) {
   EXPECT_FALSE(AlpnListOffers(std::string("\x09h2", 3), "h2"));  // length past the end
 }
 
-TEST(RoundRobinTest, CyclesAndAvoids) {
-  RoundRobin rr;
-  EXPECT_EQ(rr.Pick(3), 0u);
-  EXPECT_EQ(rr.Pick(3), 1u);
-  EXPECT_EQ(rr.Pick(3), 2u);
-  EXPECT_EQ(rr.Pick(3), 0u);
-  RoundRobin rr2;
-  EXPECT_EQ(rr2.Pick(2, 0), 1u);  // would pick 0, avoided
-  EXPECT_EQ(rr2.Pick(1, 0), 0u);  // only one server: no choice
-  RoundRobin offset(1);
-  EXPECT_EQ(offset.Pick(2), 1u);
-}
-
 }  // namespace
 }  // namespace ktlb
