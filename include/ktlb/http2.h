@@ -147,6 +147,7 @@ class RequestHeaders {
   bool regular_seen_ = false;
   bool in_trailers_ = false;
   bool end_stream_ = false;
+  bool body_follows_ = false;  // the head came without END_STREAM
 };
 
 // Response fields for nghttp2 from an HTTP/1 response head: ":status", then

@@ -77,7 +77,7 @@ void RequestHeaders::Reset(uint32_t max_list_size) {
   max_list_size_ = max_list_size;
   content_length_ = -1;
   data_bytes_ = 0;
-  regular_seen_ = in_trailers_ = end_stream_ = false;
+  regular_seen_ = in_trailers_ = end_stream_ = body_follows_ = false;
 }
 
 RequestHeaders::Span RequestHeaders::Keep(std::string_view s) {
@@ -158,6 +158,7 @@ Refusal RequestHeaders::Add(std::string_view name, std::string_view value) {
 
 Refusal RequestHeaders::FinishHead(bool end_stream) {
   end_stream_ = end_stream;
+  body_follows_ = !end_stream;
   if (!method_.set) return Refusal::kMissingPseudo;
   if (View(method_) == "CONNECT") {
     // RFC 9113 8.5: only :authority (RFC 8441 adds :protocol, :scheme, :path).
@@ -222,7 +223,7 @@ void RequestHeaders::ToRequestHead(http1::RequestHead* head) {
   if (content_length_ > 0) {
     head->body = http1::BodyKind::kContentLength;
     head->content_length = static_cast<uint64_t>(content_length_);
-  } else if (content_length_ < 0 && !end_stream_) {
+  } else if (content_length_ < 0 && body_follows_) {
     // Length unknown: chunked to the backend, which also carries trailers.
     head->body = http1::BodyKind::kChunked;
     head->content_length = 0;

@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
+#include "ktlb/request_hash.h"
 #include "worker.h"
 
 namespace ktlb {
@@ -283,6 +284,15 @@ void Http2Connection::StartExchange(Http2Stream* s) {
   req.has_body = s->req_head.body != http1::BodyKind::kNone;
   req.idempotent = s->req_head.idempotent;
   req.decode_body = true;
+  if (const HashKeyConfig* key = cluster->hash_key()) {
+    upstream::RequestHasher hasher(*key);
+    hasher.ClientIp(peer_ip_);
+    if (hasher.wants_headers()) {
+      for (const http1::Header& h : s->req_head.headers) hasher.Header(h.name, h.value);
+    }
+    req.hash = hasher.hash();
+    req.has_hash = hasher.found();
+  }
   s->exchange_started = true;
   s->exchange.Start(cluster, req, s);
   if (!s->early_body.empty()) {

@@ -77,6 +77,7 @@ TEST_TIMEOUTS_MS = {
     "upstream_response_timeout_ms": 120000,
     "drain_timeout_ms": 10000,
     "tunnel_idle_timeout_ms": 600000,
+    "send_timeout_ms": 120000,
 }
 
 
