@@ -39,6 +39,14 @@ class QuickstartTest(harness.KtlbTestCase):
         # The same by IP, as the README's curl would be run with 127.0.0.1.
         r = self.curl(f"https://127.0.0.1:{k.port()}/")
         self.assertEqual(r.stdout, b"hello from ktlb-origin\n")
+        # HTTP/2 by ALPN (curl's default), and HTTP/1.1 for a client that asks for it.
+        url, resolve = self.url(k, "/")
+        for flag, want in (("--http2", "HTTP/2 200"), ("--http1.1", "HTTP/1.1 200")):
+            r = self.curl(flag, "-v", *resolve, url)
+            self.assertEqual(r.stdout, b"hello from ktlb-origin\n")
+            self.assertIn("< " + want, r.stderr.decode())
+        # curl offers h2 by default: every request above but the --http1.1 one.
+        self.assertEqual(k.metric("ktlb_h2_connections_total", listener="public"), 3)
 
         status, _, body = k.admin_get("/healthz")
         self.assertEqual(status, 200)
