@@ -58,6 +58,12 @@ class ExchangeSink {
   virtual int ResponseSpliceFd() const { return -1; }
   virtual bool ResponseSpliceReady() const { return false; }
   virtual void OnResponseSpliced(uint64_t n) { (void)n; }
+  // Piped body (decode_body, Content-Length): the exchange splices the body
+  // from the backend into a pipe and the sink moves it out itself, in
+  // pieces it frames (HTTP/2 DATA under kTLS): Exchange::PipedBytes and
+  // SplicePipedTo, then OnSinkWritable for more.
+  virtual bool TakesResponsePipe() const { return false; }
+  virtual void OnResponsePiped() {}
 
  protected:
   ~ExchangeSink() = default;
@@ -109,6 +115,9 @@ class Exchange {
 
   // The client took response bytes: reading may resume.
   void OnSinkWritable();
+  // A piped response body (ExchangeSink::TakesResponsePipe).
+  size_t PipedBytes() const;
+  long SplicePipedTo(int fd, size_t max);
   // The client went away: the backend connection is closed (its exchange
   // cannot be reused safely).
   void Abandon();

@@ -200,6 +200,16 @@ class SessionOwner {
   virtual bool OnOutput(std::string_view bytes) = 0;
   // Response body bytes left the stream's buffer.
   virtual void OnResponseDataSent(Stream* s) { (void)s; }
+  // Zero-copy DATA: body bytes the owner holds outside s->out (a pipe from
+  // the backend), sent after s->out is empty. SendPipedData writes the
+  // frame header and moves `length` payload bytes itself (a splice into a
+  // kTLS socket); it returns 0, or NGHTTP2_ERR_WOULDBLOCK to be called again
+  // with the same frame later.
+  virtual size_t PipedBytes(Stream* s) { (void)s; return 0; }
+  virtual int SendPipedData(Stream* s, const uint8_t* framehd, size_t length) {
+    (void)s, (void)framehd, (void)length;
+    return NGHTTP2_ERR_CALLBACK_FAILURE;
+  }
   // Accounting hooks (metrics).
   virtual void OnRefused(Refusal r) { (void)r; }
   virtual void OnGlitch(Glitch g, bool exhausted) { (void)g, (void)exhausted; }
@@ -228,8 +238,8 @@ class Session {
   // connection is beyond saving (a GOAWAY is queued when the protocol allows).
   long Receive(std::string_view in, uint64_t now_ms);
   // Serializes queued frames into the owner's OnOutput until it says stop or
-  // nothing is left.
-  void Send();
+  // nothing is left. False: a callback failed and the session is unusable.
+  bool Send();
   bool WantsWrite() const;
   // Neither side has anything more to say: the connection may close.
   bool Done() const;

@@ -38,6 +38,16 @@ class SplicePipe {
   // `sink_ready`: the owner's own output before the body has been sent.
   // *moved: bytes that reached the sink during this call.
   Status Run(int source_fd, int sink_fd, bool sink_ready, uint64_t* moved);
+  // The two halves of Run for an owner whose sink drains the pipe itself,
+  // in pieces of its own choosing (HTTP/2 frames). Fill: source -> pipe
+  // while the pipe has room: kWaitSource (room left, the source has nothing
+  // now), kWaitSink (the pipe is full), kDone (the whole transfer is in the
+  // pipe), kSourceEnded. *added: bytes that entered the pipe.
+  Status Fill(int source_fd, uint64_t* added);
+  // Pipe -> sink, at most `max` bytes: bytes moved, or -errno (-EAGAIN:
+  // the sink is full).
+  long DrainTo(int sink_fd, size_t max);
+  size_t in_pipe() const { return in_pipe_; }
 
   bool active() const { return pipe_r_ >= 0; }
   // All bytes of the current transfer reached the sink (Run said kDone).

@@ -55,6 +55,36 @@ SplicePipe::Status SplicePipe::Run(int source_fd, int sink_fd, bool sink_ready, 
   }
 }
 
+SplicePipe::Status SplicePipe::Fill(int source_fd, uint64_t* added) {
+  *added = 0;
+  while (left_ > 0) {
+    if (in_pipe_ >= kPipeBytes) return Status::kWaitSink;
+    size_t want = static_cast<size_t>(std::min<uint64_t>(left_, kPipeBytes - in_pipe_));
+    ssize_t n = splice(source_fd, nullptr, pipe_w_, nullptr, want, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    if (n > 0) {
+      in_pipe_ += static_cast<size_t>(n);
+      left_ -= static_cast<uint64_t>(n);
+      *added += static_cast<uint64_t>(n);
+    } else if (n < 0 && errno == EAGAIN) {
+      return Status::kWaitSource;
+    } else {
+      errno_ = n == 0 ? 0 : errno;
+      return Status::kSourceEnded;
+    }
+  }
+  return Status::kDone;
+}
+
+long SplicePipe::DrainTo(int sink_fd, size_t max) {
+  size_t want = std::min(max, in_pipe_);
+  if (want == 0) return 0;
+  ssize_t n = splice(pipe_r_, nullptr, sink_fd, nullptr, want, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+  if (n < 0) return -errno;
+  if (n == 0) return -EPIPE;
+  in_pipe_ -= static_cast<size_t>(n);
+  return n;
+}
+
 void SplicePipe::Discard() {
   if (!active()) return;
   close(pipe_r_);

@@ -158,9 +158,9 @@ long Session::Receive(std::string_view in, uint64_t now_ms) {
   return static_cast<long>(n);
 }
 
-void Session::Send() {
+bool Session::Send() {
   output_full_ = false;
-  if (ng_ != nullptr) nghttp2_session_send(ng_);
+  return ng_ == nullptr || nghttp2_session_send(ng_) == 0;
 }
 
 bool Session::WantsWrite() const { return ng_ != nullptr && nghttp2_session_want_write(ng_) != 0; }
@@ -361,13 +361,16 @@ long Session::Output(const uint8_t* data, size_t len) {
 }
 
 long Session::ReadData(Stream* s, size_t length, uint32_t* flags) {
-  size_t n = std::min({length, s->unsent(), kMaxDataPayload});
+  // Buffered bytes first, then what the owner holds in its pipe.
+  const size_t buffered = s->unsent();
+  const size_t avail = buffered > 0 ? buffered : owner_->PipedBytes(s);
+  size_t n = std::min({length, avail, kMaxDataPayload});
   if (n == 0 && !s->out_eof) {
     s->out_deferred = true;
     return NGHTTP2_ERR_DEFERRED;
   }
   if (n > 0) *flags |= NGHTTP2_DATA_FLAG_NO_COPY;  // SendData copies from s->out
-  if (s->out_eof && n == s->unsent()) {
+  if (s->out_eof && n == avail && buffered == avail) {
     *flags |= NGHTTP2_DATA_FLAG_EOF;
     s->response_ended = true;
     if (!s->trailer_nva.empty()) {
@@ -383,6 +386,13 @@ long Session::ReadData(Stream* s, size_t length, uint32_t* flags) {
 
 int Session::SendData(Stream* s, const uint8_t* framehd, size_t length) {
   if (output_full_) return NGHTTP2_ERR_WOULDBLOCK;
+  if (s->unsent() == 0) {
+    // ReadData offered piped bytes: the owner sends this frame itself, and
+    // nothing may be serialized after it until it has.
+    int rv = owner_->SendPipedData(s, framehd, length);
+    if (rv == NGHTTP2_ERR_WOULDBLOCK) output_full_ = true;
+    return rv;
+  }
   owner_->OnOutput(Str(framehd, 9));
   if (!owner_->OnOutput(std::string_view(s->out).substr(s->out_off, length))) output_full_ = true;
   s->out_off += length;

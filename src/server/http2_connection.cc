@@ -1,7 +1,11 @@
 #include "http2_connection.h"
 
 #include <algorithm>
+#include <sys/socket.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "ktlb/request_hash.h"
@@ -27,7 +31,10 @@ void Http2Connection::Start(Worker* w, Generation* gen, size_t listener, tls::Tr
   slot_.Bind(&w->loop(), this);
   idle_timer_.target = this;
   stall_timer_.target = this;
-  send_scheduled_ = closing_ = closed_ = in_receive_ = false;
+  send_scheduled_ = closing_ = closed_ = in_receive_ = transport_released_ = broken_ = false;
+  piped_ = PipedFrame{};
+  poll_out_inflight_ = false;
+  inflight_ = 0;
   to_start_.clear();
   live_.clear();
   const Http2Settings& h2 = gen->config().server.h2;
@@ -64,6 +71,11 @@ void Http2Connection::OnInput() {
     long n = session_.Receive(in, w_->now_ms());
     in_receive_ = false;
     transport_->Consume(n < 0 ? in.size() : static_cast<size_t>(n));
+    if (broken_) {
+      TearDown();
+      transport_->Abort();
+      return;
+    }
     // Streams start once the whole read is processed: a HEADERS reset in
     // the same read (Rapid Reset) never reaches a backend.
     StartStreams();
@@ -88,10 +100,26 @@ void Http2Connection::OnTransportClosed(tls::CloseReason why) {
 
 void Http2Connection::OnReleased() {
   TearDown();
+  transport_released_ = true;
+  MaybeRelease();
+}
+
+void Http2Connection::MaybeRelease() {
+  if (!transport_released_ || inflight_ > 0) return;
   // An idle slot keeps a few streams for the next connection, not a burst's worth.
   while (free_.size() > 4) free_.pop_back();
   std::string().swap(wbuf_);
   host_->OnHttp2Released();
+}
+
+void Http2Connection::OnCompletion(uint8_t op, int res, uint32_t flags) {
+  (void)res;
+  (void)flags;
+  if (op != kPollOut) return;
+  poll_out_inflight_ = false;
+  --inflight_;
+  if (closed_) return MaybeRelease();
+  Pump();  // the piped frame goes on
 }
 
 void Http2Connection::TearDown() {
@@ -106,7 +134,9 @@ void Http2Connection::TearDown() {
     }
     live_.clear();
     to_start_.clear();
+    piped_ = PipedFrame{};
     session_.Stop();
+    if (poll_out_inflight_) w_->loop().Cancel(slot_.Tag(kPollOut));
   }
   DeadlineQueue::Cancel(&idle_timer_);
   DeadlineQueue::Cancel(&stall_timer_);
@@ -142,7 +172,12 @@ void Http2Connection::Pump() {
   if (closed_) return;
   while (transport_->backlog() < kOutputHighWater && session_.WantsWrite()) {
     wbuf_.clear();
-    session_.Send();
+    if (!session_.Send() || broken_) {
+      // A piped DATA frame could not be finished: the byte stream is cut.
+      TearDown();
+      transport_->Abort();
+      return;
+    }
     if (wbuf_.empty()) break;
     if (!transport_->Write(wbuf_)) {
       TearDown();
@@ -234,6 +269,12 @@ http2::Stream* Http2Connection::OpenStream(int32_t id) {
 
 void Http2Connection::OnStreamClosed(http2::Stream* stream, uint32_t error_code) {
   auto* s = static_cast<Http2Stream*>(stream);
+  if (piped_.stream == s) {
+    // Closed in the middle of a frame we were writing ourselves: what is on
+    // the wire cannot be completed.
+    if (piped_.header_sent > 0) broken_ = true;
+    piped_ = PipedFrame{};
+  }
   to_start_.erase(std::remove(to_start_.begin(), to_start_.end(), s), to_start_.end());
   live_.erase(std::remove(live_.begin(), live_.end(), s), live_.end());
   if (s->log_pending) LogStream(s, s->status, error_code == 0 ? "aborted" : "reset");
@@ -462,6 +503,60 @@ void Http2Connection::OnGoawaySent(uint32_t code) {
   if (code < http2::kErrorCodes) gen_->listener_metrics(listener_).h2.goaways[code].Inc();
 }
 
+size_t Http2Connection::PipedBytes(http2::Stream* stream) {
+  return static_cast<Http2Stream*>(stream)->exchange.PipedBytes();
+}
+
+// One DATA frame of a piped body: the 9-byte header straight into the kTLS
+// socket (MSG_MORE: it shares a record with the payload), then the payload
+// spliced from the backend's pipe, so body bytes never enter userspace.
+// Anything queued before it must be on the wire first.
+int Http2Connection::SendPipedData(http2::Stream* stream, const uint8_t* framehd, size_t length) {
+  auto* s = static_cast<Http2Stream*>(stream);
+  const int fd = transport_->fd();
+  if (piped_.stream != nullptr && piped_.stream != s) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  if (piped_.stream == nullptr) {
+    if (!wbuf_.empty() || !transport_->send_idle()) return NGHTTP2_ERR_WOULDBLOCK;
+    piped_.stream = s;
+    std::memcpy(piped_.header, framehd, 9);
+    piped_.header_sent = 0;
+    piped_.left = length;
+  }
+  auto wait_writable = [&] {
+    if (!poll_out_inflight_) {
+      w_->loop().ArmPoll(fd, true, slot_.Tag(kPollOut), &poll_out_inflight_, &inflight_);
+    }
+    return NGHTTP2_ERR_WOULDBLOCK;
+  };
+  while (piped_.header_sent < 9) {
+    ssize_t n = send(fd, piped_.header + piped_.header_sent, 9 - piped_.header_sent,
+                     MSG_DONTWAIT | MSG_NOSIGNAL | MSG_MORE);
+    if (n > 0) {
+      piped_.header_sent += static_cast<size_t>(n);
+    } else if (n < 0 && errno == EAGAIN) {
+      return wait_writable();
+    } else {
+      return NGHTTP2_ERR_CALLBACK_FAILURE;  // the connection is gone
+    }
+  }
+  while (piped_.left > 0) {
+    long n = s->exchange.SplicePipedTo(fd, piped_.left);
+    if (n > 0) {
+      piped_.left -= static_cast<size_t>(n);
+      s->resp_bytes += static_cast<uint64_t>(n);
+      gen_->listener_metrics(listener_).bytes_spliced.Inc(static_cast<uint64_t>(n));
+    } else if (n == -EAGAIN) {
+      return wait_writable();
+    } else {
+      return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+  }
+  piped_ = PipedFrame{};
+  DeadlineQueue::Cancel(&stall_timer_);  // progress
+  s->exchange.OnSinkWritable();          // room in the pipe: the backend may fill it again
+  return 0;
+}
+
 // --- Http2Stream: the exchange's sink ---
 
 void Http2Stream::OnResponseHead(const http1::ResponseHead& h) {
@@ -521,5 +616,13 @@ void Http2Stream::OnExchangeFailed(upstream::ExchangeFailure why, bool response_
 }
 
 void Http2Stream::OnRequestWritable() { conn->ConsumeBody(this); }
+
+bool Http2Stream::TakesResponsePipe() const { return !refused && conn->splices_data(); }
+
+void Http2Stream::OnResponsePiped() {
+  if (refused) return;
+  conn->session().ResumeData(this);
+  conn->ScheduleSend();
+}
 
 }  // namespace ktlb

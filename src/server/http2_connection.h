@@ -33,6 +33,8 @@ class Http2Stream final : public http2::Stream, public upstream::ExchangeSink {
   void OnExchangeFailed(upstream::ExchangeFailure why, bool response_started) override;
   void OnRequestWritable() override;
   size_t ResponseBacklog() const override { return unsent(); }
+  bool TakesResponsePipe() const override;
+  void OnResponsePiped() override;
 
   Http2Connection* conn = nullptr;
   upstream::Exchange exchange;
@@ -83,7 +85,7 @@ class Http2Connection final : public IoHandler,
   tls::InputWanted WantsInput() const override;
   // IoHandler (the end-of-turn send).
   void OnDeferred(uint8_t op) override;
-  void OnCompletion(uint8_t, int, uint32_t) override {}
+  void OnCompletion(uint8_t op, int res, uint32_t flags) override;
   // DeadlineTarget.
   void OnDeadline(uint8_t kind) override;
 
@@ -100,8 +102,12 @@ class Http2Connection final : public IoHandler,
   void OnResetSent(uint32_t code) override;
   void OnResetReceived(uint32_t code) override;
   void OnGoawaySent(uint32_t code) override;
+  size_t PipedBytes(http2::Stream* s) override;
+  int SendPipedData(http2::Stream* s, const uint8_t* framehd, size_t length) override;
 
   // --- for the streams ---
+  // Response DATA may be spliced: the kernel encrypts (kTLS TX).
+  bool splices_data() const { return !closed_ && transport_->tx_offloaded(); }
   http2::Session& session() { return session_; }
   // Sends what the session has queued at the end of this loop turn.
   void ScheduleSend();
@@ -114,7 +120,7 @@ class Http2Connection final : public IoHandler,
   void CountResponse(int status);
 
  private:
-  enum Op : uint8_t { kSend = 1 };
+  enum Op : uint8_t { kSend = 1, kPollOut };
   enum TimerKind : uint8_t { kTimerIdle = 1, kTimerStall };
   // Stop producing frames while this much waits in the transport.
   static constexpr size_t kOutputHighWater = 256 * 1024;
@@ -126,6 +132,7 @@ class Http2Connection final : public IoHandler,
   void CloseWhenDone();
   void TearDown();
   void LogStream(Http2Stream* s, int status, const char* error);
+  void MaybeRelease();
 
   Worker* w_ = nullptr;
   Generation* gen_ = nullptr;
@@ -143,6 +150,18 @@ class Http2Connection final : public IoHandler,
   bool closing_ = false;
   bool closed_ = false;
   bool in_receive_ = false;
+  bool transport_released_ = false;
+  bool broken_ = false;  // a piped frame was cut short: close
+  // Zero-copy DATA (SendPipedData): the frame being written, which nghttp2
+  // asks for again after a WOULDBLOCK until it is complete.
+  struct PipedFrame {
+    Http2Stream* stream = nullptr;
+    uint8_t header[9] = {};
+    size_t header_sent = 0;
+    size_t left = 0;  // payload bytes still to splice
+  } piped_;
+  bool poll_out_inflight_ = false;
+  int inflight_ = 0;
   std::vector<Http2Stream*> to_start_;  // streams whose exchange starts after this read
   std::vector<Http2Stream*> live_;
   std::vector<std::unique_ptr<Http2Stream>> free_;

@@ -103,6 +103,12 @@ bool Exchange::RequestSpliceReady() const {
   return conn_ != nullptr && conn_->connected() && conn_->SendBacklog() == 0;
 }
 
+size_t Exchange::PipedBytes() const { return conn_ != nullptr ? conn_->PipedBytes() : 0; }
+
+long Exchange::SplicePipedTo(int fd, size_t max) {
+  return conn_ != nullptr ? conn_->SplicePipedTo(fd, max) : 0;
+}
+
 void Exchange::OnSinkWritable() {
   if (conn_ != nullptr) conn_->OnSinkWritable();
 }

@@ -22,6 +22,51 @@ void UpstreamConnection::StartSplice(uint64_t n) {
   Pump();
 }
 
+void UpstreamConnection::StartPipe(uint64_t n) {
+  int r, wfd;
+  if (!loop_->TakePipe(&r, &wfd)) return ArmRecv();
+  pipe_.Start(r, wfd, n);
+  pipe_mode_ = true;
+  PumpPipe();
+}
+
+// Backend -> pipe; the sink takes the bytes out frame by frame
+// (SplicePipedTo) and calls OnSinkWritable, which lands here again.
+void UpstreamConnection::PumpPipe() {
+  if (!pipe_.active() || state_ != State::kActive || sink() == nullptr) return;
+  if (pipe_.finished()) {
+    // Every byte went through the sink.
+    if (parser_->SkipOpaqueBody(pipe_.length()) != http1::ParseStatus::kDone) {
+      cluster_->metrics().resets.Inc();
+      return EndSplice(false);
+    }
+    pipe_mode_ = false;
+    return EndSplice(true);
+  }
+  uint64_t added = 0;
+  SplicePipe::Status st = pipe_.Fill(fd_.get(), &added);
+  if (added > 0) {
+    loop_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kUpstreamResponse),
+                    cluster_->limits().response_timeout_ms);
+    sink()->OnResponsePiped();
+    if (sink() == nullptr || state_ != State::kActive) return;
+  }
+  switch (st) {
+    case SplicePipe::Status::kWaitSource:
+      return ArmPoll(fd_.get(), false);
+    case SplicePipe::Status::kSourceEnded:
+      cluster_->metrics().resets.Inc();
+      return EndSplice(false);
+    default:
+      return;  // the pipe is full, or holds the rest: the sink drains it
+  }
+}
+
+long UpstreamConnection::SplicePipedTo(int fd, size_t max) {
+  if (!pipe_mode_ || !pipe_.active()) return 0;
+  return pipe_.DrainTo(fd, max);
+}
+
 void UpstreamConnection::ArmPoll(int fd, bool out) {
   loop_->ArmPoll(fd, out, Tag(out ? kPollOut : kPollIn),
                  out ? &poll_out_inflight_ : &poll_in_inflight_, &inflight_);
@@ -32,7 +77,7 @@ void UpstreamConnection::OnSplicePoll(uint8_t op, int res) {
   --inflight_;
   if (state_ == State::kClosed) return MaybeRelease();
   (void)res;  // an error shows up in the next splice
-  if (pipe_.active()) Pump();
+  if (pipe_.active()) pipe_mode_ ? PumpPipe() : Pump();
 }
 
 void UpstreamConnection::Pump() {
@@ -113,6 +158,7 @@ void UpstreamConnection::ReadFraming() {
 }
 
 void UpstreamConnection::EndSplice(bool ok) {
+  pipe_mode_ = false;
   if (!ok) return Abort();  // closes the pipe: it may hold bytes of the abandoned body
   loop_->ReturnPipe(pipe_.pipe_r(), pipe_.pipe_w());
   pipe_.Clear();

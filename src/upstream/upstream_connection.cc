@@ -253,6 +253,12 @@ void UpstreamConnection::HandleBytes(std::string_view data) {
       }
       return Finish();
     }
+    if (data.empty() && decode && head_.body == http1::BodyKind::kContentLength &&
+        sink()->TakesResponsePipe()) {
+      std::optional<uint64_t> n = SpliceLength(*parser_, true);
+      // The sink frames the body itself and splices it out of the pipe.
+      if (n) return StartPipe(*n);
+    }
     if (data.empty() && !decode && sink()->ResponseSpliceFd() >= 0) {
       std::optional<uint64_t> n =
           SpliceLength(*parser_, head_.body == http1::BodyKind::kContentLength);
@@ -324,7 +330,7 @@ void UpstreamConnection::Abort() {
 
 void UpstreamConnection::OnSinkWritable() {
   if (state_ != State::kActive || resp_done_) return;
-  if (pipe_.active()) return Pump();
+  if (pipe_.active()) return pipe_mode_ ? PumpPipe() : Pump();
   ArmRecv();
 }
 
@@ -365,6 +371,7 @@ void UpstreamConnection::CloseNow() {
 void UpstreamConnection::MaybeRelease() {
   if (state_ != State::kClosed || inflight_ > 0) return;
   pipe_.Discard();  // a pipe with bytes of an aborted body is not reusable
+  pipe_mode_ = false;
   // A connect still in flight is cancelled by closing only after it
   // completes, which inflight_ already waited for.
   fd_.reset();

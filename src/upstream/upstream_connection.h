@@ -50,6 +50,10 @@ class UpstreamConnection final : public IoHandler,
   bool connected() const { return state_ == State::kActive; }
   bool reused() const { return reused_; }
   size_t SendBacklog() const { return out_.size() + (sending_.size() - sending_off_); }
+  // A piped response body (StartPipe): bytes waiting in the pipe, and a
+  // splice of up to `max` of them into `fd` (bytes moved, or -errno).
+  size_t PipedBytes() const { return pipe_mode_ ? pipe_.in_pipe() : 0; }
+  long SplicePipedTo(int fd, size_t max);
   bool idle() const { return state_ == State::kIdle; }
 
  private:
@@ -71,6 +75,9 @@ class UpstreamConnection final : public IoHandler,
   // of large chunks, to a kTLS client moves backend socket -> pipe -> client
   // socket without entering userspace.
   void StartSplice(uint64_t n);
+  // The same into a pipe the sink drains itself (ExchangeSink::TakesResponsePipe).
+  void StartPipe(uint64_t n);
+  void PumpPipe();
   void OnSplicePoll(uint8_t op, int res);
   void Pump();
   void ReadFraming();
@@ -108,6 +115,7 @@ class UpstreamConnection final : public IoHandler,
   bool resp_done_ = false;
   bool reusable_ = false;
   SplicePipe pipe_;  // active while a response body is being spliced
+  bool pipe_mode_ = false;  // ... into a pipe the sink drains (StartPipe)
   bool poll_in_inflight_ = false;
   bool poll_out_inflight_ = false;
   std::optional<http1::ResponseParser> parser_;
