@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "ktlb/config.h"
 #include "ktlb/metrics.h"
+#include "ktlb/unique_fd.h"
 
 namespace ktlb {
 
@@ -26,7 +27,7 @@ class AdminServer {
 
   SocketAddress addr_;
   MetricsRegistry* metrics_;
-  int listen_fd_ = -1;
+  UniqueFd listen_fd_;
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };

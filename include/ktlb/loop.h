@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "ktlb/deadline_queue.h"
 #include "ktlb/ring.h"
+#include "ktlb/unique_fd.h"
 
 namespace ktlb {
 
@@ -93,8 +94,12 @@ class Loop {
   void NextTurn(uint64_t tag) { next_turn_.push_back(tag); }
 
   // --- pipes for splice, recycled ---
+  // Hands out a pipe: the caller owns both ends from here on (a SplicePipe's
+  // Start takes them over), until it gives them back or closes them.
   bool TakePipe(int* read_fd, int* write_fd);
-  void ReturnPipe(int read_fd, int write_fd);  // only empty pipes come back
+  // Takes ownership of both ends back. Only empty pipes may come back: one
+  // holding bytes of an abandoned body is closed instead (SplicePipe::Discard).
+  void ReturnPipe(int read_fd, int write_fd);
 
   // Scratch for one decrypt or framing read; valid until the handler returns.
   static constexpr size_t kReadScratch = 16 * 1024;
@@ -141,7 +146,14 @@ class Loop {
   std::vector<uint64_t> turn_end_;
   std::vector<uint64_t> next_turn_;
   std::vector<uint64_t> deferred_scratch_;
-  std::vector<std::pair<int, int>> pipes_;
+  // Both ends of one pooled pipe, closed with it.
+  struct PipeFds {
+    UniqueFd read;
+    UniqueFd write;
+  };
+  // Enough for a worker's bursts of large bodies; a pipe costs two fds.
+  static constexpr size_t kMaxPooledPipes = 64;
+  std::vector<PipeFds> pipes_;
   std::unique_ptr<char[]> read_scratch_ = std::make_unique<char[]>(kReadScratch);
   uint64_t now_ms_ = 0;
   bool stopped_ = false;

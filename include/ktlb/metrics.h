@@ -138,6 +138,11 @@ class MetricsRegistry {
 
  private:
   static size_t Slot(std::vector<std::string>* names, std::string_view name);
+  // Listener() and Upstream(): `names` is the label list, `list` the
+  // WorkerMetrics deque of the same kind.
+  template <typename M>
+  M& Register(std::vector<std::string>* names, std::deque<M> WorkerMetrics::*list, size_t worker,
+              std::string_view name);
 
   mutable std::mutex mu_;  // guards the name lists and the workers' deques' sizes
   MetricsLabels labels_;

@@ -8,6 +8,7 @@
 
 #include <liburing.h>
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
@@ -71,6 +72,39 @@ class BufferRing {
   uint16_t group_id_ = 0;
   uint32_t count_ = 0;
   uint32_t buf_size_ = 0;
+};
+
+// One recv completion that selected its buffer from a BufferRing, as the
+// handler's OnRecv first sees it. It holds the buffer the kernel picked, if
+// any, and gives it back to the ring when it goes out of scope, so every way
+// out of a handler (its owner already closed, EOF, an error, the bytes
+// consumed) recycles it exactly once. Recycle() gives it back earlier, once
+// the bytes have been copied or consumed.
+class ProvidedRecv {
+ public:
+  ProvidedRecv(BufferRing& ring, int res, uint32_t cqe_flags)
+      : ring_(ring), res_(res), flags_(cqe_flags) {}
+  ~ProvidedRecv() { Recycle(); }
+  ProvidedRecv(const ProvidedRecv&) = delete;
+  ProvidedRecv& operator=(const ProvidedRecv&) = delete;
+
+  // The ring had no free buffer, so nothing was read: ask again once this
+  // turn's completions have given theirs back (Loop::NextTurn).
+  bool no_buffer() const { return res_ == -ENOBUFS; }
+  // The bytes received; only when the result was positive, and valid until
+  // Recycle() or the end of the scope.
+  std::string_view data() const {
+    return ring_.Data(BufferRing::BufferId(flags_), static_cast<uint32_t>(res_));
+  }
+  void Recycle() {
+    ring_.RecycleFrom(flags_);
+    flags_ = 0;
+  }
+
+ private:
+  BufferRing& ring_;
+  int res_;
+  uint32_t flags_;
 };
 
 class Ring {

@@ -10,6 +10,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "ktlb/unique_fd.h"
+
 namespace ktlb {
 
 class SplicePipe {
@@ -22,10 +24,11 @@ class SplicePipe {
     kSinkFailed,  // error writing to the sink (errno_)
   };
 
-  // Begins a transfer of `n` bytes over the pipe (read end, write end).
+  // Begins a transfer of `n` bytes over the pipe (read end, write end), and
+  // takes ownership of both ends (from Loop::TakePipe).
   void Start(int pipe_r, int pipe_w, uint64_t n) {
-    pipe_r_ = pipe_r;
-    pipe_w_ = pipe_w;
+    pipe_r_.reset(pipe_r);
+    pipe_w_.reset(pipe_w);
     left_ = length_ = n;
     in_pipe_ = 0;
   }
@@ -49,20 +52,29 @@ class SplicePipe {
   long DrainTo(int sink_fd, size_t max);
   size_t in_pipe() const { return in_pipe_; }
 
-  bool active() const { return pipe_r_ >= 0; }
+  bool active() const { return pipe_r_.valid(); }
   // All bytes of the current transfer reached the sink (Run said kDone).
   bool finished() const { return left_ == 0 && in_pipe_ == 0; }
   // Bytes of the current transfer (Start / Continue's n).
   uint64_t length() const { return length_; }
   // True when the pipe holds no bytes and may go back to the pool.
   bool empty() const { return in_pipe_ == 0; }
-  int pipe_r() const { return pipe_r_; }
-  int pipe_w() const { return pipe_w_; }
+  int pipe_r() const { return pipe_r_.get(); }
+  int pipe_w() const { return pipe_w_.get(); }
   int error() const { return errno_; }
-  void Clear() { pipe_r_ = pipe_w_ = -1; }
+  // Forgets the pipe without closing it: the caller has just handed both
+  // ends back to the pool (Loop::ReturnPipe), which owns them now. A pipe
+  // that is to be closed goes through Discard() instead.
+  void Clear() {
+    static_cast<void>(pipe_r_.release());
+    static_cast<void>(pipe_w_.release());
+  }
   // Closes the pipe (it may hold bytes of an abandoned body, so it cannot
   // go back to the pool) and clears it; no-op when not active.
-  void Discard();
+  void Discard() {
+    pipe_r_.reset();
+    pipe_w_.reset();
+  }
 
   static constexpr size_t kPipeBytes = 256 * 1024;
   // Below these, splice's extra system calls and polls cost more than the
@@ -74,8 +86,8 @@ class SplicePipe {
   static constexpr size_t kFramingRead = 64;
 
  private:
-  int pipe_r_ = -1;
-  int pipe_w_ = -1;
+  UniqueFd pipe_r_;
+  UniqueFd pipe_w_;
   uint64_t length_ = 0;  // bytes of this transfer
   uint64_t left_ = 0;    // bytes still to take from the source
   size_t in_pipe_ = 0;   // bytes in the pipe, not yet in the sink

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
@@ -19,17 +20,16 @@ AdminServer::AdminServer(const SocketAddress& addr, MetricsRegistry* metrics)
 AdminServer::~AdminServer() { Stop(); }
 
 absl::Status AdminServer::Start() {
-  int fd = socket(addr_.storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return absl::InternalError(absl::StrCat("admin socket: ", strerror(errno)));
+  UniqueFd fd(socket(addr_.storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return absl::InternalError(absl::StrCat("admin socket: ", strerror(errno)));
   int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (bind(fd, reinterpret_cast<const sockaddr*>(&addr_.storage), addr_.len) != 0 ||
-      listen(fd, 64) != 0) {
-    int e = errno;
-    close(fd);
-    return absl::UnavailableError(absl::StrCat("admin_listen ", addr_.text, ": ", strerror(e)));
+  setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr_.storage), addr_.len) != 0 ||
+      listen(fd.get(), 64) != 0) {
+    return absl::UnavailableError(
+        absl::StrCat("admin_listen ", addr_.text, ": ", strerror(errno)));
   }
-  listen_fd_ = fd;
+  listen_fd_ = std::move(fd);
   thread_ = std::thread([this] { Serve(); });
   return absl::OkStatus();
 }
@@ -37,24 +37,20 @@ absl::Status AdminServer::Start() {
 void AdminServer::Stop() {
   stop_.store(true);
   if (thread_.joinable()) thread_.join();
-  if (listen_fd_ >= 0) {
-    close(listen_fd_);
-    listen_fd_ = -1;
-  }
+  listen_fd_.reset();  // only after the join: Serve() polls it until then
 }
 
 void AdminServer::Serve() {
   while (!stop_.load()) {
     // Poll with a short timeout so Stop() is noticed without signals.
-    pollfd p{listen_fd_, POLLIN, 0};
+    pollfd p{listen_fd_.get(), POLLIN, 0};
     if (poll(&p, 1, 200) <= 0) continue;
-    int c = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (c < 0) continue;
+    UniqueFd c(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!c) continue;
     timeval tv{2, 0};
-    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    HandleClient(c);
-    close(c);
+    setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(c.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    HandleClient(c.get());
   }
 }
 

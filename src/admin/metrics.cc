@@ -1,5 +1,7 @@
 #include "ktlb/metrics.h"
 
+#include <deque>
+
 #include "absl/strings/str_cat.h"
 
 namespace ktlb {
@@ -36,44 +38,49 @@ size_t MetricsRegistry::Slot(std::vector<std::string>* names, std::string_view n
   return names->size() - 1;
 }
 
-ListenerMetrics& MetricsRegistry::Listener(size_t worker, std::string_view name) {
+template <typename M>
+M& MetricsRegistry::Register(std::vector<std::string>* names,
+                             std::deque<M> WorkerMetrics::*list, size_t worker,
+                             std::string_view name) {
   std::lock_guard<std::mutex> lock(mu_);
-  size_t slot = Slot(&labels_.listeners, name);
-  auto& list = workers_[worker]->listeners;
-  while (list.size() <= slot) list.emplace_back();
-  return list[slot];
+  size_t slot = Slot(names, name);
+  std::deque<M>& metrics = (*workers_[worker]).*list;
+  while (metrics.size() <= slot) metrics.emplace_back();
+  return metrics[slot];
+}
+
+ListenerMetrics& MetricsRegistry::Listener(size_t worker, std::string_view name) {
+  return Register(&labels_.listeners, &WorkerMetrics::listeners, worker, name);
 }
 
 UpstreamMetrics& MetricsRegistry::Upstream(size_t worker, std::string_view name) {
-  std::lock_guard<std::mutex> lock(mu_);
-  size_t slot = Slot(&labels_.upstreams, name);
-  auto& list = workers_[worker]->upstreams;
-  while (list.size() <= slot) list.emplace_back();
-  return list[slot];
+  return Register(&labels_.upstreams, &WorkerMetrics::upstreams, worker, name);
 }
 
 namespace {
 
-// Sums one counter over every worker.
+// Sums one counter over every worker. `pick` gives a worker's counter, or
+// nullptr where that worker has none.
 template <typename F>
 uint64_t Sum(const std::vector<std::unique_ptr<WorkerMetrics>>& ws, F&& pick) {
   uint64_t total = 0;
-  for (const auto& w : ws) total += pick(*w).Get();
+  for (const auto& w : ws) {
+    if (const Counter* c = pick(*w)) total += c->Get();
+  }
   return total;
 }
 
-// Sums one listener's (or upstream's) counter over the workers that have
-// registered it.
-template <typename F>
-uint64_t SumSlot(const std::vector<std::unique_ptr<WorkerMetrics>>& ws, size_t slot, bool listener,
-                 F&& pick) {
-  uint64_t total = 0;
-  for (const auto& w : ws) {
-    if (listener ? slot < w->listeners.size() : slot < w->upstreams.size()) {
-      total += pick(*w).Get();
-    }
-  }
-  return total;
+// Sums one counter of listener (or upstream) `slot` over the workers that
+// have registered it: `list` is &WorkerMetrics::listeners (or ::upstreams),
+// and `pick` takes that slot's metrics to the counter. A worker that never
+// registered the name has no entry for it (its deque is shorter).
+template <typename M, typename F>
+uint64_t SumSlot(const std::vector<std::unique_ptr<WorkerMetrics>>& ws,
+                 const std::deque<M> WorkerMetrics::*list, size_t slot, F&& pick) {
+  return Sum(ws, [&](const WorkerMetrics& w) -> const Counter* {
+    const std::deque<M>& metrics = w.*list;
+    return slot < metrics.size() ? &pick(metrics[slot]) : nullptr;
+  });
 }
 
 void Family(std::string* out, const char* name, const char* type, const char* help) {
@@ -91,9 +98,7 @@ std::string MetricsRegistry::Render() const {
     Family(&out, name, type, help);
     for (size_t i = 0; i < L.size(); ++i) {
       absl::StrAppend(&out, name, "{listener=\"", L[i], "\"} ",
-                      SumSlot(workers_, i, true, [&](const WorkerMetrics& w) -> const Counter& {
-                        return pick(w.listeners[i]);
-                      }),
+                      SumSlot(workers_, &WorkerMetrics::listeners, i, pick),
                       "\n");
     }
   };
@@ -110,14 +115,16 @@ std::string MetricsRegistry::Render() const {
   Family(&out, "ktlb_tls_handshakes_total", "counter", "Completed TLS handshakes by kind.");
   for (size_t i = 0; i < L.size(); ++i) {
     absl::StrAppend(&out, "ktlb_tls_handshakes_total{listener=\"", L[i], "\",kind=\"full\"} ",
-                    SumSlot(workers_, i, true, [&](const WorkerMetrics& w) -> const Counter& {
-                      return w.listeners[i].tls.handshakes_full;
-                    }),
+                    SumSlot(workers_, &WorkerMetrics::listeners, i,
+                            [](const ListenerMetrics& m) -> const Counter& {
+                              return m.tls.handshakes_full;
+                            }),
                     "\n");
     absl::StrAppend(&out, "ktlb_tls_handshakes_total{listener=\"", L[i], "\",kind=\"resumed\"} ",
-                    SumSlot(workers_, i, true, [&](const WorkerMetrics& w) -> const Counter& {
-                      return w.listeners[i].tls.handshakes_resumed;
-                    }),
+                    SumSlot(workers_, &WorkerMetrics::listeners, i,
+                            [](const ListenerMetrics& m) -> const Counter& {
+                              return m.tls.handshakes_resumed;
+                            }),
                     "\n");
   }
 
@@ -127,9 +134,10 @@ std::string MetricsRegistry::Render() const {
     for (size_t i = 0; i < L.size(); ++i) {
       for (size_t r = 0; r < labels.size() && r < kMaxReasons; ++r) {
         if (labels[r] == nullptr) continue;
-        uint64_t v = SumSlot(workers_, i, true, [&](const WorkerMetrics& w) -> const Counter& {
-          return pick(w.listeners[i])[r];
-        });
+        uint64_t v = SumSlot(workers_, &WorkerMetrics::listeners, i,
+                             [&](const ListenerMetrics& m) -> const Counter& {
+                               return pick(m)[r];
+                             });
         absl::StrAppend(&out, name, "{listener=\"", L[i], "\",reason=\"", labels[r], "\"} ", v,
                         "\n");
       }
@@ -145,9 +153,10 @@ std::string MetricsRegistry::Render() const {
   for (size_t i = 0; i < L.size(); ++i) {
     for (int c = 1; c <= 5; ++c) {
       absl::StrAppend(&out, "ktlb_http_requests_total{listener=\"", L[i], "\",class=\"", c, "xx\"} ",
-                      SumSlot(workers_, i, true, [&](const WorkerMetrics& w) -> const Counter& {
-                        return w.listeners[i].requests_by_class[c];
-                      }),
+                      SumSlot(workers_, &WorkerMetrics::listeners, i,
+                              [&](const ListenerMetrics& m) -> const Counter& {
+                                return m.requests_by_class[c];
+                              }),
                       "\n");
     }
   }
@@ -220,9 +229,7 @@ std::string MetricsRegistry::Render() const {
     Family(&out, name, type, help);
     for (size_t i = 0; i < U.size(); ++i) {
       absl::StrAppend(&out, name, "{upstream=\"", U[i], "\"} ",
-                      SumSlot(workers_, i, false, [&](const WorkerMetrics& w) -> const Counter& {
-                        return pick(w.upstreams[i]);
-                      }),
+                      SumSlot(workers_, &WorkerMetrics::upstreams, i, pick),
                       "\n");
     }
   };
@@ -242,21 +249,19 @@ std::string MetricsRegistry::Render() const {
   Family(&out, "ktlb_error_log_lines_total", "counter",
          "Lines the workers' error logs were given (printed or not).");
   absl::StrAppend(&out, "ktlb_error_log_lines_total ",
-                  Sum(workers_, [](const WorkerMetrics& w) -> const Counter& { return w.log_lines; }),
+                  Sum(workers_, [](const WorkerMetrics& w) { return &w.log_lines; }),
                   "\n");
   Family(&out, "ktlb_error_log_lines_suppressed_total", "counter",
          "Error log lines kept from stderr by the rate limit (5/s, bursts of 20, per worker).");
   absl::StrAppend(&out, "ktlb_error_log_lines_suppressed_total ",
-                  Sum(workers_, [](const WorkerMetrics& w) -> const Counter& {
-                    return w.log_lines_suppressed;
-                  }),
+                  Sum(workers_, [](const WorkerMetrics& w) { return &w.log_lines_suppressed; }),
                   "\n");
 
   Family(&out, "ktlb_timeouts_total", "counter", "Timeouts fired, by kind.");
   for (size_t k = 0; k < static_cast<size_t>(TimeoutKind::kCount); ++k) {
     absl::StrAppend(&out, "ktlb_timeouts_total{kind=\"", TimeoutKindLabel(static_cast<TimeoutKind>(k)),
                     "\"} ",
-                    Sum(workers_, [&](const WorkerMetrics& w) -> const Counter& { return w.timeouts[k]; }),
+                    Sum(workers_, [&](const WorkerMetrics& w) { return &w.timeouts[k]; }),
                     "\n");
   }
   return out;

@@ -5,17 +5,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "ktlb/splice_pipe.h"
 
 namespace ktlb {
 
-Loop::~Loop() {
-  for (auto [r, w] : pipes_) {
-    close(r);
-    close(w);
-  }
-}
+Loop::~Loop() = default;
 
 absl::Status Loop::Init(const Options& options) {
   if (absl::Status s = ring_.Init(options.ring_entries); !s.ok()) return s;
@@ -78,8 +74,8 @@ void Loop::Cancel(uint64_t tag) {
 
 bool Loop::TakePipe(int* read_fd, int* write_fd) {
   if (!pipes_.empty()) {
-    *read_fd = pipes_.back().first;
-    *write_fd = pipes_.back().second;
+    *read_fd = pipes_.back().read.release();
+    *write_fd = pipes_.back().write.release();
     pipes_.pop_back();
     return true;
   }
@@ -93,12 +89,9 @@ bool Loop::TakePipe(int* read_fd, int* write_fd) {
 }
 
 void Loop::ReturnPipe(int read_fd, int write_fd) {
-  if (pipes_.size() < 64) {
-    pipes_.emplace_back(read_fd, write_fd);
-  } else {
-    close(read_fd);
-    close(write_fd);
-  }
+  PipeFds pipe{UniqueFd(read_fd), UniqueFd(write_fd)};
+  // Beyond the pool's size the pipe closes here, with `pipe`.
+  if (pipes_.size() < kMaxPooledPipes) pipes_.push_back(std::move(pipe));
 }
 
 void Loop::Dispatch(uint64_t tag, int res, uint32_t flags) {

@@ -9,27 +9,25 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "ktlb/unique_fd.h"
 
 namespace ktlb {
 
 absl::StatusOr<int> OpenListenSocket(const sockaddr_storage& addr, socklen_t len, int backlog) {
-  int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
+  UniqueFd fd(socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
   int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  if (bind(fd, reinterpret_cast<const sockaddr*>(&addr), len) != 0) {
-    int e = errno;
-    close(fd);
-    return absl::UnavailableError(absl::StrCat("bind: ", strerror(e)));
+  setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+  setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  // errno is read before `fd` closes on the way out.
+  if (bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), len) != 0) {
+    return absl::UnavailableError(absl::StrCat("bind: ", strerror(errno)));
   }
-  if (listen(fd, backlog) != 0) {
-    int e = errno;
-    close(fd);
-    return absl::UnavailableError(absl::StrCat("listen: ", strerror(e)));
+  if (listen(fd.get(), backlog) != 0) {
+    return absl::UnavailableError(absl::StrCat("listen: ", strerror(errno)));
   }
-  return fd;
+  return fd.release();
 }
 
 absl::StatusOr<int> OpenClientSocket(int family) {

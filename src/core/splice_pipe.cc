@@ -1,7 +1,5 @@
 #include "ktlb/splice_pipe.h"
 
-#include <unistd.h>
-
 #include <fcntl.h>
 
 #include <algorithm>
@@ -19,7 +17,7 @@ SplicePipe::Status SplicePipe::Run(int source_fd, int sink_fd, bool sink_ready, 
       if (!sink_ready) {
         blocked = Status::kWaitSink;
       } else {
-        ssize_t n = splice(pipe_r_, nullptr, sink_fd, nullptr, in_pipe_,
+        ssize_t n = splice(pipe_r_.get(), nullptr, sink_fd, nullptr, in_pipe_,
                            SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
         if (n > 0) {
           in_pipe_ -= static_cast<size_t>(n);
@@ -37,7 +35,7 @@ SplicePipe::Status SplicePipe::Run(int source_fd, int sink_fd, bool sink_ready, 
     // Source -> pipe, while the pipe has room.
     if (left_ > 0 && in_pipe_ < kPipeBytes) {
       size_t want = static_cast<size_t>(std::min<uint64_t>(left_, kPipeBytes - in_pipe_));
-      ssize_t n = splice(source_fd, nullptr, pipe_w_, nullptr, want,
+      ssize_t n = splice(source_fd, nullptr, pipe_w_.get(), nullptr, want,
                          SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
       if (n > 0) {
         in_pipe_ += static_cast<size_t>(n);
@@ -60,7 +58,7 @@ SplicePipe::Status SplicePipe::Fill(int source_fd, uint64_t* added) {
   while (left_ > 0) {
     if (in_pipe_ >= kPipeBytes) return Status::kWaitSink;
     size_t want = static_cast<size_t>(std::min<uint64_t>(left_, kPipeBytes - in_pipe_));
-    ssize_t n = splice(source_fd, nullptr, pipe_w_, nullptr, want, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    ssize_t n = splice(source_fd, nullptr, pipe_w_.get(), nullptr, want, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
     if (n > 0) {
       in_pipe_ += static_cast<size_t>(n);
       left_ -= static_cast<uint64_t>(n);
@@ -78,18 +76,11 @@ SplicePipe::Status SplicePipe::Fill(int source_fd, uint64_t* added) {
 long SplicePipe::DrainTo(int sink_fd, size_t max) {
   size_t want = std::min(max, in_pipe_);
   if (want == 0) return 0;
-  ssize_t n = splice(pipe_r_, nullptr, sink_fd, nullptr, want, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+  ssize_t n = splice(pipe_r_.get(), nullptr, sink_fd, nullptr, want, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
   if (n < 0) return -errno;
   if (n == 0) return -EPIPE;
   in_pipe_ -= static_cast<size_t>(n);
   return n;
-}
-
-void SplicePipe::Discard() {
-  if (!active()) return;
-  close(pipe_r_);
-  close(pipe_w_);
-  Clear();
 }
 
 }  // namespace ktlb

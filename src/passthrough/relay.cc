@@ -92,11 +92,9 @@ void Relay::ArmRecv() {
 void Relay::OnRecv(int res, uint32_t flags) {
   recv_inflight_ = false;
   --inflight_;
-  if (state_ != State::kHello) {
-    loop().buffers().RecycleFrom(flags);
-    return MaybeRelease();
-  }
-  if (res == -ENOBUFS) return loop().NextTurn(Tag(RelayOp::kRecv));
+  ProvidedRecv recv(loop().buffers(), res, flags);
+  if (state_ != State::kHello) return MaybeRelease();
+  if (recv.no_buffer()) return loop().NextTurn(Tag(RelayOp::kRecv));
   if (res <= 0) {
     // Gone before a whole ClientHello: nothing to route.
     ctx_.metrics->tls.handshake_failures[static_cast<size_t>(
@@ -104,9 +102,8 @@ void Relay::OnRecv(int res, uint32_t flags) {
     close_reason_ = "client_closed";
     return CloseNow();
   }
-  uint16_t bid = BufferRing::BufferId(flags);
-  hello_.append(loop().buffers().Data(bid, static_cast<uint32_t>(res)));
-  loop().buffers().Recycle(bid);
+  hello_.append(recv.data());
+  recv.Recycle();
   ClientHello hello;
   HelloStatus st = hello_parser_.Parse(hello_, &hello);
   if (st == HelloStatus::kNeedMore) return ArmRecv();

@@ -19,6 +19,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "ktlb/unique_fd.h"
 
 namespace ktlb::tls {
 
@@ -295,25 +296,25 @@ bool OpenSslSupportsKtlsHandoff() {
 }
 
 int ProbeKernelKtls() {
-  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (lfd < 0) return errno;
+  UniqueFd lfd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!lfd) return errno;
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t alen = sizeof a;
   int result = EIO;
-  int cfd = -1, afd = -1;
-  if (bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && listen(lfd, 1) == 0 &&
-      getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &alen) == 0) {
-    cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (cfd >= 0 && connect(cfd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
-      afd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
-      result = AttachTlsUlp(cfd);
+  // Declared in this order so they close in reverse: the accepted end, the
+  // probed client end, then the listener.
+  UniqueFd cfd, afd;
+  if (bind(lfd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+      listen(lfd.get(), 1) == 0 &&
+      getsockname(lfd.get(), reinterpret_cast<sockaddr*>(&a), &alen) == 0) {
+    cfd.reset(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (cfd && connect(cfd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+      afd.reset(accept4(lfd.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      result = AttachTlsUlp(cfd.get());
     }
   }
-  if (afd >= 0) close(afd);
-  if (cfd >= 0) close(cfd);
-  close(lfd);
   return result;
 }
 

@@ -220,11 +220,9 @@ void Transport::OnSend(int res) {
 void Transport::OnRecv(int res, uint32_t flags) {
   recv_inflight_ = false;
   --inflight_;
-  if (state_ == State::kClosed) {
-    loop_->buffers().RecycleFrom(flags);
-    return MaybeRelease();
-  }
-  if (res == -ENOBUFS) {
+  ProvidedRecv recv(loop_->buffers(), res, flags);
+  if (state_ == State::kClosed) return MaybeRelease();
+  if (recv.no_buffer()) {
     recv_deferred_ = true;
     loop_->NextTurn(Tag(kDeferredRecv));
     return;
@@ -246,22 +244,17 @@ void Transport::OnRecv(int res, uint32_t flags) {
     }
     return CloseBy(CloseReason::kPeerGone);
   }
-  uint16_t bid = BufferRing::BufferId(flags);
-  std::string_view data = loop_->buffers().Data(bid, static_cast<uint32_t>(res));
-  if (state_ == State::kLingering) {
-    loop_->buffers().Recycle(bid);
-    return ArmRecv();
-  }
+  std::string_view data = recv.data();
+  if (state_ == State::kLingering) return ArmRecv();
   if (rx_active_) {
     AppendInput(data);
-    loop_->buffers().Recycle(bid);
+    recv.Recycle();  // AppendInput copied the bytes
     DeliverInput();
     return AfterInputEvent();
   }
   if (state_ == State::kHandshake && cipher_stash_.empty() && SSL_in_before(ssl_.get()) &&
       static_cast<uint8_t>(data[0]) != 0x16) {
     // Not a TLS handshake record: most likely plain HTTP sent to the TLS port.
-    loop_->buffers().Recycle(bid);
     metrics_->handshake_failures[static_cast<size_t>(HandshakeFailure::kPlainHttp)].Inc();
     Loop::CancelTimer(&timer_);
     out_.Clear();
@@ -289,7 +282,7 @@ void Transport::OnRecv(int res, uint32_t flags) {
     cipher_stash_.clear();
   }
   bio_.in = {};
-  loop_->buffers().Recycle(bid);
+  recv.Recycle();
   if (rx_sync_ == RxSync::kPending && !gone()) {
     // The handshake just ended: cipher_stash_ holds the partial record
     // DriveTls kept from OpenSSL, if any.

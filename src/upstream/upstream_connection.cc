@@ -150,18 +150,12 @@ void UpstreamConnection::OnSend(int res) {
 void UpstreamConnection::OnRecv(int res, uint32_t flags) {
   recv_inflight_ = false;
   --inflight_;
-  if (state_ == State::kClosed) {
-    loop_->buffers().RecycleFrom(flags);
-    return MaybeRelease();
-  }
-  if (res == -ENOBUFS) {
-    loop_->NextTurn(Tag(kRetryRecv));
-    return;
-  }
+  ProvidedRecv recv(loop_->buffers(), res, flags);
+  if (state_ == State::kClosed) return MaybeRelease();
+  if (recv.no_buffer()) return loop_->NextTurn(Tag(kRetryRecv));
   if (state_ == State::kIdle) {
     // A parked connection heard from its backend: a close, or bytes nobody
     // asked for. Either way it is not reusable.
-    loop_->buffers().RecycleFrom(flags);
     cluster_->Forget(this);
     return CloseNow();
   }
@@ -175,13 +169,11 @@ void UpstreamConnection::OnRecv(int res, uint32_t flags) {
     if (res < 0 || !got_bytes_ || head_done_) cluster_->metrics().resets.Inc();
     return head_done_ ? Abort() : Fail(false);
   }
-  uint16_t bid = BufferRing::BufferId(flags);
-  std::string_view data = loop_->buffers().Data(bid, static_cast<uint32_t>(res));
   got_bytes_ = true;
   loop_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kUpstreamResponse),
                   cluster_->limits().response_timeout_ms);
-  HandleBytes(data);
-  loop_->buffers().Recycle(bid);
+  HandleBytes(recv.data());
+  recv.Recycle();
   if (state_ == State::kActive && !resp_done_ && !pipe_.active()) ArmRecv();
 }
 

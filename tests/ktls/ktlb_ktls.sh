@@ -4,7 +4,8 @@
 #
 # Run with:
 #   tools/ktls-vm/run.sh --scenario tests/ktls/ktlb_ktls.sh \
-#     --bin build/ktlb --bin build/ktlb-origin --bin /usr/bin/curl --bin /usr/bin/openssl
+#     --bin build/ktlb --bin build/ktlb-origin --bin /usr/bin/curl --bin /usr/bin/openssl \
+#     --bin tests/ktls/terminate_setup.sh
 # (ctest: ktls_vm.ktlb). The test PKI comes from tools/gen-certs.sh (line below).
 #
 # Only ktlb offloads here: curl and s_client run without SSL_OP_ENABLE_KTLS, so every
@@ -24,21 +25,15 @@
 set -u
 # shellcheck source=tools/ktls-vm/guest-lib.sh
 . "$KTLB_VM_LIB"
+# W, F, PORT, ADMIN, ORIGIN_PORT; start_origin, write_config, start_ktlb, the EXIT trap.
+# shellcheck source=tests/ktls/terminate_setup.sh
+. "$KTLB_BIN_DIR/terminate_setup.sh"
 
-cd "$KTLB_WORK_DIR" || exit 1
-W=$KTLB_WORK_DIR
-F=$KTLB_FILES_DIR
-PORT=8443
-ADMIN=127.0.0.1:9901
-ORIGIN_PORT=9001
 RELAY_PORT=8600
 BIG=4194304
 URL=https://localhost:$PORT
 T_START=$(uptime_s)
-KTLB_PID=""
-ORIGIN_PID=""
 
-cp "$F/ca.crt" "$F/site.crt" "$F/site.key" "$W/"
 : >summary.txt
 
 # Development aid: pass "--file ktlb_ktls.only" holding a pattern (grep -E) to run only
@@ -50,51 +45,6 @@ now() { uptime_s; }
 elapsed() { secs_since "$1"; }
 note() { echo "$*" | tee -a summary.txt; }
 
-# The guest has no proxy settings, but never let curl guess.
-export NO_PROXY='*'
-
-write_config() { # write_config FILE KTLS_MODE
-  cat >"$1" <<EOF
-[server]
-workers = 1
-admin_listen = "$ADMIN"
-# Far beyond any case: a slow guest must never see a timeout it did not ask for.
-handshake_timeout_ms = 120000
-request_header_timeout_ms = 120000
-keepalive_timeout_ms = 120000
-upstream_connect_timeout_ms = 60000
-upstream_response_timeout_ms = 120000
-drain_timeout_ms = 20000
-
-[[listeners]]
-name = "public"
-listen = "127.0.0.1:$PORT"
-mode = "terminate"
-certificates = ["site"]
-ktls = "$2"
-
-[[certificates]]
-name = "site"
-cert = "$W/site.crt"
-key = "$W/site.key"
-
-[[routes]]
-listener = "public"
-upstream = "origin"
-
-[[upstreams]]
-name = "origin"
-servers = ["127.0.0.1:$ORIGIN_PORT"]
-EOF
-}
-
-start_ktlb() { # start_ktlb CONFIG LOG
-  KTLB_KTLS_DEBUG=1 ktlb --config "$1" >"$2" 2>&1 &
-  KTLB_PID=$!
-  wait_for_listen "$PORT" 60 || { cat "$2"; fail "ktlb did not listen on $PORT"; }
-  wait_for_listen 9901 60 || { cat "$2"; fail "ktlb admin did not listen"; }
-}
-
 stop_ktlb() {
   [ -n "$KTLB_PID" ] || return 0
   kill -TERM "$KTLB_PID" 2>/dev/null
@@ -103,12 +53,6 @@ stop_ktlb() {
   KTLB_PID=""
   [ "$rc" -eq 0 ] || fail "ktlb exited $rc on SIGTERM"
 }
-
-cleanup() {
-  [ -n "$KTLB_PID" ] && kill -TERM "$KTLB_PID" 2>/dev/null
-  [ -n "$ORIGIN_PID" ] && kill "$ORIGIN_PID" 2>/dev/null
-}
-trap cleanup EXIT
 
 metrics_save() { # metrics_save FILE
   curl -sS --max-time 20 "http://$ADMIN/metrics" >"$1" || fail "cannot read ktlb /metrics"
@@ -181,9 +125,7 @@ ccurl() { # curl with the test CA and a deadline
 phase setup
 echo "=== setup"
 tls_stat_show boot
-ktlb-origin --listen "127.0.0.1:$ORIGIN_PORT" --threads 1 >origin.log 2>&1 &
-ORIGIN_PID=$!
-wait_for_listen "$ORIGIN_PORT" 60 || { cat origin.log; fail "origin did not start"; }
+start_origin
 
 head -c "$BIG" /dev/urandom >up.bin
 UP_SUM="$(sha256sum up.bin | cut -d' ' -f1) $BIG"
