@@ -76,6 +76,9 @@ void Http2Connection::OnInput() {
       transport_->Abort();
       return;
     }
+    // Not HTTP/2 after all, or beyond saving: whatever GOAWAY the session
+    // could queue goes out, then the connection closes.
+    if (n < 0) closing_ = true;
     // Streams start once the whole read is processed: a HEADERS reset in
     // the same read (Rapid Reset) never reaches a backend.
     StartStreams();

@@ -91,6 +91,16 @@ class Http2AbuseTest(harness.KtlbTestCase):
         self.assertEqual(k.metric("ktlb_h2_goaways_sent_total", listener="public", reason="protocol_error"), 1)
         self.assert_served(k)
 
+    def test_http1_bytes_after_alpn_h2_are_closed(self):
+        k = self.start()
+        c = H2Raw(k.addr(), self.ca, preface=False)
+        with c:
+            c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            start = time.monotonic()
+            c.wait_closed(10)
+            self.assertLess(time.monotonic() - start, 5)
+        self.assert_served(k)
+
     def test_bad_frame_size_is_a_connection_error(self):
         k = self.start()
         with self.raw(k) as c:

@@ -15,6 +15,7 @@ cd "$KTLB_WORK_DIR" || exit 1
 W=$KTLB_WORK_DIR
 F=$KTLB_FILES_DIR
 PORT=8443
+H2_PORT=8445
 ADMIN=127.0.0.1:9901
 ORIGIN_PORT=9001
 KTLB_PID=""
@@ -35,8 +36,9 @@ start_origin() { # start_origin: ktlb-origin on $ORIGIN_PORT, log in origin.log
   wait_for_listen "$ORIGIN_PORT" 60 || { cat origin.log; fail "origin did not start"; }
 }
 
-# write_config FILE KTLS_MODE: one worker, the admin listener on $ADMIN, one terminate
-# listener on $PORT with the test certificate, every request to the origin.
+# write_config FILE KTLS_MODE: one worker, the admin listener on $ADMIN, terminate
+# listeners on $PORT (HTTP/1.1) and $H2_PORT (ALPN h2 first) with the test certificate,
+# every request to the origin.
 write_config() {
   cat >"$1" <<EOF
 [server]
@@ -57,6 +59,14 @@ mode = "terminate"
 certificates = ["site"]
 ktls = "$2"
 
+[[listeners]]
+name = "h2"
+listen = "127.0.0.1:$H2_PORT"
+mode = "terminate"
+certificates = ["site"]
+alpn = ["h2", "http/1.1"]
+ktls = "$2"
+
 [[certificates]]
 name = "site"
 cert = "$W/site.crt"
@@ -64,6 +74,10 @@ key = "$W/site.key"
 
 [[routes]]
 listener = "public"
+upstream = "origin"
+
+[[routes]]
+listener = "h2"
 upstream = "origin"
 
 [[upstreams]]
@@ -78,5 +92,6 @@ start_ktlb() {
   KTLB_KTLS_DEBUG=1 ktlb --config "$1" >"$2" 2>&1 &
   KTLB_PID=$!
   wait_for_listen "$PORT" 60 || { cat "$2"; fail "ktlb did not listen on $PORT"; }
+  wait_for_listen "$H2_PORT" 60 || { cat "$2"; fail "ktlb did not listen on $H2_PORT"; }
   wait_for_listen "${ADMIN##*:}" 60 || { cat "$2"; fail "ktlb admin did not listen"; }
 }
