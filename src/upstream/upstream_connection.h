@@ -83,6 +83,10 @@ class UpstreamConnection final : public IoHandler,
   void CloseNow();
   void MaybeRelease();
   void Finish();
+  // A 101 to an upgrade request: once the request has left completely, the
+  // socket goes to the exchange's sink (OnUpgraded) and this object is done.
+  void BeginHandOver(std::string_view already_read);
+  void TryHandOver();
   ExchangeSink* sink() const { return exchange_ != nullptr ? exchange_->sink() : nullptr; }
 
   Cluster* cluster_ = nullptr;
@@ -107,6 +111,8 @@ class UpstreamConnection final : public IoHandler,
   bool head_done_ = false;
   bool resp_done_ = false;
   bool reusable_ = false;
+  bool upgrading_ = false;    // a 101 arrived; waiting for our sends to finish
+  std::string upgrade_rest_;  // bytes read past the 101 head
   SplicePipe pipe_;  // active while a response body is being spliced
   bool poll_in_inflight_ = false;
   bool poll_out_inflight_ = false;
