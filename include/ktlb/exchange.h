@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "ktlb/http1.h"
+#include "ktlb/unique_fd.h"
 
 namespace ktlb::upstream {
 
@@ -64,6 +65,15 @@ class ExchangeSink {
   // SplicePipedTo, then OnSinkWritable for more.
   virtual bool TakesResponsePipe() const { return false; }
   virtual void OnResponsePiped() {}
+  // ExchangeRequest::upgrade and the backend answered 101 (its head went to
+  // OnResponseHead just before): the exchange is over and the backend socket
+  // is the sink's now, never to be pooled again. `already_read`: bytes the
+  // backend sent after the 101 head (already the new protocol), valid for
+  // this call only. A sink that cannot tunnel lets `backend` close.
+  virtual void OnUpgraded(UniqueFd backend, std::string_view already_read) {
+    (void)backend;
+    (void)already_read;
+  }
 
  protected:
   ~ExchangeSink() = default;
@@ -82,6 +92,9 @@ struct ExchangeRequest {
   // The sink frames bodies itself (HTTP/2): it gets the response payload and
   // trailers without HTTP/1 chunk framing (and no splice of chunked data).
   bool decode_body = false;
+  // The client asked to switch protocols (an HTTP/1.1 Upgrade): a 101 ends
+  // the exchange with OnUpgraded. Without it a 101 is a bad response.
+  bool upgrade = false;
   // The balancer's key (RequestHasher over the cluster's hash_key()), when
   // the cluster hashes and the request has one.
   uint64_t hash = 0;
@@ -136,6 +149,7 @@ class Exchange {
   void OnAttemptFailed(bool timed_out, bool got_response_bytes);
   void OnAttemptAborted();
   void OnAttemptDone();
+  void OnAttemptUpgraded(UniqueFd backend, std::string_view already_read);
 
  private:
   void Attempt(int avoid_server);

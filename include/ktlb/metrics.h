@@ -77,6 +77,9 @@ struct ListenerMetrics {
   std::array<Counter, kMaxReasons> parse_errors;        // by http1::RequestError
   Counter client_resets;
   Counter bytes_spliced;  // body bytes moved socket -> pipe -> socket, both directions
+  // HTTP/1.1 upgrades (WebSocket) answered 101: the connection became a tunnel.
+  Counter websocket_tunnels;
+  Counter websocket_tunnels_active;  // gauge
   // Passthrough listeners.
   std::array<Counter, kMaxReasons> passthrough_hello_failures;  // by passthrough::HelloStatus
   Counter passthrough_no_route;

@@ -171,6 +171,11 @@ std::string MetricsRegistry::Render() const {
   per_listener("ktlb_spliced_bytes_total", "counter",
                "Body bytes spliced between a backend and a kTLS client socket, both directions (never copied to userspace).",
                [](const ListenerMetrics& m) -> const Counter& { return m.bytes_spliced; });
+  per_listener("ktlb_websocket_tunnels_total", "counter",
+               "HTTP/1.1 upgrades (WebSocket) the backend accepted with 101: tunnels opened.",
+               [](const ListenerMetrics& m) -> const Counter& { return m.websocket_tunnels; });
+  per_listener("ktlb_websocket_tunnels_active", "gauge", "Upgrade tunnels open now.",
+               [](const ListenerMetrics& m) -> const Counter& { return m.websocket_tunnels_active; });
   per_listener("ktlb_ktls_keyupdates_total", "counter",
                "TLS 1.3 KeyUpdates received on kTLS RX sockets.",
                [](const ListenerMetrics& m) -> const Counter& { return m.tls.ktls_keyupdates; });

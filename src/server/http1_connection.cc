@@ -76,6 +76,8 @@ tls::InputWanted Http1Connection::WantsInput() const {
         return tls::InputWanted::kYes;
       }
       return tls::InputWanted::kNo;  // pipelined requests wait until this response is done
+    case State::kTunnel:
+      return tunnel_.WantsInput();
     default:
       return tls::InputWanted::kNo;
   }
@@ -102,6 +104,7 @@ void Http1Connection::OnNotTls() {
 }
 
 void Http1Connection::OnInput() {
+  if (state_ == State::kTunnel) return tunnel_.OnClientInput();
   if (req_pipe_.active()) {
     // The body cannot come any more (close_notify, a KeyUpdate the kernel
     // cannot follow): the exchange is cut short.
@@ -128,6 +131,7 @@ void Http1Connection::HandleInputEnd() {
 }
 
 void Http1Connection::OnWritable() {
+  if (state_ == State::kTunnel) return tunnel_.OnClientWritable();
   if (state_ == State::kProxying && ResponseBacklog() < upstream::kMaxResponseBacklog) {
     exchange_.OnSinkWritable();
   }
@@ -176,7 +180,9 @@ void Http1Connection::WritePendingHead() {
 }
 
 void Http1Connection::OnResponseHead(const http1::ResponseHead& head) {
-  if (head.status >= 200) {
+  // A 101 reaches this sink only for an upgrade request: it is final.
+  const bool switching = head.status == 101;
+  if (head.status >= 200 || switching) {
     resp_head_seen_ = true;
     resp_status_ = head.status;
     // A close-delimited body ends with the connection; otherwise the client
@@ -184,8 +190,8 @@ void Http1Connection::OnResponseHead(const http1::ResponseHead& head) {
     if (head.body == http1::BodyKind::kUntilClose) keep_alive_ = false;
   }
   WritePendingHead();  // an interim (1xx) head before this one
-  http1::BuildClientResponseHead(head, request_version_minor_, closing_after_response(),
-                                 &pending_head_);
+  http1::BuildClientResponseHead(head, request_version_minor_,
+                                 !switching && closing_after_response(), &pending_head_);
   if (!head_flush_scheduled_) {
     head_flush_scheduled_ = true;
     w_->loop().AtTurnEnd(Tag(kFlushHead));
@@ -314,6 +320,7 @@ void Http1Connection::StartExchange() {
   req_body_seen_ = 0;
   request_version_minor_ = head_.version_minor;
   request_has_body_ = head_.body != http1::BodyKind::kNone;
+  upgrade_requested_ = head_.upgrade;
   keep_alive_ = head_.keep_alive && !w_->draining();
   resp_head_seen_ = resp_done_ = false;
   resp_status_ = 0;
@@ -374,6 +381,7 @@ void Http1Connection::StartExchange() {
   req.has_body = request_has_body_;
   req.idempotent = head_.idempotent;
   req.http10 = request_version_minor_ == 0;
+  req.upgrade = upgrade_requested_;
   req.hash = key_hash;
   req.has_hash = has_key_hash;
   exchange_.Start(cluster, req, this);
@@ -452,6 +460,8 @@ void Http1Connection::LogRequest(int status, const char* error) {
                                          "\"version\":null"));
   absl::StrAppend(out, ",\"status\":", status, ",\"bytes\":", resp_bytes_, ",\"ms\":",
                   started ? w_->now_ms() - log_start_ms_ : 0);
+  if (tunnel_bytes_up_ >= 0) absl::StrAppend(out, ",\"bytes_up\":", tunnel_bytes_up_);
+  tunnel_bytes_up_ = -1;
   std::string_view upstream, server;
   if (started && cluster_ != nullptr) {
     upstream = cluster_->name();
@@ -466,6 +476,7 @@ void Http1Connection::LogRequest(int status, const char* error) {
 
 void Http1Connection::LogIfPending(const char* error) {
   if (state_ == State::kHttp2) return h2_->LogIfPending(error);
+  if (state_ == State::kTunnel) return FinishTunnel(error);
   if (log_pending_) LogRequest(resp_status_, error);
 }
 
@@ -554,6 +565,7 @@ void Http1Connection::CloseNow() {
 }
 
 void Http1Connection::TearDown() {
+  if (state_ == State::kTunnel) FinishTunnel("aborted");
   // A request cut short (client gone, backend reset mid-response) is still
   // logged, with what had been sent.
   if (log_pending_) LogRequest(resp_status_, "aborted");
@@ -566,7 +578,7 @@ void Http1Connection::TearDown() {
 }
 
 void Http1Connection::MaybeRelease() {
-  if (!transport_released_ || inflight_ > 0) return;
+  if (!transport_released_ || inflight_ > 0 || tunnel_.busy()) return;
   state_ = State::kIdle;
   gen_->listener_metrics(listener_).active.Dec();
   ShrinkIdleBuffers();

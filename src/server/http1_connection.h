@@ -22,6 +22,7 @@
 #include "ktlb/tls.h"
 #include "ktlb/tls_transport.h"
 #include "http2_connection.h"
+#include "websocket_tunnel.h"
 
 namespace ktlb {
 
@@ -32,7 +33,8 @@ class Http1Connection final : public IoHandler,
                               public DeadlineTarget,
                               public tls::TransportOwner,
                               public upstream::ExchangeSink,
-                              private Http2Connection::Host {
+                              private Http2Connection::Host,
+                              private WebSocketTunnel::Host {
  public:
   uint32_t slot_index = 0;
   uint16_t generation = 0;
@@ -60,6 +62,9 @@ class Http1Connection final : public IoHandler,
   int ResponseSpliceFd() const override;
   bool ResponseSpliceReady() const override;
   void OnResponseSpliced(uint64_t n) override;
+  // A 101 to an upgrade request: the connection becomes a tunnel
+  // (http1_upgrade.cc).
+  void OnUpgraded(UniqueFd backend, std::string_view already_read) override;
 
   // IoHandler (splice readiness polls, the response head flush).
   void OnDeferred(uint8_t op) override;
@@ -79,9 +84,14 @@ class Http1Connection final : public IoHandler,
   static constexpr size_t kPlainChunk = 16 * 1024;  // slack over the head limit
   enum Op : uint8_t { kPollIn = 1, kPollOut, kFlushHead };
 
-  enum class State { kIdle, kHandshake, kReadingHead, kProxying, kClosing, kClosed, kHttp2 };
+  enum class State { kIdle, kHandshake, kReadingHead, kProxying, kTunnel, kClosing, kClosed, kHttp2 };
   // Http2Connection::Host: the h2 connection let the transport go.
   void OnHttp2Released() override;
+  // WebSocketTunnel::Host (http1_upgrade.cc).
+  void OnTunnelEnded(const char* error, bool graceful) override;
+  void OnTunnelReleased() override;
+  // The tunnel's access log line and gauge, once, however it ends.
+  void FinishTunnel(const char* error);
 
   uint64_t Tag(uint8_t op) const;
   int fd() const { return transport_.fd(); }
@@ -155,6 +165,8 @@ class Http1Connection final : public IoHandler,
   bool resp_done_ = false;
   bool keep_alive_ = true;
   bool request_has_body_ = false;
+  bool upgrade_requested_ = false;  // a 101 to this request opens a tunnel
+  WebSocketTunnel tunnel_;
   int resp_status_ = 0;
   int request_version_minor_ = 1;
   uint64_t req_content_length_ = 0;  // 0 unless the body is Content-Length framed
@@ -167,6 +179,7 @@ class Http1Connection final : public IoHandler,
   const char* refuse_reason_ = nullptr;  // a request refused before it had a head
   uint64_t log_start_ms_ = 0;
   uint64_t resp_bytes_ = 0;  // response bytes to the client, spliced ones included
+  int64_t tunnel_bytes_up_ = -1;  // a tunnel's client -> backend bytes, logged as "bytes_up"
   std::string log_req_;      // its "method", "target" and "host" members, JSON
 };
 

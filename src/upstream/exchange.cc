@@ -1,5 +1,7 @@
 #include "ktlb/exchange.h"
 
+#include <utility>
+
 #include "ktlb/cluster.h"
 #include "upstream_connection.h"
 
@@ -85,6 +87,14 @@ void Exchange::OnAttemptDone() {
   conn_ = nullptr;
   EndAttempt();
   sink_->OnResponseComplete();
+}
+
+void Exchange::OnAttemptUpgraded(UniqueFd backend, std::string_view already_read) {
+  conn_ = nullptr;
+  // The attempt is over for the balancer: a long-lived tunnel is not an
+  // in-flight request (passthrough tunnels are not either).
+  EndAttempt();
+  sink_->OnUpgraded(std::move(backend), already_read);
 }
 
 void Exchange::SendBody(std::string_view bytes) {

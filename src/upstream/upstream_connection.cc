@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include "ktlb/splice_policy.h"
 
@@ -63,7 +64,7 @@ bool UpstreamConnection::Connect(Cluster* cluster, size_t server) {
 
 void UpstreamConnection::Begin(Exchange* exchange) {
   exchange_ = exchange;
-  got_bytes_ = head_done_ = resp_done_ = reusable_ = false;
+  got_bytes_ = head_done_ = resp_done_ = reusable_ = upgrading_ = false;
   head_buf_.clear();
   trailer_bytes_.clear();
   if (!parser_) parser_.emplace();
@@ -144,6 +145,7 @@ void UpstreamConnection::OnSend(int res) {
   }
   sending_off_ += static_cast<size_t>(res);
   FlushSend();
+  if (upgrading_) return TryHandOver();
   if (sink() != nullptr && SendBacklog() == 0) sink()->OnRequestWritable();
 }
 
@@ -204,7 +206,14 @@ void UpstreamConnection::HandleBytes(std::string_view data) {
       // The rest of this read, past the head, is body (or the next head).
       size_t consumed_from_data =
           head_buf_.empty() ? head_.head_len : head_.head_len - (head_buf_.size() - data.size());
-      const bool interim = head_.status < 200;
+      const bool switching = head_.status == 101;
+      if (switching && !exchange_->request().upgrade) {
+        // Nobody asked to switch: what follows is not HTTP for us to read.
+        cluster_->log().Log(ErrorLog::Level::kWarn, "upstream", "101 to a request without Upgrade");
+        cluster_->metrics().resets.Inc();
+        return Fail(false);
+      }
+      const bool interim = head_.status < 200 && !switching;
       if (!interim) {
         head_done_ = true;
         // An HTTP/1.0 request may leave the backend expecting to close:
@@ -217,6 +226,7 @@ void UpstreamConnection::HandleBytes(std::string_view data) {
       head_buf_.clear();
       if (sink() == nullptr || state_ != State::kActive) return;
       if (interim) continue;  // 1xx: the final head follows
+      if (switching) return BeginHandOver(data);
       if (head_.body == http1::BodyKind::kNone) {
         resp_done_ = true;
         if (!data.empty()) reusable_ = false;  // bytes after a complete response
@@ -297,6 +307,33 @@ void UpstreamConnection::Finish() {
   }
   if (!parked) CloseNow();
   if (ex != nullptr) ex->OnAttemptDone();
+}
+
+void UpstreamConnection::BeginHandOver(std::string_view already_read) {
+  // Stop reading (resp_done_ keeps OnRecv and OnSinkWritable from arming a
+  // recv): from here on the bytes are the tunnel's. The response timer runs
+  // on until the hand-over, so a send that never completes still ends.
+  resp_done_ = true;
+  reusable_ = false;
+  upgrading_ = true;
+  upgrade_rest_.assign(already_read);
+  TryHandOver();
+}
+
+void UpstreamConnection::TryHandOver() {
+  // The tunnel's first bytes must follow the whole request head (and any
+  // body we queued), and no operation of ours may still use the socket.
+  if (send_inflight_ || SendBacklog() > 0 || state_ != State::kActive) return;
+  Exchange* ex = exchange_;
+  exchange_ = nullptr;
+  upgrading_ = false;
+  std::string rest;
+  rest.swap(upgrade_rest_);
+  UniqueFd fd = std::move(fd_);
+  state_ = State::kClosed;
+  Loop::CancelTimer(&timer_);
+  MaybeRelease();  // nothing in flight: back to the cluster's pool of objects
+  if (ex != nullptr) ex->OnAttemptUpgraded(std::move(fd), rest);
 }
 
 void UpstreamConnection::Fail(bool timed_out) {

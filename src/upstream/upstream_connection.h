@@ -90,6 +90,10 @@ class UpstreamConnection final : public IoHandler,
   void CloseNow();
   void MaybeRelease();
   void Finish();
+  // A 101 to an upgrade request: once the request has left completely, the
+  // socket goes to the exchange's sink (OnUpgraded) and this object is done.
+  void BeginHandOver(std::string_view already_read);
+  void TryHandOver();
   ExchangeSink* sink() const { return exchange_ != nullptr ? exchange_->sink() : nullptr; }
 
   Cluster* cluster_ = nullptr;
@@ -114,6 +118,8 @@ class UpstreamConnection final : public IoHandler,
   bool head_done_ = false;
   bool resp_done_ = false;
   bool reusable_ = false;
+  bool upgrading_ = false;    // a 101 arrived; waiting for our sends to finish
+  std::string upgrade_rest_;  // bytes read past the 101 head
   SplicePipe pipe_;  // active while a response body is being spliced
   bool pipe_mode_ = false;  // ... into a pipe the sink drains (StartPipe)
   bool poll_in_inflight_ = false;
