@@ -277,6 +277,8 @@ class Session {
  private:
   Stream* Find(int32_t id) const;
   void Refuse(Stream* s, Refusal r);
+  // END_STREAM from the client (on DATA or trailers).
+  void EndRequest(Stream* s);
   // Charges a glitch; when the budget runs out, GOAWAY ENHANCE_YOUR_CALM.
   void Glitch(Glitch g);
 

@@ -188,6 +188,13 @@ void Session::Refuse(Stream* s, Refusal r) {
   Glitch(Glitch::kServerReset);
 }
 
+void Session::EndRequest(Stream* s) {
+  // The body is complete: its length must agree with content-length.
+  if (Refusal r = s->request.OnEnd(); r != Refusal::kNone) return Refuse(s, r);
+  s->request_ended = true;
+  owner_->OnRequestEnd(s);
+}
+
 int Session::OnBeginFrame(const nghttp2_frame_hd* hd) {
   if (terminated_) return 0;
   if (hd->type != NGHTTP2_CONTINUATION) continuations_ = 0;
@@ -271,23 +278,12 @@ int Session::OnFrameRecv(const nghttp2_frame* frame) {
         Refuse(s, Refusal::kTrailersWithoutEnd);
         return 0;
       }
-      if (Refusal r = s->request.OnEnd(); r != Refusal::kNone) {
-        Refuse(s, r);
-        return 0;
-      }
-      s->request_ended = true;
-      owner_->OnRequestEnd(s);
+      EndRequest(s);
       return 0;
     }
     case NGHTTP2_DATA: {
       Stream* s = Find(frame->hd.stream_id);
-      if (s == nullptr || s->refused || !end_stream) return 0;
-      if (Refusal r = s->request.OnEnd(); r != Refusal::kNone) {
-        Refuse(s, r);
-        return 0;
-      }
-      s->request_ended = true;
-      owner_->OnRequestEnd(s);
+      if (s != nullptr && !s->refused && end_stream) EndRequest(s);
       return 0;
     }
     case NGHTTP2_RST_STREAM: {

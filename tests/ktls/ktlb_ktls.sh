@@ -227,10 +227,16 @@ h2_case() { # h2_case NAME CURL_TLS_ARGS...
 }
 if want h2; then
   phase h2
+  TX_M='ktlb_ktls_tx_total{listener="h2"}'
+  RX_M='ktlb_ktls_rx_total{listener="h2"}'
+  HS_M='ktlb_tls_handshakes_total{listener="h2",kind="full"}'
   # shellcheck disable=SC2086
   h2_case h2-t13 $T13
   # shellcheck disable=SC2086
   h2_case h2-t12 $T12
+  TX_M='ktlb_ktls_tx_total{listener="public"}'
+  RX_M='ktlb_ktls_rx_total{listener="public"}'
+  HS_M='ktlb_tls_handshakes_total{listener="public",kind="full"}'
 fi
 
 # --- keep-alive: several requests on one connection ------------------------------------------
@@ -573,8 +579,11 @@ echo "=== metrics (ktls and handshakes)"
 grep -E '^ktlb_(ktls|tls_handshakes|connections|client_resets|spliced)' m.after.all
 dtx=$(tls_stat_delta tls.before.all TlsTxSw)
 drx=$(tls_stat_delta tls.before.all TlsRxSw)
-mtx=$(metric_delta m.before.all m.after.all "$TX_M")
-mrx=$(metric_delta m.before.all m.after.all "$RX_M")
+# Both listeners (HTTP/1.1 and h2).
+mtx=$(($(metric_delta m.before.all m.after.all "$TX_M") +
+  $(metric_delta m.before.all m.after.all 'ktlb_ktls_tx_total{listener="h2"}')))
+mrx=$(($(metric_delta m.before.all m.after.all "$RX_M") +
+  $(metric_delta m.before.all m.after.all 'ktlb_ktls_rx_total{listener="h2"}')))
 fb=$(awk '/^ktlb_ktls_fallbacks_total/ { s += $NF } END { print s + 0 }' m.after.all)
 note "all connections: TlsTxSw +$dtx TlsRxSw +$drx TlsDecryptError +$(tls_stat_delta tls.before.all TlsDecryptError)" \
   "| ktlb_ktls_tx_total +$mtx ktlb_ktls_rx_total +$mrx fallbacks $fb"
