@@ -87,7 +87,12 @@ class GlitchBudget {
   uint32_t left() const { return static_cast<uint32_t>(tokens_ / kScale); }
 
  private:
-  static constexpr uint64_t kScale = 1000;  // fixed point: refill below one per ms
+  // Fixed point: one glitch is kScale units and the refill is exactly
+  // `budget` units a millisecond (budget/60 a second), so no rounding loses
+  // it however small the budget or however often Charge runs. (kScale was
+  // 1000 with a refill of (budget*1000)/60000 units per ms, which truncated
+  // to nothing below a budget of 60 and to 16 a second for the default 1000.)
+  static constexpr uint64_t kScale = 60000;
   uint64_t tokens_ = 0;
   uint64_t max_ = 0;
   uint64_t at_ms_ = 0;
@@ -138,6 +143,9 @@ class RequestHeaders {
   std::vector<Field> fields_;
   std::vector<Span> cookies_;
   std::vector<http1::Header> trailers_;
+  // Trailer fields are kept apart from arena_: they arrive after
+  // ToRequestHead handed out views into arena_, which must not move then.
+  std::string trailer_arena_;
   std::vector<Field> trailer_fields_;
   Span method_, scheme_, authority_, path_, protocol_, host_;
   uint32_t list_size_ = 0;

@@ -1,5 +1,6 @@
 // The per-connection abuse budget and the labels its metrics use.
 #include <algorithm>
+#include <cstdint>
 
 #include "ktlb/http2.h"
 
@@ -37,8 +38,11 @@ void GlitchBudget::Reset(uint32_t budget, uint64_t now_ms) {
 
 bool GlitchBudget::Charge(uint64_t now_ms) {
   if (now_ms > at_ms_) {
-    // budget/60 per second = budget * kScale / 60000 per ms, in kScale units.
-    tokens_ = std::min(max_, tokens_ + (now_ms - at_ms_) * (max_ / 60000));
+    // budget/60 per second = budget * kScale / 60000 per ms, in kScale units:
+    // with kScale = 60000 exactly max_ / 60000 = budget, no remainder lost.
+    // A minute refills everything, so longer gaps count as one (no overflow).
+    const uint64_t elapsed = std::min<uint64_t>(now_ms - at_ms_, 60000);
+    tokens_ = std::min(max_, tokens_ + elapsed * (max_ / 60000));
     at_ms_ = now_ms;
   }
   if (tokens_ < kScale) return false;

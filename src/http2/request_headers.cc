@@ -33,6 +33,11 @@ bool IsConnectionSpecific(std::string_view name) {
 
 bool ParseLength(std::string_view v, int64_t* out) {
   if (v.empty() || v.size() > 18) return false;
+  // Content-Length = 1*DIGIT (RFC 9110 8.6): from_chars alone took "-0" as 0,
+  // and the field went on to the backend as it was.
+  for (char c : v) {
+    if (c < '0' || c > '9') return false;
+  }
   int64_t n = 0;
   auto r = std::from_chars(v.data(), v.data() + v.size(), n);
   if (r.ec != std::errc() || r.ptr != v.data() + v.size() || n < 0) return false;
@@ -71,6 +76,7 @@ void RequestHeaders::Reset(uint32_t max_list_size) {
   fields_.clear();
   cookies_.clear();
   trailers_.clear();
+  trailer_arena_.clear();
   trailer_fields_.clear();
   method_ = scheme_ = authority_ = path_ = protocol_ = host_ = Span{};
   list_size_ = 0;
@@ -105,7 +111,15 @@ Refusal RequestHeaders::Add(std::string_view name, std::string_view value) {
   if (in_trailers_) {
     if (name[0] == ':') return Refusal::kPseudoInTrailers;
     if (Refusal r = CheckRegular(name, value); r != Refusal::kNone) return r;
-    trailer_fields_.push_back(Field{Keep(name), Keep(value)});
+    // Into trailer_arena_, not arena_: ToRequestHead's views into arena_
+    // are still in use (growing arena_ here left them dangling).
+    const auto keep = [this](std::string_view s) {
+      Span span{static_cast<uint32_t>(trailer_arena_.size()), static_cast<uint32_t>(s.size()), true};
+      trailer_arena_.append(s);
+      return span;
+    };
+    Span n = keep(name);
+    trailer_fields_.push_back(Field{n, keep(value)});
     return Refusal::kNone;
   }
 
@@ -120,7 +134,11 @@ Refusal RequestHeaders::Add(std::string_view name, std::string_view value) {
       if (value.empty()) return Refusal::kBadPseudoValue;
     } else if (name == ":authority") {
       slot = &authority_;
-      if (nghttp2_check_authority(U(value), value.size()) == 0) return Refusal::kBadPseudoValue;
+      // No userinfo (RFC 9113 8.3.1): nghttp2_check_authority allows '@'.
+      if (nghttp2_check_authority(U(value), value.size()) == 0 ||
+          value.find('@') != std::string_view::npos) {
+        return Refusal::kBadPseudoValue;
+      }
     } else if (name == ":path") {
       slot = &path_;
       if (nghttp2_check_path(U(value), value.size()) == 0) return Refusal::kBadPseudoValue;
@@ -145,7 +163,10 @@ Refusal RequestHeaders::Add(std::string_view name, std::string_view value) {
     content_length_ = n;
   } else if (name == "host") {
     if (host_.set) return Refusal::kBadValue;  // two Host fields
-    if (nghttp2_check_authority(U(value), value.size()) == 0) return Refusal::kBadValue;
+    if (nghttp2_check_authority(U(value), value.size()) == 0 ||
+        value.find('@') != std::string_view::npos) {
+      return Refusal::kBadValue;
+    }
     host_ = Keep(value);
     return Refusal::kNone;
   } else if (name == "cookie") {
@@ -166,6 +187,16 @@ Refusal RequestHeaders::FinishHead(bool end_stream) {
   } else {
     if (protocol_.set) return Refusal::kBadPseudoValue;
     if (!scheme_.set || !path_.set) return Refusal::kMissingPseudo;
+  }
+  if (path_.set) {
+    // RFC 9113 8.3.1: not empty; origin-form, or "*" for OPTIONS. :path goes
+    // to the backend as the request-target, where an absolute-form one
+    // ("http://other/x") would override the Host ktlb routed on (RFC 9112
+    // 3.2.2), a desync the HTTP/1 parser refuses; nghttp2_check_path checks
+    // characters only.
+    const std::string_view p = View(path_);
+    const bool asterisk = p == "*" && View(method_) == "OPTIONS";
+    if (p.empty() || (p[0] != '/' && !asterisk)) return Refusal::kBadPseudoValue;
   }
   if (protocol_.set && (!scheme_.set || !path_.set || !authority_.set)) return Refusal::kMissingPseudo;
   if (host_.set && authority_.set && !EqualsNoCase(View(host_), View(authority_))) {
@@ -190,9 +221,13 @@ Refusal RequestHeaders::OnEnd() {
   if (content_length_ >= 0 && data_bytes_ != static_cast<uint64_t>(content_length_)) {
     return Refusal::kContentLengthMismatch;
   }
-  // Views of the trailer fields, now that the arena is final.
+  // Views of the trailer fields, now that their arena is final.
+  const std::string_view ta(trailer_arena_);
   trailers_.clear();
-  for (const Field& f : trailer_fields_) trailers_.push_back(http1::Header{View(f.name), View(f.value)});
+  for (const Field& f : trailer_fields_) {
+    trailers_.push_back(
+        http1::Header{ta.substr(f.name.off, f.name.len), ta.substr(f.value.off, f.value.len)});
+  }
   return Refusal::kNone;
 }
 
