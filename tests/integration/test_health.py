@@ -4,6 +4,7 @@ restart on the same port, with no failed request on the way; passive
 ejection stops connects to a refusing server for its backoff; with every
 server down a client gets 503 and Retry-After at once."""
 
+import subprocess
 import time
 
 import harness
@@ -14,11 +15,12 @@ INTERVAL_MS = 200
 
 
 class HealthTest(harness.KtlbTestCase):
-    def config(self, servers, extra="", workers=2):
+    def config(self, servers, extra="", workers=2, listener=None):
         """basic_config whose upstream "app" has `servers` (addresses) and
         `extra` TOML lines."""
         first = free_port()
-        text = self.basic_config({"app": [f"127.0.0.1:{first}"]}, server={"workers": str(workers)})
+        text = self.basic_config({"app": [f"127.0.0.1:{first}"]}, server={"workers": str(workers)},
+                                 listener=listener)
         line = f'servers = ["127.0.0.1:{first}"]'
         self.assertIn(line, text)
         listed = ", ".join(f'"{s}"' for s in servers)
@@ -138,6 +140,19 @@ class HealthTest(harness.KtlbTestCase):
                 self.assertEqual(header(headers, "Retry-After"), ["1"])
         print(f"\n[health] 503 with every server down in {took * 1000:.1f} ms")
         self.assertEqual(k.metric("ktlb_upstream_no_server_total", upstream="app"), 3)
+
+    def test_every_server_down_is_503_over_http2(self):
+        dead = f"127.0.0.1:{free_port()}"
+        extra = (f'health = {{ type = "tcp", interval_ms = {INTERVAL_MS}, timeout_ms = 100, '
+                 "rise = 1, fall = 1 }\n")
+        k = self.ktlb(self.config([dead], extra, listener={"alpn": '["h2", "http/1.1"]'}))
+        self.wait_healthy(k, 0)
+        out = subprocess.run(
+            ["curl", "-s", "--http2", "--cacert", self.ca, "-o", "/dev/null",
+             "-w", "%{http_version} %{http_code}", "--resolve", f"localhost:{k.port()}:127.0.0.1",
+             f"https://localhost:{k.port()}/"],
+            capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.stdout, "2 503", out.stderr)
 
     def test_passive_ejection_stops_connects(self):
         a = self.origin("a")
