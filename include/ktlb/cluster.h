@@ -16,7 +16,9 @@
 
 #include "ktlb/balancer.h"
 #include "ktlb/config.h"
+#include "ktlb/ejection.h"
 #include "ktlb/error_log.h"
+#include "ktlb/health.h"
 #include "ktlb/loop.h"
 #include "ktlb/metrics.h"
 #include "ktlb/slot_pool.h"
@@ -46,8 +48,10 @@ class Cluster {
 
   // `worker_id` seeds the balancer so workers do not start on one server.
   // `timeouts`: the worker's timeouts_total counters, by TimeoutKind.
+  // `health`: the upstream's active-check board, or null (passive only).
   Cluster(const UpstreamConfig& config, const Limits& limits, size_t worker_id, Loop* loop,
-          ErrorLog* log, UpstreamMetrics* metrics, Counter* timeouts);
+          ErrorLog* log, UpstreamMetrics* metrics, Counter* timeouts,
+          std::shared_ptr<const HealthBoard> health = nullptr);
   ~Cluster();
   Cluster(const Cluster&) = delete;
   Cluster& operator=(const Cluster&) = delete;
@@ -62,9 +66,18 @@ class Cluster {
   void CountTimeout(TimeoutKind k) { timeouts_[static_cast<size_t>(k)].Inc(); }
 
   // The server for a new attempt, skipping `avoid` (a retry) when there is
-  // another; -1 when no server is available. `hash` is the request's key
-  // (RequestHasher) for a hashing balancer, has_hash false when it has none.
+  // another; -1 when no server is available (all down or ejected). `hash`
+  // is the request's key (RequestHasher) for a hashing balancer, has_hash
+  // false when it has none.
   int Pick(int avoid, uint64_t hash = 0, bool has_hash = false);
+  // Passive health: how an attempt on `server` went. A failure is a connect
+  // failure, a reset, a timeout or a 5xx; enough in a row eject the server
+  // from this worker's picks (ejection.h).
+  void ReportSuccess(size_t server) { ejection_[server].OnSuccess(); }
+  void ReportFailure(size_t server);
+  // Seconds until a server may be back, for the Retry-After of a 503 when
+  // Pick found none (at least 1).
+  uint32_t RetryAfterSeconds();
   // What the balancer hashes, or nullptr when it hashes nothing (so the
   // client side need not compute a key).
   const HashKeyConfig* hash_key() const {
@@ -84,7 +97,8 @@ class Cluster {
   }
   void RecordLatency(size_t server, uint64_t us, bool failed);
   const ServerLoad& load(size_t server) const { return load_[server]; }
-  // Which servers may be picked (health and ejection will clear bits).
+  // Which servers may be picked: up on the health board and not ejected.
+  // Recomputed by Pick when either changed.
   ServerMask& available() { return available_; }
   // CLOCK_MONOTONIC in microseconds: latency is sub-millisecond on a LAN,
   // finer than the loop's millisecond clock.
@@ -116,6 +130,20 @@ class Cluster {
   std::unique_ptr<Balancer> balancer_;
   ServerMask available_;
   std::vector<ServerLoad> load_;  // by server
+  // Health: the shared board (may be null), this worker's ejections, and
+  // when each server last came back (slow start).
+  void RefreshAvailability(uint64_t now_ms);
+  // Slow start: whether a server that came back recently takes this pick.
+  bool Admit(size_t server, uint64_t now_ms);
+  std::shared_ptr<const HealthBoard> health_;
+  uint64_t health_seen_ = ~uint64_t{0};  // board version available_ reflects
+  uint64_t next_readmit_ms_ = ~uint64_t{0};
+  EjectionConfig eject_;
+  uint32_t slow_start_ms_ = 0;
+  std::vector<EjectionState> ejection_;  // by server
+  std::vector<uint64_t> back_since_ms_;  // by server; 0 = never away
+  std::vector<uint8_t> board_up_;  // by server: the board as last read
+  uint64_t rng_;
   bool draining_ = false;
   SlotPool<UpstreamConnection> connections_;
   // idle_[server]: parked keep-alive connections, most recent last.

@@ -116,6 +116,29 @@ struct UpstreamServer {
   uint32_t weight = 1;  // 1..256: its share relative to the others
 };
 
+// Active health checks: one prober per upstream per process.
+enum class HealthCheckType { kHttp, kTcp };
+struct HealthCheckConfig {
+  bool enabled = false;  // `health` absent: passive ejection only
+  HealthCheckType type = HealthCheckType::kHttp;
+  std::string path = "/healthz";  // kHttp: GET path, 2xx/3xx is healthy
+  uint32_t interval_ms = 2000;    // between probes of one server (jittered +-10%)
+  uint32_t timeout_ms = 1000;     // connect + response, per probe
+  uint32_t rise = 2;              // consecutive passes to come back up
+  uint32_t fall = 3;              // consecutive failures to go down
+  uint32_t line = 0;              // where it was set, for messages
+};
+
+// Passive ejection: every worker watches its own requests. After
+// `consecutive_failures` connect failures, resets, timeouts or 5xx in a row,
+// a server gets no requests from that worker for base_ms, doubled at each
+// ejection that follows without a success in between, capped at max_ms.
+struct EjectionConfig {
+  uint32_t consecutive_failures = 5;  // 0 = never eject
+  uint32_t base_ms = 10'000;
+  uint32_t max_ms = 300'000;
+};
+
 struct UpstreamConfig {
   std::string name;
   std::vector<UpstreamServer> servers;
@@ -125,6 +148,11 @@ struct UpstreamConfig {
   uint32_t max_idle_per_server = 64;  // pooled keep-alive connections per worker
   ProxyProtocol proxy_protocol = ProxyProtocol::kNone;  // passthrough routes only
   uint32_t proxy_protocol_line = 0;  // where it was set, for route errors
+  HealthCheckConfig health;
+  EjectionConfig eject;
+  // A server coming back (re-admitted or healthy again) takes a share that
+  // grows linearly from 10% to its full weight over this long; 0 = at once.
+  uint32_t slow_start_ms = 0;
 };
 
 struct Config {

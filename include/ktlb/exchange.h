@@ -33,6 +33,8 @@ inline constexpr size_t kMaxRequestBacklog = 256 * 1024;
 enum class ExchangeFailure : uint8_t {
   kFailed,    // connect refused, reset, bad response: 502
   kTimedOut,  // connect or response timeout: 504
+  kNoServer,  // every server is unhealthy or ejected: 503 at once, with
+              // Retry-After: Exchange::retry_after_s()
 };
 
 class ExchangeSink {
@@ -138,14 +140,16 @@ class Exchange {
   // For the access log: the cluster and server of the last attempt.
   const Cluster* cluster() const { return cluster_; }
   int server() const { return server_; }
+  // After kNoServer: seconds until a server may be back (at least 1).
+  uint32_t retry_after_s() const { return retry_after_s_; }
 
   // --- from the UpstreamConnection of the current attempt ---
   ExchangeSink* sink() const { return sink_; }
   const ExchangeRequest& request() const { return request_; }
   bool body_done() const { return body_done_; }
   // A response head arrived (before the sink hears of it): the balancer's
-  // latency sample.
-  void OnResponseHeadSeen();
+  // latency sample, and passive health (a 5xx counts as a failure).
+  void OnResponseHeadSeen(int status);
   void OnAttemptFailed(bool timed_out, bool got_response_bytes);
   void OnAttemptAborted();
   void OnAttemptDone();
@@ -166,6 +170,7 @@ class Exchange {
   bool counted_ = false;  // the attempt is in the cluster's in-flight count
   bool head_seen_ = false;
   uint64_t attempt_start_us_ = 0;
+  uint32_t retry_after_s_ = 0;
 };
 
 }  // namespace ktlb::upstream

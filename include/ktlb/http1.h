@@ -241,7 +241,8 @@ void BuildClientResponseHead(const ResponseHead& head, int client_version_minor,
 // "Bad Gateway" for 502: the reason phrase ktlb uses in its own responses.
 std::string_view ReasonPhrase(int status);
 
-void BuildErrorResponse(int status, bool close, std::string* out);
+// `retry_after_s` > 0 adds "Retry-After: N" (a 503 while every backend is down).
+void BuildErrorResponse(int status, bool close, std::string* out, uint32_t retry_after_s = 0);
 
 // True when `name` equals `lower` case-insensitively (`lower` is lowercase).
 bool HeaderNameIs(std::string_view name, std::string_view lower);

@@ -95,6 +95,17 @@ struct UpstreamMetrics {
   Counter retries;
   Counter resets;
   Counter in_flight;  // gauge: attempts (passthrough: tunnels) on a server now
+  Counter ejections;  // servers this worker ejected (passive health)
+  Counter no_server;  // requests refused because every server was down (503)
+};
+
+// Active health of one upstream, written by its one prober thread (never
+// by two at once: a prober stops before its successor starts).
+struct UpstreamHealthMetrics {
+  Counter went_up;
+  Counter went_down;
+  Counter healthy;  // gauge: servers the checks hold up
+  bool checked = false;  // has a prober (guarded by the registry's lock)
 };
 
 struct WorkerMetrics {
@@ -136,6 +147,8 @@ class MetricsRegistry {
   // Worker `worker`'s counters for the listener / upstream `name`.
   ListenerMetrics& Listener(size_t worker, std::string_view name);
   UpstreamMetrics& Upstream(size_t worker, std::string_view name);
+  // The process-wide health counters of upstream `name` (for its prober).
+  UpstreamHealthMetrics& UpstreamHealth(std::string_view name);
   // Prometheus text exposition format, summed over workers.
   std::string Render() const;
 
@@ -146,10 +159,13 @@ class MetricsRegistry {
   template <typename M>
   M& Register(std::vector<std::string>* names, std::deque<M> WorkerMetrics::*list, size_t worker,
               std::string_view name);
+  // The process-wide health families (mu_ held).
+  void RenderHealth(std::string* out) const;
 
   mutable std::mutex mu_;  // guards the name lists and the workers' deques' sizes
   MetricsLabels labels_;
   std::vector<std::unique_ptr<WorkerMetrics>> workers_;
+  std::deque<UpstreamHealthMetrics> health_;  // by upstream slot
 };
 
 }  // namespace ktlb

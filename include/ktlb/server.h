@@ -13,6 +13,7 @@
 
 namespace ktlb {
 
+class HealthMonitor;
 class Worker;
 
 class Server {
@@ -38,6 +39,8 @@ class Server {
   std::shared_ptr<const Snapshot> snapshot_;
   std::unique_ptr<MetricsRegistry> metrics_;
   std::unique_ptr<AdminServer> admin_;
+  // Declared before the workers: they hold boards of its probers.
+  std::unique_ptr<HealthMonitor> health_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<std::thread> threads_;
   int access_log_fd_ = -1;  // shared by the workers (O_APPEND)

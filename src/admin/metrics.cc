@@ -57,6 +57,14 @@ UpstreamMetrics& MetricsRegistry::Upstream(size_t worker, std::string_view name)
   return Register(&labels_.upstreams, &WorkerMetrics::upstreams, worker, name);
 }
 
+UpstreamHealthMetrics& MetricsRegistry::UpstreamHealth(std::string_view name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  size_t slot = Slot(&labels_.upstreams, name);
+  while (health_.size() <= slot) health_.emplace_back();
+  health_[slot].checked = true;
+  return health_[slot];
+}
+
 namespace {
 
 // Sums one counter over every worker. `pick` gives a worker's counter, or
@@ -250,6 +258,13 @@ std::string MetricsRegistry::Render() const {
                [](const UpstreamMetrics& m) -> const Counter& { return m.resets; });
   per_upstream("ktlb_upstream_in_flight", "Requests (passthrough: tunnels) on a server now.",
                [](const UpstreamMetrics& m) -> const Counter& { return m.in_flight; }, "gauge");
+  per_upstream("ktlb_upstream_ejections_total",
+               "Servers ejected after consecutive failures (passive health, counted per worker).",
+               [](const UpstreamMetrics& m) -> const Counter& { return m.ejections; });
+  per_upstream("ktlb_upstream_no_server_total",
+               "Requests answered 503 because every server was unhealthy or ejected.",
+               [](const UpstreamMetrics& m) -> const Counter& { return m.no_server; });
+  RenderHealth(&out);
 
   Family(&out, "ktlb_error_log_lines_total", "counter",
          "Lines the workers' error logs were given (printed or not).");
@@ -270,6 +285,26 @@ std::string MetricsRegistry::Render() const {
                     "\n");
   }
   return out;
+}
+
+void MetricsRegistry::RenderHealth(std::string* out) const {
+  const auto& U = labels_.upstreams;
+  Family(out, "ktlb_upstream_health_changes_total", "counter",
+         "Servers that active health checks took down or brought back up.");
+  for (size_t i = 0; i < health_.size() && i < U.size(); ++i) {
+    if (!health_[i].checked) continue;
+    absl::StrAppend(out, "ktlb_upstream_health_changes_total{upstream=\"", U[i],
+                    "\",state=\"up\"} ", health_[i].went_up.Get(), "\n");
+    absl::StrAppend(out, "ktlb_upstream_health_changes_total{upstream=\"", U[i],
+                    "\",state=\"down\"} ", health_[i].went_down.Get(), "\n");
+  }
+  Family(out, "ktlb_upstream_servers_healthy", "gauge",
+         "Servers of an upstream that pass their active health checks now.");
+  for (size_t i = 0; i < health_.size() && i < U.size(); ++i) {
+    if (!health_[i].checked) continue;
+    absl::StrAppend(out, "ktlb_upstream_servers_healthy{upstream=\"", U[i], "\"} ",
+                    health_[i].healthy.Get(), "\n");
+  }
 }
 
 }  // namespace ktlb

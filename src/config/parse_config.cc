@@ -38,31 +38,19 @@
 #include "absl/strings/str_split.h"
 #include "ktlb/config.h"
 #include "ktlb/unique_fd.h"
+#include "parse_internal.h"
 
 namespace ktlb {
 namespace {
+
+using namespace config_internal;  // NOLINT: this file is one of its users
 
 // Limits. Upper bounds exist so a stray digit cannot turn into a
 // resource-exhaustion setting; they are far above any sane value.
 constexpr uint32_t kMaxWorkers = 1024;
 constexpr uint32_t kMaxTimeoutMs = 86'400'000;  // one day
 constexpr uint32_t kMaxHeadLimit = 1 << 20;     // 1 MiB for request line / head
-constexpr uint32_t kMaxIdlePerServer = 65535;
-constexpr uint32_t kMaxServerWeight = 256;
 constexpr size_t kMaxConfigFileBytes = 16 << 20;
-
-using StringNode = toml::value<std::string>;
-
-// Debian's abseil is built with ABSL_OPTION_USE_STD_STRING_VIEW=0, so
-// absl::string_view is a distinct type that std::string_view does not convert
-// to. Everything here speaks std::string_view (like toml++ and config.h) and
-// crosses into absl::StrCat and friends through these two adapters.
-absl::string_view Av(std::string_view s) { return absl::string_view(s.data(), s.size()); }
-std::string_view Sv(absl::string_view s) { return std::string_view(s.data(), s.size()); }
-
-// Config text is untrusted (the fuzzer feeds it arbitrary bytes, operators
-// paste from anywhere): escape anything that could split or garble a log line.
-std::string Quote(std::string_view s) { return absl::StrCat("\"", absl::CHexEscape(Av(s)), "\""); }
 
 // Like Quote, but for prose (toml++ descriptions): only control bytes are
 // escaped so the message stays readable.
@@ -77,54 +65,6 @@ std::string Printable(std::string_view s) {
     }
   }
   return out;
-}
-
-bool IsBareKeyChar(char c) { return absl::ascii_isalnum(c) || c == '_' || c == '-'; }
-
-// TOML keys may be quoted arbitrary strings. Print bare-key spellings as-is
-// and quote everything else, so a key containing '.' or a newline cannot make
-// the message point somewhere else.
-std::string KeyText(std::string_view key) {
-  if (!key.empty() && std::all_of(key.begin(), key.end(), IsBareKeyChar)) return std::string(key);
-  return Quote(key);
-}
-
-std::string_view TypeName(toml::node_type type) {
-  switch (type) {
-    case toml::node_type::table: return "a table";
-    case toml::node_type::array: return "an array";
-    case toml::node_type::string: return "a string";
-    case toml::node_type::integer: return "an integer";
-    case toml::node_type::floating_point: return "a float";
-    case toml::node_type::boolean: return "a boolean";
-    case toml::node_type::date: return "a date";
-    case toml::node_type::time: return "a time";
-    case toml::node_type::date_time: return "a date-time";
-    case toml::node_type::none: break;
-  }
-  return "nothing";
-}
-
-// toml++ leaves line 0 on nodes it synthesised; never print "FILE:0:".
-uint32_t LineOf(const toml::node& node) { return std::max<uint32_t>(node.source().begin.line, 1); }
-
-// "a" | "a" or "b" | "a", "b" or "c" — for enum-like strings.
-std::string ChoiceList(const std::vector<std::string_view>& choices) {
-  std::string out;
-  for (size_t i = 0; i < choices.size(); ++i) {
-    if (i > 0) out += (i + 1 == choices.size()) ? " or " : ", ";
-    absl::StrAppend(&out, "\"", Av(choices[i]), "\"");
-  }
-  return out;
-}
-
-// Names end up in metrics labels, log lines and cross-references, so keep
-// them to characters that need no escaping anywhere.
-bool IsValidName(std::string_view name) {
-  return !name.empty() && name.size() <= 64 &&
-         std::all_of(name.begin(), name.end(), [](char c) {
-           return absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.';
-         });
 }
 
 // A DNS-style host name: dot-separated labels of letters, digits, '-' and
@@ -162,199 +102,6 @@ std::string AddressIdentity(const SocketAddress& a) {
   return std::string(reinterpret_cast<const char*>(&a.storage), a.len);
 }
 
-uint16_t PortOf(const SocketAddress& a) {
-  if (a.storage.ss_family == AF_INET6) {
-    return ntohs(reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_port);
-  }
-  return ntohs(reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_port);
-}
-
-// Per-parse state: where messages point and where relative paths resolve.
-struct Context {
-  std::string file;                 // FILE in "FILE:LINE: ..."
-  std::filesystem::path base_dir;   // directory of the config file
-
-  absl::Status Error(uint32_t line, std::string_view key, std::string_view problem) const {
-    return absl::InvalidArgumentError(
-        absl::StrCat(file, ":", std::max<uint32_t>(line, 1), ": ", Av(key), ": ", Av(problem)));
-  }
-};
-
-// One TOML table being read, with its position in the document
-// ("listeners[0]"), so every error can name the full key.
-class Section {
- public:
-  Section(const Context& ctx, const toml::table& table, std::string path)
-      : ctx_(ctx), table_(table), path_(std::move(path)) {}
-
-  const std::string& path() const { return path_; }
-  uint32_t line() const { return LineOf(table_); }
-
-  std::string Key(std::string_view key) const {
-    return path_.empty() ? KeyText(key) : absl::StrCat(path_, ".", KeyText(key));
-  }
-  std::string ElementKey(std::string_view key, size_t index) const {
-    return absl::StrCat(Key(key), "[", index, "]");
-  }
-
-  absl::Status ErrorAt(const toml::node& at, std::string_view key, std::string_view problem) const {
-    return ctx_.Error(LineOf(at), Key(key), problem);
-  }
-  // A missing key has no line of its own; point at the table that lacks it.
-  absl::Status Missing(std::string_view key, std::string_view problem = "missing required key") const {
-    return ctx_.Error(line(), Key(key), problem);
-  }
-  absl::Status WrongType(const toml::node& at, std::string_view key, std::string_view expected) const {
-    return ErrorAt(at, key, absl::StrCat("expected ", Av(expected), ", got ", Av(TypeName(at.type()))));
-  }
-
-  // Checked before any value is read so that a misspelt key is reported as
-  // such, not as the "missing required key" it causes. Reports the
-  // first unknown key in file order (the table itself iterates sorted).
-  absl::Status CheckKnownKeys(std::initializer_list<std::string_view> known) const {
-    const toml::key* first = nullptr;
-    uint32_t first_line = 0;
-    for (auto&& [key, value] : table_) {
-      if (std::find(known.begin(), known.end(), key.str()) != known.end()) continue;
-      const uint32_t line = key.source().begin.line > 0 ? key.source().begin.line : LineOf(value);
-      if (first == nullptr || line < first_line) {
-        first = &key;
-        first_line = line;
-      }
-    }
-    if (first == nullptr) return absl::OkStatus();
-    return ctx_.Error(first_line, Key(first->str()), "unknown key");
-  }
-
-  const toml::node* Find(std::string_view key) const { return table_.get(key); }
-
-  // nullptr when absent; an error when present with another type.
-  absl::StatusOr<const StringNode*> String(std::string_view key) const {
-    const toml::node* node = Find(key);
-    if (node == nullptr) return nullptr;
-    if (!node->is_string()) return WrongType(*node, key, "a string");
-    return node->as_string();
-  }
-
-  // Present, a string, and not empty.
-  absl::StatusOr<const StringNode*> RequiredString(std::string_view key) const {
-    absl::StatusOr<const StringNode*> node = String(key);
-    if (!node.ok()) return node.status();
-    if (*node == nullptr) return Missing(key);
-    if ((*node)->get().empty()) return ErrorAt(**node, key, "must not be empty");
-    return *node;
-  }
-
-  absl::StatusOr<const StringNode*> Name(std::string_view key) const {
-    absl::StatusOr<const StringNode*> node = RequiredString(key);
-    if (!node.ok()) return node.status();
-    if (!IsValidName((*node)->get())) {
-      return ErrorAt(**node, key,
-                     "must be 1-64 characters of letters, digits, '-', '_' or '.'");
-    }
-    return *node;
-  }
-
-  // Leaves *out untouched (the default) when the key is absent.
-  absl::Status Uint32(std::string_view key, uint32_t min, uint32_t max, uint32_t* out) const {
-    const toml::node* node = Find(key);
-    if (node == nullptr) return absl::OkStatus();
-    if (!node->is_integer()) return WrongType(*node, key, "an integer");
-    const int64_t value = node->as_integer()->get();
-    if (value < min || value > max) {
-      return ErrorAt(*node, key, absl::StrCat("must be between ", min, " and ", max));
-    }
-    *out = static_cast<uint32_t>(value);
-    return absl::OkStatus();
-  }
-
-  template <typename E>
-  absl::Status Enum(std::string_view key,
-                    std::initializer_list<std::pair<std::string_view, E>> choices, E* out) const {
-    absl::StatusOr<const StringNode*> node = String(key);
-    if (!node.ok()) return node.status();
-    if (*node == nullptr) return absl::OkStatus();
-    std::vector<std::string_view> names;
-    for (const auto& [text, value] : choices) {
-      if ((*node)->get() == text) {
-        *out = value;
-        return absl::OkStatus();
-      }
-      names.push_back(text);
-    }
-    return ErrorAt(**node, key, absl::StrCat("must be ", ChoiceList(names)));
-  }
-
-  // nullptr when absent; every element is checked to be a string.
-  absl::StatusOr<const toml::array*> StringArray(std::string_view key) const {
-    const toml::node* node = Find(key);
-    if (node == nullptr) return nullptr;
-    if (!node->is_array()) return WrongType(*node, key, "an array of strings");
-    const toml::array& array = *node->as_array();
-    for (size_t i = 0; i < array.size(); ++i) {
-      if (!array[i].is_string()) {
-        return ctx_.Error(LineOf(array[i]), ElementKey(key, i),
-                          absl::StrCat("expected a string, got ", Av(TypeName(array[i].type()))));
-      }
-    }
-    return &array;
-  }
-
-  absl::StatusOr<const toml::table*> Table(std::string_view key) const {
-    const toml::node* node = Find(key);
-    if (node == nullptr) return nullptr;
-    if (!node->is_table()) return WrongType(*node, key, "a table ([" + std::string(key) + "])");
-    return node->as_table();
-  }
-
-  // [[key]] sections. An empty array is allowed here; callers decide whether
-  // zero entries is acceptable.
-  absl::StatusOr<const toml::array*> TableArray(std::string_view key) const {
-    const toml::node* node = Find(key);
-    if (node == nullptr) return nullptr;
-    const std::string expected = absl::StrCat("an array of tables ([[", Av(key), "]])");
-    if (!node->is_array()) return WrongType(*node, key, expected);
-    const toml::array& array = *node->as_array();
-    for (size_t i = 0; i < array.size(); ++i) {
-      if (!array[i].is_table()) {
-        return ctx_.Error(LineOf(array[i]), ElementKey(key, i),
-                          absl::StrCat("expected a table, got ", Av(TypeName(array[i].type()))));
-      }
-    }
-    return &array;
-  }
-
-  const Context& ctx() const { return ctx_; }
-
- private:
-  const Context& ctx_;
-  const toml::table& table_;
-  std::string path_;
-};
-
-// Names that must be unique within one kind of section, remembering where
-// each was first defined so the duplicate error can point back to it.
-class NameSet {
- public:
-  // Returns the line of the earlier definition, or 0 if `name` is new.
-  uint32_t Insert(const std::string& name, uint32_t line) {
-    auto [it, inserted] = lines_.emplace(name, line);
-    return inserted ? 0 : it->second;
-  }
-
- private:
-  std::map<std::string, uint32_t, std::less<>> lines_;
-};
-
-absl::Status CheckUnique(const Section& s, std::string_view key, const StringNode& node,
-                         NameSet* names) {
-  const uint32_t earlier = names->Insert(node.get(), LineOf(node));
-  if (earlier == 0) return absl::OkStatus();
-  return s.ErrorAt(node, key,
-                   absl::StrCat("duplicate name ", Quote(node.get()), " (first defined at line ",
-                                earlier, ")"));
-}
-
 // Where each listen address is used, so a repeat names the first user.
 class AddressSet {
  public:
@@ -371,13 +118,6 @@ class AddressSet {
   std::map<std::string, std::string> owners_;
 };
 
-absl::Status ParseAddressAt(const Section& s, std::string_view key, const StringNode& node,
-                            SocketAddress* out) {
-  absl::StatusOr<SocketAddress> address = ParseSocketAddress(node.get());
-  if (!address.ok()) return s.ErrorAt(node, key, Sv(address.status().message()));
-  *out = *std::move(address);
-  return absl::OkStatus();
-}
 
 // Resolves a certificate/key path against the config directory and checks it
 // can be opened now, so a typo fails `--check` instead of the first handshake.
@@ -512,138 +252,6 @@ absl::Status ReadCertificate(const Section& s, NameSet* names, CertificateConfig
   return absl::OkStatus();
 }
 
-// RFC 9110 token characters: what a header field name (and, RFC 6265, a
-// cookie name) may be made of.
-bool IsToken(std::string_view s) {
-  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
-    return absl::ascii_isalnum(c) || std::string_view("!#$%&'*+-.^_`|~").find(c) !=
-                                         std::string_view::npos;
-  });
-}
-
-// One `servers` element: "host:port", or { address = "host:port", weight = N }
-// when one backend should take a larger share.
-absl::Status ReadServer(const Section& s, size_t i, const toml::node& node, UpstreamServer* out) {
-  const std::string key = s.ElementKey("servers", i);
-  const StringNode* address = node.as_string();
-  if (const toml::table* table = node.as_table(); table != nullptr) {
-    Section t(s.ctx(), *table, key);
-    if (absl::Status st = t.CheckKnownKeys({"address", "weight"}); !st.ok()) return st;
-    absl::StatusOr<const StringNode*> a = t.RequiredString("address");
-    if (!a.ok()) return a.status();
-    address = *a;
-    if (absl::Status st = t.Uint32("weight", 1, kMaxServerWeight, &out->weight); !st.ok()) {
-      return st;
-    }
-    if (absl::Status st = ParseAddressAt(t, "address", *address, &out->address); !st.ok()) {
-      return st;
-    }
-  } else if (address != nullptr) {
-    absl::StatusOr<SocketAddress> parsed = ParseSocketAddress(address->get());
-    if (!parsed.ok()) return s.ctx().Error(LineOf(node), key, Sv(parsed.status().message()));
-    out->address = *std::move(parsed);
-  } else {
-    return s.ctx().Error(LineOf(node), key,
-                         absl::StrCat("expected a string or a table { address, weight }, got ",
-                                      Av(TypeName(node.type()))));
-  }
-  if (PortOf(out->address) == 0) {
-    return s.ctx().Error(LineOf(*address), node.is_table() ? key + ".address" : key,
-                         "port 0 cannot be connected to");
-  }
-  return absl::OkStatus();
-}
-
-absl::Status ReadServers(const Section& s, UpstreamConfig* upstream) {
-  const toml::node* node = s.Find("servers");
-  if (node == nullptr) return s.Missing("servers");
-  const toml::array* servers = node->as_array();
-  if (servers == nullptr) return s.WrongType(*node, "servers", "an array of servers");
-  if (servers->empty()) return s.ErrorAt(*servers, "servers", "must list at least one server");
-  for (size_t i = 0; i < servers->size(); ++i) {
-    UpstreamServer server;
-    if (absl::Status st = ReadServer(s, i, (*servers)[i], &server); !st.ok()) return st;
-    upstream->servers.push_back(std::move(server));
-  }
-  return absl::OkStatus();
-}
-
-// hash_key = "client_ip" | "header:NAME" | "cookie:NAME": what maglev hashes.
-// Read after `balance`, which it depends on.
-absl::Status ReadHashKey(const Section& s, UpstreamConfig* upstream) {
-  absl::StatusOr<const StringNode*> node = s.String("hash_key");
-  if (!node.ok()) return node.status();
-  HashKeyConfig& key = upstream->hash_key;
-  if (*node == nullptr) {
-    if (upstream->balance == BalanceAlgorithm::kMaglev) key.kind = HashKeyKind::kClientIp;
-    return absl::OkStatus();
-  }
-  upstream->hash_key_line = LineOf(**node);
-  // A key the balancer would ignore is a misunderstanding worth stopping on:
-  // the operator expects stickiness they would not get.
-  if (upstream->balance != BalanceAlgorithm::kMaglev) {
-    return s.ErrorAt(**node, "hash_key", "only used with balance = \"maglev\"");
-  }
-  const std::string& value = (*node)->get();
-  std::string_view v = value;
-  if (v == "client_ip") {
-    key.kind = HashKeyKind::kClientIp;
-    return absl::OkStatus();
-  }
-  std::string_view what;
-  if (v.starts_with("header:")) {
-    key.kind = HashKeyKind::kHeader;
-    what = "header";
-  } else if (v.starts_with("cookie:")) {
-    key.kind = HashKeyKind::kCookie;
-    what = "cookie";
-  } else {
-    return s.ErrorAt(**node, "hash_key",
-                     "must be \"client_ip\", \"header:NAME\" or \"cookie:NAME\"");
-  }
-  std::string_view name = v.substr(what.size() + 1);
-  if (!IsToken(name)) {
-    return s.ErrorAt(**node, "hash_key",
-                     absl::StrCat(Av(what), " name ", Quote(name),
-                                  " must be a token (letters, digits and !#$%&'*+-.^_`|~)"));
-  }
-  key.name = key.kind == HashKeyKind::kHeader ? absl::AsciiStrToLower(Av(name)) : std::string(name);
-  return absl::OkStatus();
-}
-
-absl::Status ReadUpstream(const Section& s, NameSet* names, UpstreamConfig* upstream) {
-  if (absl::Status st = s.CheckKnownKeys(
-          {"name", "servers", "balance", "hash_key", "max_idle_per_server", "proxy_protocol"});
-      !st.ok()) {
-    return st;
-  }
-  absl::StatusOr<const StringNode*> name = s.Name("name");
-  if (!name.ok()) return name.status();
-  if (absl::Status st = CheckUnique(s, "name", **name, names); !st.ok()) return st;
-  upstream->name = (*name)->get();
-
-  if (absl::Status st = ReadServers(s, upstream); !st.ok()) return st;
-  if (absl::Status st = s.Enum<BalanceAlgorithm>("balance",
-                                                 {{"round_robin", BalanceAlgorithm::kRoundRobin},
-                                                  {"least_conn", BalanceAlgorithm::kLeastConn},
-                                                  {"p2c", BalanceAlgorithm::kP2c},
-                                                  {"maglev", BalanceAlgorithm::kMaglev}},
-                                                 &upstream->balance);
-      !st.ok()) {
-    return st;
-  }
-  if (absl::Status st = ReadHashKey(s, upstream); !st.ok()) return st;
-  if (absl::Status st = s.Enum<ProxyProtocol>(
-          "proxy_protocol", {{"none", ProxyProtocol::kNone}, {"v2", ProxyProtocol::kV2}},
-          &upstream->proxy_protocol);
-      !st.ok()) {
-    return st;
-  }
-  if (const toml::node* node = s.Find("proxy_protocol"); node != nullptr) {
-    upstream->proxy_protocol_line = static_cast<uint32_t>(LineOf(*node));
-  }
-  return s.Uint32("max_idle_per_server", 0, kMaxIdlePerServer, &upstream->max_idle_per_server);
-}
 
 // Listener keys that only mean something when ktlb terminates TLS.
 constexpr std::string_view kTerminateOnlyKeys[] = {"certificates", "unknown_sni", "alpn", "ktls"};

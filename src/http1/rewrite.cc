@@ -247,7 +247,7 @@ void EndToEndResponseFields(const ResponseHead& head, std::vector<const Header*>
   }
 }
 
-void BuildErrorResponse(int status, bool close, std::string* out) {
+void BuildErrorResponse(int status, bool close, std::string* out, uint32_t retry_after_s) {
   if (status < 100 || status > 999) status = 500;
   const std::string_view reason = StatusReason(status);
   // Body: "431 Request Header Fields Too Large\n".
@@ -260,6 +260,11 @@ void BuildErrorResponse(int status, bool close, std::string* out) {
   AppendUint(out, body_len);
   out->append("\r\n", 2);
   if (close) out->append("Connection: close\r\n", 19);
+  if (retry_after_s > 0) {
+    out->append("Retry-After: ");
+    AppendUint(out, retry_after_s);
+    out->append("\r\n", 2);
+  }
   out->append("\r\n", 2);
   AppendUint(out, static_cast<uint64_t>(status));
   out->push_back(' ');

@@ -200,9 +200,12 @@ void Relay::OnConnect(int res) {
     host_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "connect to %s failed: %s",
                            addr.text.c_str(), strerror(-res));
     cluster(upstream_)->metrics().connect_failures.Inc();
+    // Passive health: a refusing backend is ejected for tunnels too.
+    cluster(upstream_)->ReportFailure(static_cast<size_t>(server_));
     close_reason_ = "connect_failed";
     return CloseNow();
   }
+  cluster(upstream_)->ReportSuccess(static_cast<size_t>(server_));
   state_ = State::kReplay;
   SendHello();
 }

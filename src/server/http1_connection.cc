@@ -291,15 +291,16 @@ void Http1Connection::RefuseRequest(http1::RequestError e) {
   RespondError(status, true);
 }
 
-void Http1Connection::RespondError(int status, bool close) {
+void Http1Connection::RespondError(int status, bool close, uint32_t retry_after_s) {
   gen_->listener_metrics(listener_).requests_by_class[StatusClass(status)].Inc();
   scratch_.clear();
-  http1::BuildErrorResponse(status, close, &scratch_);
+  http1::BuildErrorResponse(status, close, &scratch_, retry_after_s);
   resp_bytes_ += scratch_.size();
   if (log_pending_ || refuse_reason_ != nullptr) {
     const char* why = refuse_reason_;
     if (why == nullptr && status == 502) why = "upstream_failed";
     if (why == nullptr && status == 504) why = "upstream_timeout";
+    if (why == nullptr && status == 503) why = "no_server";
     if (why == nullptr && status == 404) why = "no_route";
     LogRequest(status, why);
   }
@@ -509,8 +510,13 @@ void Http1Connection::OnExchangeFailed(upstream::ExchangeFailure why, bool respo
   if (response_started) return CloseNow();
   pending_head_.clear();
   int status = why == upstream::ExchangeFailure::kTimedOut ? 504 : 502;
+  uint32_t retry_after_s = 0;
+  if (why == upstream::ExchangeFailure::kNoServer) {
+    status = 503;
+    retry_after_s = exchange_.retry_after_s();
+  }
   keep_alive_ = keep_alive_ && req_body_done_;
-  RespondError(status, !keep_alive_);
+  RespondError(status, !keep_alive_, retry_after_s);
   if (keep_alive_) {
     resp_done_ = true;
     req_body_done_ = true;

@@ -106,7 +106,7 @@ class Http1Connection final : public IoHandler,
   // The response head waits for the first body bytes so both leave in one
   // TLS record; at the end of the loop turn at the latest.
   void WritePendingHead();
-  void RespondError(int status, bool close);
+  void RespondError(int status, bool close, uint32_t retry_after_s = 0);
   // Access log: the request's fields are taken from its head at the start,
   // the line is written once, when the response is complete or given up.
   void LogRequestStart();

@@ -609,6 +609,8 @@ void Http2Stream::OnResponseComplete() {
 void Http2Stream::OnExchangeFailed(upstream::ExchangeFailure why, bool response_started) {
   if (refused) return;
   if (!response_started) {
+    if (why == upstream::ExchangeFailure::kNoServer)
+      return conn->RespondError(this, 503, "no_server");
     const bool timed_out = why == upstream::ExchangeFailure::kTimedOut;
     return conn->RespondError(this, timed_out ? 504 : 502,
                               timed_out ? "upstream_timeout" : "upstream_failed");

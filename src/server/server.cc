@@ -17,6 +17,7 @@
 #include "ktlb/http1.h"
 #include "ktlb/ktls.h"
 #include "ktlb/tls.h"
+#include "health_monitor.h"
 #include "worker.h"
 
 namespace ktlb {
@@ -102,9 +103,12 @@ absl::Status Server::Start() {
           "access_log: cannot open \"", cfg.server.access_log, "\": ", strerror(errno)));
     }
   }
+  // Probers first: workers take their boards when they build a generation.
+  health_ = std::make_unique<HealthMonitor>(metrics_.get());
+  health_->Update(cfg);
   for (size_t i = 0; i < n; ++i) {
     workers_.push_back(std::make_unique<Worker>(i, snapshot_, metrics_.get(), kernel_ktls,
-                                                access_log_fd_));
+                                                access_log_fd_, health_.get()));
   }
   // Each worker initialises on its own thread (its ring is single-issuer) and
   // reports back before the server declares itself started.
@@ -148,6 +152,7 @@ absl::Status Server::Start() {
 }
 
 void Server::Swap(std::shared_ptr<const Snapshot> snapshot) {
+  if (health_) health_->Update(*snapshot->config);
   for (auto& w : workers_) w->Swap(snapshot);
 }
 
@@ -174,6 +179,7 @@ void Server::StopAndWait() {
     access_log_fd_ = -1;
   }
   if (admin_) admin_->Stop();
+  if (health_) health_->StopAll();
 }
 
 }  // namespace ktlb

@@ -23,11 +23,12 @@ constexpr uint32_t kMaxWaitMs = 1000;
 }  // namespace
 
 Worker::Worker(size_t id, std::shared_ptr<const Snapshot> snapshot, MetricsRegistry* registry,
-               bool kernel_ktls, int access_log_fd)
+               bool kernel_ktls, int access_log_fd, const HealthMonitor* health)
     : id_(id),
       kernel_ktls_(kernel_ktls),
       initial_(std::move(snapshot)),
       registry_(registry),
+      health_(health),
       metrics_(&registry->worker(id)) {
   access_log_.Init(access_log_fd, &error_log_);
 }
@@ -89,7 +90,7 @@ absl::StatusOr<std::unique_ptr<Generation>> Worker::BuildGeneration(
     limits.max_idle_per_server = uc.max_idle_per_server;
     gen->clusters_.push_back(std::make_unique<upstream::Cluster>(
         uc, limits, id_, &loop_, &error_log_, &registry_->Upstream(id_, uc.name),
-        metrics_->timeouts.data()));
+        metrics_->timeouts.data(), health_ != nullptr ? health_->Board(uc) : nullptr));
   }
   return gen;
 }

@@ -23,6 +23,7 @@
 #include "ktlb/unique_fd.h"
 #include "ktlb/access_log.h"
 #include "generation.h"
+#include "health_monitor.h"
 #include "http1_connection.h"
 
 namespace ktlb {
@@ -36,8 +37,10 @@ class Worker final : private IoHandler, private passthrough::RelayHost {
  public:
   // `kernel_ktls`: the kernel takes the "tls" ULP and OpenSSL can hand keys over.
   // `access_log_fd`: the shared access log file, or -1.
+  // `health`: the process's probers, whose boards the clusters read (null:
+  // passive health only).
   Worker(size_t id, std::shared_ptr<const Snapshot> snapshot, MetricsRegistry* registry,
-         bool kernel_ktls, int access_log_fd = -1);
+         bool kernel_ktls, int access_log_fd = -1, const HealthMonitor* health = nullptr);
   ~Worker();
 
   // Runs on the worker's own thread (io_uring SINGLE_ISSUER): creates the
@@ -130,6 +133,7 @@ class Worker final : private IoHandler, private passthrough::RelayHost {
   bool kernel_ktls_;
   std::shared_ptr<const Snapshot> initial_;
   MetricsRegistry* registry_;
+  const HealthMonitor* health_;
   WorkerMetrics* metrics_;
   Loop loop_;
   uint32_t handle_ = 0;

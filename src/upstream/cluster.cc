@@ -26,7 +26,8 @@ int StartConnect(Loop& loop, const SocketAddress& address, uint64_t tag, ErrorLo
 }
 
 Cluster::Cluster(const UpstreamConfig& config, const Limits& limits, size_t worker_id, Loop* loop,
-                 ErrorLog* log, UpstreamMetrics* metrics, Counter* timeouts)
+                 ErrorLog* log, UpstreamMetrics* metrics, Counter* timeouts,
+                 std::shared_ptr<const HealthBoard> health)
     : name_(config.name),
       limits_(limits),
       loop_(loop),
@@ -35,7 +36,16 @@ Cluster::Cluster(const UpstreamConfig& config, const Limits& limits, size_t work
       timeouts_(timeouts),
       hash_key_(config.hash_key),
       available_(config.servers.size()),
-      load_(config.servers.size()) {
+      load_(config.servers.size()),
+      health_(std::move(health)),
+      eject_(config.eject),
+      slow_start_ms_(config.slow_start_ms),
+      ejection_(config.servers.size()),
+      back_since_ms_(config.servers.size(), 0),
+      board_up_(config.servers.size(), 1),
+      rng_(worker_id * 0x9e3779b97f4a7c15ULL + 1) {
+  // A board for another server list would index the wrong servers.
+  if (health_ != nullptr && health_->size() != config.servers.size()) health_.reset();
   std::vector<BalancerServer> identities;
   for (const UpstreamServer& s : config.servers) {
     servers_.push_back(Server{s.address, s.weight});
@@ -52,6 +62,8 @@ uint64_t Cluster::NowUs() {
 }
 
 int Cluster::Pick(int avoid, uint64_t hash, bool has_hash) {
+  const uint64_t now_ms = loop_->now_ms();
+  RefreshAvailability(now_ms);
   PickArgs args;
   args.available = &available_;
   args.load = load_.data();
@@ -59,7 +71,69 @@ int Cluster::Pick(int avoid, uint64_t hash, bool has_hash) {
   args.hash = hash;
   args.has_hash = has_hash;
   args.now_us = NowUs();
-  return balancer_->Pick(args);
+  int s = balancer_->Pick(args);
+  // Keyed requests stay on their server even while it warms up: stickiness
+  // matters more than its load for the few seconds of slow start.
+  if (s < 0 || has_hash || Admit(static_cast<size_t>(s), now_ms)) return s;
+  args.avoid = s;
+  return balancer_->Pick(args);  // the same server when it is the only one
+}
+
+void Cluster::RefreshAvailability(uint64_t now_ms) {
+  const uint64_t version = health_ != nullptr ? health_->version() : 0;
+  if (version == health_seen_ && now_ms < next_readmit_ms_) return;
+  health_seen_ = version;
+  next_readmit_ms_ = ~uint64_t{0};
+  for (size_t i = 0; i < servers_.size(); ++i) {
+    const bool board_up = health_ == nullptr || health_->up(i);
+    // Up again by its checks: the outage that ejected it is over.
+    if (board_up && !board_up_[i]) ejection_[i].Readmit();
+    board_up_[i] = board_up ? 1 : 0;
+    const bool ejected = ejection_[i].ejected(now_ms);
+    if (ejected) next_readmit_ms_ = std::min(next_readmit_ms_, ejection_[i].until_ms());
+    const bool up = !ejected && board_up;
+    // Back from an ejection or from a health failure: it starts slow.
+    if (up && !available_.test(i)) back_since_ms_[i] = now_ms;
+    available_.set(i, up);
+  }
+}
+
+bool Cluster::Admit(size_t server, uint64_t now_ms) {
+  if (slow_start_ms_ == 0 || back_since_ms_[server] == 0) return true;
+  const uint64_t elapsed = now_ms - back_since_ms_[server];
+  if (elapsed >= slow_start_ms_) {
+    back_since_ms_[server] = 0;
+    return true;
+  }
+  // Admitting this fraction of its picks makes its effective weight
+  // factor x weight, for every balancer alike.
+  rng_ = rng_ * 6364136223846793005ULL + 1442695040888963407ULL;
+  const double draw = static_cast<double>(rng_ >> 11) / static_cast<double>(1ULL << 53);
+  return draw < SlowStartFactor(elapsed, slow_start_ms_);
+}
+
+void Cluster::ReportFailure(size_t server) {
+  const uint64_t now_ms = loop_->now_ms();
+  if (!ejection_[server].OnFailure(eject_, now_ms)) return;
+  metrics_->ejections.Inc();
+  available_.set(server, false);
+  next_readmit_ms_ = std::min(next_readmit_ms_, ejection_[server].until_ms());
+  log_->Log(ErrorLog::Level::kWarn, "upstream", "upstream \"%s\" server %s ejected for %llu ms",
+            name_.c_str(), servers_[server].address.text.c_str(),
+            static_cast<unsigned long long>(ejection_[server].until_ms() - now_ms));
+}
+
+uint32_t Cluster::RetryAfterSeconds() {
+  const uint64_t now_ms = loop_->now_ms();
+  uint64_t soonest = ~uint64_t{0};
+  for (size_t i = 0; i < servers_.size(); ++i) {
+    uint64_t wait = 0;
+    if (ejection_[i].ejected(now_ms)) wait = ejection_[i].until_ms() - now_ms;
+    if (health_ != nullptr && !health_->up(i)) wait = std::max<uint64_t>(wait, health_->recheck_ms());
+    soonest = std::min(soonest, wait);
+  }
+  if (soonest == ~uint64_t{0}) soonest = 0;
+  return static_cast<uint32_t>(std::clamp<uint64_t>((soonest + 999) / 1000, 1, 3600));
 }
 
 // A failure counts as at least this slow: a server that refuses at once must

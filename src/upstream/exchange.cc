@@ -23,8 +23,11 @@ void Exchange::Attempt(int avoid_server) {
   ++attempts_;
   int picked = cluster_->Pick(avoid_server, request_.hash, request_.has_hash);
   if (picked < 0) {
-    // No server may take it (all unavailable): fail now, never queue blind.
-    return sink_->OnExchangeFailed(ExchangeFailure::kFailed, false);
+    // No server may take it (all unhealthy or ejected): answer now, never
+    // queue blind or wait out a connect timeout.
+    retry_after_s_ = cluster_->RetryAfterSeconds();
+    cluster_->metrics().no_server.Inc();
+    return sink_->OnExchangeFailed(ExchangeFailure::kNoServer, false);
   }
   server_ = picked;
   const size_t server = static_cast<size_t>(picked);
@@ -46,9 +49,14 @@ void Exchange::EndAttempt() {
   cluster_->AttemptEnded(static_cast<size_t>(server_));
 }
 
-void Exchange::OnResponseHeadSeen() {
+void Exchange::OnResponseHeadSeen(int status) {
   if (head_seen_ || !counted_) return;
   head_seen_ = true;
+  if (status >= 500) {
+    cluster_->ReportFailure(static_cast<size_t>(server_));
+  } else {
+    cluster_->ReportSuccess(static_cast<size_t>(server_));
+  }
   cluster_->RecordLatency(static_cast<size_t>(server_), Cluster::NowUs() - attempt_start_us_,
                           false);
 }
@@ -62,6 +70,8 @@ void Exchange::OnAttemptFailed(bool timed_out, bool got_response_bytes) {
   if (counted_ && !reused && !head_seen_) {
     cluster_->RecordLatency(static_cast<size_t>(server_), Cluster::NowUs() - attempt_start_us_,
                             true);
+    // Before the retry picks: a failure that ejects steers it elsewhere.
+    cluster_->ReportFailure(static_cast<size_t>(server_));
   }
   EndAttempt();
   // Replaying is safe only when nothing of the response was seen and the

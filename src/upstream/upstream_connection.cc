@@ -220,7 +220,7 @@ void UpstreamConnection::HandleBytes(std::string_view data) {
         // never pool after one.
         reusable_ = head_.keep_alive && !exchange_->request().http10;
       }
-      exchange_->OnResponseHeadSeen();
+      exchange_->OnResponseHeadSeen(head_.status);
       sink()->OnResponseHead(head_);
       data.remove_prefix(consumed_from_data);
       head_buf_.clear();

@@ -1,0 +1,74 @@
+#include "health_monitor.h"
+
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+
+namespace ktlb {
+
+std::string HealthMonitor::KeyOf(const UpstreamConfig& u) {
+  const HealthCheckConfig& h = u.health;
+  std::string key = absl::StrCat(static_cast<int>(h.type), " ", h.path, " ", h.interval_ms, " ",
+                                 h.timeout_ms, " ", h.rise, " ", h.fall);
+  for (const UpstreamServer& s : u.servers) absl::StrAppend(&key, " ", s.address.text);
+  return key;
+}
+
+void HealthMonitor::Update(const Config& config) {
+  std::map<std::string, Entry, std::less<>> next;
+  std::map<std::string, Entry, std::less<>> old;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    old.swap(by_name_);
+  }
+  for (const UpstreamConfig& u : config.upstreams) {
+    if (!u.health.enabled) continue;
+    std::string key = KeyOf(u);
+    auto it = old.find(u.name);
+    if (it != old.end() && it->second.key == key) {
+      next.emplace(u.name, std::move(it->second));
+      old.erase(it);
+      continue;
+    }
+    // A changed upstream: its old prober stops before the new one starts,
+    // so the health metrics of the name have one writer at a time.
+    if (it != old.end()) {
+      it->second.prober->Stop();
+      old.erase(it);
+    }
+    Entry e;
+    e.key = std::move(key);
+    e.board = std::make_shared<upstream::HealthBoard>(u.servers.size(),
+                                                      u.health.rise * u.health.interval_ms);
+    e.prober = std::make_unique<upstream::HealthProber>(
+        u, e.board, metrics_ != nullptr ? &metrics_->UpstreamHealth(u.name) : nullptr);
+    if (!e.prober->Start()) {
+      fprintf(stderr, "ktlb: health: upstream \"%s\": cannot start its prober\n", u.name.c_str());
+      continue;
+    }
+    next.emplace(u.name, std::move(e));
+  }
+  for (auto& [name, e] : old) e.prober->Stop();
+  std::lock_guard<std::mutex> lock(mu_);
+  by_name_.swap(next);
+}
+
+std::shared_ptr<const upstream::HealthBoard> HealthMonitor::Board(
+    const UpstreamConfig& upstream) const {
+  if (!upstream.health.enabled) return nullptr;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = by_name_.find(upstream.name);
+  if (it == by_name_.end() || it->second.key != KeyOf(upstream)) return nullptr;
+  return it->second.board;
+}
+
+void HealthMonitor::StopAll() {
+  std::map<std::string, Entry, std::less<>> old;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    old.swap(by_name_);
+  }
+  for (auto& [name, e] : old) e.prober->Stop();
+}
+
+}  // namespace ktlb
