@@ -166,8 +166,9 @@ void BuildResponseFields(const http1::ResponseHead& head, std::string* storage,
 // Trailer fields the same way (no pseudo-header).
 void BuildTrailerFields(const std::vector<http1::Header>& fields, std::string* storage,
                         std::vector<nghttp2_nv>* nva);
-// A small response ktlb answers itself (404, 502, 504, 501...).
-void BuildErrorFields(int status, size_t body_len, std::string* storage,
+// A small response ktlb answers itself (404, 502, 504, 501...), with a
+// retry-after field when `retry_after_s` is not 0.
+void BuildErrorFields(int status, size_t body_len, uint32_t retry_after_s, std::string* storage,
                       std::vector<nghttp2_nv>* nva);
 
 // A stream as the session sees it. The owner embeds it in its own stream

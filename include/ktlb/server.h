@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "ktlb/admin_server.h"
 #include "ktlb/metrics.h"
+#include "ktlb/unique_fd.h"
 #include "ktlb/snapshot.h"
 
 namespace ktlb {
@@ -43,7 +44,7 @@ class Server {
   std::unique_ptr<HealthMonitor> health_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<std::thread> threads_;
-  int access_log_fd_ = -1;  // shared by the workers (O_APPEND)
+  UniqueFd access_log_fd_;  // shared by the workers (O_APPEND)
 };
 
 // Labels for the metrics registry from the config and the module enums.

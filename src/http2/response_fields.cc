@@ -75,15 +75,19 @@ void BuildTrailerFields(const std::vector<http1::Header>& fields, std::string* s
   }
 }
 
-void BuildErrorFields(int status, size_t body_len, std::string* storage,
+void BuildErrorFields(int status, size_t body_len, uint32_t retry_after_s, std::string* storage,
                       std::vector<nghttp2_nv>* nva) {
-  AppendStatus(storage, nva, status, 32);
-  size_t off = storage->size();
-  char buf[20];
-  auto r = std::to_chars(buf, buf + sizeof(buf), body_len);
-  storage->append(buf, static_cast<size_t>(r.ptr - buf));
+  AppendStatus(storage, nva, status, 64);
+  auto append_number = [storage](uint64_t v) {
+    char buf[20];
+    auto r = std::to_chars(buf, buf + sizeof(buf), v);
+    size_t off = storage->size();
+    storage->append(buf, static_cast<size_t>(r.ptr - buf));
+    return std::string_view(*storage).substr(off);
+  };
   nva->push_back(Nv("content-type", "text/plain"));
-  nva->push_back(Nv("content-length", std::string_view(*storage).substr(off)));
+  nva->push_back(Nv("content-length", append_number(body_len)));
+  if (retry_after_s != 0) nva->push_back(Nv("retry-after", append_number(retry_after_s)));
 }
 
 }  // namespace ktlb::http2

@@ -411,7 +411,8 @@ void Http2Connection::EndBodyUpstream(Http2Stream* s) {
   s->exchange.EndBody();
 }
 
-void Http2Connection::RespondError(Http2Stream* s, int status, const char* error) {
+void Http2Connection::RespondError(Http2Stream* s, int status, const char* error,
+                                   uint32_t retry_after_s) {
   s->discard_body = true;
   s->exchange.Abandon();
   if (s->unconsumed > 0) {
@@ -426,7 +427,7 @@ void Http2Connection::RespondError(Http2Stream* s, int status, const char* error
   s->out.append(http1::ReasonPhrase(status)).push_back('\n');
   s->out_eof = true;
   s->resp_bytes = s->out.size();
-  http2::BuildErrorFields(status, s->out.size(), &s->nv_storage, &s->nva);
+  http2::BuildErrorFields(status, s->out.size(), retry_after_s, &s->nv_storage, &s->nva);
   session_.SubmitResponse(s, s->nva, true);
   CountResponse(status);
   FinishStream(s, status, error);
@@ -609,8 +610,9 @@ void Http2Stream::OnResponseComplete() {
 void Http2Stream::OnExchangeFailed(upstream::ExchangeFailure why, bool response_started) {
   if (refused) return;
   if (!response_started) {
-    if (why == upstream::ExchangeFailure::kNoServer)
-      return conn->RespondError(this, 503, "no_server");
+    if (why == upstream::ExchangeFailure::kNoServer) {
+      return conn->RespondError(this, 503, "no_server", exchange.retry_after_s());
+    }
     const bool timed_out = why == upstream::ExchangeFailure::kTimedOut;
     return conn->RespondError(this, timed_out ? 504 : 502,
                               timed_out ? "upstream_timeout" : "upstream_failed");

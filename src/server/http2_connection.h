@@ -116,7 +116,9 @@ class Http2Connection final : public IoHandler,
   void ConsumeBody(Http2Stream* s);
   void SendBodyUpstream(Http2Stream* s, std::string_view data);
   void EndBodyUpstream(Http2Stream* s);
-  void RespondError(Http2Stream* s, int status, const char* error);
+  // ktlb's own small answer (404, 501, 502, 503, 504); `retry_after_s`, if
+  // not 0, becomes a retry-after field (503: every server is down).
+  void RespondError(Http2Stream* s, int status, const char* error, uint32_t retry_after_s = 0);
   void CountResponse(int status);
 
  private:

@@ -96,9 +96,9 @@ absl::Status Server::Start() {
   }
 
   if (!cfg.server.access_log.empty()) {
-    access_log_fd_ = open(cfg.server.access_log.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
-                          0640);
-    if (access_log_fd_ < 0) {
+    access_log_fd_.reset(open(cfg.server.access_log.c_str(),
+                              O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640));
+    if (!access_log_fd_) {
       return absl::FailedPreconditionError(absl::StrCat(
           "access_log: cannot open \"", cfg.server.access_log, "\": ", strerror(errno)));
     }
@@ -108,7 +108,7 @@ absl::Status Server::Start() {
   health_->Update(cfg);
   for (size_t i = 0; i < n; ++i) {
     workers_.push_back(std::make_unique<Worker>(i, snapshot_, metrics_.get(), kernel_ktls,
-                                                access_log_fd_, health_.get()));
+                                                access_log_fd_.get(), health_.get()));
   }
   // Each worker initialises on its own thread (its ring is single-issuer) and
   // reports back before the server declares itself started.
@@ -174,10 +174,7 @@ void Server::StopAndWait() {
     if (t.joinable()) t.join();
   }
   threads_.clear();
-  if (access_log_fd_ >= 0) {
-    close(access_log_fd_);
-    access_log_fd_ = -1;
-  }
+  access_log_fd_.reset();
   if (admin_) admin_->Stop();
   if (health_) health_->StopAll();
 }

@@ -308,10 +308,6 @@ void Worker::OnAccept(Listener& l, int res, uint32_t flags) {
     if (!draining_ && l.fd) ArmAccept(l);
     if (!l.fd) housekeeping_due_ = true;  // a closed listener's accept ended
   }
-  if (res >= 0 && !l.fd) {
-    close(res);  // accepted just before its listener closed
-    return;
-  }
   if (res < 0) {
     if (res != -ECANCELED) {
       error_log_.Log(ErrorLog::Level::kWarn, "tcp", "accept on %s failed: %s", l.address.c_str(),
@@ -321,10 +317,10 @@ void Worker::OnAccept(Listener& l, int res, uint32_t flags) {
     }
     return;
   }
-  if (draining_) {
-    close(res);
-    return;
-  }
+  // Closed on the way out unless a connection takes it: a socket accepted
+  // just before its listener closed, or while draining, is not served.
+  UniqueFd accepted(res);
+  if (!l.fd || draining_) return;
   sockaddr_storage peer{};
   socklen_t plen = sizeof peer;
   getpeername(res, reinterpret_cast<sockaddr*>(&peer), &plen);
@@ -338,10 +334,10 @@ void Worker::OnAccept(Listener& l, int res, uint32_t flags) {
     t->gen = gen;
     t->Start(this, passthrough::RelayContext{&gen->config(), &gen->router(), l.index, &lm,
                                              gen->clusters()},
-             res, peer);
+             accepted.release(), peer);
     return;
   }
-  clients_.Acquire()->Start(this, gen, l.index, res, peer);
+  clients_.Acquire()->Start(this, gen, l.index, accepted.release(), peer);
 }
 
 void Worker::BeginDrain() {

@@ -255,7 +255,7 @@ void Respond(Session* session, Stream* s, std::string body,
              const std::vector<http1::Header>& trailers = {}) {
   std::string storage;
   std::vector<nghttp2_nv> nva;
-  BuildErrorFields(200, body.size(), &storage, &nva);
+  BuildErrorFields(200, body.size(), 0, &storage, &nva);
   ASSERT_TRUE(session->SubmitResponse(s, nva, true));  // nghttp2 copies the fields
   s->out = std::move(body);
   BuildTrailerFields(trailers, &s->trailer_storage, &s->trailer_nva);
