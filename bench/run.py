@@ -179,7 +179,7 @@ error_log {d}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
-  upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 64; }}
+  upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 256; }}
   server {{
     listen 127.0.0.1:{port} ssl http2;
     ssl_certificate {certs}/{cert}.crt;

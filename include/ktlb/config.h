@@ -145,7 +145,10 @@ struct UpstreamConfig {
   BalanceAlgorithm balance = BalanceAlgorithm::kRoundRobin;
   HashKeyConfig hash_key;     // kClientIp by default under maglev
   uint32_t hash_key_line = 0;  // where it was set, for route errors
-  uint32_t max_idle_per_server = 64;  // pooled keep-alive connections per worker
+  // Pooled keep-alive connections per worker and server. HTTP/2 multiplexes
+  // many streams over one client connection, each needing its own upstream
+  // connection: a pool smaller than the streams in flight churns connects.
+  uint32_t max_idle_per_server = 256;
   ProxyProtocol proxy_protocol = ProxyProtocol::kNone;  // passthrough routes only
   uint32_t proxy_protocol_line = 0;  // where it was set, for route errors
   HealthCheckConfig health;

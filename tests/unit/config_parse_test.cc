@@ -120,7 +120,7 @@ TEST_F(ConfigParseTest, MinimalConfigGetsDefaults) {
   EXPECT_EQ(c.upstreams[0].balance, BalanceAlgorithm::kRoundRobin);
   EXPECT_EQ(c.upstreams[0].hash_key.kind, HashKeyKind::kNone);
   EXPECT_EQ(c.upstreams[0].servers[0].weight, 1u);
-  EXPECT_EQ(c.upstreams[0].max_idle_per_server, 64u);
+  EXPECT_EQ(c.upstreams[0].max_idle_per_server, 256u);
   ASSERT_EQ(c.routes.size(), 1u);
   EXPECT_EQ(c.routes[0].sni, "");
   EXPECT_EQ(c.routes[0].host, "");
