@@ -58,8 +58,10 @@ void BuildResponseFields(const http1::ResponseHead& head, std::string* storage,
 
 void BuildTrailerFields(const std::vector<http1::Header>& fields, std::string* storage,
                         std::vector<nghttp2_nv>* nva) {
+  // Names and values both copied: trailers are submitted only when the
+  // last DATA goes out, long after the backend's buffer was reused.
   size_t total = 0;
-  for (const http1::Header& h : fields) total += h.name.size();
+  for (const http1::Header& h : fields) total += h.name.size() + h.value.size();
   storage->clear();
   storage->reserve(total);
   nva->clear();
@@ -71,7 +73,10 @@ void BuildTrailerFields(const std::vector<http1::Header>& fields, std::string* s
       storage->resize(off);
       continue;
     }
-    nva->push_back(Nv(name, h.value));
+    size_t voff = storage->size();
+    storage->append(h.value);
+    nva->push_back(Nv(std::string_view(*storage).substr(off, h.name.size()),
+                      std::string_view(*storage).substr(voff, h.value.size())));
   }
 }
 

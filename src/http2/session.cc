@@ -334,6 +334,17 @@ int Session::OnInvalidFrame(const nghttp2_frame* frame, int lib_error) {
 }
 
 int Session::OnFrameSend(const nghttp2_frame* frame) {
+  if ((frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS) &&
+      (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0) {
+    // The response is complete but the request is not: RFC 9113 8.1 lets
+    // the server stop the upload with RST_STREAM(NO_ERROR), so the stream
+    // does not stay open on a client that never finishes.
+    Stream* s = Find(frame->hd.stream_id);
+    if (s != nullptr && !s->request_ended && !s->refused) {
+      s->refused = true;
+      nghttp2_submit_rst_stream(ng_, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_NO_ERROR);
+    }
+  }
   switch (frame->hd.type) {
     case NGHTTP2_DATA:
       ++data_frames_sent_;
@@ -394,6 +405,11 @@ int Session::SendData(Stream* s, const uint8_t* framehd, size_t length) {
   s->out_off += length;
   if (s->out_off == s->out.size()) {
     s->out.clear();
+    s->out_off = 0;
+  } else if (s->out_off >= 64 * 1024 && s->out_off * 2 >= s->out.size()) {
+    // A backend faster than the client keeps some bytes unsent: drop what
+    // went out, or the buffer would grow with the whole body.
+    s->out.erase(0, s->out_off);
     s->out_off = 0;
   }
   owner_->OnResponseDataSent(s);

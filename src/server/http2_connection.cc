@@ -31,6 +31,7 @@ void Http2Connection::Start(Worker* w, Generation* gen, size_t listener, tls::Tr
   slot_.Bind(&w->loop(), this);
   idle_timer_.target = this;
   stall_timer_.target = this;
+  header_timer_.target = this;
   send_scheduled_ = closing_ = closed_ = in_receive_ = transport_released_ = broken_ = false;
   piped_ = PipedFrame{};
   poll_out_inflight_ = false;
@@ -78,7 +79,10 @@ void Http2Connection::OnInput() {
     }
     // Not HTTP/2 after all, or beyond saving: whatever GOAWAY the session
     // could queue goes out, then the connection closes.
-    if (n < 0) closing_ = true;
+    if (n < 0) {
+      closing_ = true;
+      to_start_.clear();
+    }
     // Streams start once the whole read is processed: a HEADERS reset in
     // the same read (Rapid Reset) never reaches a backend.
     StartStreams();
@@ -143,6 +147,7 @@ void Http2Connection::TearDown() {
   }
   DeadlineQueue::Cancel(&idle_timer_);
   DeadlineQueue::Cancel(&stall_timer_);
+  DeadlineQueue::Cancel(&header_timer_);
 }
 
 void Http2Connection::Drain() {
@@ -190,6 +195,8 @@ void Http2Connection::Pump() {
   }
   transport_->Flush();
   if (closed_) return;
+  // WantsInput said no while the client was not reading: read again.
+  if (transport_->backlog() < kOutputHighWater) transport_->ResumeInput();
   UpdateTimers();
   CloseWhenDone();
 }
@@ -211,6 +218,16 @@ void Http2Connection::UpdateTimers() {
   } else {
     DeadlineQueue::Cancel(&idle_timer_);
   }
+  // A header block left unfinished (HEADERS without END_HEADERS and no
+  // CONTINUATION) holds a stream open: it gets the request header timeout.
+  bool partial_head = false;
+  for (Http2Stream* s : live_) partial_head = partial_head || (!s->head_done && !s->refused);
+  if (!partial_head) {
+    DeadlineQueue::Cancel(&header_timer_);
+  } else if (!header_timer_.armed()) {
+    w_->ArmTimer(&header_timer_, static_cast<uint8_t>(TimeoutKind::kRequestHeader),
+                 t.request_header_ms);
+  }
   // Response bytes waiting on the client: its windows (TCP or HTTP/2) must
   // open within the send timeout, counted from the last progress.
   bool waiting = transport_->backlog() > 0;
@@ -228,6 +245,12 @@ void Http2Connection::OnDeadline(uint8_t kind) {
   w_->CountTimeout(k);
   if (k == TimeoutKind::kKeepalive) {
     Drain();
+    return;
+  }
+  if (k == TimeoutKind::kRequestHeader) {
+    session_.Terminate(NGHTTP2_PROTOCOL_ERROR);
+    closing_ = true;
+    ScheduleSend();
     return;
   }
   // kSend: the client stopped taking bytes.
@@ -273,11 +296,16 @@ http2::Stream* Http2Connection::OpenStream(int32_t id) {
 void Http2Connection::OnStreamClosed(http2::Stream* stream, uint32_t error_code) {
   auto* s = static_cast<Http2Stream*>(stream);
   if (piped_.stream == s) {
-    // Closed in the middle of a frame we were writing ourselves: what is on
-    // the wire cannot be completed.
-    if (piped_.header_sent > 0) broken_ = true;
+    // Closed in the middle of a frame we were writing ourselves: the frame
+    // is finished with zeros (the peer drops DATA of a closed stream), so
+    // the byte stream stays whole for the other streams.
+    if (piped_.header_sent > 0) PadPipedFrame();
     piped_ = PipedFrame{};
   }
+  // Request bytes nobody will take give the connection's window back.
+  size_t dropped = s->unconsumed + s->early_body.size();
+  if (dropped > 0) session_.ConsumeRequestData(s, dropped);
+  s->unconsumed = 0;
   to_start_.erase(std::remove(to_start_.begin(), to_start_.end(), s), to_start_.end());
   live_.erase(std::remove(live_.begin(), live_.end(), s), live_.end());
   if (s->log_pending) LogStream(s, s->status, error_code == 0 ? "aborted" : "reset");
@@ -285,6 +313,9 @@ void Http2Connection::OnStreamClosed(http2::Stream* stream, uint32_t error_code)
   s->early_body.clear();
   s->out.clear();
   s->out_off = 0;
+  // A pooled stream keeps small buffers, not a past body's.
+  if (s->out.capacity() > 64 * 1024) std::string().swap(s->out);
+  if (s->early_body.capacity() > 64 * 1024) std::string().swap(s->early_body);
   free_.push_back(std::unique_ptr<Http2Stream>(s));
   if (live_.empty()) ScheduleSend();  // idle timer, or the close after a drain
 }
@@ -359,6 +390,7 @@ void Http2Connection::OnRequestData(http2::Stream* stream, std::string_view data
 }
 
 void Http2Connection::SendBodyUpstream(Http2Stream* s, std::string_view data) {
+  if (data.empty()) return;  // a zero-size chunk would end the chunked body
   if (s->discard_body || !s->exchange.active()) {
     session_.ConsumeRequestData(s, data.size() + s->unconsumed);
     s->unconsumed = 0;
@@ -415,8 +447,8 @@ void Http2Connection::RespondError(Http2Stream* s, int status, const char* error
                                    uint32_t retry_after_s) {
   s->discard_body = true;
   s->exchange.Abandon();
-  if (s->unconsumed > 0) {
-    session_.ConsumeRequestData(s, s->unconsumed);
+  if (s->unconsumed + s->early_body.size() > 0) {
+    session_.ConsumeRequestData(s, s->unconsumed + s->early_body.size());
     s->unconsumed = 0;
   }
   s->early_body.clear();
@@ -507,6 +539,18 @@ void Http2Connection::OnGoawaySent(uint32_t code) {
   if (code < http2::kErrorCodes) gen_->listener_metrics(listener_).h2.goaways[code].Inc();
 }
 
+void Http2Connection::PadPipedFrame() {
+  // Queued behind nothing: a piped frame starts only when the transport is
+  // idle, and nothing is serialized while it is unfinished.
+  std::string pad(reinterpret_cast<const char*>(piped_.header) + piped_.header_sent,
+                  9 - piped_.header_sent);
+  pad.append(piped_.left, '\0');
+  piped_.header_sent = 9;
+  piped_.left = 0;
+  if (!transport_->Write(pad)) broken_ = true;
+  transport_->ScheduleFlush();
+}
+
 size_t Http2Connection::PipedBytes(http2::Stream* stream) {
   return static_cast<Http2Stream*>(stream)->exchange.PipedBytes();
 }
@@ -552,7 +596,11 @@ int Http2Connection::SendPipedData(http2::Stream* stream, const uint8_t* framehd
     } else if (n == -EAGAIN) {
       return wait_writable();
     } else {
-      return NGHTTP2_ERR_CALLBACK_FAILURE;
+      // The backend's body broke off (its pipe is gone): the frame is
+      // finished with zeros and the stream reset after it.
+      PadPipedFrame();
+      piped_ = PipedFrame{};
+      return 0;
     }
   }
   piped_ = PipedFrame{};

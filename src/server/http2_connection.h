@@ -135,6 +135,8 @@ class Http2Connection final : public IoHandler,
   void TearDown();
   void LogStream(Http2Stream* s, int status, const char* error);
   void MaybeRelease();
+  // Finishes the piped DATA frame in progress with zero bytes.
+  void PadPipedFrame();
 
   Worker* w_ = nullptr;
   Generation* gen_ = nullptr;
@@ -147,6 +149,7 @@ class Http2Connection final : public IoHandler,
   http2::Session session_;
   DeadlineNode idle_timer_;
   DeadlineNode stall_timer_;
+  DeadlineNode header_timer_;
   std::string wbuf_;  // frames of this turn, written to the transport at once
   bool send_scheduled_ = false;
   bool closing_ = false;

@@ -2,6 +2,7 @@
 // at the right point of the output stream, installing RX ourselves after the
 // handshake at an exact record boundary, and the control records (alerts,
 // KeyUpdate) an offloaded socket delivers out of band.
+#include <fcntl.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -121,6 +122,13 @@ bool Transport::InstallTxNow(const KtlsCryptoInfo& key) {
     return false;
   }
   tx_active_ = true;
+  // Bodies may now be spliced into this socket from the worker: a
+  // pipe -> socket splice blocks on a full socket unless the file itself is
+  // O_NONBLOCK (SPLICE_F_NONBLOCK only covers the pipe). io_uring's own
+  // operations do not care.
+  if (int fl = fcntl(fd_.get(), F_GETFL); fl >= 0 && (fl & O_NONBLOCK) == 0) {
+    fcntl(fd_.get(), F_SETFL, fl | O_NONBLOCK);
+  }
   metrics_->ktls_tx.Inc();
   if (KtlsDebugLog()) {
     fprintf(stderr, "ktlb: ktls: %s: kTLS TX on\n", peer_.c_str());

@@ -64,7 +64,13 @@ void UpstreamConnection::PumpPipe() {
 
 long UpstreamConnection::SplicePipedTo(int fd, size_t max) {
   if (!pipe_mode_ || !pipe_.active()) return 0;
-  return pipe_.DrainTo(fd, max);
+  long n = pipe_.DrainTo(fd, max);
+  if (n > 0) {
+    // Progress of this response, even once the backend sent its last byte.
+    loop_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kUpstreamResponse),
+                    cluster_->limits().response_timeout_ms);
+  }
+  return n;
 }
 
 void UpstreamConnection::ArmPoll(int fd, bool out) {

@@ -179,6 +179,51 @@ class Http2AbuseTest(harness.KtlbTestCase):
         # The exchange was cancelled: the upstream connection is closed, not pooled.
         self.assert_served(k)
 
+    def test_unfinished_header_block_times_out(self):
+        k = self.start(request_header_timeout_ms=500)
+        with self.raw(k) as c:
+            # SETTINGS both ways first: any frame but CONTINUATION after the
+            # HEADERS would itself be a protocol error.
+            c.wait(lambda: any(f[0] == h2raw.SETTINGS and f[1] & h2raw.ACK for f in c.frames), 10)
+            c.wait(lambda: any(f[0] == h2raw.SETTINGS and not f[1] & h2raw.ACK for f in c.frames), 10)
+            block = c.header_block(BASE)
+            c.send(frame(h2raw.HEADERS, h2raw.END_STREAM, 1, block))  # no END_HEADERS, ever
+            self.assertEqual(c.wait_goaway(10)[1], h2raw.PROTOCOL_ERROR)
+            c.wait_closed(10)
+        self.assertEqual(k.metric("ktlb_timeouts_total", kind="request_header"), 1)
+
+    def test_dropped_request_bodies_give_the_window_back(self):
+        # Uploads answered without reaching a backend (502: nothing listens)
+        # must return their bytes to the connection window, or after a few
+        # the client could not send at all.
+        dead = "127.0.0.1:%d" % harness.free_port()
+        k = self.ktlb(self.basic_config({"app": [dead]}, listener=H2, server={
+            "h2_connection_window": "65535", "h2_stream_window": "65535"}))
+        body = b"x" * 16000
+        with self.raw(k) as c:
+            c.wait(lambda: any(f[0] == h2raw.SETTINGS and f[1] & h2raw.ACK for f in c.frames), 10)
+            for i in range(12):  # 12 x 48000 bytes: far beyond one connection window
+                sid = 1 + 2 * i
+                data = c.headers_frame(sid, [(":method", "POST")] + BASE[1:] +
+                                       [("content-length", str(3 * len(body)))], end_stream=False)
+                data += frame(h2raw.DATA, 0, sid, body) * 2 + frame(h2raw.DATA, h2raw.END_STREAM, sid, body)
+                c.send(data)
+                r = c.response(sid, timeout=10)
+                self.assertIn(r.status, (502, 503), i)  # 503 once the dead server is ejected
+            self.assertIsNone(c.goaway)
+
+    def test_a_client_that_stops_reading_is_read_again(self):
+        k = self.start()
+        with self.raw(k, settings=[(h2raw.SETTINGS_INITIAL_WINDOW_SIZE, 2**31 - 1)]) as c:
+            c.send(h2raw.window_update_frame(0, 2**30))
+            c.request(1, "/size/30000000")
+            time.sleep(1.5)  # ktlb's output backs up: it stops reading this client
+            c.request(3, "/size/10")
+            r = c.response(3, timeout=30)
+            self.assertEqual(bytes(r.body), harness.pattern(10))
+            r = c.response(1, timeout=60)
+            self.assertEqual(len(r.body), 30000000)
+
     # -- the abuse budget --
 
     def budget_run(self, k, kind, flood, expect_code=h2raw.ENHANCE_YOUR_CALM):
