@@ -10,9 +10,10 @@ import time
 
 import harness
 from h2raw import H2Raw, rst_frame
-from harness import header, split_addr
+from harness import free_port, header, split_addr
 
 SLOW_MS = 500
+LONG_MS = 2000  # outlasts queue_timeout_ms = 100 by far, even on a loaded host
 
 
 class UpstreamLimitsTest(harness.KtlbTestCase):
@@ -79,7 +80,7 @@ class UpstreamLimitsTest(harness.KtlbTestCase):
     def test_short_queue_timeout_answers_503(self):
         a = self.origin("a")
         k = self.ktlb(self.config(a.addr, "max_conns_per_server = 2\nqueue_timeout_ms = 100\n"))
-        results, most = self.concurrent(k, a, 6, f"/slow/{SLOW_MS}")
+        results, most = self.concurrent(k, a, 6, f"/slow/{LONG_MS}")
         statuses = sorted(r[0] for r in results)
         self.assertEqual(statuses, [200, 200, 503, 503, 503, 503], results)
         self.assertLessEqual(most, 2)
@@ -87,7 +88,7 @@ class UpstreamLimitsTest(harness.KtlbTestCase):
             if status == 503:
                 self.assertEqual(header(headers, "Retry-After"), ["1"])
                 # queue_timeout_ms, not the slow response.
-                self.assertLess(seconds, SLOW_MS / 1000)
+                self.assertLess(seconds, LONG_MS / 2000)
         self.assertEqual(k.metric("ktlb_upstream_queued_total", upstream="app"), 4)
         self.assertEqual(k.metric("ktlb_upstream_queue_timeouts_total", upstream="app"), 4)
         # The connections are free again: a new request goes through.
@@ -120,22 +121,34 @@ class UpstreamLimitsTest(harness.KtlbTestCase):
         a = self.origin("a")
         k = self.ktlb(self.config(a.addr, "max_conns_per_server = 1\nqueue_timeout_ms = 100\n"))
         with H2Raw(k.addr(), self.ca) as c:
-            c.request(1, f"/slow/{SLOW_MS}")
+            c.request(1, f"/slow/{LONG_MS}")
             k.wait_metric("ktlb_upstream_in_flight", 1, upstream="app")
             t0 = time.monotonic()
             c.request(3, "/")
             r = c.response(3)
             self.assertEqual(r.status, 503)
             self.assertEqual(r.header("retry-after"), "1")
-            self.assertLess(time.monotonic() - t0, SLOW_MS / 1000)
+            self.assertLess(time.monotonic() - t0, LONG_MS / 2000)
             self.assertEqual(c.response(1).status, 200)
         self.assertEqual(k.metric("ktlb_upstream_queue_timeouts_total", upstream="app"), 1)
 
-    def test_retry_budget_metric_is_exported(self):
+    def test_retry_budget_refuses_the_excess(self):
+        # Round robin over a refusing server and a slow one: every request
+        # sent to the refusing one is retried on the slow one, where the
+        # retry stays in flight. With 8 requests in flight the budget is
+        # max(3, 0.2 x 8) = 3 retries: the fourth refused one gets its 502.
         a = self.origin("a")
-        k = self.ktlb(self.config(a.addr, "retry_budget = 0.5\n"))
-        self.assertEqual(k.metric("ktlb_upstream_retries_budget_exhausted_total", upstream="app"), 0)
-
+        dead = f"127.0.0.1:{free_port()}"
+        text = self.basic_config({"app": [dead]})
+        line = f'servers = ["{dead}"]'
+        text = text.replace(line, f'servers = ["{dead}", "{a.addr}"]\n'
+                                  "eject = { consecutive_failures = 0 }\nretry_budget = 0.2\n")
+        k = self.ktlb(text)
+        results, _ = self.concurrent(k, a, 8, f"/slow/{SLOW_MS}")
+        statuses = sorted(r[0] for r in results)
+        self.assertEqual(statuses, [200] * 7 + [502], results)
+        self.assertEqual(k.metric("ktlb_upstream_retries_total", upstream="app"), 3)
+        self.assertEqual(k.metric("ktlb_upstream_retries_budget_exhausted_total", upstream="app"), 1)
 
 if __name__ == "__main__":
     harness.main()
