@@ -22,10 +22,12 @@
 #include "ktlb/loop.h"
 #include "ktlb/metrics.h"
 #include "ktlb/slot_pool.h"
+#include "ktlb/upstream_limits.h"
 
 namespace ktlb::upstream {
 
 class UpstreamConnection;
+class Exchange;
 
 // Opens a non-blocking TCP socket to `address` and submits its connect
 // (completion tagged `tag`). -1 when no socket could be made: logged under
@@ -38,8 +40,14 @@ struct Server {
   uint32_t weight = 1;
 };
 
-class Cluster {
+class Cluster final : private IoHandler {
  public:
+  // Pick's answer when servers are available but every one of them holds
+  // max_conns_per_server connections on this worker: the request queues.
+  static constexpr int kAllAtCap = -2;
+  // Requests waiting for a connection, per cluster and worker.
+  static constexpr size_t kMaxQueued = 1024;
+
   struct Limits {
     uint32_t connect_timeout_ms = 5000;
     uint32_t response_timeout_ms = 60000;
@@ -68,8 +76,26 @@ class Cluster {
   // The server for a new attempt, skipping `avoid` (a retry) when there is
   // another; -1 when no server is available (all down or ejected). `hash`
   // is the request's key (RequestHasher) for a hashing balancer, has_hash
-  // false when it has none.
+  // false when it has none. With max_conns_per_server, servers at their cap
+  // are skipped (the balancer picks among the others); kAllAtCap when every
+  // available server is at its cap.
   int Pick(int avoid, uint64_t hash = 0, bool has_hash = false);
+
+  // --- max_conns_per_server: the wait queue (per worker) ---
+  uint32_t max_conns_per_server() const { return max_conns_; }
+  uint32_t queue_timeout_ms() const { return queue_timeout_ms_; }
+  // False when the queue is full.
+  bool Enqueue(Exchange* e);
+  void Dequeue(Exchange* e);
+  size_t queued() const { return queue_.size(); }
+
+  // --- retry_budget: requests and retries in flight (per worker) ---
+  void RequestStarted() { ++requests_in_flight_; }
+  void RequestEnded() { --requests_in_flight_; }
+  // Whether a retry may start now (then it holds a place until RetryEnded);
+  // a refusal is counted in metrics.retries_budget_exhausted.
+  bool TryStartRetry();
+  void RetryEnded() { --retries_in_flight_; }
   // Passive health: how an attempt on `server` went. A failure is a connect
   // failure, a reset, a timeout or a 5xx; enough in a row eject the server
   // from this worker's picks (ejection.h).
@@ -91,9 +117,13 @@ class Cluster {
     ++load_[server].in_flight;
     metrics_->in_flight.Inc();
   }
+  // The in-flight count doubles as the connections in use (or connecting)
+  // to the server: an attempt holds exactly one. One ending may let a
+  // queued request go (at the end of the loop turn).
   void AttemptEnded(size_t server) {
     --load_[server].in_flight;
     metrics_->in_flight.Dec();
+    if (!queue_.empty()) ScheduleDispatch();
   }
   void RecordLatency(size_t server, uint64_t us, bool failed);
   const ServerLoad& load(size_t server) const { return load_[server]; }
@@ -119,6 +149,11 @@ class Cluster {
   void Drain();
 
  private:
+  void OnCompletion(uint8_t op, int res, uint32_t flags) override;
+  // Hands freed connection slots to queued requests, in FIFO order.
+  void OnDeferred(uint8_t op) override;
+  void ScheduleDispatch();
+
   std::string name_;
   std::vector<Server> servers_;
   Limits limits_;
@@ -148,6 +183,15 @@ class Cluster {
   SlotPool<UpstreamConnection> connections_;
   // idle_[server]: parked keep-alive connections, most recent last.
   std::vector<std::vector<UpstreamConnection*>> idle_;
+  uint32_t max_conns_ = 0;
+  uint32_t queue_timeout_ms_ = 1000;
+  double retry_budget_ = 0.2;
+  ServerMask below_cap_;  // scratch for Pick: available and under the cap
+  WaitQueue queue_{kMaxQueued};
+  HandlerSlot slot_;
+  bool dispatch_pending_ = false;
+  size_t requests_in_flight_ = 0;
+  size_t retries_in_flight_ = 0;
 };
 
 }  // namespace ktlb::upstream

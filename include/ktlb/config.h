@@ -156,6 +156,15 @@ struct UpstreamConfig {
   // A server coming back (re-admitted or healthy again) takes a share that
   // grows linearly from 10% to its full weight over this long; 0 = at once.
   uint32_t slow_start_ms = 0;
+  // Connections (in use or connecting) one worker may hold to one server;
+  // 0 = unlimited. The cap is per worker: with N workers a server sees up
+  // to N x this many. Requests over it wait (a bounded FIFO per cluster and
+  // worker) up to queue_timeout_ms, then get 503 with Retry-After.
+  uint32_t max_conns_per_server = 0;
+  uint32_t queue_timeout_ms = 1000;
+  // Retries in flight stay below max(3, retry_budget x requests in flight),
+  // per cluster and worker; 0 allows only the floor of 3.
+  double retry_budget = 0.2;
 };
 
 struct Config {

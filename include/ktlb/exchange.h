@@ -17,8 +17,10 @@
 #include <string_view>
 #include <vector>
 
+#include "ktlb/deadline_queue.h"
 #include "ktlb/http1.h"
 #include "ktlb/unique_fd.h"
+#include "ktlb/upstream_limits.h"
 
 namespace ktlb::upstream {
 
@@ -35,6 +37,8 @@ enum class ExchangeFailure : uint8_t {
   kTimedOut,  // connect or response timeout: 504
   kNoServer,  // every server is unhealthy or ejected: 503 at once, with
               // Retry-After: Exchange::retry_after_s()
+  kQueueTimeout,  // every server at max_conns_per_server and queue_timeout_ms
+                  // passed (or the queue was full): 503 with Retry-After too
 };
 
 class ExchangeSink {
@@ -103,7 +107,7 @@ struct ExchangeRequest {
   bool has_hash = false;
 };
 
-class Exchange {
+class Exchange final : private DeadlineTarget {
  public:
   Exchange() = default;
   ~Exchange();
@@ -113,7 +117,10 @@ class Exchange {
   // Sends `request` to a server of `cluster`. The sink hears of the result,
   // possibly before Start returns (a connect that fails at once).
   void Start(Cluster* cluster, const ExchangeRequest& request, ExchangeSink* sink);
-  bool active() const { return conn_ != nullptr; }
+  // An attempt runs, or the request waits for a connection (the sink may
+  // send body bytes: they are held until one is free).
+  bool active() const { return conn_ != nullptr || wait_.queued; }
+  bool queued() const { return wait_.queued; }
 
   // --- the request body, from the client side ---
   void SendBody(std::string_view bytes);
@@ -140,7 +147,8 @@ class Exchange {
   // For the access log: the cluster and server of the last attempt.
   const Cluster* cluster() const { return cluster_; }
   int server() const { return server_; }
-  // After kNoServer: seconds until a server may be back (at least 1).
+  // After kNoServer or kQueueTimeout: seconds until a server may be back
+  // (at least 1).
   uint32_t retry_after_s() const { return retry_after_s_; }
 
   // --- from the UpstreamConnection of the current attempt ---
@@ -155,8 +163,22 @@ class Exchange {
   void OnAttemptDone();
   void OnAttemptUpgraded(UniqueFd backend, std::string_view already_read);
 
+  // --- from the Cluster's wait queue ---
+  WaitNode* wait_node() { return &wait_; }
+  static Exchange* FromWaitNode(WaitNode* n);
+  // A connection may be free: the attempt starts unless every server is
+  // still at its cap (false: it stays queued).
+  bool ResumeQueued();
+
  private:
   void Attempt(int avoid_server);
+  // Starts the attempt on `picked` (a server, or -1: none available).
+  void Launch(int picked, int avoid_server);
+  // The queue timeout.
+  void OnDeadline(uint8_t kind) override;
+  void Fail(ExchangeFailure why, bool response_started);
+  // The request is over for the cluster's retry budget.
+  void Leave();
   // The cluster's in-flight count for the attempt's server goes down.
   void EndAttempt();
 
@@ -171,6 +193,13 @@ class Exchange {
   bool head_seen_ = false;
   uint64_t attempt_start_us_ = 0;
   uint32_t retry_after_s_ = 0;
+  // Waiting for a connection (max_conns_per_server).
+  WaitNode wait_;
+  DeadlineNode queue_timer_;
+  int wait_avoid_ = -1;        // the server the waiting attempt avoids
+  std::string pending_body_;   // request body sent while waiting
+  bool live_ = false;          // counted in the cluster's requests in flight
+  bool retrying_ = false;      // holds a place in the retry budget
 };
 
 }  // namespace ktlb::upstream

@@ -97,6 +97,9 @@ struct UpstreamMetrics {
   Counter in_flight;  // gauge: attempts (passthrough: tunnels) on a server now
   Counter ejections;  // servers this worker ejected (passive health)
   Counter no_server;  // requests refused because every server was down (503)
+  Counter queued;     // requests that waited for a connection (max_conns_per_server)
+  Counter queue_timeouts;  // ... and got 503: queue_timeout_ms passed or the queue was full
+  Counter retries_budget_exhausted;  // retries refused by retry_budget
 };
 
 // Active health of one upstream, written by its one prober thread (never

@@ -264,6 +264,15 @@ std::string MetricsRegistry::Render() const {
   per_upstream("ktlb_upstream_no_server_total",
                "Requests answered 503 because every server was unhealthy or ejected.",
                [](const UpstreamMetrics& m) -> const Counter& { return m.no_server; });
+  per_upstream("ktlb_upstream_queued_total",
+               "Requests that waited for a connection: every server at max_conns_per_server.",
+               [](const UpstreamMetrics& m) -> const Counter& { return m.queued; });
+  per_upstream("ktlb_upstream_queue_timeouts_total",
+               "Requests answered 503 after queue_timeout_ms in the queue, or finding it full.",
+               [](const UpstreamMetrics& m) -> const Counter& { return m.queue_timeouts; });
+  per_upstream("ktlb_upstream_retries_budget_exhausted_total",
+               "Retries not made because retry_budget was used up.",
+               [](const UpstreamMetrics& m) -> const Counter& { return m.retries_budget_exhausted; });
   RenderHealth(&out);
 
   Family(&out, "ktlb_error_log_lines_total", "counter",

@@ -16,6 +16,7 @@ namespace ktlb::config_internal {
 namespace {
 
 constexpr uint32_t kMaxIdlePerServer = 65535;
+constexpr uint32_t kMaxConnsPerServer = 1'000'000;
 constexpr uint32_t kMaxServerWeight = 256;
 constexpr uint32_t kMaxDurationMs = 86'400'000;  // one day
 // Probing faster than this is load, not health checking.
@@ -205,12 +206,34 @@ absl::Status ReadEject(const Section& up, EjectionConfig* eject) {
   return absl::OkStatus();
 }
 
+// A fraction of requests in flight: 0..1, an integer 0 or 1 too.
+absl::Status ReadRetryBudget(const Section& s, double* out) {
+  const toml::node* node = s.Find("retry_budget");
+  if (node == nullptr) return absl::OkStatus();
+  double value = 0;
+  if (node->is_floating_point()) {
+    value = node->as_floating_point()->get();
+  } else if (node->is_integer()) {
+    value = static_cast<double>(node->as_integer()->get());
+  } else {
+    return s.ctx().Error(LineOf(*node), s.Key("retry_budget"),
+                         absl::StrCat("expected a number, got ", Av(TypeName(node->type()))));
+  }
+  if (!(value >= 0.0 && value <= 1.0)) {
+    return s.ctx().Error(LineOf(*node), s.Key("retry_budget"),
+                         "must be a fraction between 0 and 1");
+  }
+  *out = value;
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status ReadUpstream(const Section& s, NameSet* names, UpstreamConfig* upstream) {
   if (absl::Status st = s.CheckKnownKeys(
           {"name", "servers", "balance", "hash_key", "max_idle_per_server", "proxy_protocol", "health",
-           "eject", "slow_start_ms"});
+           "eject", "slow_start_ms", "max_conns_per_server", "queue_timeout_ms",
+           "retry_budget"});
       !st.ok()) {
     return st;
   }
@@ -246,7 +269,20 @@ absl::Status ReadUpstream(const Section& s, NameSet* names, UpstreamConfig* upst
   }
   if (absl::Status st = ReadHealth(s, &upstream->health); !st.ok()) return st;
   if (absl::Status st = ReadEject(s, &upstream->eject); !st.ok()) return st;
-  return s.Uint32("slow_start_ms", 0, kMaxDurationMs, &upstream->slow_start_ms);
+  if (absl::Status st = s.Uint32("slow_start_ms", 0, kMaxDurationMs, &upstream->slow_start_ms);
+      !st.ok()) {
+    return st;
+  }
+  if (absl::Status st = s.Uint32("max_conns_per_server", 0, kMaxConnsPerServer,
+                                 &upstream->max_conns_per_server);
+      !st.ok()) {
+    return st;
+  }
+  if (absl::Status st = s.Uint32("queue_timeout_ms", 1, kMaxDurationMs, &upstream->queue_timeout_ms);
+      !st.ok()) {
+    return st;
+  }
+  return ReadRetryBudget(s, &upstream->retry_budget);
 }
 
 }  // namespace ktlb::config_internal

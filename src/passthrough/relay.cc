@@ -165,7 +165,8 @@ void Relay::OnHelloComplete(const ClientHello& hello) {
   }
   int server = c->Pick(-1, hash, has_hash);
   if (server < 0) {
-    close_reason_ = "no_server";
+    // No queue for tunnels: every server at max_conns_per_server closes it.
+    close_reason_ = server == upstream::Cluster::kAllAtCap ? "max_conns" : "no_server";
     return CloseNow();
   }
   Connect(static_cast<size_t>(upstream), static_cast<size_t>(server));

@@ -511,7 +511,8 @@ void Http1Connection::OnExchangeFailed(upstream::ExchangeFailure why, bool respo
   pending_head_.clear();
   int status = why == upstream::ExchangeFailure::kTimedOut ? 504 : 502;
   uint32_t retry_after_s = 0;
-  if (why == upstream::ExchangeFailure::kNoServer) {
+  if (why == upstream::ExchangeFailure::kNoServer ||
+      why == upstream::ExchangeFailure::kQueueTimeout) {
     status = 503;
     retry_after_s = exchange_.retry_after_s();
   }

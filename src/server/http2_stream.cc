@@ -235,6 +235,9 @@ void Http2Stream::OnExchangeFailed(upstream::ExchangeFailure why, bool response_
     if (why == upstream::ExchangeFailure::kNoServer) {
       return conn->RespondError(this, 503, "no_server", exchange.retry_after_s());
     }
+    if (why == upstream::ExchangeFailure::kQueueTimeout) {
+      return conn->RespondError(this, 503, "queue_timeout", exchange.retry_after_s());
+    }
     const bool timed_out = why == upstream::ExchangeFailure::kTimedOut;
     return conn->RespondError(this, timed_out ? 504 : 502,
                               timed_out ? "upstream_timeout" : "upstream_failed");

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <string>
 
+#include "ktlb/exchange.h"
 #include "ktlb/sockets.h"
 #include "upstream_connection.h"
 
@@ -43,7 +44,12 @@ Cluster::Cluster(const UpstreamConfig& config, const Limits& limits, size_t work
       ejection_(config.servers.size()),
       back_since_ms_(config.servers.size(), 0),
       board_up_(config.servers.size(), 1),
-      rng_(worker_id * 0x9e3779b97f4a7c15ULL + 1) {
+      rng_(worker_id * 0x9e3779b97f4a7c15ULL + 1),
+      max_conns_(config.max_conns_per_server),
+      queue_timeout_ms_(config.queue_timeout_ms),
+      retry_budget_(config.retry_budget),
+      below_cap_(config.servers.size()) {
+  slot_.Bind(loop_, this);
   // A board for another server list would index the wrong servers.
   if (health_ != nullptr && health_->size() != config.servers.size()) health_.reset();
   std::vector<BalancerServer> identities;
@@ -66,6 +72,22 @@ int Cluster::Pick(int avoid, uint64_t hash, bool has_hash) {
   RefreshAvailability(now_ms);
   PickArgs args;
   args.available = &available_;
+  if (max_conns_ > 0) {
+    // Servers at their cap are left out, so the balancer's own policy picks
+    // among the others (a hashed key moves only while its server is full).
+    bool any_available = false;
+    bool any_below = false;
+    for (size_t i = 0; i < servers_.size(); ++i) {
+      const bool up = available_.test(i);
+      const bool below = up && load_[i].in_flight < max_conns_;
+      any_available = any_available || up;
+      any_below = any_below || below;
+      below_cap_.set(i, below);
+    }
+    if (!any_available) return -1;
+    if (!any_below) return kAllAtCap;
+    args.available = &below_cap_;
+  }
   args.load = load_.data();
   args.avoid = avoid;
   args.hash = hash;
@@ -145,6 +167,46 @@ void Cluster::RecordLatency(size_t server, uint64_t us, bool failed) {
 }
 
 Cluster::~Cluster() = default;
+
+bool Cluster::Enqueue(Exchange* e) {
+  if (!queue_.Push(e->wait_node())) return false;
+  metrics_->queued.Inc();
+  return true;
+}
+
+void Cluster::Dequeue(Exchange* e) { queue_.Remove(e->wait_node()); }
+
+void Cluster::ScheduleDispatch() {
+  if (dispatch_pending_) return;
+  dispatch_pending_ = true;
+  loop_->AtTurnEnd(slot_.Tag(0));
+}
+
+void Cluster::OnCompletion(uint8_t op, int res, uint32_t flags) {
+  (void)op;
+  (void)res;
+  (void)flags;
+}
+
+void Cluster::OnDeferred(uint8_t op) {
+  (void)op;
+  dispatch_pending_ = false;
+  // FIFO: the front goes first; when it still finds every server at its
+  // cap, so would the rest (the same servers, the same caps).
+  while (!queue_.empty()) {
+    Exchange* e = Exchange::FromWaitNode(queue_.front());
+    if (!e->ResumeQueued()) break;
+  }
+}
+
+bool Cluster::TryStartRetry() {
+  if (!RetryBudgetAllows(retries_in_flight_, requests_in_flight_, retry_budget_)) {
+    metrics_->retries_budget_exhausted.Inc();
+    return false;
+  }
+  ++retries_in_flight_;
+  return true;
+}
 
 UpstreamConnection* Cluster::Connection(size_t server, bool reuse) {
   if (reuse && !idle_[server].empty()) {

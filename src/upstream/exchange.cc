@@ -10,30 +10,92 @@ namespace ktlb::upstream {
 Exchange::~Exchange() { Abandon(); }
 
 void Exchange::Start(Cluster* cluster, const ExchangeRequest& request, ExchangeSink* sink) {
+  Leave();  // a previous request on this object is over
   cluster_ = cluster;
   sink_ = sink;
   request_ = request;
   server_ = -1;
   attempts_ = 0;
   body_done_ = !request.has_body;
+  wait_.owner = this;
+  pending_body_.clear();
+  live_ = true;
+  cluster_->RequestStarted();
   Attempt(-1);
+}
+
+Exchange* Exchange::FromWaitNode(WaitNode* n) { return static_cast<Exchange*>(n->owner); }
+
+void Exchange::Leave() {
+  if (!live_) return;
+  live_ = false;
+  cluster_->RequestEnded();
+  if (retrying_) {
+    retrying_ = false;
+    cluster_->RetryEnded();
+  }
+}
+
+void Exchange::Fail(ExchangeFailure why, bool response_started) {
+  Leave();
+  sink_->OnExchangeFailed(why, response_started);
 }
 
 void Exchange::Attempt(int avoid_server) {
   ++attempts_;
   int picked = cluster_->Pick(avoid_server, request_.hash, request_.has_hash);
+  if (picked == Cluster::kAllAtCap) {
+    // Every server holds max_conns_per_server connections of this worker:
+    // wait for one to end, a bounded time in a bounded queue.
+    if (!cluster_->Enqueue(this)) {
+      cluster_->metrics().queue_timeouts.Inc();
+      retry_after_s_ = 1;
+      return Fail(ExchangeFailure::kQueueTimeout, false);
+    }
+    wait_avoid_ = avoid_server;
+    queue_timer_.target = this;
+    cluster_->loop().ArmTimer(&queue_timer_, 0, cluster_->queue_timeout_ms());
+    return;
+  }
+  Launch(picked, avoid_server);
+}
+
+bool Exchange::ResumeQueued() {
+  int picked = cluster_->Pick(wait_avoid_, request_.hash, request_.has_hash);
+  if (picked == Cluster::kAllAtCap) return false;
+  cluster_->Dequeue(this);
+  Loop::CancelTimer(&queue_timer_);
+  Launch(picked, wait_avoid_);
+  return true;
+}
+
+void Exchange::OnDeadline(uint8_t kind) {
+  (void)kind;
+  if (!wait_.queued) return;
+  cluster_->Dequeue(this);
+  pending_body_.clear();
+  cluster_->metrics().queue_timeouts.Inc();
+  retry_after_s_ = 1;
+  Fail(ExchangeFailure::kQueueTimeout, false);
+}
+
+void Exchange::Launch(int picked, int avoid_server) {
   if (picked < 0) {
     // No server may take it (all unhealthy or ejected): answer now, never
     // queue blind or wait out a connect timeout.
+    pending_body_.clear();
     retry_after_s_ = cluster_->RetryAfterSeconds();
     cluster_->metrics().no_server.Inc();
-    return sink_->OnExchangeFailed(ExchangeFailure::kNoServer, false);
+    return Fail(ExchangeFailure::kNoServer, false);
   }
   server_ = picked;
   const size_t server = static_cast<size_t>(picked);
   // A retry always opens a fresh connection: a pooled one may be just as stale.
   UpstreamConnection* c = cluster_->Connection(server, avoid_server < 0 && attempts_ == 1);
-  if (c == nullptr) return OnAttemptFailed(false, false);
+  if (c == nullptr) {
+    pending_body_.clear();
+    return OnAttemptFailed(false, false);
+  }
   conn_ = c;
   cluster_->metrics().requests.Inc();
   cluster_->AttemptStarted(server);
@@ -41,6 +103,12 @@ void Exchange::Attempt(int avoid_server) {
   head_seen_ = false;
   attempt_start_us_ = Cluster::NowUs();
   c->Begin(this);
+  if (!pending_body_.empty() && conn_ == c) {
+    // Body bytes the client sent while the request waited for a connection.
+    std::string body;
+    body.swap(pending_body_);
+    c->Send(body);
+  }
 }
 
 void Exchange::EndAttempt() {
@@ -78,24 +146,34 @@ void Exchange::OnAttemptFailed(bool timed_out, bool got_response_bytes) {
   // whole request is still in hand (no streamed body).
   bool can_retry = !timed_out && !got_response_bytes && !request_.has_body && attempts_ < 2 &&
                    (request_.idempotent || reused);
+  // A retry on another server is new load on the cluster: retry_budget
+  // bounds it (a stale pooled connection's replay is not one).
+  if (can_retry && !reused && !retrying_) {
+    if (cluster_->TryStartRetry()) {
+      retrying_ = true;
+    } else {
+      can_retry = false;
+    }
+  }
   if (can_retry) {
     if (!reused) cluster_->metrics().retries.Inc();
     // A stale pooled connection is retried on a fresh one, maybe the same
     // server; a refusing server is avoided.
     return Attempt(reused ? -1 : server_);
   }
-  sink_->OnExchangeFailed(timed_out ? ExchangeFailure::kTimedOut : ExchangeFailure::kFailed, false);
+  Fail(timed_out ? ExchangeFailure::kTimedOut : ExchangeFailure::kFailed, false);
 }
 
 void Exchange::OnAttemptAborted() {
   conn_ = nullptr;
   EndAttempt();
-  sink_->OnExchangeFailed(ExchangeFailure::kFailed, true);
+  Fail(ExchangeFailure::kFailed, true);
 }
 
 void Exchange::OnAttemptDone() {
   conn_ = nullptr;
   EndAttempt();
+  Leave();
   sink_->OnResponseComplete();
 }
 
@@ -104,18 +182,25 @@ void Exchange::OnAttemptUpgraded(UniqueFd backend, std::string_view already_read
   // The attempt is over for the balancer: a long-lived tunnel is not an
   // in-flight request (passthrough tunnels are not either).
   EndAttempt();
+  Leave();
   sink_->OnUpgraded(std::move(backend), already_read);
 }
 
 void Exchange::SendBody(std::string_view bytes) {
-  if (conn_ != nullptr) conn_->Send(bytes);
+  if (conn_ != nullptr) {
+    conn_->Send(bytes);
+  } else if (wait_.queued) {
+    pending_body_.append(bytes);  // bounded by the sink: RequestBacklog
+  }
 }
 
 void Exchange::BodyProgress() {
   if (conn_ != nullptr) conn_->RequestBodyProgress();
 }
 
-size_t Exchange::RequestBacklog() const { return conn_ != nullptr ? conn_->SendBacklog() : 0; }
+size_t Exchange::RequestBacklog() const {
+  return conn_ != nullptr ? conn_->SendBacklog() : pending_body_.size();
+}
 
 int Exchange::RequestSpliceFd() const { return conn_ != nullptr ? conn_->fd() : -1; }
 
@@ -134,6 +219,13 @@ void Exchange::OnSinkWritable() {
 }
 
 void Exchange::Abandon() {
+  if (wait_.queued) {
+    // The client went away while waiting: it leaves the queue.
+    cluster_->Dequeue(this);
+    Loop::CancelTimer(&queue_timer_);
+    pending_body_.clear();
+  }
+  Leave();
   if (conn_ == nullptr) return;
   UpstreamConnection* c = conn_;
   conn_ = nullptr;

@@ -150,4 +150,44 @@ TEST_F(UpstreamHealthConfigTest, Mistakes) {
 }
 
 }  // namespace
+// max_conns_per_server, queue_timeout_ms and retry_budget (issue 9, limits).
+TEST_F(UpstreamHealthConfigTest, LimitsDefaultsAndValues) {
+  auto loaded = Load("");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ((*loaded)->upstreams[0].max_conns_per_server, 0u);
+  EXPECT_EQ((*loaded)->upstreams[0].queue_timeout_ms, 1000u);
+  EXPECT_DOUBLE_EQ((*loaded)->upstreams[0].retry_budget, 0.2);
+
+  loaded = Load("max_conns_per_server = 2\nqueue_timeout_ms = 100\nretry_budget = 0.5\n");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const UpstreamConfig& u = (*loaded)->upstreams[0];
+  EXPECT_EQ(u.max_conns_per_server, 2u);
+  EXPECT_EQ(u.queue_timeout_ms, 100u);
+  EXPECT_DOUBLE_EQ(u.retry_budget, 0.5);
+
+  loaded = Load("retry_budget = 1\n");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_DOUBLE_EQ((*loaded)->upstreams[0].retry_budget, 1.0);
+  loaded = Load("retry_budget = 0\n");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_DOUBLE_EQ((*loaded)->upstreams[0].retry_budget, 0.0);
+}
+
+TEST_F(UpstreamHealthConfigTest, LimitsMistakes) {
+  EXPECT_EQ(Error("max_conns_per_server = -1\n"),
+            At(18) + "upstreams[0].max_conns_per_server: must be between 0 and 1000000");
+  EXPECT_EQ(Error("max_conns_per_server = \"2\"\n"),
+            At(18) + "upstreams[0].max_conns_per_server: expected an integer, got a string");
+  EXPECT_EQ(Error("queue_timeout_ms = 0\n"),
+            At(18) + "upstreams[0].queue_timeout_ms: must be between 1 and 86400000");
+  EXPECT_EQ(Error("retry_budget = 1.5\n"),
+            At(18) + "upstreams[0].retry_budget: must be a fraction between 0 and 1");
+  EXPECT_EQ(Error("retry_budget = -0.1\n"),
+            At(18) + "upstreams[0].retry_budget: must be a fraction between 0 and 1");
+  EXPECT_EQ(Error("retry_budget = \"20%\"\n"),
+            At(18) + "upstreams[0].retry_budget: expected a number, got a string");
+  EXPECT_EQ(Error("max_conns_per_servers = 2\n"),
+            At(18) + "upstreams[0].max_conns_per_servers: unknown key");
+}
+
 }  // namespace ktlb
