@@ -53,10 +53,15 @@ struct Timeouts {
   uint32_t send_ms = 60'000;
 };
 
-// HTTP/2 limits (the defaults a proxy wants; see configs/reference.toml).
+// HTTP/2 limits (the defaults a proxy wants; see configs/reference.toml),
+// used by the HTTP/2 session as they are (http2::Limits).
 struct Http2Settings {
   uint32_t max_concurrent_streams = 128;
+  // Decoded request header list (name + value + 32 per field, RFC 9113
+  // 6.5.2): bounds HPACK bombs.
   uint32_t max_header_list_size = 65536;
+  // Request-body windows, refilled only as a stream's backend takes the
+  // bytes: what ktlb buffers per stream is bounded by them.
   uint32_t stream_window = 1 << 20;
   uint32_t connection_window = 16 << 20;
   uint32_t glitch_budget = 1000;

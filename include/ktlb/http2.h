@@ -16,24 +16,15 @@
 #include <string_view>
 #include <vector>
 
+#include "ktlb/config.h"
 #include "ktlb/http1.h"
 
 namespace ktlb::http2 {
 
-struct Limits {
-  uint32_t max_concurrent_streams = 128;
-  // Decoded size of a request's header list (name + value + 32 per field,
-  // RFC 9113 6.5.2): bounds HPACK bombs.
-  uint32_t max_header_list_size = 65536;
-  // Flow-control windows ktlb advertises for request bodies. A stream's
-  // window is refilled only as its backend takes the bytes, so what ktlb
-  // buffers per stream is bounded by it.
-  uint32_t stream_window = 1 << 20;
-  uint32_t connection_window = 16 << 20;
-  // Glitches a connection may commit before GOAWAY ENHANCE_YOUR_CALM; the
-  // budget refills over a minute.
-  uint32_t glitch_budget = 1000;
-};
+// The limits are the config's own (config.h, Http2Settings: windows are
+// refilled only as a stream's backend takes the bytes, the header list size
+// bounds HPACK bombs, the glitch budget refills over a minute).
+using Limits = Http2Settings;
 
 // Why a request stream was refused with RST_STREAM(PROTOCOL_ERROR).
 enum class Refusal : uint8_t {

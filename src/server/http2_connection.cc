@@ -34,13 +34,7 @@ void Http2Connection::Start(Worker* w, Generation* gen, size_t listener, tls::Tr
   inflight_ = 0;
   to_start_.clear();
   live_.clear();
-  const Http2Settings& h2 = gen->config().server.h2;
-  http2::Limits limits;
-  limits.max_concurrent_streams = h2.max_concurrent_streams;
-  limits.max_header_list_size = h2.max_header_list_size;
-  limits.stream_window = h2.stream_window;
-  limits.connection_window = h2.connection_window;
-  limits.glitch_budget = h2.glitch_budget;
+  const http2::Limits& limits = gen->config().server.h2;
   gen_->listener_metrics(listener_).h2.connections.Inc();
   transport_->SetOwner(this);
   if (!session_.Start(this, limits, w_->now_ms())) {
@@ -205,34 +199,31 @@ void Http2Connection::CloseWhenDone() {
   }
 }
 
+void Http2Connection::KeepArmed(DeadlineNode* timer, bool wanted, TimeoutKind kind,
+                                uint32_t ms) {
+  // Armed from when its condition began, not re-armed on every turn.
+  if (!wanted) {
+    DeadlineQueue::Cancel(timer);
+  } else if (!timer->armed()) {
+    w_->ArmTimer(timer, static_cast<uint8_t>(kind), ms);
+  }
+}
+
 void Http2Connection::UpdateTimers() {
   const Timeouts& t = gen_->config().server.timeouts;
-  if (live_.empty()) {
-    if (!idle_timer_.armed()) {
-      w_->ArmTimer(&idle_timer_, static_cast<uint8_t>(TimeoutKind::kKeepalive), t.keepalive_ms);
-    }
-  } else {
-    DeadlineQueue::Cancel(&idle_timer_);
-  }
   // A header block left unfinished (HEADERS without END_HEADERS and no
   // CONTINUATION) holds a stream open: it gets the request header timeout.
-  bool partial_head = false;
-  for (Http2Stream* s : live_) partial_head = partial_head || (!s->head_done && !s->refused);
-  if (!partial_head) {
-    DeadlineQueue::Cancel(&header_timer_);
-  } else if (!header_timer_.armed()) {
-    w_->ArmTimer(&header_timer_, static_cast<uint8_t>(TimeoutKind::kRequestHeader),
-                 t.request_header_ms);
-  }
   // Response bytes waiting on the client: its windows (TCP or HTTP/2) must
   // open within the send timeout, counted from the last progress.
+  bool partial_head = false;
   bool waiting = transport_->backlog() > 0;
-  for (Http2Stream* s : live_) waiting = waiting || s->unsent() > 0;
-  if (!waiting) {
-    DeadlineQueue::Cancel(&stall_timer_);
-  } else if (!stall_timer_.armed()) {
-    w_->ArmTimer(&stall_timer_, static_cast<uint8_t>(TimeoutKind::kSend), t.send_ms);
+  for (Http2Stream* s : live_) {
+    partial_head = partial_head || (!s->head_done && !s->refused);
+    waiting = waiting || s->unsent() > 0;
   }
+  KeepArmed(&idle_timer_, live_.empty(), TimeoutKind::kKeepalive, t.keepalive_ms);
+  KeepArmed(&header_timer_, partial_head, TimeoutKind::kRequestHeader, t.request_header_ms);
+  KeepArmed(&stall_timer_, waiting, TimeoutKind::kSend, t.send_ms);
 }
 
 void Http2Connection::OnDeadline(uint8_t kind) {

@@ -131,6 +131,8 @@ class Http2Connection final : public IoHandler,
   void StartExchange(Http2Stream* s);
   void Pump();
   void UpdateTimers();
+  // Arms `timer` while `wanted` holds (once), cancels it when not.
+  void KeepArmed(DeadlineNode* timer, bool wanted, TimeoutKind kind, uint32_t ms);
   void CloseWhenDone();
   void TearDown();
   void LogStream(Http2Stream* s, int status, const char* error);
