@@ -216,7 +216,8 @@ class Http2Test(harness.KtlbTestCase):
         k = self.h2_ktlb(server={"drain_timeout_ms": "10000"})
         with self.raw(k) as c:
             c.request(1, "/slow/1500")
-            time.sleep(0.3)  # the stream is in flight upstream
+            # The stream is in flight upstream (a condition, not a sleep).
+            self.assertGreaterEqual(k.wait_metric("ktlb_upstream_requests_total", 1, upstream="app"), 1)
             k.signal(15)
             last, code = c.wait_goaway(timeout=10)
             self.assertEqual((last, code), (1, h2raw.NO_ERROR))
