@@ -1,28 +1,94 @@
-// ktlb: flags, signals, startup.
+// ktlb: flags, signals, startup, and the control loop.
 //
 //   ktlb --config FILE          run in the foreground, log to stderr
 //   ktlb --check --config FILE  validate and exit 0, or print FILE:LINE: key: problem
+//   ktlb --version
 //
-// SIGTERM / SIGINT drain in-flight requests and exit 0.
+// SIGTERM / SIGINT drain in-flight requests and exit 0. SIGHUP reloads the
+// config, and so does a change on disk of the config or of a file it names
+// (debounced). SIGUSR1 reopens the access log.
 #include <malloc.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <vector>
+
+#include <nghttp2/nghttp2ver.h>
+#include <openssl/opensslv.h>
 
 #include "ktlb/config.h"
 #include "ktlb/fd_limit.h"
+#include "ktlb/file_watch.h"
 #include "ktlb/server.h"
 #include "ktlb/snapshot.h"
 #include "ktlb/tls.h"
+#include "ktlb/unique_fd.h"
+#include "server/config_reloader.h"
 
 namespace {
+
+// Files usually change in bursts (certbot writes a key, a cert and a chain
+// and swaps links): wait this long after the last event, then reload once.
+constexpr int kDebounceMs = 200;
 
 void Usage() {
   fprintf(stderr,
           "usage: ktlb --config FILE\n"
-          "       ktlb --check --config FILE\n");
+          "       ktlb --check --config FILE\n"
+          "       ktlb --version\n");
+}
+
+void WatchConfigFiles(ktlb::FileWatch& watch, const std::vector<std::string>& files) {
+  if (absl::Status s = watch.Watch(files); !s.ok()) {
+    fprintf(stderr, "ktlb: warning: %s: changes there need a SIGHUP\n",
+            std::string(s.message()).c_str());
+  }
+}
+
+// Waits for signals and file changes until SIGTERM/SIGINT; returns the signal.
+// `watch` was set up before the running config was read: what changed since
+// is queued and reloads at once.
+int ControlLoop(int signal_fd, ktlb::Server& server, ktlb::ConfigReloader& reloader,
+                ktlb::FileWatch& watch) {
+  bool change_pending = watch.TakeChanges();
+  for (;;) {
+    pollfd fds[2] = {{signal_fd, POLLIN, 0}, {watch.fd(), POLLIN, 0}};
+    int n = poll(fds, watch.fd() >= 0 ? 2 : 1, change_pending ? kDebounceMs : -1);
+    if (n < 0) continue;  // EINTR
+    if (n == 0 && change_pending) {
+      // Quiet for kDebounceMs since the last change.
+      change_pending = false;
+      reloader.Reload("file change");
+      WatchConfigFiles(watch, reloader.FilesToWatch());  // it may name other files
+      continue;
+    }
+    if (fds[1].revents & POLLIN) change_pending |= watch.TakeChanges();
+    if (!(fds[0].revents & POLLIN)) continue;
+    signalfd_siginfo si;
+    if (read(signal_fd, &si, sizeof si) != sizeof si) continue;
+    switch (si.ssi_signo) {
+      case SIGHUP:
+        change_pending = false;
+        reloader.Reload("SIGHUP");
+        WatchConfigFiles(watch, reloader.FilesToWatch());
+        break;
+      case SIGUSR1:
+        if (absl::Status s = server.ReopenAccessLog(); !s.ok()) {
+          fprintf(stderr, "ktlb: SIGUSR1: %s\n", std::string(s.message()).c_str());
+        } else {
+          fprintf(stderr, "ktlb: SIGUSR1: access log reopened\n");
+        }
+        break;
+      default:
+        return static_cast<int>(si.ssi_signo);
+    }
+  }
 }
 
 }  // namespace
@@ -38,6 +104,10 @@ int main(int argc, char** argv) {
       config_path = argv[++i];
     } else if (a.rfind("--config=", 0) == 0) {
       config_path = a.substr(9);
+    } else if (a == "--version") {
+      printf("ktlb %s (%s, nghttp2 %s)\n", KTLB_VERSION, OPENSSL_VERSION_TEXT,
+             NGHTTP2_VERSION);
+      return 0;
     } else if (a == "--help" || a == "-h") {
       Usage();
       return 0;
@@ -57,9 +127,14 @@ int main(int argc, char** argv) {
     fprintf(stderr, "%s\n", std::string(config.status().message()).c_str());
     return 1;
   }
+  // Watched from before the files are read: a certificate renewed while
+  // ktlb starts is not missed.
+  ktlb::FileWatch watch;
+  if (!check) WatchConfigFiles(watch, (*config)->FilesRead());
   // Certificates are part of validation: a key that does not match its
   // certificate must fail --check too.
-  auto snapshot = ktlb::BuildSnapshot(*config, ktlb::tls::TicketKeys::Generate());
+  const ktlb::tls::TicketKeys ticket_keys = ktlb::tls::TicketKeys::Generate();
+  auto snapshot = ktlb::BuildSnapshot(*config, ticket_keys);
   if (!snapshot.ok()) {
     // Certificate errors already read "FILE:LINE: certificates[i].key: ...".
     fprintf(stderr, "%s\n", std::string(snapshot.status().message()).c_str());
@@ -75,14 +150,18 @@ int main(int argc, char** argv) {
   mallopt(M_MMAP_THRESHOLD, 4 << 20);
   mallopt(M_TRIM_THRESHOLD, 64 << 20);
 
-  // Signals are taken synchronously by this thread; workers never see them.
+  // Signals are taken by this thread through a signalfd; blocked before the
+  // workers start, so they inherit the mask and never see one.
   sigset_t set;
   sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGHUP);
+  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGUSR1}) sigaddset(&set, sig);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  ktlb::UniqueFd signal_fd(signalfd(-1, &set, SFD_CLOEXEC));
+  if (!signal_fd) {
+    fprintf(stderr, "ktlb: signalfd: %s\n", strerror(errno));
+    return 1;
+  }
 
   // Two descriptors per proxied connection (four while splicing): the
   // usual soft limit of 1024 would cap ktlb at a few hundred connections.
@@ -107,16 +186,10 @@ int main(int argc, char** argv) {
     fprintf(stderr, "ktlb: admin on http://%s/metrics\n", cfg.server.admin_listen.text.c_str());
   }
 
-  for (;;) {
-    int sig = 0;
-    if (sigwait(&set, &sig) != 0) continue;
-    if (sig == SIGHUP) {
-      fprintf(stderr, "ktlb: SIGHUP: config reload is not supported by this version; ignoring\n");
-      continue;
-    }
-    fprintf(stderr, "ktlb: %s: draining\n", strsignal(sig));
-    break;
-  }
+  ktlb::ConfigReloader reloader(config_path, ticket_keys, &server, *snapshot);
+  reloader.RecordStartup();
+  int sig = ControlLoop(signal_fd.get(), server, reloader, watch);
+  fprintf(stderr, "ktlb: %s: draining\n", strsignal(sig));
   server.StopAndWait();
   fprintf(stderr, "ktlb: stopped\n");
   return 0;

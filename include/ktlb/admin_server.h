@@ -20,6 +20,8 @@ class AdminServer {
   ~AdminServer();  // stops the thread
   absl::Status Start();
   void Stop();
+  // From now on /healthz answers 503 "draining" (thread-safe).
+  void SetDraining() { draining_.store(true, std::memory_order_relaxed); }
 
  private:
   void Serve();
@@ -29,6 +31,7 @@ class AdminServer {
   MetricsRegistry* metrics_;
   UniqueFd listen_fd_;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> draining_{false};
   std::thread thread_;
 };
 

@@ -182,6 +182,9 @@ struct Config {
 
   const CertificateConfig* FindCertificate(std::string_view name) const;
   const UpstreamConfig* FindUpstream(std::string_view name) const;
+  // Every file this config reads (itself, certificates, keys, ...): what a
+  // reload must notice changing on disk. Keep it in step with the parser.
+  std::vector<std::string> FilesRead() const;
   const ListenerConfig* FindListener(std::string_view name) const;
 };
 

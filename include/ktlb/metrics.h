@@ -14,6 +14,7 @@
 #include <string>
 #include <string_view>
 #include <vector>
+#include <utility>
 
 namespace ktlb {
 
@@ -125,6 +126,16 @@ struct WorkerMetrics {
   Counter log_lines_suppressed;
 };
 
+// The process's configuration: written by the thread that loads and
+// reloads it, read by scrapes (under the registry's lock).
+struct ConfigMetrics {
+  uint64_t reloads_ok = 0;
+  uint64_t reloads_failed = 0;
+  int64_t last_success_s = 0;  // unix time of the last config put in service (startup too)
+  // The running snapshot's certificates: name, notAfter (unix seconds).
+  std::vector<std::pair<std::string, int64_t>> certificate_not_after;
+};
+
 // Names needed to render label values; filled once at startup.
 struct MetricsLabels {
   std::vector<std::string> listeners;  // registered up front, in this order
@@ -152,6 +163,11 @@ class MetricsRegistry {
   UpstreamMetrics& Upstream(size_t worker, std::string_view name);
   // The process-wide health counters of upstream `name` (for its prober).
   UpstreamHealthMetrics& UpstreamHealth(std::string_view name);
+  // A config was put in service (`ok`, at startup or on reload) or a reload
+  // was refused; `certificates` are the running snapshot's (unchanged when
+  // refused). `now_s` is unix time.
+  void RecordConfig(bool ok, int64_t now_s,
+                    std::vector<std::pair<std::string, int64_t>> certificates = {});
   // Prometheus text exposition format, summed over workers.
   std::string Render() const;
 
@@ -164,11 +180,13 @@ class MetricsRegistry {
               std::string_view name);
   // The process-wide health families (mu_ held).
   void RenderHealth(std::string* out) const;
+  void RenderConfig(std::string* out) const;
 
   mutable std::mutex mu_;  // guards the name lists and the workers' deques' sizes
   MetricsLabels labels_;
   std::vector<std::unique_ptr<WorkerMetrics>> workers_;
   std::deque<UpstreamHealthMetrics> health_;  // by upstream slot
+  ConfigMetrics config_;  // guarded by mu_
 };
 
 }  // namespace ktlb

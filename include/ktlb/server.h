@@ -30,10 +30,19 @@ class Server {
   // Hands every worker `snapshot` for its next accepts (Worker::Swap);
   // returns at once. Live connections finish on the snapshot they began on.
   void Swap(std::shared_ptr<const Snapshot> snapshot);
+  // Swap, then waits until every worker has applied it or refused it (a
+  // listener it cannot bind): an error says how many refused. Those keep
+  // serving the config they had, so the caller should count the reload as
+  // failed.
+  absl::Status Install(std::shared_ptr<const Snapshot> snapshot);
+  // SIGUSR1: opens the access log file again (after logrotate moved it) and
+  // puts it in place of the old descriptor, which the workers keep using.
+  absl::Status ReopenAccessLog();
   // Worker swaps applied / refused so far, summed over workers.
   uint64_t swaps_applied() const;
   uint64_t swaps_failed() const;
   const MetricsRegistry& metrics() const { return *metrics_; }
+  MetricsRegistry& mutable_metrics() { return *metrics_; }
   size_t worker_count() const { return workers_.size(); }
 
  private:

@@ -27,6 +27,7 @@ struct LoadedCertificate {
   std::vector<UniqueX509> chain;    // intermediates, in file order
   UniqueEvpPkey key;
   std::vector<std::string> dns_names;  // SAN dNSName entries, lowercase (CN if no SAN)
+  int64_t not_after = 0;               // unix seconds
 };
 using CertificatePtr = std::shared_ptr<const LoadedCertificate>;
 

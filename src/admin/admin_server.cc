@@ -67,7 +67,12 @@ void AdminServer::HandleClient(int fd) {
     type = "text/plain; version=0.0.4";
     body = metrics_->Render();
   } else if (absl::StartsWith(req, "GET /healthz ")) {
-    body = "ok\n";
+    if (draining_.load(std::memory_order_relaxed)) {
+      status = "503 Service Unavailable";
+      body = "draining\n";
+    } else {
+      body = "ok\n";
+    }
   } else {
     status = "404 Not Found";
     body = "not found\n";

@@ -274,6 +274,7 @@ std::string MetricsRegistry::Render() const {
                "Retries not made because retry_budget was used up.",
                [](const UpstreamMetrics& m) -> const Counter& { return m.retries_budget_exhausted; });
   RenderHealth(&out);
+  RenderConfig(&out);
 
   Family(&out, "ktlb_error_log_lines_total", "counter",
          "Lines the workers' error logs were given (printed or not).");
@@ -294,6 +295,39 @@ std::string MetricsRegistry::Render() const {
                     "\n");
   }
   return out;
+}
+
+void MetricsRegistry::RecordConfig(bool ok, int64_t now_s,
+                                   std::vector<std::pair<std::string, int64_t>> certificates) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!ok) {
+    ++config_.reloads_failed;
+    return;
+  }
+  // The first config is the one started with, not a reload.
+  if (config_.last_success_s != 0) ++config_.reloads_ok;
+  config_.last_success_s = now_s;
+  config_.certificate_not_after = std::move(certificates);
+}
+
+void MetricsRegistry::RenderConfig(std::string* out) const {
+  Family(out, "ktlb_config_reloads_total", "counter",
+         "Config reloads (SIGHUP or a watched file changed), by result; a failed one keeps the "
+         "running config.");
+  absl::StrAppend(out, "ktlb_config_reloads_total{result=\"success\"} ", config_.reloads_ok,
+                  "\n", "ktlb_config_reloads_total{result=\"failure\"} ",
+                  config_.reloads_failed, "\n");
+  Family(out, "ktlb_config_last_reload_success_timestamp_seconds", "gauge",
+         "When the running config was put in service (startup or reload), unix time.");
+  absl::StrAppend(out, "ktlb_config_last_reload_success_timestamp_seconds ",
+                  config_.last_success_s, "\n");
+  Family(out, "ktlb_certificate_not_after_seconds", "gauge",
+         "The notAfter of each certificate in the running config, unix time: alert before it "
+         "comes.");
+  for (const auto& [name, not_after] : config_.certificate_not_after) {
+    absl::StrAppend(out, "ktlb_certificate_not_after_seconds{certificate=\"", name, "\"} ",
+                    not_after, "\n");
+  }
 }
 
 void MetricsRegistry::RenderHealth(std::string* out) const {

@@ -5,7 +5,9 @@
 // vectors keep the file order that error messages and "first wins" rules use.
 
 #include <algorithm>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "ktlb/config.h"
 
@@ -27,6 +29,15 @@ const ListenerConfig* Config::FindListener(std::string_view name) const {
   auto it = std::find_if(listeners.begin(), listeners.end(),
                          [name](const ListenerConfig& l) { return l.name == name; });
   return it == listeners.end() ? nullptr : &*it;
+}
+
+std::vector<std::string> Config::FilesRead() const {
+  std::vector<std::string> files{path};
+  for (const CertificateConfig& c : certificates) {
+    files.push_back(c.cert_path);
+    files.push_back(c.key_path);
+  }
+  return files;
 }
 
 }  // namespace ktlb

@@ -1,19 +1,21 @@
 #include "ktlb/server.h"
-#include "ktlb/http2.h"
 
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <future>
 #include <string>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
-#include <future>
-
 #include "ktlb/client_hello.h"
+#include "ktlb/http2.h"
 #include "ktlb/http1.h"
 #include "ktlb/ktls.h"
 #include "ktlb/tls.h"
@@ -156,6 +158,57 @@ void Server::Swap(std::shared_ptr<const Snapshot> snapshot) {
   for (auto& w : workers_) w->Swap(snapshot);
 }
 
+absl::Status Server::Install(std::shared_ptr<const Snapshot> snapshot) {
+  std::vector<uint64_t> applied, failed;
+  for (const auto& w : workers_) {
+    applied.push_back(w->swaps_applied());
+    failed.push_back(w->swaps_failed());
+  }
+  Swap(std::move(snapshot));
+  // A worker applies a swap at its next loop turn, which the swap's wake-up
+  // starts at once; the bound only matters for a worker stuck in a long
+  // turn, and then the reload is reported rather than waited for.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  size_t waiting = 0, refused = 0;
+  do {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    waiting = refused = 0;
+    for (size_t i = 0; i < workers_.size(); ++i) {
+      if (workers_[i]->swaps_failed() != failed[i]) {
+        ++refused;
+      } else if (workers_[i]->swaps_applied() == applied[i]) {
+        ++waiting;
+      }
+    }
+  } while (waiting > 0 && std::chrono::steady_clock::now() < deadline);
+  if (refused > 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        refused, " of ", workers_.size(),
+        " worker(s) could not apply it (the worker log above says why) and keep their config"));
+  }
+  if (waiting > 0) {
+    return absl::DeadlineExceededError(
+        absl::StrCat(waiting, " worker(s) did not take the new config within 10 s"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Server::ReopenAccessLog() {
+  const std::string& path = snapshot_->config->server.access_log;
+  if (!access_log_fd_) return absl::OkStatus();
+  UniqueFd fresh(open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640));
+  if (!fresh) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("access_log: cannot open \"", path, "\": ", strerror(errno)));
+  }
+  // dup3 swaps the file under the same descriptor number atomically: a
+  // worker's write in flight lands in the old file or the new, never nowhere.
+  if (dup3(fresh.get(), access_log_fd_.get(), O_CLOEXEC) < 0) {
+    return absl::InternalError(absl::StrCat("access_log: dup3: ", strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
 uint64_t Server::swaps_applied() const {
   uint64_t n = 0;
   for (const auto& w : workers_) n += w->swaps_applied();
@@ -169,6 +222,9 @@ uint64_t Server::swaps_failed() const {
 }
 
 void Server::StopAndWait() {
+  // Health checks of an L4 balancer (ECMP, IPVS, NLB) see the host going
+  // before its connections are cut: /healthz answers 503 through the drain.
+  if (admin_) admin_->SetDraining();
   for (auto& w : workers_) w->Stop();
   for (auto& t : threads_) {
     if (t.joinable()) t.join();

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <ctime>
 #include <cerrno>
 #include <memory>
 #include <string>
@@ -193,6 +194,13 @@ std::vector<std::string> DnsNames(X509* leaf) {
   return names;
 }
 
+// notAfter as unix seconds (0 if OpenSSL cannot read it).
+int64_t NotAfter(const X509* leaf) {
+  struct tm t = {};
+  if (ASN1_TIME_to_tm(X509_get0_notAfter(leaf), &t) != 1) return 0;
+  return static_cast<int64_t>(timegm(&t));
+}
+
 // Prefixes "FILE:LINE: certificates[i].cert|key: " when the config recorded
 // where the value came from (configs built in code, e.g. tests, have no lines).
 absl::Status At(const Config* config, const CertificateConfig& c, bool key, absl::Status s) {
@@ -223,6 +231,7 @@ absl::StatusOr<CertificatePtr> LoadOne(const CertificateConfig& c, const Config*
                                                       "; use an RSA or ECDSA key")));
   }
   cert->dns_names = DnsNames(cert->leaf.get());
+  cert->not_after = NotAfter(cert->leaf.get());
   return CertificatePtr(std::move(cert));
 }
 

@@ -1,0 +1,84 @@
+#include "config_reloader.h"
+
+#include <cstdio>
+#include <ctime>
+
+#include "absl/strings/str_cat.h"
+
+namespace ktlb {
+
+namespace {
+
+// [server] settings the running process cannot take over: they are read once
+// at startup. A reload that changes them still applies the rest and says so.
+void WarnAboutRestartOnly(const Config& old_cfg, const Config& new_cfg) {
+  auto warn = [&](const char* key) {
+    fprintf(stderr, "ktlb: reload: %s: server.%s changed; it takes effect at the next restart\n",
+            new_cfg.path.c_str(), key);
+  };
+  if (old_cfg.server.workers != new_cfg.server.workers) warn("workers");
+  if (old_cfg.server.has_admin != new_cfg.server.has_admin ||
+      old_cfg.server.admin_listen.text != new_cfg.server.admin_listen.text) {
+    warn("admin_listen");
+  }
+  if (old_cfg.server.access_log != new_cfg.server.access_log) warn("access_log");
+}
+
+}  // namespace
+
+ConfigReloader::ConfigReloader(std::string config_path, const tls::TicketKeys& keys,
+                               Server* server, std::shared_ptr<const Snapshot> running)
+    : config_path_(std::move(config_path)), keys_(keys), server_(server),
+      running_(std::move(running)) {}
+
+void ConfigReloader::RecordStartup() { Record(true); }
+
+void ConfigReloader::Record(bool ok) {
+  std::vector<std::pair<std::string, int64_t>> certs;
+  if (ok) {
+    for (const tls::CertificatePtr& c : running_->certificates) {
+      certs.emplace_back(c->name, c->not_after);
+    }
+  }
+  server_->mutable_metrics().RecordConfig(ok, static_cast<int64_t>(time(nullptr)),
+                                          std::move(certs));
+}
+
+absl::StatusOr<std::shared_ptr<const Snapshot>> ConfigReloader::Build() const {
+  auto config = LoadConfigFile(config_path_);
+  if (!config.ok()) return config.status();
+  auto snapshot = BuildSnapshot(*config, keys_);
+  if (!snapshot.ok()) return snapshot.status();
+  // What a worker would build, built once here: a TLS setting OpenSSL
+  // refuses fails the reload instead of leaving workers on different configs.
+  const Config& cfg = *(*snapshot)->config;
+  for (size_t i = 0; i < cfg.listeners.size(); ++i) {
+    if (cfg.listeners[i].mode != ListenerMode::kTerminate) continue;
+    auto ctx = tls::ServerTlsContext::Create(cfg.listeners[i],
+                                             (*snapshot)->ListenerCertificates(i), keys_);
+    if (!ctx.ok()) {
+      return absl::Status(ctx.status().code(),
+                          absl::StrCat(cfg.path, ": listener \"", cfg.listeners[i].name,
+                                       "\": ", ctx.status().message()));
+    }
+  }
+  return snapshot;
+}
+
+bool ConfigReloader::Reload(const char* trigger) {
+  auto snapshot = Build();
+  absl::Status st = snapshot.ok() ? server_->Install(*snapshot) : snapshot.status();
+  if (!st.ok()) {
+    fprintf(stderr, "ktlb: reload (%s) failed, keeping the running config: %s\n", trigger,
+            std::string(st.message()).c_str());
+    Record(false);
+    return false;
+  }
+  WarnAboutRestartOnly(*running_->config, *(*snapshot)->config);
+  running_ = *std::move(snapshot);
+  fprintf(stderr, "ktlb: reload (%s): config %s in service\n", trigger, config_path_.c_str());
+  Record(true);
+  return true;
+}
+
+}  // namespace ktlb
