@@ -13,6 +13,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -21,10 +22,12 @@
 
 #include <nghttp2/nghttp2ver.h>
 #include <openssl/opensslv.h>
+#include <systemd/sd-daemon.h>
 
 #include "ktlb/config.h"
 #include "ktlb/fd_limit.h"
 #include "ktlb/file_watch.h"
+#include "ktlb/privileges.h"
 #include "ktlb/server.h"
 #include "ktlb/snapshot.h"
 #include "ktlb/tls.h"
@@ -51,20 +54,47 @@ void WatchConfigFiles(ktlb::FileWatch& watch, const std::vector<std::string>& fi
   }
 }
 
+// systemd (Type=notify) learns of each state change; without NOTIFY_SOCKET
+// in the environment these are no-ops.
+bool Reload(ktlb::ConfigReloader& reloader, const char* trigger) {
+  sd_notify(0, "RELOADING=1");
+  bool ok = reloader.Reload(trigger);
+  sd_notifyf(0, "READY=1\nSTATUS=%s", ok ? "config reloaded" : "reload failed; running config kept");
+  return ok;
+}
+
 // Waits for signals and file changes until SIGTERM/SIGINT; returns the signal.
 // `watch` was set up before the running config was read: what changed since
 // is queued and reloads at once.
 int ControlLoop(int signal_fd, ktlb::Server& server, ktlb::ConfigReloader& reloader,
                 ktlb::FileWatch& watch) {
   bool change_pending = watch.TakeChanges();
+  // WatchdogSec=: ping at half the interval, and only while every worker
+  // still turns its loop, so a wedged worker gets the process restarted.
+  uint64_t watchdog_us = 0;
+  if (sd_watchdog_enabled(0, &watchdog_us) <= 0) watchdog_us = 0;
+  const int watchdog_ms = static_cast<int>(watchdog_us / 2000);
+  auto next_ping = std::chrono::steady_clock::now();
   for (;;) {
+    int timeout = change_pending ? kDebounceMs : -1;
+    if (watchdog_ms > 0) {
+      auto now = std::chrono::steady_clock::now();
+      if (now >= next_ping) {
+        if (server.WorkersTurned()) sd_notify(0, "WATCHDOG=1");
+        next_ping = now + std::chrono::milliseconds(watchdog_ms);
+      }
+      int until_ping = static_cast<int>(
+          std::chrono::duration_cast<std::chrono::milliseconds>(next_ping - now).count()) + 1;
+      timeout = timeout < 0 ? until_ping : std::min(timeout, until_ping);
+    }
     pollfd fds[2] = {{signal_fd, POLLIN, 0}, {watch.fd(), POLLIN, 0}};
-    int n = poll(fds, watch.fd() >= 0 ? 2 : 1, change_pending ? kDebounceMs : -1);
+    int n = poll(fds, watch.fd() >= 0 ? 2 : 1, timeout);
     if (n < 0) continue;  // EINTR
-    if (n == 0 && change_pending) {
+    if (n == 0) {
+      if (!change_pending) continue;  // a watchdog tick
       // Quiet for kDebounceMs since the last change.
       change_pending = false;
-      reloader.Reload("file change");
+      Reload(reloader, "file change");
       WatchConfigFiles(watch, reloader.FilesToWatch());  // it may name other files
       continue;
     }
@@ -75,7 +105,7 @@ int ControlLoop(int signal_fd, ktlb::Server& server, ktlb::ConfigReloader& reloa
     switch (si.ssi_signo) {
       case SIGHUP:
         change_pending = false;
-        reloader.Reload("SIGHUP");
+        Reload(reloader, "SIGHUP");
         WatchConfigFiles(watch, reloader.FilesToWatch());
         break;
       case SIGUSR1:
@@ -186,9 +216,24 @@ int main(int argc, char** argv) {
     fprintf(stderr, "ktlb: admin on http://%s/metrics\n", cfg.server.admin_listen.text.c_str());
   }
 
+  // Bound and set up: root is no longer needed. Keys must stay readable by
+  // this user for reloads (README: a group-readable key directory).
+  if (!cfg.server.user.empty()) {
+    if (absl::Status s = ktlb::DropPrivileges(cfg.server.uid, cfg.server.gid); !s.ok()) {
+      fprintf(stderr, "ktlb: cannot run as user \"%s\": %s\n", cfg.server.user.c_str(),
+              std::string(s.message()).c_str());
+      server.StopAndWait();
+      return 1;
+    }
+    fprintf(stderr, "ktlb: running as user %s (uid %u, gid %u)\n", cfg.server.user.c_str(),
+            cfg.server.uid, cfg.server.gid);
+  }
+
   ktlb::ConfigReloader reloader(config_path, ticket_keys, &server, *snapshot);
   reloader.RecordStartup();
+  sd_notify(0, "READY=1\nSTATUS=serving");
   int sig = ControlLoop(signal_fd.get(), server, reloader, watch);
+  sd_notifyf(0, "STOPPING=1\nSTATUS=draining (%s)", strsignal(sig));
   fprintf(stderr, "ktlb: %s: draining\n", strsignal(sig));
   server.StopAndWait();
   fprintf(stderr, "ktlb: stopped\n");

@@ -78,6 +78,11 @@ struct ServerConfig {
   // One JSON line per request; "" = no access log. Resolved against the
   // config file's directory; appended to (created if missing).
   std::string access_log;
+  // Drop to this user and group once the listeners are bound ("" = stay).
+  // Resolved when the config is read, so an unknown name fails --check;
+  // without `group`, the user's primary group.
+  std::string user, group;
+  uint32_t uid = 0, gid = 0;
 };
 
 struct CertificateConfig {

@@ -38,6 +38,9 @@ class Server {
   // SIGUSR1: opens the access log file again (after logrotate moved it) and
   // puts it in place of the old descriptor, which the workers keep using.
   absl::Status ReopenAccessLog();
+  // For a watchdog: true if every worker finished a loop turn since the last
+  // call (an idle worker still turns once a second). Control thread only.
+  bool WorkersTurned();
   // Worker swaps applied / refused so far, summed over workers.
   uint64_t swaps_applied() const;
   uint64_t swaps_failed() const;
@@ -54,6 +57,7 @@ class Server {
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<std::thread> threads_;
   UniqueFd access_log_fd_;  // shared by the workers (O_APPEND)
+  std::vector<uint64_t> turns_seen_;  // WorkersTurned()
 };
 
 // Labels for the metrics registry from the config and the module enums.

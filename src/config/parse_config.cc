@@ -10,6 +10,8 @@
 // a default is how edge proxies end up serving the wrong thing.
 
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -153,6 +155,41 @@ absl::Status ResolveReadableFile(const Section& s, std::string_view key, const S
   return absl::OkStatus();
 }
 
+// `user` and `group`: looked up now, so that a name this host does not know
+// fails --check rather than the start after binding.
+absl::Status ReadRunAs(const Section& s, ServerConfig* server) {
+  absl::StatusOr<const StringNode*> user_node = s.String("user");
+  if (!user_node.ok()) return user_node.status();
+  absl::StatusOr<const StringNode*> group_node = s.String("group");
+  if (!group_node.ok()) return group_node.status();
+  std::vector<char> buf(16384);
+  if (*user_node != nullptr) {
+    struct passwd pw;
+    struct passwd* found = nullptr;
+    getpwnam_r((*user_node)->get().c_str(), &pw, buf.data(), buf.size(), &found);
+    if (found == nullptr) {
+      return s.ErrorAt(**user_node, "user",
+                       absl::StrCat("no such user ", Quote((*user_node)->get())));
+    }
+    server->user = (*user_node)->get();
+    server->uid = pw.pw_uid;
+    server->gid = pw.pw_gid;
+  }
+  if (*group_node != nullptr) {
+    if (*user_node == nullptr) return s.ErrorAt(**group_node, "group", "needs user as well");
+    struct group gr;
+    struct group* found = nullptr;
+    getgrnam_r((*group_node)->get().c_str(), &gr, buf.data(), buf.size(), &found);
+    if (found == nullptr) {
+      return s.ErrorAt(**group_node, "group",
+                       absl::StrCat("no such group ", Quote((*group_node)->get())));
+    }
+    server->group = (*group_node)->get();
+    server->gid = gr.gr_gid;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ReadServer(const Section& s, ServerConfig* server) {
   if (absl::Status st = s.CheckKnownKeys({"workers", "admin_listen", "handshake_timeout_ms",
                                           "request_header_timeout_ms", "keepalive_timeout_ms",
@@ -162,7 +199,7 @@ absl::Status ReadServer(const Section& s, ServerConfig* server) {
                                           "max_request_line", "max_header_bytes", "access_log",
                                           "h2_max_concurrent_streams", "h2_max_header_list_size",
                                           "h2_stream_window", "h2_connection_window",
-                                          "h2_glitch_budget"});
+                                          "h2_glitch_budget", "user", "group"});
       !st.ok()) {
     return st;
   }
@@ -231,7 +268,7 @@ absl::Status ReadServer(const Section& s, ServerConfig* server) {
     }
     server->access_log = path.string();
   }
-  return absl::OkStatus();
+  return ReadRunAs(s, server);
 }
 
 absl::Status ReadCertificate(const Section& s, NameSet* names, CertificateConfig* cert) {

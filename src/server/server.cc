@@ -209,6 +209,17 @@ absl::Status Server::ReopenAccessLog() {
   return absl::OkStatus();
 }
 
+bool Server::WorkersTurned() {
+  turns_seen_.resize(workers_.size(), UINT64_MAX);
+  bool all = true;
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    uint64_t turns = metrics_->worker(i).loop_turns.Get();
+    all &= turns != turns_seen_[i];
+    turns_seen_[i] = turns;
+  }
+  return all;
+}
+
 uint64_t Server::swaps_applied() const {
   uint64_t n = 0;
   for (const auto& w : workers_) n += w->swaps_applied();

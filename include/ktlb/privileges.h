@@ -1,0 +1,16 @@
+// Running as an unprivileged user once the listening sockets are bound.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+
+namespace ktlb {
+
+// Sets the supplementary groups to just `gid`, then the gid, then the uid,
+// for every thread of the process (glibc applies set*id to all threads), and
+// checks that root cannot be regained. Root only; an error leaves the
+// process as it was where it can.
+absl::Status DropPrivileges(uint32_t uid, uint32_t gid);
+
+}  // namespace ktlb
