@@ -3,6 +3,8 @@
 //   ktlb --config FILE          run in the foreground, log to stderr
 //   ktlb --check --config FILE  validate and exit 0, or print FILE:LINE: key: problem
 //   ktlb --version
+//   ktlb --config FILE --upgrade  take over the listening sockets of the ktlb
+//                               running FILE, then that one drains and exits
 //
 // SIGTERM / SIGINT drain in-flight requests and exit 0. SIGHUP reloads the
 // config, and so does a change on disk of the config or of a file it names
@@ -33,6 +35,7 @@
 #include "ktlb/tls.h"
 #include "ktlb/unique_fd.h"
 #include "server/config_reloader.h"
+#include "server/upgrade_handoff.h"
 
 namespace {
 
@@ -44,6 +47,7 @@ void Usage() {
   fprintf(stderr,
           "usage: ktlb --config FILE\n"
           "       ktlb --check --config FILE\n"
+          "       ktlb --config FILE --upgrade\n"
           "       ktlb --version\n");
 }
 
@@ -63,11 +67,15 @@ bool Reload(ktlb::ConfigReloader& reloader, const char* trigger) {
   return ok;
 }
 
-// Waits for signals and file changes until SIGTERM/SIGINT; returns the signal.
+// ControlLoop's result when a successor took the listening sockets.
+constexpr int kHandedOff = 0;
+
+// Waits for signals and file changes until SIGTERM/SIGINT (returns the
+// signal) or a successor's takeover (returns kHandedOff).
 // `watch` was set up before the running config was read: what changed since
 // is queued and reloads at once.
 int ControlLoop(int signal_fd, ktlb::Server& server, ktlb::ConfigReloader& reloader,
-                ktlb::FileWatch& watch) {
+                ktlb::FileWatch& watch, ktlb::UpgradeListener& upgrade) {
   bool change_pending = watch.TakeChanges();
   // WatchdogSec=: ping at half the interval, and only while every worker
   // still turns its loop, so a wedged worker gets the process restarted.
@@ -87,9 +95,11 @@ int ControlLoop(int signal_fd, ktlb::Server& server, ktlb::ConfigReloader& reloa
           std::chrono::duration_cast<std::chrono::milliseconds>(next_ping - now).count()) + 1;
       timeout = timeout < 0 ? until_ping : std::min(timeout, until_ping);
     }
-    pollfd fds[2] = {{signal_fd, POLLIN, 0}, {watch.fd(), POLLIN, 0}};
-    int n = poll(fds, watch.fd() >= 0 ? 2 : 1, timeout);
+    // An fd of -1 is skipped by poll.
+    pollfd fds[3] = {{signal_fd, POLLIN, 0}, {watch.fd(), POLLIN, 0}, {upgrade.fd(), POLLIN, 0}};
+    int n = poll(fds, 3, timeout);
     if (n < 0) continue;  // EINTR
+    if ((fds[2].revents & POLLIN) && upgrade.HandOff(server.listen_sockets())) return kHandedOff;
     if (n == 0) {
       if (!change_pending) continue;  // a watchdog tick
       // Quiet for kDebounceMs since the last change.
@@ -125,7 +135,7 @@ int ControlLoop(int signal_fd, ktlb::Server& server, ktlb::ConfigReloader& reloa
 
 int main(int argc, char** argv) {
   std::string config_path;
-  bool check = false;
+  bool check = false, upgrade = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--check") {
@@ -134,6 +144,8 @@ int main(int argc, char** argv) {
       config_path = argv[++i];
     } else if (a.rfind("--config=", 0) == 0) {
       config_path = a.substr(9);
+    } else if (a == "--upgrade") {
+      upgrade = true;
     } else if (a == "--version") {
       printf("ktlb %s (%s, nghttp2 %s)\n", KTLB_VERSION, OPENSSL_VERSION_TEXT,
              NGHTTP2_VERSION);
@@ -203,9 +215,29 @@ int main(int argc, char** argv) {
   }
 
   ktlb::Server server(*snapshot);
+  ktlb::UpgradeClient predecessor;
+  if (upgrade) {
+    if (absl::Status s = predecessor.TakeOver(config_path, &server.listen_sockets()); !s.ok()) {
+      fprintf(stderr, "ktlb: --upgrade: %s\n", std::string(s.message()).c_str());
+      return 1;
+    }
+  }
   if (absl::Status s = server.Start(); !s.ok()) {
     fprintf(stderr, "ktlb: startup failed: %s\n", std::string(s.message()).c_str());
     return 1;
+  }
+  if (upgrade) {
+    // Serving on the inherited sockets: the old process may stop accepting.
+    if (absl::Status s = predecessor.Ready(); !s.ok()) {
+      fprintf(stderr, "ktlb: --upgrade: %s\n", std::string(s.message()).c_str());
+    } else {
+      fprintf(stderr, "ktlb: --upgrade: took over the listening sockets; the old process drains\n");
+    }
+  }
+  ktlb::UpgradeListener upgrade_listener;
+  if (absl::Status s = upgrade_listener.Open(config_path); !s.ok()) {
+    fprintf(stderr, "ktlb: warning: binary upgrade unavailable: %s\n",
+            std::string(s.message()).c_str());
   }
   const ktlb::Config& cfg = *(*snapshot)->config;
   for (const auto& l : cfg.listeners) {
@@ -232,10 +264,11 @@ int main(int argc, char** argv) {
   ktlb::ConfigReloader reloader(config_path, ticket_keys, &server, *snapshot);
   reloader.RecordStartup();
   sd_notify(0, "READY=1\nSTATUS=serving");
-  int sig = ControlLoop(signal_fd.get(), server, reloader, watch);
-  sd_notifyf(0, "STOPPING=1\nSTATUS=draining (%s)", strsignal(sig));
-  fprintf(stderr, "ktlb: %s: draining\n", strsignal(sig));
-  server.StopAndWait();
+  int sig = ControlLoop(signal_fd.get(), server, reloader, watch, upgrade_listener);
+  const char* why = sig == kHandedOff ? "handed off to a new process" : strsignal(sig);
+  sd_notifyf(0, "STOPPING=1\nSTATUS=draining (%s)", why);
+  fprintf(stderr, "ktlb: %s: draining\n", why);
+  server.StopAndWait(sig == kHandedOff);
   fprintf(stderr, "ktlb: stopped\n");
   return 0;
 }

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "ktlb/config.h"
+#include "ktlb/listen_sockets.h"
 #include "ktlb/metrics.h"
 #include "ktlb/unique_fd.h"
 
@@ -16,7 +17,10 @@ namespace ktlb {
 
 class AdminServer {
  public:
-  AdminServer(const SocketAddress& addr, MetricsRegistry* metrics);
+  // `sockets`: where a predecessor's admin socket is taken from and this
+  // one is registered for a successor (binary upgrade), or null.
+  AdminServer(const SocketAddress& addr, MetricsRegistry* metrics,
+              ListenSockets* sockets = nullptr);
   ~AdminServer();  // stops the thread
   absl::Status Start();
   void Stop();
@@ -29,6 +33,8 @@ class AdminServer {
 
   SocketAddress addr_;
   MetricsRegistry* metrics_;
+  ListenSockets* sockets_;
+  std::string key_;  // in sockets_: "admin " + address
   UniqueFd listen_fd_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> draining_{false};

@@ -254,6 +254,9 @@ class Session {
   void ResetStream(Stream* s, uint32_t code);
   // The backend took n request body bytes: reopen the windows by n.
   void ConsumeRequestData(Stream* s, size_t n);
+  // The first step of a graceful close: GOAWAY(NO_ERROR) with the largest
+  // stream id, so streams the client is sending right now are still taken.
+  void ShutdownNotice();
   // GOAWAY(NO_ERROR) with the last stream id: streams in flight finish, no
   // new ones start.
   void Shutdown();

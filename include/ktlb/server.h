@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "ktlb/admin_server.h"
+#include "ktlb/listen_sockets.h"
 #include "ktlb/metrics.h"
 #include "ktlb/unique_fd.h"
 #include "ktlb/snapshot.h"
@@ -26,7 +27,12 @@ class Server {
   // build its TLS contexts.
   absl::Status Start();
   // Asks every worker to drain, waits for them (bounded by drain_timeout_ms).
-  void StopAndWait();
+  // `handed_off`: a successor process took the listening sockets (Worker::Stop).
+  void StopAndWait(bool handed_off = false);
+  // The listening sockets: to hand to a successor, or (before Start) the
+  // ones inherited from a predecessor. Start() closes inherited ones no
+  // worker took.
+  ListenSockets& listen_sockets() { return sockets_; }
   // Hands every worker `snapshot` for its next accepts (Worker::Swap);
   // returns at once. Live connections finish on the snapshot they began on.
   void Swap(std::shared_ptr<const Snapshot> snapshot);
@@ -54,6 +60,7 @@ class Server {
   std::unique_ptr<AdminServer> admin_;
   // Declared before the workers: they hold boards of its probers.
   std::unique_ptr<HealthMonitor> health_;
+  ListenSockets sockets_;  // before the workers, which register in it
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<std::thread> threads_;
   UniqueFd access_log_fd_;  // shared by the workers (O_APPEND)

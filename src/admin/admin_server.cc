@@ -1,5 +1,6 @@
 #include "ktlb/admin_server.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -14,21 +15,29 @@
 
 namespace ktlb {
 
-AdminServer::AdminServer(const SocketAddress& addr, MetricsRegistry* metrics)
-    : addr_(addr), metrics_(metrics) {}
+AdminServer::AdminServer(const SocketAddress& addr, MetricsRegistry* metrics,
+                         ListenSockets* sockets)
+    : addr_(addr), metrics_(metrics), sockets_(sockets), key_(absl::StrCat("admin ", addr.text)) {}
 
 AdminServer::~AdminServer() { Stop(); }
 
 absl::Status AdminServer::Start() {
-  UniqueFd fd(socket(addr_.storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd) return absl::InternalError(absl::StrCat("admin socket: ", strerror(errno)));
-  int one = 1;
-  setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr_.storage), addr_.len) != 0 ||
-      listen(fd.get(), 64) != 0) {
-    return absl::UnavailableError(
-        absl::StrCat("admin_listen ", addr_.text, ": ", strerror(errno)));
+  UniqueFd fd = sockets_ != nullptr ? sockets_->Take(key_) : UniqueFd();
+  if (!fd) {
+    fd.reset(socket(addr_.storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!fd) return absl::InternalError(absl::StrCat("admin socket: ", strerror(errno)));
+    int one = 1;
+    setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr_.storage), addr_.len) != 0 ||
+        listen(fd.get(), 64) != 0) {
+      return absl::UnavailableError(
+          absl::StrCat("admin_listen ", addr_.text, ": ", strerror(errno)));
+    }
   }
+  // Non-blocking: during a binary upgrade two processes poll this socket,
+  // and the one that loses the race for a connection must not block.
+  fcntl(fd.get(), F_SETFL, fcntl(fd.get(), F_GETFL) | O_NONBLOCK);
+  if (sockets_ != nullptr) sockets_->Register(key_, fd.get());
   listen_fd_ = std::move(fd);
   thread_ = std::thread([this] { Serve(); });
   return absl::OkStatus();
@@ -37,6 +46,7 @@ absl::Status AdminServer::Start() {
 void AdminServer::Stop() {
   stop_.store(true);
   if (thread_.joinable()) thread_.join();
+  if (sockets_ != nullptr && listen_fd_) sockets_->Unregister(listen_fd_.get());
   listen_fd_.reset();  // only after the join: Serve() polls it until then
 }
 
@@ -47,6 +57,7 @@ void AdminServer::Serve() {
     if (poll(&p, 1, 200) <= 0) continue;
     UniqueFd c(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
     if (!c) continue;
+    // Accepted sockets do not inherit O_NONBLOCK; the timeouts bound them.
     timeval tv{2, 0};
     setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(c.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);

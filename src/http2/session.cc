@@ -448,6 +448,11 @@ void Session::ConsumeRequestData(Stream* s, size_t n) {
   if (n > 0) nghttp2_session_consume(ng_, s->id, n);
 }
 
+void Session::ShutdownNotice() {
+  if (terminated_) return;
+  nghttp2_submit_shutdown_notice(ng_);
+}
+
 void Session::Shutdown() {
   if (terminated_) return;
   nghttp2_submit_goaway(ng_, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(ng_),

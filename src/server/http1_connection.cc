@@ -1,5 +1,6 @@
 #include "http1_connection.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -88,13 +89,16 @@ void Http1Connection::OnHandshakeDone() {
     state_ = State::kHttp2;
     if (!h2_) h2_ = std::make_unique<Http2Connection>();
     h2_->Start(w_, gen_, listener_, &transport_, peer_ip_, peer_port_, this);
+    if (w_->draining()) h2_->Drain();
     return;
   }
   state_ = State::kReadingHead;
   // Waiting for the first request: an idle timeout with the header
   // timeout's length (a connection that never sends one is closed quietly).
-  w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kKeepalive),
-               gen_->config().server.timeouts.request_header_ms);
+  // While draining, only the short quiet time of Drain().
+  uint32_t wait_ms = gen_->config().server.timeouts.request_header_ms;
+  if (w_->draining()) wait_ms = std::min(kDrainQuietMs, wait_ms);
+  w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kKeepalive), wait_ms);
 }
 
 void Http1Connection::OnNotTls() {
@@ -538,7 +542,7 @@ void Http1Connection::OnDeadline(uint8_t kind) {
   }
   auto k = static_cast<TimeoutKind>(kind);
   if (state_ == State::kReadingHead && k == TimeoutKind::kKeepalive && transport_.input().empty()) {
-    w_->CountTimeout(TimeoutKind::kKeepalive);
+    if (!w_->draining()) w_->CountTimeout(TimeoutKind::kKeepalive);
     return BeginClose();
   }
   w_->CountTimeout(k);
@@ -553,9 +557,18 @@ void Http1Connection::OnDeadline(uint8_t kind) {
 void Http1Connection::Drain() {
   if (state_ == State::kHttp2) return h2_->Drain();
   if (state_ == State::kClosed || state_ == State::kIdle || state_ == State::kClosing) return;
-  if (state_ == State::kHandshake) return CloseNow();
-  if (state_ == State::kReadingHead && transport_.input().empty()) return BeginClose();
+  // A handshake under way finishes (bounded by its timeout and the drain's):
+  // the client asked before the drain began, and gets its one answer.
   keep_alive_ = false;
+  if (state_ == State::kHandshake) return;
+  if (state_ == State::kReadingHead && transport_.input().empty()) {
+    // Closing a quiet keep-alive connection at once would lose a request
+    // the client is sending right now (it cannot tell our FIN from a crash
+    // and may not retry). It gets a moment: a request in it is answered with
+    // Connection: close; a connection still quiet then is closed.
+    w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kKeepalive),
+                 std::min(kDrainQuietMs, gen_->config().server.timeouts.keepalive_ms));
+  }
 }
 
 void Http1Connection::BeginClose() {

@@ -82,6 +82,9 @@ class Http1Connection final : public IoHandler,
 
  private:
   static constexpr size_t kPlainChunk = 16 * 1024;  // slack over the head limit
+  // Draining: how long a quiet keep-alive connection may still send one
+  // more request (answered with Connection: close) before it is closed.
+  static constexpr uint32_t kDrainQuietMs = 1000;
   enum Op : uint8_t { kPollIn = 1, kPollOut, kFlushHead };
 
   enum class State { kIdle, kHandshake, kReadingHead, kProxying, kTunnel, kClosing, kClosed, kHttp2 };

@@ -28,7 +28,9 @@ void Http2Connection::Start(Worker* w, Generation* gen, size_t listener, tls::Tr
   idle_timer_.target = this;
   stall_timer_.target = this;
   header_timer_.target = this;
+  goaway_timer_.target = this;
   send_scheduled_ = closing_ = closed_ = in_receive_ = transport_released_ = broken_ = false;
+  goaway_noticed_ = false;
   piped_ = PipedFrame{};
   poll_out_inflight_ = false;
   inflight_ = 0;
@@ -138,11 +140,21 @@ void Http2Connection::TearDown() {
   DeadlineQueue::Cancel(&idle_timer_);
   DeadlineQueue::Cancel(&stall_timer_);
   DeadlineQueue::Cancel(&header_timer_);
+  DeadlineQueue::Cancel(&goaway_timer_);
 }
 
 void Http2Connection::Drain() {
+  if (closed_ || closing_ || goaway_noticed_) return;
+  goaway_noticed_ = true;
+  session_.ShutdownNotice();
+  w_->ArmTimer(&goaway_timer_, kTimerFinalGoaway, kFinalGoawayAfterMs);
+  ScheduleSend();
+}
+
+void Http2Connection::GoAway() {
   if (closed_ || closing_) return;
   closing_ = true;
+  DeadlineQueue::Cancel(&goaway_timer_);
   session_.Shutdown();
   ScheduleSend();
 }
@@ -228,12 +240,10 @@ void Http2Connection::UpdateTimers() {
 
 void Http2Connection::OnDeadline(uint8_t kind) {
   if (closed_) return;
+  if (kind == kTimerFinalGoaway) return GoAway();
   auto k = static_cast<TimeoutKind>(kind);
   w_->CountTimeout(k);
-  if (k == TimeoutKind::kKeepalive) {
-    Drain();
-    return;
-  }
+  if (k == TimeoutKind::kKeepalive) return GoAway();
   if (k == TimeoutKind::kRequestHeader) {
     session_.Terminate(NGHTTP2_PROTOCOL_ERROR);
     closing_ = true;

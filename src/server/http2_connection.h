@@ -72,7 +72,10 @@ class Http2Connection final : public IoHandler,
   // Takes over `transport` right after its handshake chose h2.
   void Start(Worker* w, Generation* gen, size_t listener, tls::Transport* transport,
              std::string_view peer_ip, uint16_t peer_port, Host* host);
-  // GOAWAY; streams in flight finish, then the connection closes.
+  // Graceful close in two steps (RFC 9113 6.8): a GOAWAY notice that still
+  // admits streams the client has on the way, then, kFinalGoawayAfterMs
+  // later, the GOAWAY with the last stream id; streams in flight finish,
+  // then the connection closes.
   void Drain();
   void LogIfPending(const char* error);
 
@@ -124,6 +127,13 @@ class Http2Connection final : public IoHandler,
  private:
   enum Op : uint8_t { kSend = 1, kPollOut };
   enum TimerKind : uint8_t { kTimerIdle = 1, kTimerStall };
+  // A timer kind past the counted TimeoutKinds (and the worker's trim).
+  static constexpr uint8_t kTimerFinalGoaway = static_cast<uint8_t>(TimeoutKind::kCount) + 1;
+  // About a round trip and then some, as h2o: a request the client sent
+  // before it saw the notice arrives within it.
+  static constexpr uint32_t kFinalGoawayAfterMs = 1000;
+  // The final GOAWAY; the connection closes once its streams are done.
+  void GoAway();
   // Stop producing frames while this much waits in the transport.
   static constexpr size_t kOutputHighWater = 256 * 1024;
 
@@ -151,10 +161,12 @@ class Http2Connection final : public IoHandler,
   http2::Session session_;
   DeadlineNode idle_timer_;
   DeadlineNode stall_timer_;
+  DeadlineNode goaway_timer_;  // from the notice to the final GOAWAY
   DeadlineNode header_timer_;
   std::string wbuf_;  // frames of this turn, written to the transport at once
   bool send_scheduled_ = false;
   bool closing_ = false;
+  bool goaway_noticed_ = false;  // Drain() sent the first GOAWAY
   bool closed_ = false;
   bool in_receive_ = false;
   bool transport_released_ = false;

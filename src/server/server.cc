@@ -110,7 +110,7 @@ absl::Status Server::Start() {
   health_->Update(cfg);
   for (size_t i = 0; i < n; ++i) {
     workers_.push_back(std::make_unique<Worker>(i, snapshot_, metrics_.get(), kernel_ktls,
-                                                access_log_fd_.get(), health_.get()));
+                                                access_log_fd_.get(), health_.get(), &sockets_));
   }
   // Each worker initialises on its own thread (its ring is single-issuer) and
   // reports back before the server declares itself started.
@@ -144,11 +144,15 @@ absl::Status Server::Start() {
     return first_error;
   }
   if (cfg.server.has_admin) {
-    admin_ = std::make_unique<AdminServer>(cfg.server.admin_listen, metrics_.get());
+    admin_ = std::make_unique<AdminServer>(cfg.server.admin_listen, metrics_.get(), &sockets_);
     if (absl::Status s = admin_->Start(); !s.ok()) {
       StopAndWait();
       return s;
     }
+  }
+  if (size_t n = sockets_.CloseUntaken(); n > 0) {
+    fprintf(stderr, "ktlb: %zu inherited listening socket(s) not needed by this config or worker "
+            "count: closed (set net.ipv4.tcp_migrate_req = 1 so their backlog moves over)\n", n);
   }
   return absl::OkStatus();
 }
@@ -232,11 +236,14 @@ uint64_t Server::swaps_failed() const {
   return n;
 }
 
-void Server::StopAndWait() {
+void Server::StopAndWait(bool handed_off) {
   // Health checks of an L4 balancer (ECMP, IPVS, NLB) see the host going
   // before its connections are cut: /healthz answers 503 through the drain.
+  // After a hand-off the host stays in service: the successor answers on the
+  // admin socket from now on.
+  if (admin_ && handed_off) admin_->Stop();
   if (admin_) admin_->SetDraining();
-  for (auto& w : workers_) w->Stop();
+  for (auto& w : workers_) w->Stop(handed_off);
   for (auto& t : threads_) {
     if (t.joinable()) t.join();
   }

@@ -23,13 +23,15 @@ constexpr uint32_t kMaxWaitMs = 1000;
 }  // namespace
 
 Worker::Worker(size_t id, std::shared_ptr<const Snapshot> snapshot, MetricsRegistry* registry,
-               bool kernel_ktls, int access_log_fd, const HealthMonitor* health)
+               bool kernel_ktls, int access_log_fd, const HealthMonitor* health,
+               ListenSockets* sockets)
     : id_(id),
       kernel_ktls_(kernel_ktls),
       initial_(std::move(snapshot)),
       registry_(registry),
       health_(health),
-      metrics_(&registry->worker(id)) {
+      metrics_(&registry->worker(id)),
+      sockets_(sockets) {
   access_log_.Init(access_log_fd, &error_log_);
 }
 
@@ -111,15 +113,20 @@ absl::Status Worker::MatchListeners(const Generation& gen) {
       }
     }
     if (kept[i] != nullptr) continue;
-    auto fd = OpenListenSocket(lc.listen.storage, lc.listen.len, 4096);
-    if (!fd.ok()) {
-      return absl::Status(fd.status().code(), absl::StrCat("listener \"", lc.name, "\" ",
-                                                           lc.listen.text, ": ", fd.status().message()));
-    }
     auto lp = std::make_unique<Listener>();
+    // A predecessor's socket (binary upgrade) comes with its backlog.
+    if (sockets_ != nullptr) lp->fd = sockets_->Take(lc.listen.text);
+    if (!lp->fd) {
+      auto fd = OpenListenSocket(lc.listen.storage, lc.listen.len, 4096);
+      if (!fd.ok()) {
+        return absl::Status(fd.status().code(),
+                            absl::StrCat("listener \"", lc.name, "\" ", lc.listen.text, ": ",
+                                         fd.status().message()));
+      }
+      lp->fd.reset(*fd);
+    }
     lp->worker = this;
     lp->index = i;
-    lp->fd.reset(*fd);
     lp->address = lc.listen.text;
     lp->passthrough = passthrough;
     opened.push_back(std::move(lp));
@@ -142,6 +149,7 @@ absl::Status Worker::MatchListeners(const Generation& gen) {
   }
   const bool running = current_ != nullptr;
   for (auto& l : opened) {
+    if (sockets_ != nullptr) sockets_->Register(l->address, l->fd.get());
     l->handle = loop_.AddHandler(l.get());
     if (running) ArmAccept(*l);
     next.push_back(std::move(l));
@@ -153,10 +161,12 @@ absl::Status Worker::MatchListeners(const Generation& gen) {
 void Worker::CloseListener(std::unique_ptr<Listener> lp) {
   Listener& l = *lp;
   if (l.accept_armed) loop_.Cancel(loop_.Tag(l.handle, 0));
+  if (sockets_ != nullptr && l.fd) sockets_->Unregister(l.fd.get());
   // shutdown() takes a listening socket out of the reuseport group at once
   // (a pending io_uring accept would otherwise keep it listening until the
-  // ring goes away); connections still in its backlog are reset.
-  if (l.fd) shutdown(l.fd.get(), SHUT_RDWR);
+  // ring goes away); connections still in its backlog are reset. Not when
+  // handed off: the socket is the successor's now, backlog and all.
+  if (l.fd && !handed_off_.load(std::memory_order_relaxed)) shutdown(l.fd.get(), SHUT_RDWR);
   l.fd.reset();
   if (l.accept_armed) {
     closing_listeners_.push_back(std::move(lp));
@@ -228,7 +238,8 @@ void Worker::PruneGenerations() {
   }
 }
 
-void Worker::Stop() {
+void Worker::Stop(bool handed_off) {
+  if (handed_off) handed_off_.store(true, std::memory_order_relaxed);
   stop_requested_.store(true, std::memory_order_release);
   uint64_t one = 1;
   ssize_t n = write(wake_fd_.get(), &one, sizeof one);
@@ -320,7 +331,10 @@ void Worker::OnAccept(Listener& l, int res, uint32_t flags) {
   // Closed on the way out unless a connection takes it: a socket accepted
   // just before its listener closed, or while draining, is not served.
   UniqueFd accepted(res);
-  if (!l.fd || draining_) return;
+  // After a hand-off the client connected to a socket the successor serves
+  // too: it is served here rather than dropped.
+  if (!l.fd && !handed_off_.load(std::memory_order_relaxed)) return;
+  if (draining_ && !handed_off_.load(std::memory_order_relaxed)) return;
   sockaddr_storage peer{};
   socklen_t plen = sizeof peer;
   getpeername(res, reinterpret_cast<sockaddr*>(&peer), &plen);

@@ -13,6 +13,7 @@
 #include "ktlb/cluster.h"
 #include "ktlb/deadline_queue.h"
 #include "ktlb/error_log.h"
+#include "ktlb/listen_sockets.h"
 #include "ktlb/loop.h"
 #include "ktlb/metrics.h"
 #include "ktlb/relay.h"
@@ -39,8 +40,11 @@ class Worker final : private IoHandler, private passthrough::RelayHost {
   // `access_log_fd`: the shared access log file, or -1.
   // `health`: the process's probers, whose boards the clusters read (null:
   // passive health only).
+  // `sockets`: the process's listening sockets (registered here; inherited
+  // ones taken instead of binding), or null.
   Worker(size_t id, std::shared_ptr<const Snapshot> snapshot, MetricsRegistry* registry,
-         bool kernel_ktls, int access_log_fd = -1, const HealthMonitor* health = nullptr);
+         bool kernel_ktls, int access_log_fd = -1, const HealthMonitor* health = nullptr,
+         ListenSockets* sockets = nullptr);
   ~Worker();
 
   // Runs on the worker's own thread (io_uring SINGLE_ISSUER): creates the
@@ -48,8 +52,11 @@ class Worker final : private IoHandler, private passthrough::RelayHost {
   absl::Status Init();
   // The event loop; returns after Stop() once drained (or the drain deadline).
   void Run();
-  // Thread-safe: asks the loop to drain and exit.
-  void Stop();
+  // Thread-safe: asks the loop to drain and exit. `handed_off`: a successor
+  // process accepts on the same sockets now, so they are closed here
+  // without shutdown() (which would stop them for the successor too), and
+  // a connection accepted while the accept is being cancelled is served.
+  void Stop(bool handed_off = false);
   // Thread-safe: new connections use `snapshot` from the next loop turn on
   // (listeners added, kept or closed to match it); connections already open
   // finish on the generation they started with. If the worker cannot build
@@ -156,6 +163,8 @@ class Worker final : private IoHandler, private passthrough::RelayHost {
   UniqueFd wake_fd_;
   uint64_t wake_buf_ = 0;
   std::atomic<bool> stop_requested_{false};
+  std::atomic<bool> handed_off_{false};
+  ListenSockets* sockets_;
   bool draining_ = false;
   uint64_t drain_deadline_ms_ = 0;
   // Declared after loop_: destroyed first, but Run() waits for its write.

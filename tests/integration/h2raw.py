@@ -74,7 +74,8 @@ class H2Raw:
         self.dec = hpack.Decoder()
         self.buf = b""
         self.responses = {}
-        self.goaway = None  # (last_stream_id, error_code)
+        self.goaway = None  # (last_stream_id, error_code) of the latest GOAWAY
+        self.goaways = []  # every GOAWAY, in order
         self.closed = False
         self.frames = []    # every frame read: (type, flags, sid, payload)
         if preface:
@@ -140,6 +141,7 @@ class H2Raw:
         elif ftype == GOAWAY:
             last, code = struct.unpack(">II", payload[:8])
             self.goaway = (last & 0x7FFFFFFF, code)
+            self.goaways.append(self.goaway)
         elif ftype == HEADERS:
             r = self.responses.setdefault(sid, Response())
             block = payload
@@ -189,10 +191,11 @@ class H2Raw:
                   (self.responses[sid].ended or self.responses[sid].reset is not None), timeout)
         return self.responses[sid]
 
-    def wait_goaway(self, timeout=30.0):
-        """The GOAWAY, then the close; returns (last_stream_id, error_code)."""
-        self.wait(lambda: self.goaway is not None, timeout)
-        return self.goaway
+    def wait_goaway(self, timeout=30.0, count=1):
+        """Waits for `count` GOAWAY frames; returns the last (last_stream_id,
+        error_code)."""
+        self.wait(lambda: len(self.goaways) >= count, timeout)
+        return self.goaways[count - 1]
 
     def wait_closed(self, timeout=30.0):
         deadline = time.monotonic() + timeout

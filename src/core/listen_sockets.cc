@@ -1,0 +1,43 @@
+#include "ktlb/listen_sockets.h"
+
+namespace ktlb {
+
+void ListenSockets::Register(const std::string& address, int fd) {
+  std::lock_guard<std::mutex> lock(mu_);
+  registered_[fd] = address;
+}
+
+void ListenSockets::Unregister(int fd) {
+  std::lock_guard<std::mutex> lock(mu_);
+  registered_.erase(fd);
+}
+
+std::vector<std::pair<std::string, int>> ListenSockets::List() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::pair<std::string, int>> out;
+  for (const auto& [fd, address] : registered_) out.emplace_back(address, fd);
+  return out;
+}
+
+void ListenSockets::Inherit(const std::string& address, UniqueFd fd) {
+  std::lock_guard<std::mutex> lock(mu_);
+  inherited_.emplace(address, std::move(fd));
+}
+
+UniqueFd ListenSockets::Take(const std::string& address) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = inherited_.find(address);
+  if (it == inherited_.end()) return UniqueFd();
+  UniqueFd fd = std::move(it->second);
+  inherited_.erase(it);
+  return fd;
+}
+
+size_t ListenSockets::CloseUntaken() {
+  std::lock_guard<std::mutex> lock(mu_);
+  size_t n = inherited_.size();
+  inherited_.clear();
+  return n;
+}
+
+}  // namespace ktlb
