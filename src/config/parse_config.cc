@@ -259,7 +259,7 @@ constexpr std::string_view kTerminateOnlyKeys[] = {"certificates", "unknown_sni"
 absl::Status ReadListener(const Section& s, const Config& config, NameSet* names,
                           AddressSet* addresses, ListenerConfig* listener) {
   if (absl::Status st = s.CheckKnownKeys(
-          {"name", "listen", "mode", "certificates", "unknown_sni", "alpn", "ktls"});
+          {"name", "listen", "mode", "certificates", "unknown_sni", "alpn", "ktls", "accept_proxy"});
       !st.ok()) {
     return st;
   }
@@ -286,6 +286,7 @@ absl::Status ReadListener(const Section& s, const Config& config, NameSet* names
       !st.ok()) {
     return st;
   }
+  if (absl::Status st = s.Bool("accept_proxy", &listener->accept_proxy); !st.ok()) return st;
 
   if (listener->mode == ListenerMode::kPassthrough) {
     // Passthrough never decrypts: these keys would be silently ignored.
