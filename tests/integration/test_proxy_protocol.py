@@ -139,30 +139,36 @@ backend be
     def test_terminate_behind_haproxy_send_proxy_v1(self):
         self.check_terminate_behind("send-proxy")
 
+    def proxied_get(self, k, *pieces, path="/headers"):
+        """A GET over TLS on a connection that starts with `pieces` (a PROXY
+        header, in as many segments); (response head text, body text)."""
+        raw = socket.create_connection(("127.0.0.1", k.port()), timeout=30)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i, p in enumerate(pieces):
+            if i:
+                time.sleep(0.05)  # separate segments, separate receives
+            raw.sendall(p)
+        ctx = ssl.create_default_context(cafile=self.ca)
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+            response = b""
+            while True:
+                try:
+                    data = s.recv(65536)
+                except ssl.SSLEOFError:
+                    break
+                if not data:
+                    break
+                response += data
+        head, _, body = response.decode().partition("\r\n\r\n")
+        self.assertTrue(head.startswith("HTTP/1.1 200 "), head)
+        return head, body
+
     def test_header_split_across_segments_and_unknown_keeps_socket_address(self):
         k, _ = self.terminate_ktlb()
-        ctx = ssl.create_default_context(cafile=self.ca)
 
         def request(*pieces):
-            raw = socket.create_connection(("127.0.0.1", k.port()), timeout=30)
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for p in pieces:
-                raw.sendall(p)
-                time.sleep(0.05)  # separate segments, separate receives
-            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
-                s.sendall(b"GET /headers HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                response = b""
-                while True:
-                    try:
-                        data = s.recv(65536)
-                    except ssl.SSLEOFError:
-                        break
-                    if not data:
-                        break
-                    response += data
-            head, _, body = response.partition(b"\r\n\r\n")
-            self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
-            return self.echoed_headers(body.decode())
+            return self.echoed_headers(self.proxied_get(k, *pieces)[1])
 
         v1 = b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 443\r\n"
         self.assertEqual(request(v1[:9], v1[9:30], v1[30:])["x-forwarded-for"], ["203.0.113.7"])
@@ -179,6 +185,25 @@ backend be
         local = V2_SIGNATURE + bytes([0x20, 0x00, 0, 0])
         self.assertEqual(request(local)["x-forwarded-for"], ["127.0.0.1"])
         self.assertEqual(k.metric("ktlb_proxy_header_failures_total"), 0)
+
+    def test_maglev_client_ip_hashes_the_header_address(self):
+        """Every connection comes from 127.0.0.1; only the header's address can
+        keep each client on one server and spread the clients over the three."""
+        origins = [self.origin(n) for n in ("a", "b", "c")]
+        text = self.basic_config({"app": [o.addr for o in origins]}, certificates=("site",),
+                                 listener={"accept_proxy": "true"})
+        text = text.replace('servers = [', 'balance = "maglev"\nhash_key = "client_ip"\nservers = [')
+        k = self.ktlb(text)
+        placed = {}
+        for n in range(1, 13):
+            for port in (1000, 2000):  # a client's connections differ in their port
+                head, _ = self.proxied_get(
+                    k, f"PROXY TCP4 203.0.113.{n} 127.0.0.1 {port + n} 443\r\n".encode(), path="/")
+                origin = [l.split(":", 1)[1].strip() for l in head.split("\r\n")
+                          if l.lower().startswith("x-origin:")]
+                placed.setdefault(n, set()).update(origin)
+        self.assertTrue(all(len(s) == 1 for s in placed.values()), placed)
+        self.assertGreater(len(set().union(*placed.values())), 1, placed)
 
     def assert_closed(self, addr, payload, tls=False):
         """Connects, sends `payload` (or starts TLS), and expects ktlb to close."""
