@@ -258,8 +258,8 @@ constexpr std::string_view kTerminateOnlyKeys[] = {"certificates", "unknown_sni"
 
 absl::Status ReadListener(const Section& s, const Config& config, NameSet* names,
                           AddressSet* addresses, ListenerConfig* listener) {
-  if (absl::Status st = s.CheckKnownKeys(
-          {"name", "listen", "mode", "certificates", "unknown_sni", "alpn", "ktls", "accept_proxy"});
+  if (absl::Status st = s.CheckKnownKeys({"name", "listen", "mode", "certificates", "unknown_sni",
+                                          "alpn", "ktls", "accept_proxy"});
       !st.ok()) {
     return st;
   }

@@ -26,7 +26,9 @@ ProxyHeaderResult ProxyHeaderStage::Feed(std::string_view bytes) {
 void ProxyHeaderStage::Abandon(bool timed_out) {
   if (!pending_) return;
   pending_ = false;
-  if (timed_out) return Count(ProxyHeaderFailure::kTimeout, "not complete within the handshake timeout");
+  if (timed_out) {
+    return Count(ProxyHeaderFailure::kTimeout, "not complete within the handshake timeout");
+  }
   if (received_) Count(ProxyHeaderFailure::kTruncated, "the connection closed mid-header");
 }
 

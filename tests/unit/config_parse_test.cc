@@ -579,7 +579,9 @@ TEST_F(ConfigParseTest, AcceptProxyOnBothModes) {
     std::string text = Edit(kMinimal, "listen = \"127.0.0.1:8443\"",
                             std::string("listen = \"127.0.0.1:8443\"\nmode = \"") + mode +
                                 "\"\naccept_proxy = true");
-    if (std::string_view(mode) == "passthrough") text = Edit(text, "certificates = [\"site\"]\n", "");
+    if (std::string_view(mode) == "passthrough") {
+      text = Edit(text, "certificates = [\"site\"]\n", "");
+    }
     absl::StatusOr<std::shared_ptr<const Config>> loaded = Load(text);
     ASSERT_TRUE(loaded.ok()) << loaded.status();
     EXPECT_TRUE((*loaded)->listeners[0].accept_proxy) << mode;
