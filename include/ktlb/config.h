@@ -104,6 +104,9 @@ struct ListenerConfig {
   UnknownSniPolicy unknown_sni = UnknownSniPolicy::kDefault;
   std::vector<std::string> alpn = {"http/1.1"};  // in preference order; empty in passthrough
   KtlsMode ktls = KtlsMode::kAuto;
+  // Both modes: every connection starts with a PROXY protocol v1 or v2
+  // header from an L4 balancer; its client address replaces the socket's.
+  bool accept_proxy = false;
 };
 
 struct RouteConfig {

@@ -86,6 +86,9 @@ struct ListenerMetrics {
   Counter passthrough_no_route;
   Counter passthrough_bytes_up;    // client -> backend
   Counter passthrough_bytes_down;  // backend -> client
+  // accept_proxy listeners (both modes): connections closed for their PROXY
+  // header, by passthrough::ProxyHeaderFailure.
+  std::array<Counter, kMaxReasons> proxy_header_failures;
   H2Metrics h2;
 };
 
@@ -145,6 +148,7 @@ struct MetricsLabels {
   std::vector<const char*> ktls_fallbacks;      // index -> label
   std::vector<const char*> keyupdate_closes;    // index -> label
   std::vector<const char*> hello_failures;      // index -> label (nullptr: not a failure)
+  std::vector<const char*> proxy_header_failures;  // index -> label
   std::vector<const char*> h2_refusals;         // index -> label (nullptr: not a refusal)
   std::vector<const char*> h2_glitches;         // index -> label
   std::vector<const char*> h2_error_codes;      // index -> label

@@ -34,6 +34,7 @@
 #include "ktlb/error_log.h"
 #include "ktlb/loop.h"
 #include "ktlb/metrics.h"
+#include "ktlb/proxy_header_stage.h"
 #include "ktlb/router.h"
 #include "ktlb/splice_pipe.h"
 #include "ktlb/unique_fd.h"
@@ -153,6 +154,9 @@ class Relay : public IoHandler, public DeadlineTarget {
   void OnCopyRecv(RelayOp op, int res, uint32_t flags);
   void OnCopySend(RelayOp op, int res);
   void ArmRecv();
+  // The PROXY header stage of OnRecv (accept_proxy): false when nothing is
+  // left for the ClientHello parser yet, or the relay is closing.
+  bool TakeProxyHeader();
   void OnHelloComplete(const ClientHello& hello);
   void FailHello(HelloStatus why);
   bool Connect(size_t upstream, size_t server);
@@ -189,7 +193,12 @@ class Relay : public IoHandler, public DeadlineTarget {
   State state_ = State::kClosed;
   int inflight_ = 0;
   bool recv_inflight_ = false;
+  // The client and the address it connected to: the socket's, or what its
+  // PROXY header said (accept_proxy). local_ is read from the socket only
+  // when needed (AF_UNSPEC until then).
   sockaddr_storage peer_{};
+  sockaddr_storage local_{};
+  ProxyHeaderStage proxy_header_;
   DeadlineNode timer_;
 
   uint64_t start_ms_ = 0;
@@ -198,7 +207,9 @@ class Relay : public IoHandler, public DeadlineTarget {
   size_t sni_len_ = 0;
 
   ClientHelloParser hello_parser_;
-  std::string hello_;  // every byte read before the relay starts; replayed to the backend
+  // Every byte read before the relay starts (after the PROXY header it
+  // received, if any); replayed to the backend.
+  std::string hello_;
   size_t sent_ = 0;    // of hello_
   size_t proxy_header_len_ = 0;  // at the front of hello_, ours, not the client's
 

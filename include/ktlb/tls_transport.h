@@ -39,7 +39,12 @@ enum class CloseReason : uint8_t {
   kProtocolError,   // a fatal TLS error after the handshake (alert sent)
   kKtlsRequired,    // ktls = "require" and offload failed
   kKeyUpdate,       // a KeyUpdate the connection cannot follow
+  kPreambleFailed,  // the owner's OnPreamble refused the bytes before TLS
+  kPreambleTimeout, // the preamble was not complete within the handshake timeout
 };
+
+// What the owner makes of the bytes ahead of TLS (TransportOptions::preamble).
+enum class PreambleStatus : uint8_t { kNeedMore, kDone, kFailed };
 
 // What the transport copies out of the SSL when the handshake completes.
 struct HandshakeInfo {
@@ -75,6 +80,16 @@ class TransportOwner {
   // The first bytes are not TLS at all (plain HTTP to the TLS port): the
   // owner may answer with WriteRaw(); the transport then closes.
   virtual void OnNotTls() {}
+  // With TransportOptions::preamble: `bytes` is everything received so far,
+  // from the first byte. kDone: the first *consumed bytes were the preamble,
+  // the rest is TLS. kFailed: the transport closes (kPreambleFailed). The
+  // owner bounds the preamble's length (by failing). It must not close the
+  // transport from here.
+  virtual PreambleStatus OnPreamble(std::string_view bytes, size_t* consumed) {
+    (void)bytes;
+    *consumed = 0;
+    return PreambleStatus::kDone;
+  }
 
  protected:
   ~TransportOwner() = default;
@@ -95,6 +110,10 @@ struct TransportOptions {
   uint32_t handshake_timeout_ms = 10000;
   KtlsMode ktls = KtlsMode::kAuto;
   bool kernel_ktls = false;  // the kernel has the tls ULP and OpenSSL can hand keys over
+  // The peer sends something of the owner's before TLS (a PROXY protocol
+  // header from an L4 balancer): its bytes go to OnPreamble first, under the
+  // handshake timeout. A transport without one never looks for it.
+  bool preamble = false;
 };
 
 class Transport final : public IoHandler, public DeadlineTarget, public KtlsHooks {
@@ -113,6 +132,8 @@ class Transport final : public IoHandler, public DeadlineTarget, public KtlsHook
   void SetOwner(TransportOwner* owner) { owner_ = owner; }
 
   const HandshakeInfo& info() const { return info_; }
+  // The peer as log lines name it (the preamble may have told who it is).
+  void SetPeerLabel(std::string_view label) { peer_.assign(label); }
   bool handshake_done() const { return state_ != State::kHandshake && state_ != State::kIdle; }
 
   // --- input ---
@@ -207,6 +228,11 @@ class Transport final : public IoHandler, public DeadlineTarget, public KtlsHook
   void MaybeRelease();
   void DeliverInput();
   void AppendInput(std::string_view data);
+  // The preamble stage of OnRecv: false when nothing is left for TLS (more
+  // is awaited, or the connection is closing); else the TLS bytes that
+  // followed the preamble are in *data, or in cipher_stash_ when the
+  // preamble had to be reassembled there.
+  bool TakePreamble(std::string_view* data);
   // kTLS (transport_ktls.cc).
   void FallBack(KtlsFallback why);
   bool InstallTxNow(const KtlsCryptoInfo& key);
@@ -250,6 +276,7 @@ class Transport final : public IoHandler, public DeadlineTarget, public KtlsHook
   bool send_inflight_ = false;
   bool flush_scheduled_ = false;
   bool recv_deferred_ = false;
+  bool preamble_pending_ = false;  // OnPreamble has not said kDone yet
   int inflight_ = 0;
 
   // kTLS state.

@@ -201,6 +201,11 @@ std::string MetricsRegistry::Render() const {
           "Passthrough connections closed because their first bytes were not a usable ClientHello.",
           labels_.hello_failures,
           [](const ListenerMetrics& m) -> const auto& { return m.passthrough_hello_failures; });
+  reasons("ktlb_proxy_header_failures_total",
+          "Connections to accept_proxy listeners closed because their PROXY protocol header was "
+          "missing, invalid, cut short or late.",
+          labels_.proxy_header_failures,
+          [](const ListenerMetrics& m) -> const auto& { return m.proxy_header_failures; });
   per_listener("ktlb_h2_connections_total", "counter", "Client connections that chose HTTP/2 (ALPN h2).",
                [](const ListenerMetrics& m) -> const Counter& { return m.h2.connections; });
   per_listener("ktlb_h2_streams_total", "counter", "HTTP/2 request streams opened by clients.",

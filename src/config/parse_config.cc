@@ -295,8 +295,8 @@ constexpr std::string_view kTerminateOnlyKeys[] = {"certificates", "unknown_sni"
 
 absl::Status ReadListener(const Section& s, const Config& config, NameSet* names,
                           AddressSet* addresses, ListenerConfig* listener) {
-  if (absl::Status st = s.CheckKnownKeys(
-          {"name", "listen", "mode", "certificates", "unknown_sni", "alpn", "ktls"});
+  if (absl::Status st = s.CheckKnownKeys({"name", "listen", "mode", "certificates", "unknown_sni",
+                                          "alpn", "ktls", "accept_proxy"});
       !st.ok()) {
     return st;
   }
@@ -323,6 +323,7 @@ absl::Status ReadListener(const Section& s, const Config& config, NameSet* names
       !st.ok()) {
     return st;
   }
+  if (absl::Status st = s.Bool("accept_proxy", &listener->accept_proxy); !st.ok()) return st;
 
   if (listener->mode == ListenerMode::kPassthrough) {
     // Passthrough never decrypts: these keys would be silently ignored.

@@ -8,12 +8,6 @@ namespace ktlb::passthrough {
 
 namespace {
 
-constexpr char kSignature[12] = {'\r', '\n', '\r', '\n', '\0', '\r', '\n', 'Q', 'U', 'I', 'T', '\n'};
-constexpr unsigned char kVersion2Proxy = 0x21;  // version 2, command PROXY
-constexpr unsigned char kVersion2Local = 0x20;  // version 2, command LOCAL
-constexpr unsigned char kTcp4 = 0x11;
-constexpr unsigned char kTcp6 = 0x21;
-
 void Put16(std::string* out, uint16_t v) {
   out->push_back(static_cast<char>(v >> 8));
   out->push_back(static_cast<char>(v & 0xff));
@@ -38,21 +32,21 @@ void As6(const sockaddr_storage& a, unsigned char addr[16], uint16_t* port) {
 
 void AppendProxyV2Header(const sockaddr_storage& client, const sockaddr_storage& local,
                          std::string* out) {
-  out->append(kSignature, sizeof(kSignature));
+  out->append(kProxyV2Signature, sizeof(kProxyV2Signature));
   const bool inet = [](int f) { return f == AF_INET || f == AF_INET6; }(client.ss_family) &&
                     (local.ss_family == AF_INET || local.ss_family == AF_INET6);
   if (!inet) {
-    out->push_back(static_cast<char>(kVersion2Local));
+    out->push_back(static_cast<char>(kProxyV2Local));
     out->push_back(0);  // AF_UNSPEC
     Put16(out, 0);
     return;
   }
-  out->push_back(static_cast<char>(kVersion2Proxy));
+  out->push_back(static_cast<char>(kProxyV2Proxy));
   if (client.ss_family == AF_INET && local.ss_family == AF_INET) {
     const auto* c = reinterpret_cast<const sockaddr_in*>(&client);
     const auto* l = reinterpret_cast<const sockaddr_in*>(&local);
-    out->push_back(static_cast<char>(kTcp4));
-    Put16(out, 12);
+    out->push_back(static_cast<char>(kProxyV2Tcp4));
+    Put16(out, kProxyV2Inet4Bytes);
     out->append(reinterpret_cast<const char*>(&c->sin_addr), 4);
     out->append(reinterpret_cast<const char*>(&l->sin_addr), 4);
     Put16(out, ntohs(c->sin_port));
@@ -63,8 +57,8 @@ void AppendProxyV2Header(const sockaddr_storage& client, const sockaddr_storage&
   uint16_t src_port = 0, dst_port = 0;
   As6(client, src, &src_port);
   As6(local, dst, &dst_port);
-  out->push_back(static_cast<char>(kTcp6));
-  Put16(out, 36);
+  out->push_back(static_cast<char>(kProxyV2Tcp6));
+  Put16(out, kProxyV2Inet6Bytes);
   out->append(reinterpret_cast<const char*>(src), 16);
   out->append(reinterpret_cast<const char*>(dst), 16);
   Put16(out, src_port);

@@ -55,6 +55,9 @@ void Relay::Start(RelayHost* host, const RelayContext& ctx, int fd, const sockad
   up_fd_.reset();
   upstream_ = server_ = -1;
   peer_ = peer;
+  local_.ss_family = AF_UNSPEC;
+  proxy_header_.Start(ctx.config->listeners[ctx.listener].accept_proxy, ctx.metrics,
+                      &host->error_log(), peer);
   state_ = State::kHello;
   start_ms_ = loop().now_ms();
   close_reason_ = nullptr;
@@ -96,19 +99,50 @@ void Relay::OnRecv(int res, uint32_t flags) {
   if (state_ != State::kHello) return MaybeRelease();
   if (recv.no_buffer()) return loop().NextTurn(Tag(RelayOp::kRecv));
   if (res <= 0) {
-    // Gone before a whole ClientHello: nothing to route.
-    ctx_.metrics->tls.handshake_failures[static_cast<size_t>(
-        tls::HandshakeFailure::kClientReset)].Inc();
+    // Gone before a whole ClientHello: nothing to route. Before its PROXY
+    // header ended no TLS began: that stage counts its own.
+    if (proxy_header_.pending()) {
+      proxy_header_.Abandon(false);
+    } else {
+      ctx_.metrics->tls.handshake_failures[static_cast<size_t>(
+          tls::HandshakeFailure::kClientReset)].Inc();
+    }
     close_reason_ = "client_closed";
     return CloseNow();
   }
   hello_.append(recv.data());
   recv.Recycle();
+  if (proxy_header_.pending() && !TakeProxyHeader()) return;
   ClientHello hello;
   HelloStatus st = hello_parser_.Parse(hello_, &hello);
   if (st == HelloStatus::kNeedMore) return ArmRecv();
   if (st != HelloStatus::kDone) return FailHello(st);
   OnHelloComplete(hello);
+}
+
+// The header is read into hello_ like the ClientHello after it, from the
+// same receive: the relay copies what it reads before routing anyway, so
+// the header costs no extra copy, and what follows it stays in hello_ for
+// the ClientHello parser (and the backend) exactly as the client sent it.
+bool Relay::TakeProxyHeader() {
+  ProxyHeaderResult r = proxy_header_.Feed(hello_);
+  if (r.status == ProxyHeaderStatus::kNeedMore) {
+    ArmRecv();
+    return false;
+  }
+  if (r.status == ProxyHeaderStatus::kFailed) {
+    close_reason_ = "proxy_header";
+    CloseNow();
+    return false;
+  }
+  if (r.has_addresses) {
+    peer_ = r.source;
+    local_ = r.destination;
+  }
+  hello_.erase(0, r.consumed);
+  if (!hello_.empty()) return true;
+  ArmRecv();
+  return false;
 }
 
 void Relay::FailHello(HelloStatus why) {
@@ -144,11 +178,12 @@ void Relay::OnHelloComplete(const ClientHello& hello) {
   if (uc.proxy_protocol == ProxyProtocol::kV2) {
     // The backend learns who the client is from a header ahead of its bytes
     // (hello's views are not used past this point).
-    sockaddr_storage local{};
-    socklen_t len = sizeof(local);
-    getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&local), &len);
+    if (local_.ss_family == AF_UNSPEC) {
+      socklen_t len = sizeof(local_);
+      getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&local_), &len);
+    }
     std::string header;
-    AppendProxyV2Header(peer_, local, &header);
+    AppendProxyV2Header(peer_, local_, &header);
     hello_.insert(0, header);
     proxy_header_len_ = header.size();
   }
@@ -436,6 +471,7 @@ void Relay::OnDeadline(uint8_t kind) {
   if (kind < static_cast<uint8_t>(TimeoutKind::kCount)) {
     close_reason_ = TimeoutKindLabel(static_cast<TimeoutKind>(kind));
   }
+  if (kind == static_cast<uint8_t>(TimeoutKind::kHandshake)) proxy_header_.Abandon(true);
   CloseNow();
 }
 

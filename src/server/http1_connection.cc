@@ -58,6 +58,9 @@ void Http1Connection::Start(Worker* w, Generation* gen, size_t listener_index, i
   opts.handshake_timeout_ms = sc.timeouts.handshake_ms;
   opts.ktls = lc.ktls;
   opts.kernel_ktls = w->kernel_ktls();
+  opts.preamble = lc.accept_proxy;
+  proxy_header_.Start(lc.accept_proxy, &gen->listener_metrics(listener_index), &w->error_log(),
+                      peer);
   transport_.StartServer(opts, this, fd, *gen->tls(listener_index),
                          absl::StrCat(peer_ip_, ":", peer_port_));
 }
@@ -107,6 +110,24 @@ void Http1Connection::OnNotTls() {
   transport_.WriteRaw(scratch_);
 }
 
+tls::PreambleStatus Http1Connection::OnPreamble(std::string_view bytes, size_t* consumed) {
+  passthrough::ProxyHeaderResult r = proxy_header_.Feed(bytes);
+  switch (r.status) {
+    case passthrough::ProxyHeaderStatus::kNeedMore: return tls::PreambleStatus::kNeedMore;
+    case passthrough::ProxyHeaderStatus::kFailed: return tls::PreambleStatus::kFailed;
+    case passthrough::ProxyHeaderStatus::kDone: break;
+  }
+  *consumed = r.consumed;
+  if (r.has_addresses) {
+    // Everything after this (forwarding headers, maglev's hash, the access
+    // log, HTTP/2's copy at the handshake's end) reads these.
+    peer_ip_ = AddressIp(r.source);
+    peer_port_ = AddressPort(r.source);
+    transport_.SetPeerLabel(absl::StrCat(peer_ip_, ":", peer_port_));
+  }
+  return tls::PreambleStatus::kDone;
+}
+
 void Http1Connection::OnInput() {
   if (state_ == State::kTunnel) return tunnel_.OnClientInput();
   if (req_pipe_.active()) {
@@ -143,6 +164,7 @@ void Http1Connection::OnWritable() {
 
 void Http1Connection::OnTransportClosed(tls::CloseReason why) {
   if (state_ == State::kClosed) return;
+  proxy_header_.Abandon(why == tls::CloseReason::kPreambleTimeout);
   if (why == tls::CloseReason::kProtocolError ||
       (why == tls::CloseReason::kPeerGone &&
        (state_ == State::kProxying ||

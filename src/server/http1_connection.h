@@ -18,6 +18,7 @@
 #include "ktlb/exchange.h"
 #include "ktlb/http1.h"
 #include "ktlb/loop.h"
+#include "ktlb/proxy_header_stage.h"
 #include "ktlb/splice_pipe.h"
 #include "ktlb/tls.h"
 #include "ktlb/tls_transport.h"
@@ -79,6 +80,8 @@ class Http1Connection final : public IoHandler,
   void OnReleased() override;
   tls::InputWanted WantsInput() const override;
   void OnNotTls() override;
+  // accept_proxy: the PROXY header ahead of TLS names the client.
+  tls::PreambleStatus OnPreamble(std::string_view bytes, size_t* consumed) override;
 
  private:
   static constexpr size_t kPlainChunk = 16 * 1024;  // slack over the head limit
@@ -140,8 +143,10 @@ class Http1Connection final : public IoHandler,
   Generation* gen_ = nullptr;
   HandlerSlot slot_;
   size_t listener_ = 0;
+  // The client: the socket's peer, or what its PROXY header says.
   std::string peer_ip_;
   uint16_t peer_port_ = 0;
+  passthrough::ProxyHeaderStage proxy_header_;
   tls::Transport transport_;
   bool transport_released_ = true;
   // Made on the first h2 connection this slot carries, then reused.

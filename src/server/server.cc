@@ -18,6 +18,7 @@
 #include "ktlb/http2.h"
 #include "ktlb/http1.h"
 #include "ktlb/ktls.h"
+#include "ktlb/proxy_header_parser.h"
 #include "ktlb/tls.h"
 #include "health_monitor.h"
 #include "worker.h"
@@ -43,6 +44,10 @@ MetricsLabels BuildMetricsLabels(const Config& config) {
     auto st = static_cast<passthrough::HelloStatus>(h);
     bool failure = st != passthrough::HelloStatus::kNeedMore && st != passthrough::HelloStatus::kDone;
     labels.hello_failures.push_back(failure ? passthrough::HelloStatusLabel(st) : nullptr);
+  }
+  for (int f = 0; f < static_cast<int>(passthrough::ProxyHeaderFailure::kCount); ++f) {
+    labels.proxy_header_failures.push_back(
+        passthrough::ProxyHeaderFailureLabel(static_cast<passthrough::ProxyHeaderFailure>(f)));
   }
   for (int c = 0; c < static_cast<int>(tls::KeyUpdateClose::kCount); ++c) {
     labels.keyupdate_closes.push_back(

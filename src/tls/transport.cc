@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -44,6 +45,7 @@ void Transport::StartServer(const TransportOptions& options, TransportOwner* own
   in_off_ = 0;
   input_end_ = InputEnd::kNone;
   peer_eof_ = recv_inflight_ = send_inflight_ = flush_scheduled_ = recv_deferred_ = false;
+  preamble_pending_ = options.preamble;
   inflight_ = 0;
   ktls_allowed_ = options.ktls != KtlsMode::kOff && options.kernel_ktls;
   ktls_required_ = options.ktls == KtlsMode::kRequire;
@@ -238,6 +240,8 @@ void Transport::OnRecv(int res, uint32_t flags) {
     if (res < 0 && rx_active_ && res != -ECONNRESET && res != -EPIPE) {
       return FailKernelRecord(-res);
     }
+    // TLS never began: not a handshake failure (the owner counts its own).
+    if (preamble_pending_) return CloseBy(CloseReason::kPeerGone);
     if (state_ == State::kHandshake) {
       metrics_->handshake_failures[static_cast<size_t>(HandshakeFailure::kClientReset)].Inc();
       return CloseBy(CloseReason::kHandshakeFailed);
@@ -252,8 +256,11 @@ void Transport::OnRecv(int res, uint32_t flags) {
     DeliverInput();
     return AfterInputEvent();
   }
-  if (state_ == State::kHandshake && cipher_stash_.empty() && SSL_in_before(ssl_.get()) &&
-      static_cast<uint8_t>(data[0]) != 0x16) {
+  if (preamble_pending_ && !TakePreamble(&data)) return;
+  // The first TLS byte is in the stash only when a preamble was reassembled
+  // there: no TLS byte was handed to OpenSSL yet.
+  if (state_ == State::kHandshake && SSL_in_before(ssl_.get()) &&
+      static_cast<uint8_t>(cipher_stash_.empty() ? data[0] : cipher_stash_[0]) != 0x16) {
     // Not a TLS handshake record: most likely plain HTTP sent to the TLS port.
     metrics_->handshake_failures[static_cast<size_t>(HandshakeFailure::kPlainHttp)].Inc();
     Loop::CancelTimer(&timer_);
@@ -289,6 +296,45 @@ void Transport::OnRecv(int res, uint32_t flags) {
     FinishRxOffload();
   }
   AfterInputEvent();
+}
+
+// Why the preamble is a stage of the transport's own receive path, rather
+// than a receive of the owner's before StartServer: the bytes that follow it
+// (often in the same segment: a balancer sends the header and the
+// ClientHello back to back) must reach OpenSSL exactly as they came, and
+// here they already do, through the same provided-buffer receive and the
+// same stash a partial TLS record uses; the handshake timer, the close
+// paths and the not-TLS answer cover the preamble with no second copy of
+// them; and a transport without a preamble pays one flag test per receive.
+bool Transport::TakePreamble(std::string_view* data) {
+  // Until the preamble is whole its bytes wait in cipher_stash_, which holds
+  // nothing else before the first TLS byte.
+  const bool reassembling = !cipher_stash_.empty();
+  if (reassembling) cipher_stash_.append(*data);
+  const std::string_view bytes = reassembling ? std::string_view(cipher_stash_) : *data;
+  size_t consumed = 0;
+  switch (owner_->OnPreamble(bytes, &consumed)) {
+    case PreambleStatus::kNeedMore:
+      if (!reassembling) cipher_stash_.assign(*data);
+      ArmRecv();
+      return false;
+    case PreambleStatus::kFailed:
+      CloseBy(CloseReason::kPreambleFailed);
+      return false;
+    case PreambleStatus::kDone:
+      break;
+  }
+  preamble_pending_ = false;
+  consumed = std::min(consumed, bytes.size());
+  if (reassembling) {
+    cipher_stash_.erase(0, consumed);
+    *data = {};
+  } else {
+    data->remove_prefix(consumed);
+  }
+  if (!cipher_stash_.empty() || !data->empty()) return true;
+  ArmRecv();
+  return false;
 }
 
 void Transport::AfterInputEvent() {
@@ -527,6 +573,12 @@ void Transport::MaybeRelease() {
 
 void Transport::OnDeadline(uint8_t kind) {
   if (kind == kTimerLinger) return CloseSocket();
+  if (kind == kTimerHandshake && preamble_pending_) {
+    // The handshake's deadline covers the preamble too; TLS never began,
+    // so no handshake failure is counted (the owner counts its own).
+    if (handshake_timeouts_ != nullptr) handshake_timeouts_->Inc();
+    return CloseBy(CloseReason::kPreambleTimeout);
+  }
   if (kind == kTimerHandshake && state_ == State::kHandshake) {
     if (handshake_timeouts_ != nullptr) handshake_timeouts_->Inc();
     metrics_->handshake_failures[static_cast<size_t>(HandshakeFailure::kTimeout)].Inc();

@@ -116,6 +116,7 @@ TEST_F(ConfigParseTest, MinimalConfigGetsDefaults) {
   EXPECT_EQ(c.listeners[0].unknown_sni, UnknownSniPolicy::kDefault);
   EXPECT_THAT(c.listeners[0].alpn, ::testing::ElementsAre("http/1.1"));
   EXPECT_EQ(c.listeners[0].ktls, KtlsMode::kAuto);
+  EXPECT_FALSE(c.listeners[0].accept_proxy);
   ASSERT_EQ(c.upstreams.size(), 1u);
   EXPECT_EQ(c.upstreams[0].balance, BalanceAlgorithm::kRoundRobin);
   EXPECT_EQ(c.upstreams[0].hash_key.kind, HashKeyKind::kNone);
@@ -570,6 +571,27 @@ TEST_F(ConfigParseTest, PassthroughRejectsTerminateOnlyKeys) {
   EXPECT_EQ(Error(Edit(kMinimal, "certificates = [\"site\"]",
                        "mode = \"passthrough\"\nktls = \"off\"")),
             At(5) + "listeners[0].ktls: only valid for mode = \"terminate\"");
+}
+
+// Both modes may sit behind an L4 balancer that sends a PROXY header.
+TEST_F(ConfigParseTest, AcceptProxyOnBothModes) {
+  for (const char* mode : {"terminate", "passthrough"}) {
+    std::string text = Edit(kMinimal, "listen = \"127.0.0.1:8443\"",
+                            std::string("listen = \"127.0.0.1:8443\"\nmode = \"") + mode +
+                                "\"\naccept_proxy = true");
+    if (std::string_view(mode) == "passthrough") {
+      text = Edit(text, "certificates = [\"site\"]\n", "");
+    }
+    absl::StatusOr<std::shared_ptr<const Config>> loaded = Load(text);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    EXPECT_TRUE((*loaded)->listeners[0].accept_proxy) << mode;
+  }
+  EXPECT_EQ(Error(Edit(kMinimal, "certificates = [\"site\"]",
+                       "certificates = [\"site\"]\naccept_proxy = \"yes\"")),
+            At(5) + "listeners[0].accept_proxy: expected a boolean (true or false), got a string");
+  EXPECT_EQ(Error(Edit(kMinimal, "certificates = [\"site\"]",
+                       "certificates = [\"site\"]\naccept_proxy = 1")),
+            At(5) + "listeners[0].accept_proxy: expected a boolean (true or false), got an integer");
 }
 
 TEST_F(ConfigParseTest, PassthroughRouteCannotMatchHost) {

@@ -4,10 +4,12 @@
 // test: nothing here drives OpenSSL on the server side.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <thread>
@@ -91,6 +93,20 @@ class EchoOwner final : public TransportOwner {
     not_tls = true;
     transport.WriteRaw("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
   }
+  // A stand-in preamble: "P...\n", at most 16 bytes.
+  PreambleStatus OnPreamble(std::string_view bytes, size_t* consumed) override {
+    ++preamble_calls;
+    if (bytes[0] != 'P') return PreambleStatus::kFailed;
+    size_t end = bytes.substr(0, 16).find('\n');
+    if (end == std::string_view::npos) {
+      return bytes.size() >= 16 ? PreambleStatus::kFailed : PreambleStatus::kNeedMore;
+    }
+    preamble.assign(bytes.substr(0, end));
+    *consumed = end + 1;
+    return PreambleStatus::kDone;
+  }
+  std::string preamble;
+  int preamble_calls = 0;
 };
 
 class TransportTest : public ::testing::Test {
@@ -112,8 +128,11 @@ class TransportTest : public ::testing::Test {
   }
 
   // Starts the owner's transport on an accepted socket.
-  void Start(EchoOwner* owner, int fd, uint32_t handshake_timeout_ms = 5000) {
+  void Start(EchoOwner* owner, int fd, uint32_t handshake_timeout_ms = 5000,
+             bool preamble = false) {
     TransportOptions opts;
+    opts.preamble = preamble;
+    opts.handshake_timeouts = &handshake_timeouts_;
     opts.loop = &loop_;
     opts.log = &log_;
     opts.metrics = &metrics_;
@@ -133,14 +152,18 @@ class TransportTest : public ::testing::Test {
   Loop loop_;
   ErrorLog log_;
   TlsMetrics metrics_;
+  Counter handshake_timeouts_;
   testing::TempDir dir_;
   std::unique_ptr<ServerTlsContext> ctx_;
   LoopbackPair pair_;
 };
 
-// A blocking client: handshake with SNI and ALPN, then `script`.
-std::thread Client(int fd, std::function<void(SSL*)> script) {
-  return std::thread([fd, script] {
+// A blocking client: `before` (bytes ahead of TLS), handshake with SNI and
+// ALPN, then `script`.
+std::thread Client(int fd, std::function<void(SSL*)> script,
+                   std::function<void()> before = nullptr) {
+  return std::thread([fd, script, before] {
+    if (before) before();
     UniqueSslCtx ctx(SSL_CTX_new(TLS_client_method()));
     UniqueSsl ssl(SSL_new(ctx.get()));
     SSL_set_tlsext_host_name(ssl.get(), "site.example.test");
@@ -243,6 +266,85 @@ TEST_F(TransportTest, HandshakeTimeoutClosesAndCounts) {
   EXPECT_EQ(owner.closed_by, CloseReason::kHandshakeFailed);
   EXPECT_EQ(metrics_.handshake_failures[static_cast<size_t>(HandshakeFailure::kTimeout)].Get(), 1u);
   close(fd);
+}
+
+uint64_t HandshakeFailures(const TlsMetrics& m) {
+  uint64_t n = 0;
+  for (const Counter& c : m.handshake_failures) n += c.Get();
+  return n;
+}
+
+// The owner's preamble comes off the front of the stream and the TLS bytes
+// behind it reach OpenSSL untouched, whether the preamble arrives in pieces
+// (reassembled in the transport) or shares a segment with the ClientHello.
+TEST_F(TransportTest, PreambleBeforeTheHandshake) {
+  for (bool split : {true, false}) {
+    SCOPED_TRACE(split ? "preamble in three segments" : "preamble and ClientHello in one segment");
+    LoopbackPair pair;
+    std::string reply;
+    int fd = pair.ConnectClient();
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, split ? TCP_NODELAY : TCP_CORK, &one, sizeof one);
+    auto before = [fd, split] {
+      if (split) {
+        for (const char* piece : {"PRE", "AMB", "LE\n"}) {
+          send(fd, piece, strlen(piece), MSG_NOSIGNAL);
+          usleep(30'000);  // each piece in a receive of its own
+        }
+      } else {
+        // Corked: held back until the ClientHello joins it (at most 200 ms).
+        send(fd, "PREAMBLE\n", 9, MSG_NOSIGNAL);
+      }
+    };
+    EchoOwner owner;
+    Start(&owner, pair.Accept(), 5000, /*preamble=*/true);
+    std::thread client = Client(fd, [&](SSL* ssl) {
+      SSL_write(ssl, "after", 5);
+      char buf[64];
+      int n = SSL_read(ssl, buf, sizeof buf);
+      if (n > 0) reply.assign(buf, static_cast<size_t>(n));
+      SSL_shutdown(ssl);
+      SSL_read(ssl, buf, sizeof buf);
+    }, before);
+    EXPECT_TRUE(RunUntil([&] { return owner.released; }));
+    client.join();
+    EXPECT_EQ(owner.preamble, "PREAMBLE");
+    EXPECT_TRUE(owner.handshake_done);
+    EXPECT_EQ(reply, "AFTER");
+    if (split) {
+      EXPECT_GE(owner.preamble_calls, 2);  // reassembled, not read at once
+    }
+  }
+  EXPECT_EQ(HandshakeFailures(metrics_), 0u);
+}
+
+TEST_F(TransportTest, RefusedLateOrCutPreambleClosesWithoutAHandshakeFailure) {
+  struct Case {
+    const char* bytes;
+    bool fin;
+    CloseReason reason;
+  } cases[] = {
+      {"\x16\x03\x01", false, CloseReason::kPreambleFailed},     // TLS with no preamble
+      {"PPPPPPPPPPPPPPPPPPPP", false, CloseReason::kPreambleFailed},  // too long
+      {"PRE", false, CloseReason::kPreambleTimeout},
+      {"PRE", true, CloseReason::kPeerGone},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.bytes);
+    LoopbackPair pair;
+    int fd = pair.ConnectClient();
+    send(fd, c.bytes, strlen(c.bytes), MSG_NOSIGNAL);
+    if (c.fin) shutdown(fd, SHUT_WR);
+    EchoOwner owner;
+    Start(&owner, pair.Accept(), /*handshake_timeout_ms=*/200, /*preamble=*/true);
+    EXPECT_TRUE(RunUntil([&] { return owner.released; }));
+    EXPECT_TRUE(owner.closed);
+    EXPECT_EQ(owner.closed_by, c.reason);
+    EXPECT_FALSE(owner.handshake_done);
+    close(fd);
+  }
+  EXPECT_EQ(handshake_timeouts_.Get(), 1u);  // the deadline is the handshake's
+  EXPECT_EQ(HandshakeFailures(metrics_), 0u);
 }
 
 TEST_F(TransportTest, PeerResetMidSessionIsPeerGone) {
