@@ -59,7 +59,10 @@ int main(int argc, char** argv) {
   }
   // Certificates are part of validation: a key that does not match its
   // certificate must fail --check too.
-  auto snapshot = ktlb::BuildSnapshot(*config, ktlb::tls::TicketKeys::Generate());
+  // In-process session-ticket keys (used without [server] ticket_keys): one
+  // ring for the process, so every snapshot built later must get this one.
+  const ktlb::tls::TicketKeys ticket_keys = ktlb::tls::TicketKeys::Generate();
+  auto snapshot = ktlb::BuildSnapshot(*config, ticket_keys);
   if (!snapshot.ok()) {
     // Certificate errors already read "FILE:LINE: certificates[i].key: ...".
     fprintf(stderr, "%s\n", std::string(snapshot.status().message()).c_str());

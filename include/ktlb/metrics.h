@@ -42,6 +42,8 @@ const char* TimeoutKindLabel(TimeoutKind k);
 struct TlsMetrics {
   Counter handshakes_full;
   Counter handshakes_resumed;
+  // Resumed handshakes by whose keys opened the ticket (tls::TicketKeySource).
+  std::array<Counter, kMaxReasons> resumptions;
   std::array<Counter, kMaxReasons> handshake_failures;  // by tls::HandshakeFailure
   // Fatal TLS errors after the handshake, an alert sent (bad_record_mac, ...).
   Counter protocol_errors;
@@ -134,6 +136,7 @@ struct MetricsLabels {
   std::vector<const char*> ktls_fallbacks;      // index -> label
   std::vector<const char*> keyupdate_closes;    // index -> label
   std::vector<const char*> hello_failures;      // index -> label (nullptr: not a failure)
+  std::vector<const char*> ticket_sources;      // index -> label
   std::vector<const char*> h2_refusals;         // index -> label (nullptr: not a refusal)
   std::vector<const char*> h2_glitches;         // index -> label
   std::vector<const char*> h2_error_codes;      // index -> label
