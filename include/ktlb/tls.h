@@ -128,6 +128,9 @@ namespace internal {
 // headers; nothing outside src/tls should call these.
 void MarkUnknownSniRejected(SSL* ssl);
 bool WasUnknownSniRejected(const SSL* ssl);
+// Why OpenSSL failed, in words (certificates.cc), then an empty error queue:
+// later unrelated calls on this thread must not pick up the leftovers.
+std::string TakeOpenSslReason();
 // Makes `ctx` seal and open session tickets with `reader`'s keys
 // (session_tickets.cc); `reader` must outlive `ctx`. False on failure.
 bool InstallTicketKeys(SSL_CTX* ctx, TicketKeyReader* reader);

@@ -21,7 +21,22 @@
 #include "ktlb/tls.h"
 
 namespace ktlb::tls {
+
+namespace internal {
+
+std::string TakeOpenSslReason() {
+  unsigned long err = ERR_peek_last_error();
+  const char* reason = err != 0 ? ERR_reason_error_string(err) : nullptr;
+  std::string text = reason != nullptr ? reason : "unknown OpenSSL error";
+  ERR_clear_error();
+  return text;
+}
+
+}  // namespace internal
+
 namespace {
+
+using internal::TakeOpenSslReason;
 
 using UniqueGeneralNames =
     std::unique_ptr<GENERAL_NAMES, OpenSslDeleter<GENERAL_NAMES, GENERAL_NAMES_free>>;
@@ -32,16 +47,6 @@ struct OpenSslStringFree {
 using UniqueOpenSslString = std::unique_ptr<unsigned char, OpenSslStringFree>;
 
 std::string Quoted(const CertificateConfig& c) { return absl::StrCat("certificate \"", c.name, "\""); }
-
-// Why OpenSSL failed, in words, then an empty queue: later unrelated calls on
-// this thread must not pick up our leftovers.
-std::string TakeOpenSslReason() {
-  unsigned long err = ERR_peek_last_error();
-  const char* reason = err != 0 ? ERR_reason_error_string(err) : nullptr;
-  std::string text = reason != nullptr ? reason : "unknown OpenSSL error";
-  ERR_clear_error();
-  return text;
-}
 
 // PEM files are small; the cap only stops a mistaken path from eating memory.
 constexpr size_t kMaxPemBytes = 1 << 20;

@@ -24,6 +24,8 @@
 namespace ktlb::tls {
 namespace {
 
+using internal::TakeOpenSslReason;
+
 // Splits an OpenSSL name list at any of `separators`, dropping empty pieces.
 std::vector<std::string> SplitNames(std::string_view list, std::string_view separators) {
   std::vector<std::string> out;
@@ -70,10 +72,16 @@ struct NameList {
   const char* unknown;  // what an unknown element is, after its quoted name
 };
 
+// SSL_CTX_set1_groups_list is a macro over SSL_CTX_ctrl (a long).
+int SetGroups(SSL_CTX* ctx, const char* list) {
+  return static_cast<int>(SSL_CTX_set1_groups_list(ctx, list));
+}
+bool KnowsGroup(SSL_CTX* scratch, const std::string& group) {
+  return SetGroups(scratch, group.c_str()) == 1;
+}
+
 const NameList kNameLists[] = {
-    {"tls_groups", ":",
-     [](SSL_CTX* c, const std::string& g) { return SSL_CTX_set1_groups_list(c, g.c_str()) == 1; },
-     [](SSL_CTX* c, const char* list) { return static_cast<int>(SSL_CTX_set1_groups_list(c, list)); },
+    {"tls_groups", ":", &KnowsGroup, &SetGroups,
      "is not a group OpenSSL knows (e.g. X25519, P-256, P-384, P-521, X448, ffdhe2048)"},
     {"tls_ciphers", ": ,;", &KnowsCipherElement, &SSL_CTX_set_cipher_list,
      "matches no TLS 1.2 cipher (e.g. ECDHE-RSA-AES128-GCM-SHA256; TLS 1.3 suites go in "
@@ -96,21 +104,14 @@ std::string CheckNames(const NameList& kind, const std::string& list) {
     }
   }
   if (problem.empty() && kind.apply(scratch.get(), list.c_str()) != 1) {
-    unsigned long err = ERR_peek_last_error();
-    const char* reason = err != 0 ? ERR_reason_error_string(err) : nullptr;
-    problem = absl::StrCat("OpenSSL refuses \"", list, "\": ",
-                           reason != nullptr ? reason : "unknown error");
+    problem = absl::StrCat("OpenSSL refuses \"", list, "\": ", TakeOpenSslReason());
   }
-  ERR_clear_error();
+  ERR_clear_error();  // the per-name attempts leave errors behind
   return problem;
 }
 
 absl::Status OpenSslRefused(const char* call) {
-  unsigned long err = ERR_peek_last_error();
-  const char* reason = err != 0 ? ERR_reason_error_string(err) : nullptr;
-  ERR_clear_error();
-  return absl::InvalidArgumentError(
-      absl::StrCat(call, " failed: ", reason != nullptr ? reason : "unknown OpenSSL error"));
+  return absl::InvalidArgumentError(absl::StrCat(call, " failed: ", TakeOpenSslReason()));
 }
 
 }  // namespace
