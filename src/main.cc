@@ -175,6 +175,8 @@ int main(int argc, char** argv) {
   if (!check) WatchConfigFiles(watch, (*config)->FilesRead());
   // Certificates are part of validation: a key that does not match its
   // certificate must fail --check too.
+  // In-process session-ticket keys (used without [server] ticket_keys): one
+  // ring for the process, so every snapshot built later must get this one.
   const ktlb::tls::TicketKeys ticket_keys = ktlb::tls::TicketKeys::Generate();
   auto snapshot = ktlb::BuildSnapshot(*config, ticket_keys);
   if (!snapshot.ok()) {

@@ -83,6 +83,12 @@ struct ServerConfig {
   // without `group`, the user's primary group.
   std::string user, group;
   uint32_t uid = 0, gid = 0;
+  // Session-ticket keys shared by a fleet: a file of 80-byte records (as
+  // nginx's ssl_session_ticket_key), read when a snapshot is built; "" =
+  // keys generated and rotated in-process. Resolved against the config
+  // file's directory; the line is for errors found when reading it.
+  std::string ticket_keys;
+  uint32_t ticket_keys_line = 0;
 };
 
 struct CertificateConfig {
@@ -96,6 +102,31 @@ struct CertificateConfig {
   uint32_t key_line = 0;
 };
 
+// A terminate listener's TLS protocol policy (nginx's ssl_protocols,
+// ssl_ecdh_curve, ssl_ciphers). Names are OpenSSL's; whether the linked
+// OpenSSL knows them is checked when the snapshot is built
+// (tls::CheckTlsPolicies), which is why the lines are kept.
+struct TlsPolicy {
+  // Wire version numbers: 0x0303 = TLS 1.2, 0x0304 = TLS 1.3.
+  uint16_t min_version = 0x0303;
+  uint16_t max_version = 0x0304;
+  std::string groups = "X25519:P-256:P-384";
+  // TLS 1.2: forward secrecy and AEAD only.
+  std::string ciphers =
+      "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+      "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+      "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+  // TLS 1.3: AES-128-GCM first (OpenSSL's default puts AES-256 first). It is
+  // as safe for TLS and cheaper per byte, and SHA-256 makes the key schedule
+  // cheaper per handshake; server preference applies it.
+  std::string ciphersuites =
+      "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+  // Where each name list was set (0 = the default), for FILE:LINE errors.
+  uint32_t groups_line = 0;
+  uint32_t ciphers_line = 0;
+  uint32_t ciphersuites_line = 0;
+};
+
 struct ListenerConfig {
   std::string name;
   SocketAddress listen;
@@ -107,6 +138,7 @@ struct ListenerConfig {
   // Both modes: every connection starts with a PROXY protocol v1 or v2
   // header from an L4 balancer; its client address replaces the socket's.
   bool accept_proxy = false;
+  TlsPolicy tls;
 };
 
 struct RouteConfig {

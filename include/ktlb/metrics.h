@@ -43,6 +43,8 @@ const char* TimeoutKindLabel(TimeoutKind k);
 struct TlsMetrics {
   Counter handshakes_full;
   Counter handshakes_resumed;
+  // Resumed handshakes by whose keys opened the ticket (tls::TicketKeySource).
+  std::array<Counter, kMaxReasons> resumptions;
   std::array<Counter, kMaxReasons> handshake_failures;  // by tls::HandshakeFailure
   // Fatal TLS errors after the handshake, an alert sent (bad_record_mac, ...).
   Counter protocol_errors;
@@ -149,6 +151,7 @@ struct MetricsLabels {
   std::vector<const char*> keyupdate_closes;    // index -> label
   std::vector<const char*> hello_failures;      // index -> label (nullptr: not a failure)
   std::vector<const char*> proxy_header_failures;  // index -> label
+  std::vector<const char*> ticket_sources;      // index -> label
   std::vector<const char*> h2_refusals;         // index -> label (nullptr: not a refusal)
   std::vector<const char*> h2_glitches;         // index -> label
   std::vector<const char*> h2_error_codes;      // index -> label

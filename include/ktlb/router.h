@@ -36,6 +36,10 @@ class Router {
   // routes with an `alpn` matcher (passthrough listeners).
   int Match(size_t listener_index, std::string_view sni, std::string_view host,
             std::string_view path, std::string_view alpn_offered = {}) const;
+  // True when a route of the listener with an sni matcher matches `sni`
+  // (catch-all routes do not count): what unknown_sni = "reject" asks of a
+  // passthrough ClientHello.
+  bool RoutesSni(size_t listener_index, std::string_view sni) const;
 
  private:
   struct Route {

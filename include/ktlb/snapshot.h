@@ -16,7 +16,7 @@ namespace ktlb {
 struct Snapshot {
   std::shared_ptr<const Config> config;
   std::vector<tls::CertificatePtr> certificates;  // parallel to config->certificates
-  tls::TicketKeys ticket_keys;
+  tls::TicketKeys ticket_keys;  // the ticket_keys file's, else the process's ring
   Router router;
 
   Snapshot(std::shared_ptr<const Config> c, std::vector<tls::CertificatePtr> certs,
@@ -27,6 +27,11 @@ struct Snapshot {
   std::vector<tls::CertificatePtr> ListenerCertificates(size_t listener_index) const;
 };
 
+// Loads what `config` names (certificates; its ticket_keys file, re-read on
+// every call so a reload picks up a new one). `keys` are the process's own
+// rotating ticket keys (tls::TicketKeys::Generate(), once per process), used
+// when the config names no file: pass the same ones on every reload, or
+// outstanding tickets stop resuming.
 absl::StatusOr<std::shared_ptr<const Snapshot>> BuildSnapshot(std::shared_ptr<const Config> config,
                                                               const tls::TicketKeys& keys);
 

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "ktlb/ktls.h"
 #include "ktlb/output_queue.h"
 #include "ktlb/openssl_ptr.h"
+#include "ktlb/ticket_keys.h"
 
 namespace ktlb::tls {
 
@@ -51,12 +53,15 @@ class SniTable {
   std::vector<std::pair<std::string, int>> wildcard_;  // "*.example.test"
 };
 
-// 80 bytes of session-ticket key material (name, HMAC, AES), generated once at
-// startup and given to every worker's contexts.
-struct TicketKeys {
-  unsigned char bytes[80];
-  static TicketKeys Generate();
-};
+// Which keys opened the ticket of a resumed session (set by the ticket key
+// callback); nullopt when the handshake opened no ticket.
+std::optional<TicketKeySource> ResumedTicketSource(const SSL* ssl);
+
+// A listener's TlsPolicy on one context (tls_policy.cc).
+absl::Status ApplyTlsPolicy(SSL_CTX* ctx, const TlsPolicy& policy);
+// Tries every name of every terminate listener's policy on the linked
+// OpenSSL. Errors read "FILE:LINE: listeners[i].tls_groups: <what is wrong>".
+absl::Status CheckTlsPolicies(const Config& config);
 
 // Why a handshake failed: a stable metric label each.
 enum class HandshakeFailure {
@@ -124,6 +129,12 @@ namespace internal {
 // headers; nothing outside src/tls should call these.
 void MarkUnknownSniRejected(SSL* ssl);
 bool WasUnknownSniRejected(const SSL* ssl);
+// Why OpenSSL failed, in words (certificates.cc), then an empty error queue:
+// later unrelated calls on this thread must not pick up the leftovers.
+std::string TakeOpenSslReason();
+// Makes `ctx` seal and open session tickets with `reader`'s keys
+// (session_tickets.cc); `reader` must outlive `ctx`. False on failure.
+bool InstallTicketKeys(SSL_CTX* ctx, TicketKeyReader* reader);
 }  // namespace internal
 
 }  // namespace ktlb::tls

@@ -136,8 +136,10 @@ std::string MetricsRegistry::Render() const {
                     "\n");
   }
 
-  auto reasons = [&](const char* name, const char* help, const std::vector<const char*>& labels,
-                     auto pick) {
+  // A listener's counters indexed by an enum, one series per labelled value:
+  // {listener="...",<key>="<label>"}.
+  auto by_label = [&](const char* name, const char* help, const char* key,
+                      const std::vector<const char*>& labels, auto pick) {
     Family(&out, name, "counter", help);
     for (size_t i = 0; i < L.size(); ++i) {
       for (size_t r = 0; r < labels.size() && r < kMaxReasons; ++r) {
@@ -146,11 +148,18 @@ std::string MetricsRegistry::Render() const {
                              [&](const ListenerMetrics& m) -> const Counter& {
                                return pick(m)[r];
                              });
-        absl::StrAppend(&out, name, "{listener=\"", L[i], "\",reason=\"", labels[r], "\"} ", v,
-                        "\n");
+        absl::StrAppend(&out, name, "{listener=\"", L[i], "\",", key, "=\"", labels[r], "\"} ",
+                        v, "\n");
       }
     }
   };
+  auto reasons = [&](const char* name, const char* help, const std::vector<const char*>& labels,
+                     auto pick) { by_label(name, help, "reason", labels, pick); };
+  by_label("ktlb_tls_resumptions_total",
+           "Resumed TLS handshakes by the keys that opened the session ticket: a ticket_keys "
+           "file, or keys ktlb generated in-process.",
+           "source", labels_.ticket_sources,
+           [](const ListenerMetrics& m) -> const auto& { return m.tls.resumptions; });
   reasons("ktlb_tls_handshake_failures_total", "Failed TLS handshakes by reason.",
           labels_.handshake_failures,
           [](const ListenerMetrics& m) -> const auto& { return m.tls.handshake_failures; });

@@ -37,6 +37,7 @@ std::vector<std::string> Config::FilesRead() const {
     files.push_back(c.cert_path);
     files.push_back(c.key_path);
   }
+  if (!server.ticket_keys.empty()) files.push_back(server.ticket_keys);
   return files;
 }
 

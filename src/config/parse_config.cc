@@ -196,7 +196,7 @@ absl::Status ReadServer(const Section& s, ServerConfig* server) {
                                           "upstream_connect_timeout_ms",
                                           "upstream_response_timeout_ms", "drain_timeout_ms",
                                           "tunnel_idle_timeout_ms", "send_timeout_ms",
-                                          "max_request_line", "max_header_bytes", "access_log",
+                                          "max_request_line", "max_header_bytes", "access_log", "ticket_keys",
                                           "h2_max_concurrent_streams", "h2_max_header_list_size",
                                           "h2_stream_window", "h2_connection_window",
                                           "h2_glitch_budget", "user", "group"});
@@ -268,6 +268,18 @@ absl::Status ReadServer(const Section& s, ServerConfig* server) {
     }
     server->access_log = path.string();
   }
+  absl::StatusOr<const StringNode*> tickets = s.String("ticket_keys");
+  if (!tickets.ok()) return tickets.status();
+  if (*tickets != nullptr) {
+    // Its contents are checked when the snapshot is built (and rebuilt on
+    // reload); here only that it is there to read.
+    if ((*tickets)->get().empty()) return s.ErrorAt(**tickets, "ticket_keys", "must be a file path");
+    if (absl::Status st = ResolveReadableFile(s, "ticket_keys", **tickets, &server->ticket_keys);
+        !st.ok()) {
+      return st;
+    }
+    server->ticket_keys_line = LineOf(**tickets);
+  }
   return ReadRunAs(s, server);
 }
 
@@ -291,12 +303,61 @@ absl::Status ReadCertificate(const Section& s, NameSet* names, CertificateConfig
 
 
 // Listener keys that only mean something when ktlb terminates TLS.
-constexpr std::string_view kTerminateOnlyKeys[] = {"certificates", "unknown_sni", "alpn", "ktls"};
+constexpr std::string_view kTerminateOnlyKeys[] = {"certificates", "alpn", "ktls",
+                                                   "tls_versions", "tls_groups", "tls_ciphers",
+                                                   "tls_ciphersuites"};
+
+// tls_versions and the OpenSSL name lists. Whether OpenSSL knows the names
+// is checked when the snapshot is built (tls::CheckTlsPolicies); here only
+// the shape.
+absl::Status ReadTlsPolicy(const Section& s, TlsPolicy* tls) {
+  absl::StatusOr<const toml::array*> versions = s.StringArray("tls_versions");
+  if (!versions.ok()) return versions.status();
+  if (*versions != nullptr) {
+    if ((*versions)->empty()) {
+      return s.ErrorAt(**versions, "tls_versions", "must list \"1.2\", \"1.3\" or both");
+    }
+    bool tls12 = false, tls13 = false;
+    for (size_t i = 0; i < (*versions)->size(); ++i) {
+      const toml::node& node = (**versions)[i];
+      const std::string& version = node.as_string()->get();
+      bool* seen = version == "1.2" ? &tls12 : version == "1.3" ? &tls13 : nullptr;
+      if (seen == nullptr) {
+        return s.ctx().Error(LineOf(node), s.ElementKey("tls_versions", i),
+                             "must be \"1.2\" or \"1.3\" (older versions are not offered)");
+      }
+      if (*seen) {
+        return s.ctx().Error(LineOf(node), s.ElementKey("tls_versions", i),
+                             absl::StrCat(Quote(version), " is listed twice"));
+      }
+      *seen = true;
+    }
+    tls->min_version = tls12 ? 0x0303 : 0x0304;
+    tls->max_version = tls13 ? 0x0304 : 0x0303;
+  }
+  for (const auto& [key, value, line] :
+       {std::tuple<std::string_view, std::string*, uint32_t*>{"tls_groups", &tls->groups,
+                                                              &tls->groups_line},
+        {"tls_ciphers", &tls->ciphers, &tls->ciphers_line},
+        {"tls_ciphersuites", &tls->ciphersuites, &tls->ciphersuites_line}}) {
+    absl::StatusOr<const StringNode*> node = s.String(key);
+    if (!node.ok()) return node.status();
+    if (*node == nullptr) continue;
+    const std::string& names = (*node)->get();
+    if (names.empty() || HasControlChars(names)) {
+      return s.ErrorAt(**node, key, "must be a non-empty list of OpenSSL names, \":\"-separated");
+    }
+    *value = names;
+    *line = LineOf(**node);
+  }
+  return absl::OkStatus();
+}
 
 absl::Status ReadListener(const Section& s, const Config& config, NameSet* names,
                           AddressSet* addresses, ListenerConfig* listener) {
   if (absl::Status st = s.CheckKnownKeys({"name", "listen", "mode", "certificates", "unknown_sni",
-                                          "alpn", "ktls", "accept_proxy"});
+                                          "alpn", "ktls", "accept_proxy", "tls_versions",
+                                          "tls_groups", "tls_ciphers", "tls_ciphersuites"});
       !st.ok()) {
     return st;
   }
@@ -324,6 +385,16 @@ absl::Status ReadListener(const Section& s, const Config& config, NameSet* names
     return st;
   }
   if (absl::Status st = s.Bool("accept_proxy", &listener->accept_proxy); !st.ok()) return st;
+
+  // Terminate: a name no certificate covers. Passthrough: a name no route
+  // with an sni matcher covers, even when a catch-all route exists.
+  if (absl::Status st = s.Enum<UnknownSniPolicy>("unknown_sni",
+                                                 {{"default", UnknownSniPolicy::kDefault},
+                                                  {"reject", UnknownSniPolicy::kReject}},
+                                                 &listener->unknown_sni);
+      !st.ok()) {
+    return st;
+  }
 
   if (listener->mode == ListenerMode::kPassthrough) {
     // Passthrough never decrypts: these keys would be silently ignored.
@@ -357,14 +428,6 @@ absl::Status ReadListener(const Section& s, const Config& config, NameSet* names
     listener->certificates.push_back(cert);
   }
 
-  if (absl::Status st = s.Enum<UnknownSniPolicy>("unknown_sni",
-                                                 {{"default", UnknownSniPolicy::kDefault},
-                                                  {"reject", UnknownSniPolicy::kReject}},
-                                                 &listener->unknown_sni);
-      !st.ok()) {
-    return st;
-  }
-
   absl::StatusOr<const toml::array*> alpn = s.StringArray("alpn");
   if (!alpn.ok()) return alpn.status();
   if (*alpn != nullptr) {
@@ -386,9 +449,14 @@ absl::Status ReadListener(const Section& s, const Config& config, NameSet* names
     }
   }
 
-  return s.Enum<KtlsMode>(
-      "ktls", {{"auto", KtlsMode::kAuto}, {"off", KtlsMode::kOff}, {"require", KtlsMode::kRequire}},
-      &listener->ktls);
+  if (absl::Status st = s.Enum<KtlsMode>(
+          "ktls",
+          {{"auto", KtlsMode::kAuto}, {"off", KtlsMode::kOff}, {"require", KtlsMode::kRequire}},
+          &listener->ktls);
+      !st.ok()) {
+    return st;
+  }
+  return ReadTlsPolicy(s, &listener->tls);
 }
 
 absl::Status ReadRoute(const Section& s, const Config& config, RouteConfig* route) {

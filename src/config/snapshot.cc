@@ -14,9 +14,12 @@ std::vector<tls::CertificatePtr> Snapshot::ListenerCertificates(size_t listener_
 
 absl::StatusOr<std::shared_ptr<const Snapshot>> BuildSnapshot(std::shared_ptr<const Config> config,
                                                               const tls::TicketKeys& keys) {
+  if (absl::Status st = tls::CheckTlsPolicies(*config); !st.ok()) return st;
   auto certs = tls::LoadCertificates(*config);
   if (!certs.ok()) return certs.status();
-  return std::make_shared<const Snapshot>(std::move(config), *std::move(certs), keys);
+  absl::StatusOr<tls::TicketKeys> tickets = tls::LoadTicketKeys(*config, keys);
+  if (!tickets.ok()) return tickets.status();
+  return std::make_shared<const Snapshot>(std::move(config), *std::move(certs), *tickets);
 }
 
 }  // namespace ktlb

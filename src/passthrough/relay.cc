@@ -165,6 +165,18 @@ void Relay::OnHelloComplete(const ClientHello& hello) {
   if (n > 0 && sni_[n - 1] == '.') --n;
   sni_len_ = n;
   std::string_view name(sni_, n);
+  if (ctx_.config->listeners[ctx_.listener].unknown_sni == UnknownSniPolicy::kReject &&
+      !ctx_.router->RoutesSni(ctx_.listener, name)) {
+    // The same label as a terminate listener refusing a name it has no
+    // certificate for: in both modes the operator listed the names served.
+    ctx_.metrics->tls.handshake_failures[static_cast<size_t>(tls::HandshakeFailure::kUnknownSni)]
+        .Inc();
+    host_->error_log().Log(ErrorLog::Level::kInfo, "passthrough",
+                           "%s:%u: unknown SNI \"%.*s\" rejected", AddressIp(peer_).c_str(),
+                           AddressPort(peer_), static_cast<int>(name.size()), name.data());
+    close_reason_ = "unknown_sni";
+    return CloseNow();
+  }
   int upstream = ctx_.router->Match(ctx_.listener, name, "", "", hello.alpn_list);
   if (upstream < 0) {
     ctx_.metrics->passthrough_no_route.Inc();

@@ -49,6 +49,9 @@ MetricsLabels BuildMetricsLabels(const Config& config) {
     labels.proxy_header_failures.push_back(
         passthrough::ProxyHeaderFailureLabel(static_cast<passthrough::ProxyHeaderFailure>(f)));
   }
+  for (int t = 0; t < static_cast<int>(tls::TicketKeySource::kCount); ++t) {
+    labels.ticket_sources.push_back(tls::TicketKeySourceLabel(static_cast<tls::TicketKeySource>(t)));
+  }
   for (int c = 0; c < static_cast<int>(tls::KeyUpdateClose::kCount); ++c) {
     labels.keyupdate_closes.push_back(
         tls::KeyUpdateCloseLabel(static_cast<tls::KeyUpdateClose>(c)));

@@ -1,15 +1,9 @@
 // Loads the [[certificates]] of a config into memory: leaf, intermediates,
 // private key, and the DNS names SNI selection matches against. Runs at
 // startup and on reload, never on the connection path.
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <ctime>
-#include <cerrno>
 #include <memory>
 #include <string>
-#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -24,11 +18,26 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "ktlb/read_file.h"
 #include "ktlb/tls.h"
-#include "ktlb/unique_fd.h"
 
 namespace ktlb::tls {
+
+namespace internal {
+
+std::string TakeOpenSslReason() {
+  unsigned long err = ERR_peek_last_error();
+  const char* reason = err != 0 ? ERR_reason_error_string(err) : nullptr;
+  std::string text = reason != nullptr ? reason : "unknown OpenSSL error";
+  ERR_clear_error();
+  return text;
+}
+
+}  // namespace internal
+
 namespace {
+
+using internal::TakeOpenSslReason;
 
 using UniqueGeneralNames =
     std::unique_ptr<GENERAL_NAMES, OpenSslDeleter<GENERAL_NAMES, GENERAL_NAMES_free>>;
@@ -40,42 +49,15 @@ using UniqueOpenSslString = std::unique_ptr<unsigned char, OpenSslStringFree>;
 
 std::string Quoted(const CertificateConfig& c) { return absl::StrCat("certificate \"", c.name, "\""); }
 
-// Why OpenSSL failed, in words, then an empty queue: later unrelated calls on
-// this thread must not pick up our leftovers.
-std::string TakeOpenSslReason() {
-  unsigned long err = ERR_peek_last_error();
-  const char* reason = err != 0 ? ERR_reason_error_string(err) : nullptr;
-  std::string text = reason != nullptr ? reason : "unknown OpenSSL error";
-  ERR_clear_error();
-  return text;
-}
+// PEM files are small; the cap only stops a mistaken path from eating memory.
+constexpr size_t kMaxPemBytes = 1 << 20;
 
-// Reads the whole file ourselves (rather than BIO_new_file) so the error says
-// exactly which path failed and why, in errno terms operators know.
 absl::StatusOr<std::string> ReadWholeFile(const CertificateConfig& c, const std::string& path) {
-  auto io_error = [&](int err) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        Quoted(c), ": cannot read ", path, ": ", std::generic_category().message(err)));
-  };
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return io_error(errno);
-  UniqueFd closer(fd);
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) return io_error(errno);
-  if (S_ISDIR(st.st_mode)) return io_error(EISDIR);
-
-  std::string data;
-  char buf[16384];
-  for (;;) {
-    ssize_t n = ::read(fd, buf, sizeof(buf));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return io_error(errno);
-    }
-    if (n == 0) break;
-    data.append(buf, static_cast<size_t>(n));
+  absl::StatusOr<std::string> data = ReadSmallFile(path, kMaxPemBytes);
+  if (!data.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(Quoted(c), ": ", data.status().message()));
   }
-  if (data.empty()) {
+  if (data->empty()) {
     return absl::InvalidArgumentError(absl::StrCat(Quoted(c), ": ", path, " is empty"));
   }
   return data;

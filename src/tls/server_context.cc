@@ -1,6 +1,7 @@
 // One listener's TLS server side on one worker: an SSL_CTX per certificate,
 // SNI picking among them, ALPN, and stateless session tickets that resume on
-// any worker because every worker shares the same TicketKeys.
+// any worker (and any host sharing a ticket_keys file) because they all
+// seal with the same TicketKeys.
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -26,16 +27,6 @@
 
 namespace ktlb::tls {
 namespace {
-
-// TLS 1.2: forward secrecy and AEAD only. TLS 1.3 keeps OpenSSL's defaults
-// (all AEAD already).
-constexpr char kTls12Ciphers[] =
-    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
-    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
-    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
-constexpr char kTls13Suites[] =
-    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
-constexpr char kGroups[] = "X25519:P-256:P-384";
 
 // Sessions only resume where the session id context matches. It is the same
 // on every certificate's context (SSL_set_SSL_CTX swaps contexts mid
@@ -65,7 +56,11 @@ absl::Status OpenSslFailure(absl::StatusCode code, const std::string& context,
 }  // namespace
 
 struct ServerTlsContext::Impl {
+  explicit Impl(const TicketKeys& keys) : tickets(keys) {}
+
   UnknownSniPolicy unknown_sni = UnknownSniPolicy::kDefault;
+  // This worker's view of the ticket keys (its own cache: no lock per ticket).
+  TicketKeyReader tickets;
   // The listener's alpn list minus what the server cannot speak yet.
   std::vector<std::string> alpn;
   // One per certificate, in listener order; [0] is the initial context of
@@ -74,7 +69,7 @@ struct ServerTlsContext::Impl {
   SniTable sni;
 
   absl::StatusOr<UniqueSslCtx> BuildCtx(const ListenerConfig& listener,
-                                        const LoadedCertificate& cert, const TicketKeys& keys);
+                                        const LoadedCertificate& cert);
 
   // OpenSSL callbacks; `arg` is the Impl.
   static int OnServerName(SSL* ssl, int* alert, void* arg);
@@ -133,8 +128,7 @@ int ServerTlsContext::Impl::OnAlpn(SSL* /*ssl*/, const unsigned char** out,
 }
 
 absl::StatusOr<UniqueSslCtx> ServerTlsContext::Impl::BuildCtx(const ListenerConfig& listener,
-                                                              const LoadedCertificate& cert,
-                                                              const TicketKeys& keys) {
+                                                              const LoadedCertificate& cert) {
   const std::string where =
       absl::StrCat("listener \"", listener.name, "\": certificate \"", cert.name, "\"");
   auto fail = [&](const char* call) {
@@ -150,16 +144,11 @@ absl::StatusOr<UniqueSslCtx> ServerTlsContext::Impl::BuildCtx(const ListenerConf
   if (ctx == nullptr) return fail("SSL_CTX_new");
   SSL_CTX* c = ctx.get();
 
-  if (SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION) != 1 ||
-      SSL_CTX_set_max_proto_version(c, TLS1_3_VERSION) != 1) {
-    return fail("SSL_CTX_set_{min,max}_proto_version");
+  // Versions, groups and ciphers: the listener's tls_* keys (ktlb's choices
+  // by default, see config.h).
+  if (absl::Status st = ApplyTlsPolicy(c, listener.tls); !st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": ", st.message()));
   }
-  if (SSL_CTX_set_cipher_list(c, kTls12Ciphers) != 1) return fail("SSL_CTX_set_cipher_list");
-  // TLS 1.3: AES-128-GCM first (OpenSSL's default puts AES-256 first). It is
-  // as safe for TLS and cheaper per byte, and SHA-256 makes the key schedule
-  // cheaper per handshake; server preference applies it.
-  if (SSL_CTX_set_ciphersuites(c, kTls13Suites) != 1) return fail("SSL_CTX_set_ciphersuites");
-  if (SSL_CTX_set1_groups_list(c, kGroups) != 1) return fail("SSL_CTX_set1_groups_list");
 
   uint64_t options = SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                      SSL_OP_CIPHER_SERVER_PREFERENCE;
@@ -180,9 +169,8 @@ absl::StatusOr<UniqueSslCtx> ServerTlsContext::Impl::BuildCtx(const ListenerConf
   SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
   // Tickets are sealed and opened through the SSL's *initial* context, but
   // the keys go on every context so nothing depends on that detail.
-  if (SSL_CTX_set_tlsext_ticket_keys(c, const_cast<unsigned char*>(keys.bytes),
-                                     sizeof(keys.bytes)) != 1) {
-    return fail("SSL_CTX_set_tlsext_ticket_keys");
+  if (!internal::InstallTicketKeys(c, &tickets)) {
+    return fail("SSL_CTX_set_tlsext_ticket_key_evp_cb");
   }
   // kTLS RX for TLS 1.3 needs the client traffic secret, which OpenSSL 3.0
   // only reveals through the key-log callback.
@@ -217,7 +205,7 @@ absl::StatusOr<std::unique_ptr<ServerTlsContext>> ServerTlsContext::Create(
     return absl::InvalidArgumentError(
         absl::StrCat("listener \"", listener.name, "\": no certificates"));
   }
-  auto impl = std::make_unique<Impl>();
+  auto impl = std::make_unique<Impl>(keys);
   impl->unknown_sni = listener.unknown_sni;
   for (const std::string& p : listener.alpn) {
     if (Speaks(p)) impl->alpn.push_back(p);
@@ -227,7 +215,7 @@ absl::StatusOr<std::unique_ptr<ServerTlsContext>> ServerTlsContext::Create(
       return absl::InvalidArgumentError(
           absl::StrCat("listener \"", listener.name, "\": certificate ", i, " is missing"));
     }
-    absl::StatusOr<UniqueSslCtx> ctx = impl->BuildCtx(listener, *certs[i], keys);
+    absl::StatusOr<UniqueSslCtx> ctx = impl->BuildCtx(listener, *certs[i]);
     if (!ctx.ok()) return ctx.status();
     impl->ctxs.push_back(*std::move(ctx));
     // Listener order gives precedence: with two certificates naming the same

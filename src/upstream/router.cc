@@ -65,4 +65,12 @@ int Router::Match(size_t listener_index, std::string_view sni, std::string_view 
   return -1;
 }
 
+bool Router::RoutesSni(size_t listener_index, std::string_view sni) const {
+  if (listener_index >= by_listener_.size()) return false;
+  for (const Route& r : by_listener_[listener_index]) {
+    if (!r.sni.empty() && SniPatternMatches(r.sni, sni)) return true;
+  }
+  return false;
+}
+
 }  // namespace ktlb

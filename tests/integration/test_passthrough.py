@@ -27,7 +27,7 @@ class PassthroughTest(harness.KtlbTestCase):
         b = self.ktlb(self.basic_config({"app": [self.ob.addr]}, certificates=("other",)))
         return a, b
 
-    def passthrough(self, a, b, server=None, extra_routes="", first_route=""):
+    def passthrough(self, a, b, server=None, extra_routes="", first_route="", listener_lines=""):
         port = harness.free_port()
         admin = harness.free_port()
         server_lines = harness.server_table(**(server or {}))
@@ -40,7 +40,7 @@ admin_listen = "127.0.0.1:{admin}"
 name = "edge"
 listen = "127.0.0.1:{port}"
 mode = "passthrough"
-
+{listener_lines}
 {first_route}
 [[routes]]
 listener = "edge"
@@ -187,6 +187,36 @@ frontend fe
                             f"https://127.0.0.1:{port}/"], capture_output=True, timeout=30)
         self.assertEqual(r.returncode, 0, r.stderr)  # the site cert names IP:127.0.0.1
         self.assertIn(b"x-origin: origin-a", r.stdout.lower())
+
+    def test_unknown_sni_reject_beats_a_catch_all_route(self):
+        a, b = self.backends()
+        catch_all = '\n[[routes]]\nlistener = "edge"\nupstream = "a"\n'
+        p = self.passthrough(a, b, extra_routes=catch_all, listener_lines='unknown_sni = "reject"')
+        accepted = a.metric("ktlb_connections_accepted_total", listener="public")
+        r = self.curl(p, "example.test", "/")  # only the catch-all would take it
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        port = p.port("edge")
+        r = subprocess.run(["curl", "-sS", "-k", "--max-time", "10", f"https://127.0.0.1:{port}/"],
+                           capture_output=True, timeout=30)  # no SNI at all
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        self.assertGreaterEqual(p.wait_metric("ktlb_tls_handshake_failures_total", 2, listener="edge",
+                                              reason="unknown_sni"), 2)
+        self.assertEqual(p.metric("ktlb_passthrough_no_route_total", listener="edge"), 0)
+        self.assertEqual(a.metric("ktlb_connections_accepted_total", listener="public"), accepted)
+        # Names an sni route matches still pass.
+        for name, origin in (("localhost", b"origin-a"), ("x.other.test", b"origin-b")):
+            r = self.curl(p, name, "/")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn(b"x-origin: " + origin, r.stdout.lower())
+
+    def test_unknown_sni_default_lets_the_catch_all_take_it(self):
+        a, b = self.backends()
+        catch_all = '\n[[routes]]\nlistener = "edge"\nupstream = "a"\n'
+        p = self.passthrough(a, b, extra_routes=catch_all, listener_lines='unknown_sni = "default"')
+        r = self.curl(p, "example.test", "/")  # no sni route: the catch-all takes it
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(b"x-origin: origin-a", r.stdout.lower())
+        self.assertEqual(p.metric("ktlb_tls_handshake_failures_total", listener="edge", reason="unknown_sni"), 0)
 
     def test_not_tls_is_closed_and_counted(self):
         a, b = self.backends()

@@ -594,6 +594,87 @@ TEST_F(ConfigParseTest, AcceptProxyOnBothModes) {
             At(5) + "listeners[0].accept_proxy: expected a boolean (true or false), got an integer");
 }
 
+TEST_F(ConfigParseTest, PassthroughAcceptsUnknownSni) {
+  const std::string passthrough =
+      Edit(kMinimal, "certificates = [\"site\"]", "mode = \"passthrough\"\nunknown_sni = \"reject\"");
+  absl::StatusOr<std::shared_ptr<const Config>> loaded = Load(passthrough);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ((*loaded)->listeners[0].unknown_sni, UnknownSniPolicy::kReject);
+  EXPECT_EQ(Error(Edit(passthrough, "\"reject\"", "\"drop\"")),
+            At(5) + "listeners[0].unknown_sni: must be \"default\" or \"reject\"");
+}
+
+TEST_F(ConfigParseTest, PassthroughRejectsTlsPolicy) {
+  EXPECT_EQ(Error(Edit(kMinimal, "certificates = [\"site\"]",
+                       "mode = \"passthrough\"\ntls_groups = \"X25519\"")),
+            At(5) + "listeners[0].tls_groups: only valid for mode = \"terminate\"");
+}
+
+TEST_F(ConfigParseTest, TlsPolicyDefaultsAndValues) {
+  absl::StatusOr<std::shared_ptr<const Config>> loaded = Load(kMinimal);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const TlsPolicy& d = (*loaded)->listeners[0].tls;
+  EXPECT_EQ(d.min_version, 0x0303);
+  EXPECT_EQ(d.max_version, 0x0304);
+  EXPECT_EQ(d.groups, "X25519:P-256:P-384");
+  EXPECT_EQ(d.groups_line, 0u);
+
+  loaded = Load(Edit(kMinimal, "certificates = [\"site\"]",
+                     "certificates = [\"site\"]\ntls_versions = [\"1.3\"]\n"
+                     "tls_groups = \"X448:X25519\"\ntls_ciphers = \"ECDHE-RSA-AES256-GCM-SHA384\"\n"
+                     "tls_ciphersuites = \"TLS_CHACHA20_POLY1305_SHA256\""));
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const TlsPolicy& p = (*loaded)->listeners[0].tls;
+  EXPECT_EQ(p.min_version, 0x0304);
+  EXPECT_EQ(p.max_version, 0x0304);
+  EXPECT_EQ(p.groups, "X448:X25519");
+  EXPECT_EQ(p.groups_line, 6u);
+  EXPECT_EQ(p.ciphers, "ECDHE-RSA-AES256-GCM-SHA384");
+  EXPECT_EQ(p.ciphers_line, 7u);
+  EXPECT_EQ(p.ciphersuites, "TLS_CHACHA20_POLY1305_SHA256");
+  EXPECT_EQ(p.ciphersuites_line, 8u);
+
+  loaded = Load(Edit(kMinimal, "certificates = [\"site\"]",
+                     "certificates = [\"site\"]\ntls_versions = [\"1.2\"]"));
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ((*loaded)->listeners[0].tls.min_version, 0x0303);
+  EXPECT_EQ((*loaded)->listeners[0].tls.max_version, 0x0303);
+}
+
+TEST_F(ConfigParseTest, TlsPolicyShapeErrors) {
+  auto with = [&](std::string_view line) {
+    return Edit(kMinimal, "certificates = [\"site\"]",
+                std::string("certificates = [\"site\"]\n") + std::string(line));
+  };
+  EXPECT_EQ(Error(with("tls_versions = []")),
+            At(5) + "listeners[0].tls_versions: must list \"1.2\", \"1.3\" or both");
+  EXPECT_EQ(Error(with("tls_versions = [\"1.3\", \"1.1\"]")),
+            At(5) + "listeners[0].tls_versions[1]: must be \"1.2\" or \"1.3\" (older versions "
+                    "are not offered)");
+  EXPECT_EQ(Error(with("tls_versions = [\"1.3\", \"1.3\"]")),
+            At(5) + "listeners[0].tls_versions[1]: \"1.3\" is listed twice");
+  EXPECT_EQ(Error(with("tls_groups = \"\"")),
+            At(5) + "listeners[0].tls_groups: must be a non-empty list of OpenSSL names, "
+                    "\":\"-separated");
+  EXPECT_EQ(Error(with("tls_ciphers = [\"a\"]")),
+            At(5) + "listeners[0].tls_ciphers: expected a string, got an array");
+}
+
+TEST_F(ConfigParseTest, TicketKeysFile) {
+  WriteFile("keys/ticket.keys", std::string(80, 'k'));
+  absl::StatusOr<std::shared_ptr<const Config>> loaded =
+      Load("[server]\nticket_keys = \"keys/ticket.keys\"\n" + std::string(kMinimal));
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ((*loaded)->server.ticket_keys, (dir_ / "keys/ticket.keys").string());
+  EXPECT_EQ((*loaded)->server.ticket_keys_line, 2u);
+
+  EXPECT_EQ(Error("[server]\nticket_keys = \"nope.keys\"\n" + std::string(kMinimal)),
+            At(2) + "server.ticket_keys: cannot read \"" + (dir_ / "nope.keys").string() +
+                "\": No such file or directory");
+  EXPECT_EQ(Error("[server]\nticket_keys = \"\"\n" + std::string(kMinimal)),
+            At(2) + "server.ticket_keys: must be a file path");
+}
+
 TEST_F(ConfigParseTest, PassthroughRouteCannotMatchHost) {
   EXPECT_EQ(Error(Edit(Edit(kMinimal, "certificates = [\"site\"]", "mode = \"passthrough\""),
                        "upstream = \"app\"", "host = \"a.test\"\nupstream = \"app\"")),

@@ -1,8 +1,9 @@
 // Session tickets: every worker builds its own ServerTlsContext from the same
 // certificates and TicketKeys, so a session from one worker must resume on
 // another. Two contexts in one process stand in for two workers.
-#include <algorithm>
+#include <initializer_list>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include <openssl/ssl.h>
@@ -22,13 +23,8 @@ using testing::SetSni;
 using UniqueSession =
     std::unique_ptr<SSL_SESSION, OpenSslDeleter<SSL_SESSION, SSL_SESSION_free>>;
 
-TEST(TicketKeys, GenerateGivesFreshRandomBytes) {
-  TicketKeys a = TicketKeys::Generate();
-  TicketKeys b = TicketKeys::Generate();
-  EXPECT_FALSE(std::equal(std::begin(a.bytes), std::end(a.bytes), std::begin(b.bytes)));
-  EXPECT_FALSE(std::all_of(std::begin(a.bytes), std::end(a.bytes),
-                           [](unsigned char c) { return c == 0; }));
-}
+// Keys as a ticket_keys file would hold them.
+TicketKeys FileKeys(std::initializer_list<TicketKey> keys) { return TicketKeys::FromFile(keys); }
 
 class ResumptionTest : public ::testing::TestWithParam<int> {
  protected:
@@ -74,7 +70,10 @@ class ResumptionTest : public ::testing::TestWithParam<int> {
   }
 
   // Reconnects to `server` offering `session`; true if it was resumed.
-  bool Revisit(const ServerTlsContext& server, SSL_SESSION* session, const char* sni) {
+  // `renewed`, when given, receives the ticket the server issued on the way.
+  bool Revisit(const ServerTlsContext& server, SSL_SESSION* session, const char* sni,
+               UniqueSession* renewed = nullptr,
+               std::optional<TicketKeySource>* source = nullptr) {
     Handshake h(server, client_ctx_.get());
     SetSni(h.client.ssl.get(), sni);
     EXPECT_EQ(SSL_set_session(h.client.ssl.get(), session), 1);
@@ -82,6 +81,11 @@ class ResumptionTest : public ::testing::TestWithParam<int> {
     EXPECT_TRUE(h.Succeeded()) << h.client.reason << " / " << h.server.reason;
     EXPECT_EQ(SSL_session_reused(h.client.ssl.get()), SSL_session_reused(h.server.ssl.get()));
     bool reused = SSL_session_reused(h.client.ssl.get()) == 1;
+    if (source != nullptr) *source = ResumedTicketSource(h.server.ssl.get());
+    if (renewed != nullptr) {
+      h.ClientReadPending();  // TLS 1.3 tickets follow the handshake
+      renewed->reset(SSL_get1_session(h.client.ssl.get()));
+    }
     h.ShutdownClient();  // keeps `session` resumable for the next visit
     return reused;
   }
@@ -124,6 +128,46 @@ TEST_P(ResumptionTest, TicketsIssuedPerHandshake) {
   UniqueSession session = FirstVisit(*worker, "site.example.test");
   // One ticket per handshake in both versions (SSL_CTX_set_num_tickets(1)).
   EXPECT_EQ(tickets_seen_, 1);
+}
+
+TEST_P(ResumptionTest, ProcessesSharingAFileResumeEachOther) {
+  // Two contexts built from separately parsed copies of the same file stand
+  // in for two hosts of a fleet.
+  const TicketKey key = TicketKey::Random();
+  auto host_a = Worker(FileKeys({key}));
+  auto host_b = Worker(FileKeys({key}));
+  UniqueSession session = FirstVisit(*host_a, "site.example.test");
+  ASSERT_NE(session, nullptr);
+  std::optional<TicketKeySource> source;
+  EXPECT_TRUE(Revisit(*host_b, session.get(), "site.example.test", nullptr, &source));
+  EXPECT_EQ(source, TicketKeySource::kFile);
+}
+
+TEST_P(ResumptionTest, ATicketUnderTheSecondKeyResumesAndIsReissuedUnderTheFirst) {
+  const TicketKey old_key = TicketKey::Random();
+  const TicketKey new_key = TicketKey::Random();
+  auto before = Worker(FileKeys({old_key}));
+  auto after = Worker(FileKeys({new_key, old_key}));  // the file after a key rotation
+  auto only_new = Worker(FileKeys({new_key}));        // ... and once the old key is gone
+
+  UniqueSession session = FirstVisit(*before, "site.example.test");
+  ASSERT_NE(session, nullptr);
+  EXPECT_FALSE(Revisit(*only_new, session.get(), "site.example.test"));
+  UniqueSession renewed;
+  EXPECT_TRUE(Revisit(*after, session.get(), "site.example.test", &renewed));
+  ASSERT_NE(renewed, nullptr);
+  // The fresh ticket is sealed under the first key: a host with only that
+  // key resumes it.
+  EXPECT_TRUE(Revisit(*only_new, renewed.get(), "site.example.test"));
+}
+
+TEST_P(ResumptionTest, InProcessKeysAreCountedAsLocal) {
+  auto worker = Worker(TicketKeys::Generate());
+  UniqueSession session = FirstVisit(*worker, "site.example.test");
+  ASSERT_NE(session, nullptr);
+  std::optional<TicketKeySource> source;
+  EXPECT_TRUE(Revisit(*worker, session.get(), "site.example.test", nullptr, &source));
+  EXPECT_EQ(source, TicketKeySource::kLocal);
 }
 
 INSTANTIATE_TEST_SUITE_P(Versions, ResumptionTest,

@@ -42,6 +42,20 @@ Config TwoListeners() {
   return c;
 }
 
+TEST(RouterTest, RoutesSniIgnoresCatchAllRoutes) {
+  Config c = TwoListeners();
+  Router r(c);
+  // Listener 0 has a catch-all, which Match takes for any name ...
+  EXPECT_EQ(r.Match(0, "unknown.test", "", "/"), 1);
+  // ... but only a route with an sni matcher counts as routing the name.
+  EXPECT_TRUE(r.RoutesSni(0, "a.other.test"));
+  EXPECT_TRUE(r.RoutesSni(0, "A.OTHER.test"));
+  EXPECT_FALSE(r.RoutesSni(0, "unknown.test"));
+  EXPECT_FALSE(r.RoutesSni(0, ""));
+  EXPECT_FALSE(r.RoutesSni(1, "a.other.test"));
+  EXPECT_FALSE(r.RoutesSni(7, "a.other.test"));
+}
+
 TEST(RouterTest, FirstMatchWinsInFileOrder) {
   Config c = TwoListeners();
   Router r(c);
