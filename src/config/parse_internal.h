@@ -147,6 +147,15 @@ class Section {
     return absl::OkStatus();
   }
 
+  // Leaves *out untouched (the default) when the key is absent.
+  absl::Status Bool(std::string_view key, bool* out) const {
+    const toml::node* node = Find(key);
+    if (node == nullptr) return absl::OkStatus();
+    if (!node->is_boolean()) return WrongType(*node, key, "a boolean (true or false)");
+    *out = node->as_boolean()->get();
+    return absl::OkStatus();
+  }
+
   template <typename E>
   absl::Status Enum(std::string_view key,
                     std::initializer_list<std::pair<std::string_view, E>> choices, E* out) const {

@@ -16,7 +16,15 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> BuildSnapshot(std::shared_ptr<co
                                                               const tls::TicketKeys& keys) {
   auto certs = tls::LoadCertificates(*config);
   if (!certs.ok()) return certs.status();
-  return std::make_shared<const Snapshot>(std::move(config), *std::move(certs), keys);
+  std::vector<tls::ClientAuthPtr> listener_auth;
+  for (const ListenerConfig& l : config->listeners) {
+    auto auth = tls::LoadClientAuth(l.client_auth, config->path);
+    if (!auth.ok()) return auth.status();
+    listener_auth.push_back(*std::move(auth));
+  }
+  auto snapshot = std::make_shared<Snapshot>(std::move(config), *std::move(certs), keys);
+  snapshot->listener_client_auth = std::move(listener_auth);
+  return std::shared_ptr<const Snapshot>(std::move(snapshot));
 }
 
 }  // namespace ktlb

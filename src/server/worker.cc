@@ -79,7 +79,8 @@ absl::StatusOr<std::unique_ptr<Generation>> Worker::BuildGeneration(
     ListenerConfig effective = lc;
     if (!kernel_ktls_) effective.ktls = KtlsMode::kOff;
     auto ctx = tls::ServerTlsContext::Create(effective, gen->snapshot().ListenerCertificates(i),
-                                             gen->snapshot().ticket_keys);
+                                             gen->snapshot().ticket_keys,
+                                             gen->snapshot().ListenerClientAuth(i));
     if (!ctx.ok()) return ctx.status();
     gen->tls_.push_back(*std::move(ctx));
   }

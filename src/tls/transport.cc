@@ -379,6 +379,9 @@ void Transport::HandshakeDone() {
   info_.cipher = SSL_get_cipher_name(ssl_.get());
   info_.resumed = SSL_session_reused(ssl_.get()) != 0;
   (info_.resumed ? metrics_->handshakes_resumed : metrics_->handshakes_full).Inc();
+  // Before StartRxOffload, which frees the SSL once both directions are in
+  // the kernel.
+  CopyPeerIdentity(ssl_.get(), &info_);
   state_ = State::kOpen;
   if (ktls_allowed_) StartRxOffload();
   owner_->OnHandshakeDone();

@@ -270,7 +270,8 @@ TEST_F(ConfigParseTest, ReferenceConfigIsValid) {
   std::ifstream in(reference, std::ios::binary);
   ASSERT_TRUE(in.good()) << reference;
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  for (const char* f : {"certs/site.crt", "certs/site.key", "certs/other.crt", "certs/other.key"}) {
+  for (const char* f : {"certs/site.crt", "certs/site.key", "certs/other.crt", "certs/other.key",
+                        "certs/clients-ca.crt", "certs/clients.crl", "certs/partner-ca.crt"}) {
     WriteFile(f, "placeholder\n");
   }
   absl::StatusOr<std::shared_ptr<const Config>> loaded =
@@ -289,6 +290,14 @@ TEST_F(ConfigParseTest, ReferenceConfigIsValid) {
   EXPECT_EQ(c.upstreams[1].hash_key.kind, HashKeyKind::kCookie);
   EXPECT_EQ(c.server.timeouts.tunnel_idle_ms, 600'000u);
   EXPECT_EQ(c.certificates[0].cert_path, (dir_ / "certs/site.crt").string());
+  EXPECT_TRUE(c.listeners[0].client_auth.enabled);
+  EXPECT_EQ(c.listeners[0].client_auth.mode, ClientAuthMode::kOptional);
+  EXPECT_EQ(c.listeners[0].client_auth.crl_path, (dir_ / "certs/clients.crl").string());
+  EXPECT_TRUE(c.listeners[0].mtls);
+  EXPECT_FALSE(c.certificates[0].client_auth.enabled);
+  EXPECT_EQ(c.certificates[1].client_auth.ca_path, (dir_ / "certs/partner-ca.crt").string());
+  EXPECT_TRUE(c.routes[0].require_client_cert);
+  EXPECT_FALSE(c.routes[1].require_client_cert);
 }
 
 TEST_F(ConfigParseTest, RelativePathsResolveAgainstConfigDirectory) {
