@@ -25,12 +25,12 @@ using UniqueGeneralNames =
 constexpr char kHex[] = "0123456789abcdef";
 constexpr char kHexUpper[] = "0123456789ABCDEF";
 
-// Appends `bytes`, %XX-escaping what could break an HTTP field or the
-// comma-separated SAN list: control bytes, DEL, non-ASCII, '%' and
-// (`escape_comma`) ','.
-void AppendFieldSafe(std::string* out, std::string_view bytes, bool escape_comma) {
+// Appends `bytes`, %XX-escaping what could break an HTTP field (control
+// bytes, DEL, non-ASCII) and, in an element of the comma-separated SAN list
+// (`list_item`), ',' and the escape character '%' itself.
+void AppendFieldSafe(std::string* out, std::string_view bytes, bool list_item) {
   for (unsigned char c : bytes) {
-    if (c < 0x20 || c >= 0x7f || c == '%' || (escape_comma && c == ',')) {
+    if (c < 0x20 || c >= 0x7f || (list_item && (c == ',' || c == '%'))) {
       out->push_back('%');
       out->push_back(kHexUpper[c >> 4]);
       out->push_back(kHexUpper[c & 15]);
