@@ -83,7 +83,6 @@ absl::StatusOr<std::string> ReadWholeFile(std::string_view what, const std::stri
   return data;
 }
 
-
 absl::StatusOr<std::string> ReadWholeFile(const CertificateConfig& c, const std::string& path) {
   return ReadWholeFile(Quoted(c), path);
 }
@@ -99,32 +98,40 @@ bool PemQueueEndedCleanly() {
   return ERR_GET_LIB(err) == ERR_LIB_PEM && ERR_GET_REASON(err) == PEM_R_NO_START_LINE;
 }
 
+// Every PEM block of one type in `pem` (PEM_read_bio_X509 or _X509_CRL):
+// at least one, no damaged ones. Other block types are skipped.
+template <typename T, typename Unique>
+absl::Status ReadPemBlocks(std::string_view what, const std::string& path, const std::string& pem,
+                           T* (*read)(BIO*, T**, pem_password_cb*, void*),
+                           std::vector<Unique>* out) {
+  UniqueBio bio = MemoryBio(pem);
+  if (bio == nullptr) return absl::ResourceExhaustedError("BIO_new_mem_buf failed");
+  ERR_clear_error();
+  while (T* x = read(bio.get(), nullptr, nullptr, nullptr)) out->emplace_back(x);
+  if (!PemQueueEndedCleanly()) {
+    return absl::InvalidArgumentError(absl::StrCat("bad PEM ", Av(what), " in ", path, " (after ",
+                                                   out->size(), " good ones): ",
+                                                   TakeOpenSslReason()));
+  }
+  ERR_clear_error();
+  if (out->empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("no PEM ", Av(what), " in ", path));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ReadCertificates(const CertificateConfig& c, LoadedCertificate& out) {
   absl::StatusOr<std::string> pem = ReadWholeFile(c, c.cert_path);
   if (!pem.ok()) return pem.status();
-  UniqueBio bio = MemoryBio(*pem);
-  if (bio == nullptr) return absl::ResourceExhaustedError("BIO_new_mem_buf failed");
-
-  ERR_clear_error();
   // PEM_read_bio_X509 skips blocks of other types (a key in the same file),
   // so a combined cert+key file still works.
-  while (X509* x = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) {
-    if (out.leaf == nullptr) {
-      out.leaf.reset(x);
-    } else {
-      out.chain.emplace_back(x);
-    }
+  std::vector<UniqueX509> certs;
+  if (absl::Status s = ReadPemBlocks("certificate", c.cert_path, *pem, &PEM_read_bio_X509, &certs);
+      !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat(Quoted(c), ": ", s.message()));
   }
-  if (!PemQueueEndedCleanly()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        Quoted(c), ": bad PEM certificate in ", c.cert_path, " (after ",
-        out.chain.size() + (out.leaf ? 1 : 0), " good ones): ", TakeOpenSslReason()));
-  }
-  ERR_clear_error();
-  if (out.leaf == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(Quoted(c), ": no PEM certificate in ", c.cert_path));
-  }
+  out.leaf = std::move(certs.front());
+  for (size_t i = 1; i < certs.size(); ++i) out.chain.push_back(std::move(certs[i]));
   return absl::OkStatus();
 }
 
@@ -236,28 +243,6 @@ absl::StatusOr<CertificatePtr> LoadOne(const CertificateConfig& c, const Config*
   if (!auth.ok()) return auth.status();
   cert->client_auth = *std::move(auth);
   return CertificatePtr(std::move(cert));
-}
-
-// Every PEM block of one type in `pem` (PEM_read_bio_X509 or _X509_CRL):
-// at least one, no damaged ones. Other block types are skipped.
-template <typename T, typename Unique>
-absl::Status ReadPemBlocks(std::string_view what, const std::string& path, const std::string& pem,
-                           T* (*read)(BIO*, T**, pem_password_cb*, void*),
-                           std::vector<Unique>* out) {
-  UniqueBio bio = MemoryBio(pem);
-  if (bio == nullptr) return absl::ResourceExhaustedError("BIO_new_mem_buf failed");
-  ERR_clear_error();
-  while (T* x = read(bio.get(), nullptr, nullptr, nullptr)) out->emplace_back(x);
-  if (!PemQueueEndedCleanly()) {
-    return absl::InvalidArgumentError(absl::StrCat("bad PEM ", Av(what), " in ", path, " (after ",
-                                                   out->size(), " good ones): ",
-                                                   TakeOpenSslReason()));
-  }
-  ERR_clear_error();
-  if (out->empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("no PEM ", Av(what), " in ", path));
-  }
-  return absl::OkStatus();
 }
 
 // "FILE:LINE: listeners[0].client_auth.ca: " before `s` when the place is known.
