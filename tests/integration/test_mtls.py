@@ -317,6 +317,23 @@ class MtlsTest(harness.KtlbTestCase):
                 self.assertEqual(rc, 0, out)
                 self.assertIn("HTTP/1.1 200", out)
 
+    def test_resumed_session_keeps_the_identity(self):
+        k = self.start(self.auth())
+        req = b"GET /headers HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        cert = ["-cert", self.alice[0], "-key", self.alice[1]]
+        for flag in ("-tls1_2", "-tls1_3"):
+            with self.subTest(flag):
+                sess = os.path.join(self.tmp, f"alice{flag}.pem")
+                rc, out = self.s_client(k.port(), flag, *cert, "-sess_out", sess, "-ign_eof", input=req)
+                self.assertEqual(rc, 0, out)
+                self.assertIn("X-Client-Cert-Subject: " + ALICE_SUBJECT, out)
+                rc, out = self.s_client(k.port(), flag, *cert, "-sess_in", sess, "-ign_eof", input=req)
+                self.assertEqual(rc, 0, out)
+                self.assertRegex(out, r"(?m)^Reused, TLSv1\.[23]")
+                self.assertIn("X-Client-Cert-Verified: SUCCESS", out)
+                self.assertIn("X-Client-Cert-Subject: " + ALICE_SUBJECT, out)
+                self.assertIn("X-Client-Cert-Fingerprint: " + fingerprint(self.alice[0]), out)
+
     # -- HTTP/2 --
 
     def test_http2_headers_and_403(self):
