@@ -91,6 +91,23 @@ struct ServerConfig {
   uint32_t ticket_keys_line = 0;
 };
 
+// mTLS: `client_auth = { ca, mode, crl }` on a terminate listener or on a
+// [[certificates]] entry (which, when SNI selects it, overrides the
+// listener's). Files are read (and their content checked) when the snapshot
+// is built (tls::LoadClientAuth).
+enum class ClientAuthMode { kRequire, kOptional };
+struct ClientAuthConfig {
+  bool enabled = false;
+  ClientAuthMode mode = ClientAuthMode::kRequire;
+  std::string ca_path;   // resolved against the config file's directory
+  std::string crl_path;  // "" = no revocation check
+  // Where it was written ("listeners[0].client_auth"), so problems found in
+  // the files' content are reported as FILE:LINE: key.
+  std::string key;
+  uint32_t ca_line = 0;
+  uint32_t crl_line = 0;
+};
+
 struct CertificateConfig {
   std::string name;
   std::string cert_path;  // resolved against the config file's directory
@@ -100,6 +117,7 @@ struct CertificateConfig {
   size_t index = 0;      // position in [[certificates]]
   uint32_t cert_line = 0;
   uint32_t key_line = 0;
+  ClientAuthConfig client_auth{};
 };
 
 // A terminate listener's TLS protocol policy (nginx's ssl_protocols,
@@ -139,6 +157,10 @@ struct ListenerConfig {
   // header from an L4 balancer; its client address replaces the socket's.
   bool accept_proxy = false;
   TlsPolicy tls;
+  ClientAuthConfig client_auth{};
+  // client_auth on the listener or on one of its certificates: its requests
+  // carry ktlb's X-Client-Cert-* headers to the backend.
+  bool mtls = false;
 };
 
 struct RouteConfig {
@@ -149,6 +171,7 @@ struct RouteConfig {
   std::string path_prefix;  // "" = any
   std::string upstream;     // upstream name
   std::string alpn;         // "" = any; passthrough: the ClientHello offers this protocol
+  bool require_client_cert = false;  // terminate: 403 without a verified client certificate
 };
 
 // What a passthrough listener sends a backend before the client's bytes.

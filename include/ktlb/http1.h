@@ -199,16 +199,25 @@ struct ForwardingInfo {
   uint16_t client_port = 0;
   std::string_view proto = "https";
   std::string_view sni;          // may be empty
+  // mTLS listeners: X-Client-Cert-Verified (SUCCESS / NONE), and with a
+  // verified certificate X-Client-Cert-Subject, -SAN (when it has SANs) and
+  // -Fingerprint. Values must already be safe in a field (tls::CopyPeerIdentity).
+  bool client_cert_headers = false;
+  bool client_cert_verified = false;
+  std::string_view client_cert_subject;
+  std::string_view client_cert_san;
+  std::string_view client_cert_fingerprint;
 };
 
 // Writes the request head to send upstream into *out (appending): request line
 // as HTTP/1.1, the client's headers minus hop-by-hop ones (Connection and the
 // names it lists, Keep-Alive, TE, Trailer, Transfer-Encoding is KEPT for
 // framing, Upgrade unless head.upgrade, Proxy-*), minus any X-Forwarded-For,
-// X-Forwarded-Proto, X-Forwarded-Host, X-Forwarded-Port, X-Real-IP and
-// Forwarded the client sent; then ktlb's own X-Forwarded-For, X-Forwarded-Proto,
-// X-Forwarded-Host (from Host), Forwarded (RFC 7239, IPv6 quoted and
-// bracketed), and "Connection: upgrade" + Upgrade when upgrading.
+// X-Forwarded-Proto, X-Forwarded-Host, X-Forwarded-Port, X-Real-IP,
+// Forwarded and X-Client-Cert-* the client sent; then ktlb's own
+// X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host (from Host), Forwarded
+// (RFC 7239, IPv6 quoted and bracketed), the X-Client-Cert-* fields
+// (ForwardingInfo), and "Connection: upgrade" + Upgrade when upgrading.
 // Details: Connection cannot nominate Host, Content-Length or
 // Transfer-Encoding (they stay); client forwarding headers are also matched
 // with '_' for '-' (X_Forwarded_For); "Proxy" and HTTP2-Settings are dropped

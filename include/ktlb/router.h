@@ -27,9 +27,19 @@ bool AlpnListOffers(std::string_view list, std::string_view proto);
 // Host header value without the port and a trailing dot, for comparison.
 std::string_view HostWithoutPort(std::string_view host);
 
+// The route a request matched.
+struct RouteMatch {
+  int upstream = -1;  // -1: no route matches
+  // 403 unless the connection has a verified client certificate.
+  bool require_client_cert = false;
+};
+
 class Router {
  public:
   explicit Router(const Config& config);
+  // The route for a request on a terminate listener (see Match).
+  RouteMatch MatchRoute(size_t listener_index, std::string_view sni, std::string_view host,
+                        std::string_view path) const;
   // The upstream index for a request, or -1 when no route matches.
   // `alpn_offered`: the ClientHello's ALPN protocol_name_list as sent (a
   // length byte before each name; "" when the client offered none), for
@@ -45,7 +55,10 @@ class Router {
   struct Route {
     std::string sni, host, path_prefix, alpn;
     int upstream = -1;
+    bool require_client_cert = false;
   };
+  const Route* Find(size_t listener_index, std::string_view sni, std::string_view host,
+                    std::string_view path, std::string_view alpn_offered) const;
   std::vector<std::vector<Route>> by_listener_;
 };
 

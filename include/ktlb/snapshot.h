@@ -18,13 +18,26 @@ struct Snapshot {
   std::vector<tls::CertificatePtr> certificates;  // parallel to config->certificates
   tls::TicketKeys ticket_keys;  // the ticket_keys file's, else the process's ring
   Router router;
+  // Each listener's own client_auth (nullptr: none), parallel to
+  // config->listeners.
+  std::vector<tls::ClientAuthPtr> listener_client_auth;
 
   Snapshot(std::shared_ptr<const Config> c, std::vector<tls::CertificatePtr> certs,
            const tls::TicketKeys& keys)
       : config(std::move(c)), certificates(std::move(certs)), ticket_keys(keys), router(*config) {}
 
+  // The listener's own client_auth, nullptr when it has none.
+  tls::ClientAuthPtr ListenerClientAuth(size_t listener_index) const {
+    return listener_index < listener_client_auth.size() ? listener_client_auth[listener_index]
+                                                        : nullptr;
+  }
   // The loaded certificates of one listener, in the listener's order.
   std::vector<tls::CertificatePtr> ListenerCertificates(size_t listener_index) const;
+  // A TLS server context for terminate listener `listener_index` (a worker
+  // builds its own; a reload builds one first as a trial). Without
+  // `kernel_ktls` OpenSSL need not offer keys nor log secrets.
+  absl::StatusOr<std::unique_ptr<tls::ServerTlsContext>> NewServerTlsContext(
+      size_t listener_index, bool kernel_ktls) const;
 };
 
 // Loads what `config` names (certificates; its ticket_keys file, re-read on

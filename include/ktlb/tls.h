@@ -23,6 +23,22 @@
 
 namespace ktlb::tls {
 
+// The trust material of one client_auth (mTLS) policy: read once per
+// snapshot, shared read-only by every worker, each of which builds its own
+// X509_STORE from it (a shared store would be a lock every handshake takes).
+struct LoadedClientAuth {
+  ClientAuthMode mode = ClientAuthMode::kRequire;
+  std::vector<UniqueX509> cas;       // every certificate of the ca file
+  std::vector<UniqueX509Crl> crls;   // every CRL of the crl file (empty: none)
+};
+using ClientAuthPtr = std::shared_ptr<const LoadedClientAuth>;
+
+// Reads a client_auth's CA (and CRL) file; nullptr when !config.enabled.
+// Errors read "FILE:LINE: listeners[0].client_auth.ca: ..." when `config_path`
+// is given and the ClientAuthConfig knows its lines.
+absl::StatusOr<ClientAuthPtr> LoadClientAuth(const ClientAuthConfig& config,
+                                             std::string_view config_path);
+
 struct LoadedCertificate {
   std::string name;                 // [[certificates]] name
   UniqueX509 leaf;
@@ -30,6 +46,7 @@ struct LoadedCertificate {
   UniqueEvpPkey key;
   std::vector<std::string> dns_names;  // SAN dNSName entries, lowercase (CN if no SAN)
   int64_t not_after = 0;               // unix seconds
+  ClientAuthPtr client_auth;  // the entry's own client_auth; nullptr: the listener's applies
 };
 using CertificatePtr = std::shared_ptr<const LoadedCertificate>;
 
@@ -72,6 +89,10 @@ enum class HandshakeFailure {
   kTimeout,
   kClientReset,      // EOF / reset during the handshake
   kBadRecord,        // malformed TLS
+  kClientCertMissing,   // mTLS "require" and the client sent no certificate
+  kClientCertRejected,  // its certificate failed verification (unknown CA,
+                        // expired, revoked), or a resumed session does not
+                        // carry what the selected certificate's client_auth asks
   kOther,
 };
 const char* HandshakeFailureLabel(HandshakeFailure f);
@@ -85,9 +106,11 @@ class ServerTlsContext {
  public:
   // `certs` are the listener's certificates in the listener's order (the first
   // is the default for unknown SNI when the policy is kDefault).
+  // `listener_auth` is the listener's client_auth (nullptr: none); a
+  // certificate's own client_auth overrides it when SNI selects that one.
   static absl::StatusOr<std::unique_ptr<ServerTlsContext>> Create(
       const ListenerConfig& listener, const std::vector<CertificatePtr>& certs,
-      const TicketKeys& keys);
+      const TicketKeys& keys, ClientAuthPtr listener_auth = nullptr);
   ~ServerTlsContext();
 
   // A new server-side SSL bound to `bio` (ownership of bio passes to the SSL;
@@ -123,12 +146,13 @@ BIO* NewBufferBio(BioIo* io);  // io must outlive the BIO
 std::string_view ServerName(const SSL* ssl);
 
 namespace internal {
-// The "refused: no certificate matches the SNI" mark that the servername
-// callback (server_context.cc) leaves on an SSL for ClassifyHandshakeFailure
-// (handshake_failure.cc). Declared here because src/tls has no private
-// headers; nothing outside src/tls should call these.
-void MarkUnknownSniRejected(SSL* ssl);
-bool WasUnknownSniRejected(const SSL* ssl);
+// The "refused on purpose" mark that the servername callback
+// (server_context.cc) leaves on an SSL for ClassifyHandshakeFailure
+// (handshake_failure.cc): the error queue would only say "callback failed".
+// Declared here because src/tls has no private headers; nothing outside
+// src/tls should call these.
+void MarkRejected(SSL* ssl, HandshakeFailure why);
+bool WasRejected(const SSL* ssl, HandshakeFailure* why);
 // Why OpenSSL failed, in words (certificates.cc), then an empty error queue:
 // later unrelated calls on this thread must not pick up the leftovers.
 std::string TakeOpenSslReason();

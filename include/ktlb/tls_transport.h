@@ -53,9 +53,20 @@ struct HandshakeInfo {
   int version = 0;    // TLS1_2_VERSION / TLS1_3_VERSION
   const char* cipher = "";  // static in OpenSSL
   bool resumed = false;
-  // The verified peer certificate's identity (mTLS); empty until then.
-  std::string peer_subject;
+  // The client certificate (mTLS), copied out at the handshake's end because
+  // kTLS may free the SSL right after. Empty, and never allocated, when the
+  // client sent none. A certificate present here was verified: a failed
+  // verification fails the handshake.
+  bool peer_verified = false;
+  std::string peer_subject;      // RFC 2253 ("CN=client,O=Example")
+  std::string peer_san;          // "DNS:a.test,URI:spiffe://x,email:a@b.test,IP:10.0.0.1"
+  std::string peer_fingerprint;  // SHA-256 of the DER, 64 lowercase hex digits
 };
+
+// Fills the peer_* fields of `info` from the handshake's peer certificate
+// (resets them when there is none). Values are safe in an HTTP field: bytes
+// outside printable ASCII (and ',' / '%' inside a SAN) are %XX-escaped.
+void CopyPeerIdentity(const SSL* ssl, HandshakeInfo* info);
 
 // How the owner wants input right now.
 enum class InputWanted : uint8_t {

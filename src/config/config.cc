@@ -33,10 +33,17 @@ const ListenerConfig* Config::FindListener(std::string_view name) const {
 
 std::vector<std::string> Config::FilesRead() const {
   std::vector<std::string> files{path};
+  auto client_auth = [&files](const ClientAuthConfig& a) {
+    if (!a.enabled) return;
+    files.push_back(a.ca_path);
+    if (!a.crl_path.empty()) files.push_back(a.crl_path);
+  };
   for (const CertificateConfig& c : certificates) {
     files.push_back(c.cert_path);
     files.push_back(c.key_path);
+    client_auth(c.client_auth);
   }
+  for (const ListenerConfig& l : listeners) client_auth(l.client_auth);
   if (!server.ticket_keys.empty()) files.push_back(server.ticket_keys);
   return files;
 }

@@ -283,8 +283,40 @@ absl::Status ReadServer(const Section& s, ServerConfig* server) {
   return ReadRunAs(s, server);
 }
 
+// `client_auth = { ca = "...", mode = "require" | "optional", crl = "..." }`
+// (an inline table or a [x.client_auth] sub-table). The CA and CRL files
+// must be readable now; their content is checked when they are loaded.
+absl::Status ReadClientAuth(const Section& parent, ClientAuthConfig* out) {
+  absl::StatusOr<const toml::table*> table = parent.Table("client_auth");
+  if (!table.ok()) return table.status();
+  if (*table == nullptr) return absl::OkStatus();
+  const Section s(parent.ctx(), **table, parent.Key("client_auth"));
+  if (absl::Status st = s.CheckKnownKeys({"ca", "mode", "crl"}); !st.ok()) return st;
+  out->enabled = true;
+  out->key = s.path();
+  absl::StatusOr<const StringNode*> ca = s.RequiredString("ca");
+  if (!ca.ok()) return ca.status();
+  if (absl::Status st = ResolveReadableFile(s, "ca", **ca, &out->ca_path); !st.ok()) return st;
+  out->ca_line = LineOf(**ca);
+  if (absl::Status st = s.Enum<ClientAuthMode>(
+          "mode", {{"require", ClientAuthMode::kRequire}, {"optional", ClientAuthMode::kOptional}},
+          &out->mode);
+      !st.ok()) {
+    return st;
+  }
+  absl::StatusOr<const StringNode*> crl = s.String("crl");
+  if (!crl.ok()) return crl.status();
+  if (*crl != nullptr) {
+    if (absl::Status st = ResolveReadableFile(s, "crl", **crl, &out->crl_path); !st.ok()) return st;
+    out->crl_line = LineOf(**crl);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ReadCertificate(const Section& s, NameSet* names, CertificateConfig* cert) {
-  if (absl::Status st = s.CheckKnownKeys({"name", "cert", "key"}); !st.ok()) return st;
+  if (absl::Status st = s.CheckKnownKeys({"name", "cert", "key", "client_auth"}); !st.ok()) {
+    return st;
+  }
   absl::StatusOr<const StringNode*> name = s.Name("name");
   if (!name.ok()) return name.status();
   if (absl::Status st = CheckUnique(s, "name", **name, names); !st.ok()) return st;
@@ -298,14 +330,14 @@ absl::Status ReadCertificate(const Section& s, NameSet* names, CertificateConfig
     uint32_t line = static_cast<uint32_t>((*node)->source().begin.line);
     (key == "cert" ? cert->cert_line : cert->key_line) = line;
   }
-  return absl::OkStatus();
+  return ReadClientAuth(s, &cert->client_auth);
 }
 
 
 // Listener keys that only mean something when ktlb terminates TLS.
 constexpr std::string_view kTerminateOnlyKeys[] = {"certificates", "alpn", "ktls",
-                                                   "tls_versions", "tls_groups", "tls_ciphers",
-                                                   "tls_ciphersuites"};
+                                                   "client_auth", "tls_versions", "tls_groups",
+                                                   "tls_ciphers", "tls_ciphersuites"};
 
 // tls_versions and the OpenSSL name lists. Whether OpenSSL knows the names
 // is checked when the snapshot is built (tls::CheckTlsPolicies); here only
@@ -356,8 +388,9 @@ absl::Status ReadTlsPolicy(const Section& s, TlsPolicy* tls) {
 absl::Status ReadListener(const Section& s, const Config& config, NameSet* names,
                           AddressSet* addresses, ListenerConfig* listener) {
   if (absl::Status st = s.CheckKnownKeys({"name", "listen", "mode", "certificates", "unknown_sni",
-                                          "alpn", "ktls", "accept_proxy", "tls_versions",
-                                          "tls_groups", "tls_ciphers", "tls_ciphersuites"});
+                                          "alpn", "ktls", "accept_proxy", "client_auth",
+                                          "tls_versions", "tls_groups", "tls_ciphers",
+                                          "tls_ciphersuites"});
       !st.ok()) {
     return st;
   }
@@ -426,7 +459,10 @@ absl::Status ReadListener(const Section& s, const Config& config, NameSet* names
                            absl::StrCat(Quote(cert), " is listed twice"));
     }
     listener->certificates.push_back(cert);
+    listener->mtls |= config.FindCertificate(cert)->client_auth.enabled;
   }
+  if (absl::Status st = ReadClientAuth(s, &listener->client_auth); !st.ok()) return st;
+  listener->mtls |= listener->client_auth.enabled;
 
   absl::StatusOr<const toml::array*> alpn = s.StringArray("alpn");
   if (!alpn.ok()) return alpn.status();
@@ -461,7 +497,8 @@ absl::Status ReadListener(const Section& s, const Config& config, NameSet* names
 
 absl::Status ReadRoute(const Section& s, const Config& config, RouteConfig* route) {
   if (absl::Status st =
-          s.CheckKnownKeys({"listener", "sni", "host", "path_prefix", "alpn", "upstream"});
+          s.CheckKnownKeys({"listener", "sni", "host", "path_prefix", "alpn", "upstream",
+                            "require_client_cert"});
       !st.ok()) {
     return st;
   }
@@ -542,6 +579,26 @@ absl::Status ReadRoute(const Section& s, const Config& config, RouteConfig* rout
     route->alpn = (*alpn)->get();
     if (route->alpn.empty() || route->alpn.size() > 255) {
       return s.ErrorAt(**alpn, "alpn", "must be a protocol name of 1..255 bytes, e.g. \"h2\"");
+    }
+  }
+
+  if (absl::Status st = s.Bool("require_client_cert", &route->require_client_cert); !st.ok()) {
+    return st;
+  }
+  if (route->require_client_cert) {
+    const toml::node& node = *s.Find("require_client_cert");
+    if (listener->mode == ListenerMode::kPassthrough) {
+      return s.ErrorAt(node, "require_client_cert",
+                       absl::StrCat("passthrough listener ", Quote(listener->name),
+                                    " never sees client certificates"));
+    }
+    // Without client_auth no connection ever has a verified certificate:
+    // the route could only answer 403.
+    if (!listener->mtls) {
+      return s.ErrorAt(node, "require_client_cert",
+                       absl::StrCat("listener ", Quote(listener->name),
+                                    " asks for no client certificate; set client_auth on it "
+                                    "or on one of its certificates"));
     }
   }
 

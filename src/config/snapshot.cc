@@ -12,6 +12,14 @@ std::vector<tls::CertificatePtr> Snapshot::ListenerCertificates(size_t listener_
   return out;
 }
 
+absl::StatusOr<std::unique_ptr<tls::ServerTlsContext>> Snapshot::NewServerTlsContext(
+    size_t listener_index, bool kernel_ktls) const {
+  ListenerConfig effective = config->listeners[listener_index];
+  if (!kernel_ktls) effective.ktls = KtlsMode::kOff;
+  return tls::ServerTlsContext::Create(effective, ListenerCertificates(listener_index),
+                                       ticket_keys, ListenerClientAuth(listener_index));
+}
+
 absl::StatusOr<std::shared_ptr<const Snapshot>> BuildSnapshot(std::shared_ptr<const Config> config,
                                                               const tls::TicketKeys& keys) {
   if (absl::Status st = tls::CheckTlsPolicies(*config); !st.ok()) return st;
@@ -19,7 +27,15 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> BuildSnapshot(std::shared_ptr<co
   if (!certs.ok()) return certs.status();
   absl::StatusOr<tls::TicketKeys> tickets = tls::LoadTicketKeys(*config, keys);
   if (!tickets.ok()) return tickets.status();
-  return std::make_shared<const Snapshot>(std::move(config), *std::move(certs), *tickets);
+  std::vector<tls::ClientAuthPtr> listener_auth;
+  for (const ListenerConfig& l : config->listeners) {
+    auto auth = tls::LoadClientAuth(l.client_auth, config->path);
+    if (!auth.ok()) return auth.status();
+    listener_auth.push_back(*std::move(auth));
+  }
+  auto snapshot = std::make_shared<Snapshot>(std::move(config), *std::move(certs), *tickets);
+  snapshot->listener_client_auth = std::move(listener_auth);
+  return std::shared_ptr<const Snapshot>(std::move(snapshot));
 }
 
 }  // namespace ktlb

@@ -68,6 +68,22 @@ bool IsForwardingHeader(std::string_view name) {
   }
 }
 
+// The whole X-Client-Cert- family: what ktlb says of the client's
+// certificate (and whatever a backend might read next to it).
+bool IsClientCertHeader(std::string_view name) {
+  return name.size() > 14 && HeaderNameIsLoose(name.substr(0, 14), "x-client-cert-");
+}
+
+void AppendClientCertHeaders(const ForwardingInfo& fwd, std::string* out) {
+  if (!fwd.client_cert_headers) return;
+  if (fwd.client_cert_verified) {
+    AppendHeader(out, "X-Client-Cert-Subject", fwd.client_cert_subject);
+    if (!fwd.client_cert_san.empty()) AppendHeader(out, "X-Client-Cert-SAN", fwd.client_cert_san);
+    AppendHeader(out, "X-Client-Cert-Fingerprint", fwd.client_cert_fingerprint);
+  }
+  AppendHeader(out, "X-Client-Cert-Verified", fwd.client_cert_verified ? "SUCCESS" : "NONE");
+}
+
 // Connection may name further hop-by-hop fields, but never the ones that
 // frame the message or route it: "Connection: content-length" must not strip
 // Content-Length on the way to the backend.
@@ -149,7 +165,7 @@ void BuildUpstreamRequestHead(const RequestHead& head, const ForwardingInfo& fwd
   const bool custom_nominations = HasCustomNominations(head.headers);
   bool has_host = false;
   for (const Header& h : head.headers) {
-    if (IsHopByHop(h.name) || IsForwardingHeader(h.name)) continue;
+    if (IsHopByHop(h.name) || IsForwardingHeader(h.name) || IsClientCertHeader(h.name)) continue;
     if (custom_nominations && MayBeNominated(h.name) && IsNominated(head.headers, h.name)) continue;
     // A server MUST ignore 100-continue from an HTTP/1.0 client (RFC 9110
     // 10.1.1); carried inside our HTTP/1.1 request it would take effect.
@@ -197,6 +213,7 @@ void BuildUpstreamRequestHead(const RequestHead& head, const ForwardingInfo& fwd
     }
   }
   out->append("\r\n", 2);
+  AppendClientCertHeaders(fwd, out);
 
   if (head.upgrade) {
     out->append("Connection: upgrade\r\n", 21);

@@ -54,8 +54,7 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> ConfigReloader::Build() const {
   const Config& cfg = *(*snapshot)->config;
   for (size_t i = 0; i < cfg.listeners.size(); ++i) {
     if (cfg.listeners[i].mode != ListenerMode::kTerminate) continue;
-    auto ctx = tls::ServerTlsContext::Create(cfg.listeners[i],
-                                             (*snapshot)->ListenerCertificates(i), keys_);
+    auto ctx = (*snapshot)->NewServerTlsContext(i, /*kernel_ktls=*/false);
     if (!ctx.ok()) {
       return absl::Status(ctx.status().code(),
                           absl::StrCat(cfg.path, ": listener \"", cfg.listeners[i].name,

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "client_cert.h"
 #include "ktlb/request_hash.h"
 #include "ktlb/sockets.h"
 #include "worker.h"
@@ -342,7 +343,8 @@ void Http1Connection::StartExchange() {
   // Route on SNI, Host and the path part of the target.
   std::string_view target = head_.target;
   std::string_view path = target.substr(0, target.find('?'));
-  int upstream = gen_->router().Match(listener_, transport_.info().sni, head_.host, path);
+  const RouteMatch route = gen_->router().MatchRoute(listener_, transport_.info().sni, head_.host, path);
+  const int upstream = route.upstream;
   req_content_length_ = head_.body == http1::BodyKind::kContentLength ? head_.content_length : 0;
   req_body_seen_ = 0;
   request_version_minor_ = head_.version_minor;
@@ -378,6 +380,7 @@ void Http1Connection::StartExchange() {
   fwd.client_ip = peer_ip_;
   fwd.client_port = peer_port_;
   fwd.sni = transport_.info().sni;
+  AddClientCert(gen_->config().listeners[listener_], transport_.info(), &fwd);
   http1::BuildUpstreamRequestHead(head_, fwd, &up_head_);
   if (head_.version_minor == 0) {
     // An HTTP/1.0 client cannot read chunked bodies or 1xx responses: ask the
@@ -389,11 +392,14 @@ void Http1Connection::StartExchange() {
   req_body_done_ = !request_has_body_;
   state_ = State::kProxying;
 
-  if (upstream < 0) {
-    // Nothing routes this request: answer here, never guess a backend.
+  const bool cert_missing = ClientCertRequiredButMissing(route, transport_.info());
+  if (upstream < 0 || cert_missing) {
+    // Nothing routes this request (or the route wants a client certificate
+    // this connection lacks): answer here, never guess a backend.
     keep_alive_ = keep_alive_ && !request_has_body_;
     state_ = State::kReadingHead;
-    RespondError(404, !keep_alive_);
+    if (cert_missing) refuse_reason_ = "client_cert_required";
+    RespondError(cert_missing ? 403 : 404, !keep_alive_);
     if (keep_alive_) {
       w_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kKeepalive),
                    gen_->config().server.timeouts.keepalive_ms);

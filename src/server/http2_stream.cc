@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
+#include "client_cert.h"
 #include "http2_connection.h"
 #include "ktlb/request_hash.h"
 #include "worker.h"
@@ -24,14 +25,20 @@ void Http2Connection::StartExchange(Http2Stream* s) {
   if (s->request.is_connect()) return RespondError(s, 501, "connect_unsupported");
   std::string_view target = s->req_head.target;
   std::string_view path = target.substr(0, target.find('?'));
-  int upstream = gen_->router().Match(listener_, transport_->info().sni, s->req_head.host, path);
+  const RouteMatch route =
+      gen_->router().MatchRoute(listener_, transport_->info().sni, s->req_head.host, path);
+  const int upstream = route.upstream;
   if (upstream < 0) return RespondError(s, 404, "no_route");
+  if (ClientCertRequiredButMissing(route, transport_->info())) {
+    return RespondError(s, 403, "client_cert_required");
+  }
 
   s->up_head.clear();
   http1::ForwardingInfo fwd;
   fwd.client_ip = peer_ip_;
   fwd.client_port = peer_port_;
   fwd.sni = transport_->info().sni;
+  AddClientCert(gen_->config().listeners[listener_], transport_->info(), &fwd);
   http1::BuildUpstreamRequestHead(s->req_head, fwd, &s->up_head);
   s->chunked_up = s->req_head.body == http1::BodyKind::kChunked;
 

@@ -77,11 +77,7 @@ absl::StatusOr<std::unique_ptr<Generation>> Worker::BuildGeneration(
       gen->tls_.push_back(nullptr);
       continue;
     }
-    // Without kernel support OpenSSL need not offer keys nor log secrets.
-    ListenerConfig effective = lc;
-    if (!kernel_ktls_) effective.ktls = KtlsMode::kOff;
-    auto ctx = tls::ServerTlsContext::Create(effective, gen->snapshot().ListenerCertificates(i),
-                                             gen->snapshot().ticket_keys);
+    auto ctx = gen->snapshot().NewServerTlsContext(i, kernel_ktls_);
     if (!ctx.ok()) return ctx.status();
     gen->tls_.push_back(*std::move(ctx));
   }

@@ -47,20 +47,27 @@ struct OpenSslStringFree {
 };
 using UniqueOpenSslString = std::unique_ptr<unsigned char, OpenSslStringFree>;
 
+// Debian's abseil has its own string_view type (see parse_internal.h).
+absl::string_view Av(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
 std::string Quoted(const CertificateConfig& c) { return absl::StrCat("certificate \"", c.name, "\""); }
 
 // PEM files are small; the cap only stops a mistaken path from eating memory.
 constexpr size_t kMaxPemBytes = 1 << 20;
 
-absl::StatusOr<std::string> ReadWholeFile(const CertificateConfig& c, const std::string& path) {
+absl::StatusOr<std::string> ReadWholeFile(std::string_view what, const std::string& path) {
   absl::StatusOr<std::string> data = ReadSmallFile(path, kMaxPemBytes);
   if (!data.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(Quoted(c), ": ", data.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat(Av(what), ": ", data.status().message()));
   }
   if (data->empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(Quoted(c), ": ", path, " is empty"));
+    return absl::InvalidArgumentError(absl::StrCat(Av(what), ": ", path, " is empty"));
   }
   return data;
+}
+
+absl::StatusOr<std::string> ReadWholeFile(const CertificateConfig& c, const std::string& path) {
+  return ReadWholeFile(Quoted(c), path);
 }
 
 UniqueBio MemoryBio(const std::string& data) {
@@ -74,32 +81,40 @@ bool PemQueueEndedCleanly() {
   return ERR_GET_LIB(err) == ERR_LIB_PEM && ERR_GET_REASON(err) == PEM_R_NO_START_LINE;
 }
 
+// Every PEM block of one type in `pem` (PEM_read_bio_X509 or _X509_CRL):
+// at least one, no damaged ones. Other block types are skipped.
+template <typename T, typename Unique>
+absl::Status ReadPemBlocks(std::string_view what, const std::string& path, const std::string& pem,
+                           T* (*read)(BIO*, T**, pem_password_cb*, void*),
+                           std::vector<Unique>* out) {
+  UniqueBio bio = MemoryBio(pem);
+  if (bio == nullptr) return absl::ResourceExhaustedError("BIO_new_mem_buf failed");
+  ERR_clear_error();
+  while (T* x = read(bio.get(), nullptr, nullptr, nullptr)) out->emplace_back(x);
+  if (!PemQueueEndedCleanly()) {
+    return absl::InvalidArgumentError(absl::StrCat("bad PEM ", Av(what), " in ", path, " (after ",
+                                                   out->size(), " good ones): ",
+                                                   TakeOpenSslReason()));
+  }
+  ERR_clear_error();
+  if (out->empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("no PEM ", Av(what), " in ", path));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ReadCertificates(const CertificateConfig& c, LoadedCertificate& out) {
   absl::StatusOr<std::string> pem = ReadWholeFile(c, c.cert_path);
   if (!pem.ok()) return pem.status();
-  UniqueBio bio = MemoryBio(*pem);
-  if (bio == nullptr) return absl::ResourceExhaustedError("BIO_new_mem_buf failed");
-
-  ERR_clear_error();
   // PEM_read_bio_X509 skips blocks of other types (a key in the same file),
   // so a combined cert+key file still works.
-  while (X509* x = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) {
-    if (out.leaf == nullptr) {
-      out.leaf.reset(x);
-    } else {
-      out.chain.emplace_back(x);
-    }
+  std::vector<UniqueX509> certs;
+  if (absl::Status s = ReadPemBlocks("certificate", c.cert_path, *pem, &PEM_read_bio_X509, &certs);
+      !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat(Quoted(c), ": ", s.message()));
   }
-  if (!PemQueueEndedCleanly()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        Quoted(c), ": bad PEM certificate in ", c.cert_path, " (after ",
-        out.chain.size() + (out.leaf ? 1 : 0), " good ones): ", TakeOpenSslReason()));
-  }
-  ERR_clear_error();
-  if (out.leaf == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(Quoted(c), ": no PEM certificate in ", c.cert_path));
-  }
+  out.leaf = std::move(certs.front());
+  for (size_t i = 1; i < certs.size(); ++i) out.chain.push_back(std::move(certs[i]));
   return absl::OkStatus();
 }
 
@@ -214,10 +229,44 @@ absl::StatusOr<CertificatePtr> LoadOne(const CertificateConfig& c, const Config*
   }
   cert->dns_names = DnsNames(cert->leaf.get());
   cert->not_after = NotAfter(cert->leaf.get());
+  absl::StatusOr<ClientAuthPtr> auth =
+      LoadClientAuth(c.client_auth, config != nullptr ? std::string_view(config->path) : "");
+  if (!auth.ok()) return auth.status();
+  cert->client_auth = *std::move(auth);
   return CertificatePtr(std::move(cert));
 }
 
+// "FILE:LINE: listeners[0].client_auth.ca: " before `s` when the place is known.
+absl::Status AtClientAuth(std::string_view config_path, const ClientAuthConfig& c,
+                          std::string_view key, uint32_t line, absl::Status s) {
+  if (config_path.empty() || line == 0) return s;
+  return absl::Status(s.code(), absl::StrCat(Av(config_path), ":", line, ": ", c.key, ".",
+                                             Av(key), ": ", s.message()));
+}
+
 }  // namespace
+
+absl::StatusOr<ClientAuthPtr> LoadClientAuth(const ClientAuthConfig& config,
+                                             std::string_view config_path) {
+  if (!config.enabled) return ClientAuthPtr();
+  auto auth = std::make_shared<LoadedClientAuth>();
+  auth->mode = config.mode;
+  absl::StatusOr<std::string> pem = ReadWholeFile("client CA file", config.ca_path);
+  absl::Status st = pem.status();
+  if (st.ok()) {
+    st = ReadPemBlocks("certificate", config.ca_path, *pem, &PEM_read_bio_X509, &auth->cas);
+  }
+  if (!st.ok()) return AtClientAuth(config_path, config, "ca", config.ca_line, st);
+  if (!config.crl_path.empty()) {
+    pem = ReadWholeFile("CRL file", config.crl_path);
+    st = pem.status();
+    if (st.ok()) {
+      st = ReadPemBlocks("CRL", config.crl_path, *pem, &PEM_read_bio_X509_CRL, &auth->crls);
+    }
+    if (!st.ok()) return AtClientAuth(config_path, config, "crl", config.crl_line, st);
+  }
+  return ClientAuthPtr(std::move(auth));
+}
 
 absl::StatusOr<std::vector<CertificatePtr>> LoadCertificates(const Config& config) {
   std::vector<CertificatePtr> certs;

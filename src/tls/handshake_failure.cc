@@ -1,7 +1,7 @@
 // Names why a server handshake failed, as a stable metric label. OpenSSL
-// reports the reason through its per-thread error queue; the one reason it
-// cannot report (we refused an unknown SNI on purpose) is a mark the
-// servername callback leaves on the SSL.
+// reports the reason through its per-thread error queue; the reasons it
+// cannot report (we refused an unknown SNI, or a resumption mTLS forbids,
+// on purpose) are a mark the servername callback leaves on the SSL.
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
@@ -12,16 +12,16 @@ namespace {
 
 // One ex_data slot for the process; OpenSSL hands out indexes under its own
 // lock, and the function-local static makes the request happen exactly once.
-int UnknownSniIndex() {
+int RejectedIndex() {
   static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
   return index;
 }
 
-// Any non-null pointer means "marked"; this one is never dereferenced.
-void* UnknownSniMark() {
-  static char mark;
-  return &mark;
-}
+// The mark is a pointer to one of these: never dereferenced for writing,
+// static, so the SSL owns nothing to free.
+const HandshakeFailure kMarks[] = {HandshakeFailure::kUnknownSni,
+                                   HandshakeFailure::kClientCertMissing,
+                                   HandshakeFailure::kClientCertRejected};
 
 // Maps one queued error to a failure, or kOther if it says nothing we name.
 HandshakeFailure FromError(unsigned long err, int ssl_error) {
@@ -81,6 +81,16 @@ HandshakeFailure FromError(unsigned long err, int ssl_error) {
     case SSL_R_BAD_EXTENSION:
       return HandshakeFailure::kBadRecord;
 
+    // mTLS: "require" and the client's Certificate message was empty (TLS
+    // 1.2 and 1.3 alike).
+    case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE:
+      return HandshakeFailure::kClientCertMissing;
+    // The chain did not verify: the verify result (unknown CA, expired,
+    // revoked, a CRL missing) went to the client as the alert.
+    case SSL_R_CERTIFICATE_VERIFY_FAILED:
+    case SSL_R_NO_CERTIFICATES_RETURNED:
+      return HandshakeFailure::kClientCertRejected;
+
     // OpenSSL 3.0 reports a stream that ends mid-handshake as an SSL error
     // (not SSL_ERROR_SYSCALL) when the BIO says EOF.
     case SSL_R_UNEXPECTED_EOF_WHILE_READING:
@@ -95,14 +105,21 @@ HandshakeFailure FromError(unsigned long err, int ssl_error) {
 
 namespace internal {
 
-void MarkUnknownSniRejected(SSL* ssl) {
-  int index = UnknownSniIndex();
-  if (index >= 0) SSL_set_ex_data(ssl, index, UnknownSniMark());
+void MarkRejected(SSL* ssl, HandshakeFailure why) {
+  int index = RejectedIndex();
+  if (index < 0) return;
+  for (const HandshakeFailure& mark : kMarks) {
+    if (mark == why) SSL_set_ex_data(ssl, index, const_cast<HandshakeFailure*>(&mark));
+  }
 }
 
-bool WasUnknownSniRejected(const SSL* ssl) {
-  int index = UnknownSniIndex();
-  return index >= 0 && SSL_get_ex_data(ssl, index) != nullptr;
+bool WasRejected(const SSL* ssl, HandshakeFailure* why) {
+  int index = RejectedIndex();
+  if (index < 0) return false;
+  const auto* mark = static_cast<const HandshakeFailure*>(SSL_get_ex_data(ssl, index));
+  if (mark == nullptr) return false;
+  *why = *mark;
+  return true;
 }
 
 }  // namespace internal
@@ -116,6 +133,8 @@ const char* HandshakeFailureLabel(HandshakeFailure f) {
     case HandshakeFailure::kTimeout: return "timeout";
     case HandshakeFailure::kClientReset: return "client_reset";
     case HandshakeFailure::kBadRecord: return "bad_record";
+    case HandshakeFailure::kClientCertMissing: return "client_cert_missing";
+    case HandshakeFailure::kClientCertRejected: return "client_cert_rejected";
     case HandshakeFailure::kOther: return "other";
   }
   return "other";
@@ -134,8 +153,8 @@ HandshakeFailure ClassifyHandshakeFailure(SSL* ssl, int ssl_error) {
   }
   ERR_clear_error();
 
-  if (ssl != nullptr && internal::WasUnknownSniRejected(ssl)) {
-    return HandshakeFailure::kUnknownSni;
+  if (HandshakeFailure marked; ssl != nullptr && internal::WasRejected(ssl, &marked)) {
+    return marked;
   }
   if (queue_empty &&
       (ssl_error == SSL_ERROR_SYSCALL || ssl_error == SSL_ERROR_ZERO_RETURN)) {

@@ -12,6 +12,8 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/tls1.h>
+#include <openssl/x509.h>
+#include <openssl/x509_vfy.h>
 
 #include "absl/memory/memory.h"
 #include "absl/status/status.h"
@@ -53,6 +55,43 @@ absl::Status OpenSslFailure(absl::StatusCode code, const std::string& context,
   return status;
 }
 
+// What a certificate's context asks of the client (mTLS).
+struct ClientAuthPolicy {
+  int verify_mode = SSL_VERIFY_NONE;
+  X509_STORE* store = nullptr;  // owned by Impl::stores; nullptr without client_auth
+};
+
+int VerifyMode(const LoadedClientAuth* auth) {
+  if (auth == nullptr) return SSL_VERIFY_NONE;
+  // "optional" still verifies a certificate that is sent (nginx's
+  // ssl_verify_client optional): only its absence is allowed.
+  return auth->mode == ClientAuthMode::kRequire ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+                                                : SSL_VERIFY_PEER;
+}
+
+// This worker's own store of a policy's CAs and CRLs: verification takes
+// the store's lock, which a store shared by all workers would contend on.
+absl::StatusOr<UniqueX509Store> BuildStore(const LoadedClientAuth& auth) {
+  UniqueX509Store store(X509_STORE_new());
+  if (store == nullptr) return absl::ResourceExhaustedError("X509_STORE_new failed");
+  for (const UniqueX509& ca : auth.cas) {
+    if (X509_STORE_add_cert(store.get(), ca.get()) != 1) {
+      return OpenSslFailure(absl::StatusCode::kInvalidArgument, "client CA", "X509_STORE_add_cert");
+    }
+  }
+  for (const UniqueX509Crl& crl : auth.crls) {
+    if (X509_STORE_add_crl(store.get(), crl.get()) != 1) {
+      return OpenSslFailure(absl::StatusCode::kInvalidArgument, "client CRL", "X509_STORE_add_crl");
+    }
+  }
+  // The leaf's revocation only (CRL_CHECK_ALL would want a CRL from every
+  // CA of the chain, the root's included). Without a CRL for the leaf's
+  // issuer, verification fails: a stale or wrong crl file refuses clients
+  // rather than letting revoked ones in.
+  if (!auth.crls.empty()) X509_STORE_set_flags(store.get(), X509_V_FLAG_CRL_CHECK);
+  return store;
+}
+
 }  // namespace
 
 struct ServerTlsContext::Impl {
@@ -61,6 +100,11 @@ struct ServerTlsContext::Impl {
   UnknownSniPolicy unknown_sni = UnknownSniPolicy::kDefault;
   // This worker's view of the ticket keys (its own cache: no lock per ticket).
   TicketKeyReader tickets;
+  // Parallel to ctxs: what each certificate's context asks of the client.
+  std::vector<ClientAuthPolicy> auth;
+  bool any_client_auth = false;
+  // One per distinct LoadedClientAuth, shared by the contexts that use it.
+  std::vector<std::pair<const LoadedClientAuth*, UniqueX509Store>> stores;
   // The listener's alpn list minus what the server cannot speak yet.
   std::vector<std::string> alpn;
   // One per certificate, in listener order; [0] is the initial context of
@@ -70,6 +114,11 @@ struct ServerTlsContext::Impl {
 
   absl::StatusOr<UniqueSslCtx> BuildCtx(const ListenerConfig& listener,
                                         const LoadedCertificate& cert);
+  // Sets `auth`'s verification and CA names on `c`; returns the policy.
+  absl::StatusOr<ClientAuthPolicy> ApplyClientAuth(SSL_CTX* c, const LoadedClientAuth* auth);
+  // Refuses a resumed session the selected context's client_auth would
+  // not have let in (false: refused).
+  static bool ResumptionAllowed(SSL* ssl, const ClientAuthPolicy& policy);
 
   // OpenSSL callbacks; `arg` is the Impl.
   static int OnServerName(SSL* ssl, int* alert, void* arg);
@@ -87,18 +136,84 @@ int ServerTlsContext::Impl::OnServerName(SSL* ssl, int* alert, void* arg) {
     if (impl->unknown_sni == UnknownSniPolicy::kReject) {
       // The error queue would only say "callback failed"; the mark lets
       // ClassifyHandshakeFailure name it.
-      internal::MarkUnknownSniRejected(ssl);
+      internal::MarkRejected(ssl, HandshakeFailure::kUnknownSni);
       *alert = SSL_AD_UNRECOGNIZED_NAME;
       return SSL_TLSEXT_ERR_ALERT_FATAL;
     }
     index = 0;  // kDefault: serve the first certificate
   }
   SSL_CTX* target = impl->ctxs[static_cast<size_t>(index)].get();
-  if (SSL_get_SSL_CTX(ssl) != target && SSL_set_SSL_CTX(ssl, target) == nullptr) {
+  const bool switching = SSL_get_SSL_CTX(ssl) != target;
+  if (switching && SSL_set_SSL_CTX(ssl, target) == nullptr) {
     *alert = SSL_AD_INTERNAL_ERROR;
     return SSL_TLSEXT_ERR_ALERT_FATAL;
   }
+  if (!impl->any_client_auth) return SSL_TLSEXT_ERR_OK;
+  // SSL_set_SSL_CTX swaps the certificate only: the verify mode, the store
+  // and the CA names of the SSL are still the initial context's.
+  const ClientAuthPolicy& policy = impl->auth[static_cast<size_t>(index)];
+  if (switching) {
+    SSL_set_verify(ssl, policy.verify_mode, nullptr);
+    SSL_set1_verify_cert_store(ssl, policy.store);
+    // SSL_new copied the initial context's CA names into the SSL; without
+    // them, the CertificateRequest names the current context's.
+    SSL_set_client_CA_list(ssl, nullptr);
+  }
+  if (!ResumptionAllowed(ssl, policy)) {
+    internal::MarkRejected(ssl, HandshakeFailure::kClientCertRejected);
+    *alert = SSL_AD_ACCESS_DENIED;
+    return SSL_TLSEXT_ERR_ALERT_FATAL;
+  }
   return SSL_TLSEXT_ERR_OK;
+}
+
+// A resumed session skips certificate verification, and OpenSSL 3.0 checks
+// no session id context on TLS 1.3 tickets: a ticket from a certificate
+// without client_auth would open one that requires it (nginx's
+// CVE-2025-23419). The session (ticket or cache) is already in place when
+// this callback runs. A session resumes only under the name it was made
+// for (so under the same certificate and policy), and never without a
+// client certificate where one is required.
+bool ServerTlsContext::Impl::ResumptionAllowed(SSL* ssl, const ClientAuthPolicy& policy) {
+  const SSL_SESSION* session = SSL_get_session(ssl);
+  if (session == nullptr) return true;
+  // Set only on a session made by an earlier handshake: a new one gets its
+  // name after this callback.
+  const char* made_for = SSL_SESSION_get0_hostname(session);
+  if (made_for != nullptr && ServerName(ssl) != made_for) return false;
+  if (SSL_session_reused(ssl) == 0) return true;
+  if (made_for == nullptr && !ServerName(ssl).empty()) return false;
+  const bool required = (policy.verify_mode & SSL_VERIFY_FAIL_IF_NO_PEER_CERT) != 0;
+  return !required || SSL_SESSION_get0_peer(const_cast<SSL_SESSION*>(session)) != nullptr;
+}
+
+absl::StatusOr<ClientAuthPolicy> ServerTlsContext::Impl::ApplyClientAuth(
+    SSL_CTX* c, const LoadedClientAuth* auth) {
+  ClientAuthPolicy policy;
+  policy.verify_mode = VerifyMode(auth);
+  if (auth == nullptr) return policy;
+  for (const auto& [loaded, store] : stores) {
+    if (loaded == auth) policy.store = store.get();
+  }
+  if (policy.store == nullptr) {
+    absl::StatusOr<UniqueX509Store> store = BuildStore(*auth);
+    if (!store.ok()) return store.status();
+    policy.store = store->get();
+    stores.emplace_back(auth, *std::move(store));
+  }
+  SSL_CTX_set_verify(c, policy.verify_mode, nullptr);
+  if (SSL_CTX_set1_verify_cert_store(c, policy.store) != 1) {
+    return OpenSslFailure(absl::StatusCode::kInternal, "client_auth",
+                          "SSL_CTX_set1_verify_cert_store");
+  }
+  // The CertificateRequest names the acceptable CAs, so a client with
+  // several certificates picks the right one.
+  for (const UniqueX509& ca : auth->cas) {
+    if (SSL_CTX_add_client_CA(c, ca.get()) != 1) {
+      return OpenSslFailure(absl::StatusCode::kInternal, "client_auth", "SSL_CTX_add_client_CA");
+    }
+  }
+  return policy;
 }
 
 // Picks the first protocol of the listener's list (its order of preference,
@@ -200,7 +315,7 @@ absl::StatusOr<UniqueSslCtx> ServerTlsContext::Impl::BuildCtx(const ListenerConf
 
 absl::StatusOr<std::unique_ptr<ServerTlsContext>> ServerTlsContext::Create(
     const ListenerConfig& listener, const std::vector<CertificatePtr>& certs,
-    const TicketKeys& keys) {
+    const TicketKeys& keys, ClientAuthPtr listener_auth) {
   if (certs.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat("listener \"", listener.name, "\": no certificates"));
@@ -217,6 +332,12 @@ absl::StatusOr<std::unique_ptr<ServerTlsContext>> ServerTlsContext::Create(
     }
     absl::StatusOr<UniqueSslCtx> ctx = impl->BuildCtx(listener, *certs[i]);
     if (!ctx.ok()) return ctx.status();
+    const LoadedClientAuth* auth =
+        certs[i]->client_auth != nullptr ? certs[i]->client_auth.get() : listener_auth.get();
+    absl::StatusOr<ClientAuthPolicy> policy = impl->ApplyClientAuth(ctx->get(), auth);
+    if (!policy.ok()) return policy.status();
+    impl->auth.push_back(*policy);
+    impl->any_client_auth |= auth != nullptr;
     impl->ctxs.push_back(*std::move(ctx));
     // Listener order gives precedence: with two certificates naming the same
     // host, the first listed one serves it.

@@ -425,6 +425,9 @@ void Transport::HandshakeDone() {
   info_.cipher = SSL_get_cipher_name(ssl_.get());
   info_.resumed = SSL_session_reused(ssl_.get()) != 0;
   (info_.resumed ? metrics_->handshakes_resumed : metrics_->handshakes_full).Inc();
+  // Before StartRxOffload, which frees the SSL once both directions are in
+  // the kernel.
+  CopyPeerIdentity(ssl_.get(), &info_);
   if (info_.resumed) {
     if (std::optional<TicketKeySource> source = ResumedTicketSource(ssl_.get())) {
       metrics_->resumptions[static_cast<size_t>(*source)].Inc();

@@ -32,7 +32,7 @@ Router::Router(const Config& config) : by_listener_(config.listeners.size()) {
   for (const RouteConfig& rc : config.routes) {
     for (size_t l = 0; l < config.listeners.size(); ++l) {
       if (config.listeners[l].name != rc.listener) continue;
-      Route r{rc.sni, rc.host, rc.path_prefix, rc.alpn, -1};
+      Route r{rc.sni, rc.host, rc.path_prefix, rc.alpn, -1, rc.require_client_cert};
       for (size_t u = 0; u < config.upstreams.size(); ++u) {
         if (config.upstreams[u].name == rc.upstream) r.upstream = static_cast<int>(u);
       }
@@ -53,16 +53,30 @@ bool AlpnListOffers(std::string_view list, std::string_view proto) {
 
 int Router::Match(size_t listener_index, std::string_view sni, std::string_view host,
                   std::string_view path, std::string_view alpn_offered) const {
-  if (listener_index >= by_listener_.size()) return -1;
+  const Route* r = Find(listener_index, sni, host, path, alpn_offered);
+  return r != nullptr ? r->upstream : -1;
+}
+
+RouteMatch Router::MatchRoute(size_t listener_index, std::string_view sni, std::string_view host,
+                              std::string_view path) const {
+  const Route* r = Find(listener_index, sni, host, path, {});
+  if (r == nullptr) return RouteMatch{};
+  return RouteMatch{r->upstream, r->require_client_cert};
+}
+
+const Router::Route* Router::Find(size_t listener_index, std::string_view sni,
+                                  std::string_view host, std::string_view path,
+                                  std::string_view alpn_offered) const {
+  if (listener_index >= by_listener_.size()) return nullptr;
   std::string_view bare_host = HostWithoutPort(host);
   for (const Route& r : by_listener_[listener_index]) {
     if (!r.sni.empty() && !SniPatternMatches(r.sni, sni)) continue;
     if (!r.host.empty() && !EqualsIgnoreCase(r.host, bare_host)) continue;
     if (!r.path_prefix.empty() && !path.starts_with(r.path_prefix)) continue;
     if (!r.alpn.empty() && !AlpnListOffers(alpn_offered, r.alpn)) continue;
-    return r.upstream;
+    return &r;
   }
-  return -1;
+  return nullptr;
 }
 
 bool Router::RoutesSni(size_t listener_index, std::string_view sni) const {

@@ -19,7 +19,7 @@
 # timeouts are set far beyond what a case needs, and each group of cases prints how
 # long it took ("phase <group>: 12.3 s"), so a slow host shows in the log.
 #
-# ktls-vm-certs: ca.crt site.crt site.key
+# ktls-vm-certs: ca.crt site.crt site.key client.crt client.key
 # ktls-vm-bin: /usr/bin/curl
 # ktls-vm-bin: /usr/bin/openssl
 set -u
@@ -38,7 +38,7 @@ T_START=$(uptime_s)
 
 # Development aid: pass "--file ktlb_ktls.only" holding a pattern (grep -E) to run only
 # the matching case groups (bulk, h2, keepalive, pipelined, coalesce, resume, close_notify,
-# keyupdate, renegotiate, maxfrag, nomodule). The ctest entry runs everything.
+# keyupdate, renegotiate, maxfrag, mtls, nomodule). The ctest entry runs everything.
 want() { [ ! -f "$F/ktlb_ktls.only" ] || echo "$1" | grep -qE "$(cat "$F/ktlb_ktls.only")"; }
 
 now() { uptime_s; }
@@ -623,6 +623,43 @@ if want maxfrag; then
   [ "$declined" -eq 1 ] || fail "maxfraglen: expected one openssl_declined fallback, got $declined"
 fi
 stop_ktlb
+
+# --- mTLS: the client certificate's identity outlives the SSL object ---------------------------
+# With both directions in the kernel ktlb frees the SSL right after the handshake
+# (ktlb_ktls_ssl_released); the X-Client-Cert-* fields of a request sent after that
+# must still name the certificate (copied out at the handshake's end).
+if want mtls; then
+  phase mtls
+  cp "$F/client.crt" "$F/client.key" "$W/"
+  write_config mtls.toml auto
+  awk -v ca="$W/ca.crt" '{ print } /^ktls = / && !done { print "client_auth = { ca = \"" ca "\" }"; done = 1 }' \
+    mtls.toml >mtls.tmp && mv mtls.tmp mtls.toml
+  grep -q '^client_auth' mtls.toml || fail "mtls: no client_auth in the config"
+  start_ktlb mtls.toml ktlb-mtls.log
+  want_fp=$(openssl x509 -in "$W/client.crt" -noout -fingerprint -sha256 | sed 's/.*=//; s/://g' |
+    tr 'A-F' 'a-f')
+  for v in t12 t13; do
+    [ "$v" = t12 ] && tls="$T12" || tls="$T13"
+    begin_conn "mtls-$v"
+    # shellcheck disable=SC2086
+    ccurl $tls --cert "$W/client.crt" --key "$W/client.key" -o mtls.$v.out "$URL/headers" \
+      --next -sS --cacert "$W/ca.crt" --max-time 120 $tls --cert "$W/client.crt" \
+      --key "$W/client.key" -o mtls.$v.2.out "$URL/headers" 2>mtls.$v.err ||
+      { cat mtls.$v.err; tail -20 ktlb-mtls.log; fail "mtls-$v: curl failed"; }
+    end_conn "mtls-$v" 1
+    freed=$(metric_delta "m.before.mtls-$v" "m.after.mtls-$v" 'ktlb_ktls_ssl_released_total{listener="public"}')
+    [ "$freed" -eq 1 ] || fail "mtls-$v: the SSL was not freed (ktlb_ktls_ssl_released_total +$freed)"
+    for out in mtls.$v.out mtls.$v.2.out; do
+      grep -qx 'X-Client-Cert-Verified: SUCCESS' "$out" || { cat "$out"; fail "mtls-$v: not verified"; }
+      grep -qx 'X-Client-Cert-Subject: CN=test-client,O=ktlb test' "$out" ||
+        { cat "$out"; fail "mtls-$v: wrong subject"; }
+      grep -qx "X-Client-Cert-Fingerprint: $want_fp" "$out" ||
+        { cat "$out"; fail "mtls-$v: wrong fingerprint (want $want_fp)"; }
+    done
+    note "mtls-$v: SSL freed after the handshake, identity still sent with both requests"
+  done
+  stop_ktlb
+fi
 
 if want nomodule; then
   # --- without the tls module --------------------------------------------------------------------

@@ -271,7 +271,8 @@ TEST_F(ConfigParseTest, ReferenceConfigIsValid) {
   std::ifstream in(reference, std::ios::binary);
   ASSERT_TRUE(in.good()) << reference;
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  for (const char* f : {"certs/site.crt", "certs/site.key", "certs/other.crt", "certs/other.key"}) {
+  for (const char* f : {"certs/site.crt", "certs/site.key", "certs/other.crt", "certs/other.key",
+                        "certs/clients-ca.crt", "certs/clients.crl", "certs/partner-ca.crt"}) {
     WriteFile(f, "placeholder\n");
   }
   absl::StatusOr<std::shared_ptr<const Config>> loaded =
@@ -290,6 +291,14 @@ TEST_F(ConfigParseTest, ReferenceConfigIsValid) {
   EXPECT_EQ(c.upstreams[1].hash_key.kind, HashKeyKind::kCookie);
   EXPECT_EQ(c.server.timeouts.tunnel_idle_ms, 600'000u);
   EXPECT_EQ(c.certificates[0].cert_path, (dir_ / "certs/site.crt").string());
+  EXPECT_TRUE(c.listeners[0].client_auth.enabled);
+  EXPECT_EQ(c.listeners[0].client_auth.mode, ClientAuthMode::kOptional);
+  EXPECT_EQ(c.listeners[0].client_auth.crl_path, (dir_ / "certs/clients.crl").string());
+  EXPECT_TRUE(c.listeners[0].mtls);
+  EXPECT_FALSE(c.certificates[0].client_auth.enabled);
+  EXPECT_EQ(c.certificates[1].client_auth.ca_path, (dir_ / "certs/partner-ca.crt").string());
+  EXPECT_TRUE(c.routes[0].require_client_cert);
+  EXPECT_FALSE(c.routes[1].require_client_cert);
 }
 
 TEST_F(ConfigParseTest, RelativePathsResolveAgainstConfigDirectory) {
@@ -346,6 +355,59 @@ TEST_F(ConfigParseTest, BadKtlsAndUnknownSni) {
   EXPECT_EQ(Error(Edit(kMinimal, "certificates = [\"site\"]",
                        "certificates = [\"site\"]\nunknown_sni = \"drop\"")),
             At(5) + "listeners[0].unknown_sni: must be \"default\" or \"reject\"");
+}
+
+TEST_F(ConfigParseTest, ClientAuthOnListenerCertificateAndRoute) {
+  WriteFile("ca.crt", "x");
+  WriteFile("ca.crl", "x");
+  std::string text = Edit(kMinimal, "certificates = [\"site\"]",
+                          "certificates = [\"site\"]\n"
+                          "client_auth = { ca = \"ca.crt\", mode = \"optional\", crl = \"ca.crl\" }");
+  text = Edit(text, "key = \"site.key\"", "key = \"site.key\"\nclient_auth = { ca = \"ca.crt\" }");
+  text = Edit(text, "upstream = \"app\"\n\n", "upstream = \"app\"\nrequire_client_cert = true\n\n");
+  absl::StatusOr<std::shared_ptr<const Config>> loaded = Load(text);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const Config& c = **loaded;
+  const ClientAuthConfig& l = c.listeners[0].client_auth;
+  EXPECT_TRUE(l.enabled);
+  EXPECT_EQ(l.mode, ClientAuthMode::kOptional);
+  EXPECT_EQ(l.ca_path, (dir_ / "ca.crt").string());
+  EXPECT_EQ(l.crl_path, (dir_ / "ca.crl").string());
+  EXPECT_EQ(l.key, "listeners[0].client_auth");
+  EXPECT_EQ(l.ca_line, 5u);
+  EXPECT_TRUE(c.listeners[0].mtls);
+  const ClientAuthConfig& cert = c.certificates[0].client_auth;
+  EXPECT_TRUE(cert.enabled);
+  EXPECT_EQ(cert.mode, ClientAuthMode::kRequire);  // the default
+  EXPECT_EQ(cert.crl_path, "");
+  EXPECT_EQ(cert.key, "certificates[0].client_auth");
+  EXPECT_TRUE(c.routes[0].require_client_cert);
+}
+
+TEST_F(ConfigParseTest, ClientAuthErrors) {
+  WriteFile("ca.crt", "x");
+  const std::string cert_line = "certificates = [\"site\"]";
+  auto with = [&](std::string_view client_auth) {
+    return Edit(kMinimal, cert_line, cert_line + "\nclient_auth = " + std::string(client_auth));
+  };
+  EXPECT_EQ(Error(with("{ ca = \"nope.crt\" }")),
+            At(5) + "listeners[0].client_auth.ca: cannot read \"" + (dir_ / "nope.crt").string() +
+                "\": No such file or directory");
+  EXPECT_EQ(Error(with("{ ca = \"ca.crt\", mode = \"maybe\" }")),
+            At(5) + "listeners[0].client_auth.mode: must be \"require\" or \"optional\"");
+  EXPECT_EQ(Error(with("{ mode = \"require\" }")),
+            At(5) + "listeners[0].client_auth.ca: missing required key");
+  EXPECT_EQ(Error(with("{ ca = \"ca.crt\", verify = 2 }")),
+            At(5) + "listeners[0].client_auth.verify: unknown key");
+  EXPECT_EQ(Error(with("\"ca.crt\"")),
+            At(5) + "listeners[0].client_auth: expected a table ([client_auth]), got a string");
+  EXPECT_EQ(Error(Edit(kMinimal, "upstream = \"app\"\n\n",
+                       "upstream = \"app\"\nrequire_client_cert = true\n\n")),
+            At(14) + "routes[0].require_client_cert: listener \"public\" asks for no client "
+                     "certificate; set client_auth on it or on one of its certificates");
+  EXPECT_EQ(Error(Edit(kMinimal, "upstream = \"app\"\n\n",
+                       "upstream = \"app\"\nrequire_client_cert = \"yes\"\n\n")),
+            At(14) + "routes[0].require_client_cert: expected a boolean (true or false), got a string");
 }
 
 TEST_F(ConfigParseTest, BadBalance) {

@@ -61,6 +61,55 @@ TEST(Http1Rewrite, ClientForwardingHeadersAreReplaced) {
             "\r\n");
 }
 
+// The client's X-Client-Cert-* are dropped everywhere (any spelling, any
+// member of the family); on an mTLS listener ktlb adds its own.
+constexpr std::string_view kSpoofedClientCert =
+    "GET / HTTP/1.1\r\n"
+    "Host: example.test\r\n"
+    "X-Client-Cert-Subject: CN=mallory\r\n"
+    "x-client-cert-verified: SUCCESS\r\n"
+    "X_Client_Cert_Fingerprint: 00\r\n"
+    "X-Client-Cert-SAN: DNS:evil.test\r\n"
+    "X-Client-Cert-Chain: evil\r\n"
+    "X-Client-Certificate: kept\r\n"
+    "\r\n";
+constexpr std::string_view kForwarded =
+    "X-Forwarded-For: 203.0.113.7\r\n"
+    "X-Forwarded-Proto: https\r\n"
+    "X-Forwarded-Host: example.test\r\n"
+    "Forwarded: for=203.0.113.7;proto=https;host=example.test\r\n";
+
+TEST(Http1Rewrite, ClientCertFieldsAreStrippedWithoutMtls) {
+  EXPECT_EQ(Upstream(kSpoofedClientCert),
+            std::string("GET / HTTP/1.1\r\nHost: example.test\r\nX-Client-Certificate: kept\r\n") +
+                std::string(kForwarded) + "\r\n");
+}
+
+TEST(Http1Rewrite, MtlsListenerSendsVerifiedIdentity) {
+  ForwardingInfo fwd = V4();
+  fwd.client_cert_headers = true;
+  fwd.client_cert_verified = true;
+  fwd.client_cert_subject = "CN=alice,O=Example";
+  fwd.client_cert_san = "DNS:alice.test,IP:10.0.0.1";
+  fwd.client_cert_fingerprint = "ab01";
+  EXPECT_EQ(Upstream(kSpoofedClientCert, fwd),
+            std::string("GET / HTTP/1.1\r\nHost: example.test\r\nX-Client-Certificate: kept\r\n") +
+                std::string(kForwarded) +
+                "X-Client-Cert-Subject: CN=alice,O=Example\r\n"
+                "X-Client-Cert-SAN: DNS:alice.test,IP:10.0.0.1\r\n"
+                "X-Client-Cert-Fingerprint: ab01\r\n"
+                "X-Client-Cert-Verified: SUCCESS\r\n"
+                "\r\n");
+}
+
+TEST(Http1Rewrite, MtlsListenerWithoutCertificateSaysNone) {
+  ForwardingInfo fwd = V4();
+  fwd.client_cert_headers = true;
+  EXPECT_EQ(Upstream(kSpoofedClientCert, fwd),
+            std::string("GET / HTTP/1.1\r\nHost: example.test\r\nX-Client-Certificate: kept\r\n") +
+                std::string(kForwarded) + "X-Client-Cert-Verified: NONE\r\n\r\n");
+}
+
 TEST(Http1Rewrite, HopByHopAndConnectionNamedHeadersAreDropped) {
   EXPECT_EQ(Upstream("POST /f HTTP/1.1\r\n"
                      "Host: example.test\r\n"
