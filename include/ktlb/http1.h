@@ -68,10 +68,10 @@ struct RequestHead {
 struct ResponseHead {
   int status = 0;
   int version_minor = 1;
-  std::string_view reason;
-  // Content-Length fields are left out when Transfer-Encoding is present
-  // (Transfer-Encoding decides the framing, so Content-Length must not be
-  // forwarded), and identical duplicates are folded into one.
+  std::string_view reason;  // may be empty: BuildClientResponseHead supplies one
+  // Identical duplicate Content-Lengths are folded into one, and a list of
+  // identical values ("5, 5") becomes its first element. A head with both
+  // Content-Length and Transfer-Encoding is refused.
   std::vector<Header> headers;
   BodyKind body = BodyKind::kNone;  // kNone for Content-Length: 0
   uint64_t content_length = 0;
@@ -161,7 +161,8 @@ class RequestParser {
   const char* error_reason_ = "";
 };
 
-// Response side. One parser per upstream exchange.
+// Response side. One parser per upstream exchange. Tolerant where that cannot
+// desync the client (see response_parser.cc): line ends may be bare LF.
 class ResponseParser {
  public:
   ResponseParser();  // Limits{} defaults
@@ -169,6 +170,10 @@ class ResponseParser {
   ~ResponseParser();
   ResponseParser(const ResponseParser&) = delete;
   ResponseParser& operator=(const ResponseParser&) = delete;
+
+  // Forgets everything, including a sticky error: for a new upstream
+  // connection (connection objects, and their parser, are recycled).
+  void Reset();
 
   // `request_was_head`: a response to HEAD has no body whatever its headers say.
   // 1xx, 204 and 304 have no body. A 1xx head is kDone too; the caller forwards

@@ -6,7 +6,8 @@
 
 namespace ktlb::http1::internal {
 
-ParseStatus HeadScanner::Scan(std::string_view buf, uint32_t max_first_line, uint32_t max_head) {
+ParseStatus HeadScanner::Scan(std::string_view buf, uint32_t max_first_line, uint32_t max_head,
+                              LineEnds ends) {
   if (error_ != ScanError::kNone) return ParseStatus::kError;
   if (head_end_ != 0) return ParseStatus::kDone;
   // Fewer bytes than last time: the caller is not continuing the same head.
@@ -38,12 +39,18 @@ ParseStatus HeadScanner::Scan(std::string_view buf, uint32_t max_first_line, uin
       if (n >= max_head) return fail(ScanError::kHeadTooLarge);
       return ParseStatus::kIncomplete;
     }
-    if (p[i] == '\n') return fail(ScanError::kBareLf);
-    // A CR whose LF would land at max_head or later ends a head that is too
-    // large whatever follows.
-    if (i + 1 >= max_head) return fail(ScanError::kHeadTooLarge);
-    if (i + 1 >= n) return ParseStatus::kIncomplete;  // wait for the LF
-    if (p[i + 1] != '\n') return fail(ScanError::kBareCr);
+    size_t line_end_len = 1;  // a bare LF
+    if (p[i] == '\n') {
+      if (ends != LineEnds::kCrlfOrLf) return fail(ScanError::kBareLf);
+      saw_bare_lf_ = true;
+    } else {
+      // A CR whose LF would land at max_head or later ends a head that is too
+      // large whatever follows.
+      if (i + 1 >= max_head) return fail(ScanError::kHeadTooLarge);
+      if (i + 1 >= n) return ParseStatus::kIncomplete;  // wait for the LF
+      if (p[i + 1] != '\n') return fail(ScanError::kBareCr);
+      line_end_len = 2;
+    }
 
     const bool empty_line = (i == line_start_);
     if (!seen_first_line_) {
@@ -51,15 +58,17 @@ ParseStatus HeadScanner::Scan(std::string_view buf, uint32_t max_first_line, uin
         seen_first_line_ = true;
         first_line_start_ = line_start_;
         first_line_end_ = i;
+        fields_start_ = i + line_end_len;
       }
       // else: an empty line before the request line, which RFC 9112 2.2
       // tells servers to ignore (clients send one after a POST body).
     } else if (empty_line) {
-      head_end_ = i + 2;
+      fields_end_ = i;
+      head_end_ = i + line_end_len;
       pos_ = head_end_;
       return ParseStatus::kDone;
     }
-    pos_ = i + 2;
+    pos_ = i + line_end_len;
     line_start_ = pos_;
   }
 }

@@ -66,6 +66,21 @@ bool ParseContentLength(std::string_view v, uint64_t* out) {
   return true;
 }
 
+bool ParseContentLengthList(std::string_view v, uint64_t* out, std::string_view* first) {
+  bool ok = true;
+  size_t elements = 0;
+  ForEachListElement(v, [&](std::string_view elem) {
+    uint64_t n = 0;
+    ok = ParseContentLength(elem, &n) && (elements == 0 || n == *out);
+    if (ok && elements++ == 0) {
+      *out = n;
+      *first = elem;
+    }
+    return ok;
+  });
+  return ok && elements > 0;
+}
+
 bool SplitHeaderLine(std::string_view line, Header* out) {
   size_t i = 0;
   while (i < line.size() && Is(line[i], kTchar)) ++i;

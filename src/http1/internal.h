@@ -127,6 +127,10 @@ void ForEachListElement(std::string_view value, F&& f) {
 // Content-Length: 1*DIGIT, at most INT64_MAX. Larger values are refused
 // because intermediaries disagree on how they overflow (signed vs unsigned).
 bool ParseContentLength(std::string_view v, uint64_t* out);
+// A Content-Length that is a list of identical values ("5, 5"), which a
+// recipient may take as the single value (RFC 9110 8.6). *first is the first
+// element (a view into v). False for differing or invalid elements.
+bool ParseContentLengthList(std::string_view v, uint64_t* out, std::string_view* first);
 
 // Splits a header line (no CRLF) into name and OWS-trimmed value. False when
 // the name is not a token, is empty, or is followed by anything but ':', or
@@ -162,30 +166,48 @@ struct ConnectionTokens {
 
 enum class ScanError : uint8_t { kNone, kFirstLineTooLong, kHeadTooLarge, kBareCr, kBareLf, kObsFold };
 
+// Which line ends a head may use. Clients must send CRLF (a bare LF is a
+// smuggling primitive between intermediaries that disagree on it); backends
+// may also end lines with a bare LF (RFC 9112 2.2 lets a recipient accept it,
+// and CGI scripts behind busybox httpd and others do it), because ktlb never
+// forwards their line ends: it rebuilds every head it sends with CRLF.
+enum class LineEnds : uint8_t { kCrlf, kCrlfOrLf };
+
 // Finds the end of a message head incrementally, enforcing line structure
-// (every line ends in CRLF, no bare CR or LF, no obs-fold) and the size limits
-// on whatever has arrived. State is offsets only, so the caller may move its
-// buffer between calls as long as the bytes already seen stay the same.
+// (every line ends in CRLF, or CRLF or LF with LineEnds::kCrlfOrLf; never a
+// bare CR; no obs-fold) and the size limits on whatever has arrived. State is
+// offsets only, so the caller may move its buffer between calls as long as
+// the bytes already seen stay the same.
 // Errors are reported at the first offending byte in stream order, so the
 // outcome does not depend on how the bytes were split into calls.
 class HeadScanner {
  public:
   void Reset() { *this = HeadScanner(); }
-  ParseStatus Scan(std::string_view buf, uint32_t max_first_line, uint32_t max_head);
+  ParseStatus Scan(std::string_view buf, uint32_t max_first_line, uint32_t max_head,
+                   LineEnds ends = LineEnds::kCrlf);
 
   ScanError error() const { return error_; }
   // Valid after kDone. Leading empty lines (RFC 9112 2.2) precede the first.
   size_t first_line_start() const { return first_line_start_; }
-  size_t first_line_end() const { return first_line_end_; }  // index of its CR
-  size_t head_end() const { return head_end_; }              // after CRLF CRLF
+  size_t first_line_end() const { return first_line_end_; }  // index of its CR (or LF)
+  // The header lines: from after the first line's end to the start of the
+  // empty line (equal when there are none).
+  size_t fields_start() const { return fields_start_; }
+  size_t fields_end() const { return fields_end_; }
+  size_t head_end() const { return head_end_; }  // after the empty line's CRLF (or LF)
+  // Some line of the head ended in a bare LF (LineEnds::kCrlfOrLf only).
+  bool saw_bare_lf() const { return saw_bare_lf_; }
 
  private:
   size_t pos_ = 0;
   size_t line_start_ = 0;
   size_t first_line_start_ = 0;
   size_t first_line_end_ = 0;
+  size_t fields_start_ = 0;
+  size_t fields_end_ = 0;
   size_t head_end_ = 0;
   bool seen_first_line_ = false;
+  bool saw_bare_lf_ = false;
   ScanError error_ = ScanError::kNone;
 };
 
@@ -240,7 +262,7 @@ const llhttp_settings_t* PausingSettings();
 
 // Lines of the head that llhttp must not see: identical duplicate
 // Content-Length lines (llhttp rejects any duplicate, we fold identical ones)
-// and, in responses, Content-Length next to Transfer-Encoding.
+// and, in responses, Content-Length lists of identical values ("5, 5").
 struct SkipList {
   static constexpr size_t kMax = 4;
   std::array<std::pair<size_t, size_t>, kMax> ranges{};  // [begin, end)

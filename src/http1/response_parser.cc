@@ -1,11 +1,15 @@
 // HTTP/1.1 response framing from an upstream.
 //
-// The backend is more trusted than the client, so a few harmless deviations
-// are accepted (no reason phrase, codings other than chunked, Transfer-Encoding
-// in 1.0). Anything that could make ktlb and the client disagree about where
-// the response ends is still refused or resolved toward the safe side: when
-// Content-Length and Transfer-Encoding are both present, Transfer-Encoding
-// frames the body, Content-Length is dropped, and the connection is not reused.
+// Be strict with clients, tolerant with backends: ktlb accepts from a backend
+// what nginx and HAProxy accept, because an operator cannot fix every
+// backend, and it is safe as long as ktlb and the client can never disagree
+// about where a response ends. ktlb rebuilds every head it forwards (CRLF, a
+// reason phrase, HTTP/1.1, one Content-Length), so none of these deviations
+// reaches a client: bare-LF line ends (RFC 9112 2.2), no reason phrase,
+// HTTP/1.0, codings other than chunked, identical duplicate Content-Lengths,
+// also as a list ("5, 5", RFC 9110 8.6). What could desync the client
+// connection is refused (502): Content-Length next to Transfer-Encoding,
+// differing Content-Lengths, bad chunked framing.
 #include <llhttp.h>
 
 #include <algorithm>
@@ -76,6 +80,7 @@ const char* ResponseParser::Impl::BuildHead(std::string_view buf, bool request_w
                                             ResponseHead* head) {
   const size_t head_end = scanner.head_end();
   const size_t line_end = scanner.first_line_end();
+  const size_t fields_end = scanner.fields_end();
   const char* base = buf.data();
 
   head->status = 0;
@@ -95,19 +100,23 @@ const char* ResponseParser::Impl::BuildHead(std::string_view buf, bool request_w
 
   bool has_cl = false;
   uint64_t cl = 0;
-  size_t cl_index = 0;  // of the first Content-Length in head->headers
-  SkipList cl_lines;    // every Content-Length line, first included
+  // llhttp refuses duplicate and list-valued Content-Lengths, so it is shown
+  // only the first single-valued one (if any); the other lines are skipped.
+  SkipList cl_skips;
+  bool ll_sees_cl = false;
   bool has_te = false;
   bool chunked_last = false;
   ConnectionTokens conn;
 
-  const size_t fields_end = head_end - 2;
-  size_t pos = line_end + 2;
+  size_t pos = scanner.fields_start();
   while (pos < fields_end) {
-    const void* cr = std::memchr(base + pos, '\r', fields_end - pos);
-    if (cr == nullptr) return "unterminated header line";
-    const size_t le = static_cast<size_t>(static_cast<const char*>(cr) - base);
-    const size_t next = le + 2;
+    // Every line ends in LF (the scanner checked that a CR is always followed
+    // by one); the CR before it, if any, is not part of the line.
+    const void* lf = std::memchr(base + pos, '\n', fields_end - pos);
+    if (lf == nullptr) return "unterminated header line";
+    size_t le = static_cast<size_t>(static_cast<const char*>(lf) - base);
+    const size_t next = le + 1;
+    if (le > pos && base[le - 1] == '\r') --le;
     Header h;
     if (!internal::SplitHeaderLine(std::string_view(base + pos, le - pos), &h)) {
       return "invalid header field";
@@ -117,16 +126,26 @@ const char* ResponseParser::Impl::BuildHead(std::string_view buf, bool request_w
         return "'_' in a framing header name";
       case KnownHeader::kContentLength: {
         uint64_t v = 0;
-        if (!internal::ParseContentLength(h.value, &v)) return "invalid Content-Length";
-        if (!cl_lines.Add(pos, next)) return "too many Content-Length fields";
+        const bool single = internal::ParseContentLength(h.value, &v);
+        if (!single) {
+          // "5, 5": a list of identical values means 5 (RFC 9110 8.6).
+          if (!internal::ParseContentLengthList(h.value, &v, &h.value)) {
+            return "invalid Content-Length";
+          }
+        }
         if (has_cl) {
           if (v != cl) return "conflicting Content-Length";
+          if (!cl_skips.Add(pos, next)) return "too many Content-Length fields";
           pos = next;  // identical duplicate: folded
           continue;
         }
+        if (single) {
+          ll_sees_cl = true;
+        } else if (!cl_skips.Add(pos, next)) {
+          return "too many Content-Length fields";
+        }
         has_cl = true;
         cl = v;
-        cl_index = head->headers.size();
         break;
       }
       case KnownHeader::kTransferEncoding:
@@ -153,20 +172,15 @@ const char* ResponseParser::Impl::BuildHead(std::string_view buf, bool request_w
     pos = next;
   }
 
-  // What llhttp must not see: duplicates always, every Content-Length when
-  // Transfer-Encoding overrides it (llhttp refuses the pair outright).
-  SkipList skips;
-  if (has_te && has_cl) {
-    skips = cl_lines;
-    head->headers.erase(head->headers.begin() + static_cast<std::ptrdiff_t>(cl_index));
-  } else {
-    for (size_t k = 1; k < cl_lines.size; ++k) skips.Add(cl_lines.ranges[k].first, cl_lines.ranges[k].second);
-  }
+  // Both framings present means someone upstream is confused or hostile
+  // (RFC 9112 6.3 rule 3: "ought to be handled as an error"): which one
+  // frames the body is exactly what a smuggling attack plays on.
+  if (has_te && has_cl) return "both Content-Length and Transfer-Encoding";
 
   head->keep_alive = minor == 1 ? !conn.close : (conn.keep_alive && !conn.close);
-  // Both framings present means someone upstream is confused or hostile; the
-  // bytes after this response cannot be trusted to start a new one.
-  if (has_te && (has_cl || minor == 0)) head->keep_alive = false;
+  // Transfer-Encoding in HTTP/1.0 is unusual enough that the bytes after this
+  // response cannot be trusted to start a new one.
+  if (has_te && minor == 0) head->keep_alive = false;
   if (status == 101) head->keep_alive = false;  // the connection is a tunnel now
   const bool no_body = request_was_head || status < 200 || status == 204 || status == 304;
   if (no_body) {
@@ -179,10 +193,15 @@ const char* ResponseParser::Impl::BuildHead(std::string_view buf, bool request_w
     head->body = BodyKind::kUntilClose;
   }
   if (head->body == BodyKind::kUntilClose) head->keep_alive = false;
-  if (!has_te && has_cl) head->content_length = cl;
+  if (has_cl) head->content_length = cl;
 
   llhttp_init(&ll, HTTP_RESPONSE, internal::PausingSettings());
-  const llhttp_errno_t e = internal::LlhttpCheckHead(&ll, buf, head_end, skips);
+  // llhttp ends a header value at a bare LF only in its lenient-headers mode,
+  // which also stops it checking the name/colon spacing and value characters.
+  // Our tokenizer above checked both strictly already; llhttp stays the
+  // second opinion on where the head ends and on the framing.
+  if (scanner.saw_bare_lf()) llhttp_set_lenient_headers(&ll, 1);
+  const llhttp_errno_t e = internal::LlhttpCheckHead(&ll, buf, head_end, cl_skips);
   if (e != HPE_OK) {
     return e == HPE_INTERNAL ? "llhttp disagrees on the end of the head"
                              : llhttp_get_error_reason(&ll);
@@ -190,7 +209,7 @@ const char* ResponseParser::Impl::BuildHead(std::string_view buf, bool request_w
   const bool ll_cl = (ll.flags & F_CONTENT_LENGTH) != 0;
   if (ll.http_major != 1 || ll.http_minor != minor || ll.status_code != status ||
       (head->body == BodyKind::kChunked && (ll.flags & F_CHUNKED) == 0) ||
-      ll_cl != (has_cl && !has_te) || (ll_cl && ll.content_length != cl)) {
+      ll_cl != ll_sees_cl || (ll_cl && ll.content_length != cl)) {
     return "llhttp disagrees on the response";
   }
 
@@ -208,6 +227,13 @@ ResponseParser::ResponseParser() : ResponseParser(Limits{}) {}
 ResponseParser::ResponseParser(Limits limits) : impl_(std::make_unique<Impl>(limits)) {}
 ResponseParser::~ResponseParser() = default;
 
+void ResponseParser::Reset() {
+  error_reason_ = "";
+  impl_->phase = Phase::kIdle;
+  impl_->body = BodyKind::kNone;
+  impl_->remaining = 0;
+}
+
 ParseStatus ResponseParser::Fail(const char* reason) {
   error_reason_ = reason;
   impl_->phase = Phase::kError;
@@ -222,7 +248,8 @@ ParseStatus ResponseParser::ParseHead(std::string_view buf, bool request_was_hea
     s.scanner.Reset();
     s.phase = Phase::kHead;
   }
-  switch (s.scanner.Scan(buf, s.limits.max_request_line, s.limits.max_header_bytes)) {
+  switch (s.scanner.Scan(buf, s.limits.max_request_line, s.limits.max_header_bytes,
+                         internal::LineEnds::kCrlfOrLf)) {
     case ParseStatus::kIncomplete:
       return ParseStatus::kIncomplete;
     case ParseStatus::kError:
@@ -231,8 +258,8 @@ ParseStatus ResponseParser::ParseHead(std::string_view buf, bool request_was_hea
         case internal::ScanError::kHeadTooLarge: return Fail("response head too large");
         case internal::ScanError::kBareCr: return Fail("CR not followed by LF");
         case internal::ScanError::kObsFold: return Fail("obsolete line folding");
-        case internal::ScanError::kBareLf:
-        case internal::ScanError::kNone: return Fail("LF not preceded by CR");
+        case internal::ScanError::kBareLf:  // not with LineEnds::kCrlfOrLf
+        case internal::ScanError::kNone: return Fail("malformed head");
       }
       return Fail("malformed head");
     case ParseStatus::kDone:

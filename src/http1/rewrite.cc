@@ -122,22 +122,40 @@ std::string_view StatusReason(int status) {
   switch (status) {
     case 100: return "Continue";
     case 101: return "Switching Protocols";
+    case 102: return "Processing";
+    case 103: return "Early Hints";
     case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 203: return "Non-Authoritative Information";
     case 204: return "No Content";
+    case 205: return "Reset Content";
+    case 206: return "Partial Content";
+    case 300: return "Multiple Choices";
     case 301: return "Moved Permanently";
     case 302: return "Found";
+    case 303: return "See Other";
     case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
     case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
     case 411: return "Length Required";
+    case 412: return "Precondition Failed";
     case 413: return "Content Too Large";
     case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 416: return "Range Not Satisfiable";
     case 417: return "Expectation Failed";
     case 421: return "Misdirected Request";
+    case 422: return "Unprocessable Content";
     case 426: return "Upgrade Required";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
@@ -230,7 +248,9 @@ void BuildClientResponseHead(const ResponseHead& head, int client_version_minor,
   out->append(client_version_minor == 0 ? "HTTP/1.0 " : "HTTP/1.1 ", 9);
   AppendUint(out, static_cast<uint64_t>(head.status));
   out->push_back(' ');
-  out->append(head.reason);
+  // A backend may omit the reason phrase (RFC 9112 4); clients and tools
+  // that print it get the standard one, as from nginx.
+  out->append(head.reason.empty() ? StatusReason(head.status) : head.reason);
   out->append("\r\n", 2);
 
   const bool switching = head.status == 101;

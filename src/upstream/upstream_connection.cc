@@ -48,6 +48,10 @@ bool UpstreamConnection::Connect(Cluster* cluster, size_t server) {
   reused_ = false;
   exchange_ = nullptr;
   pipe_.Clear();
+  // The object (and its parser) may come from the pool after a connection
+  // whose response was refused: the parser's error is sticky, and a new
+  // connection must not inherit it (every exchange would fail with it).
+  if (parser_) parser_->Reset();
   fd_.reset(StartConnect(*loop_, cluster->server(server).address, Tag(kConnect), cluster->log(),
                      "upstream", cluster->metrics()));
   if (fd_.get() < 0) {

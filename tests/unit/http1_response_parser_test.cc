@@ -143,23 +143,6 @@ TEST(Http1ResponseParser, ChunkedWithTrailers) {
   }
 }
 
-TEST(Http1ResponseParser, BothContentLengthAndChunkedUsesChunkedAndCloses) {
-  const std::string text =
-      "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\nX: 1\r\n\r\n"
-      "2\r\nok\r\n0\r\n\r\nHTTP/1.1 200 OK";
-  ResponseParser p;
-  ResponseHead head;
-  ASSERT_EQ(p.ParseHead(text, false, &head), ParseStatus::kDone);
-  EXPECT_EQ(head.body, BodyKind::kChunked);
-  EXPECT_FALSE(head.keep_alive);
-  for (const Header& h : head.headers) EXPECT_FALSE(HeaderNameIs(h.name, "content-length"));
-  EXPECT_EQ(head.headers.size(), 2u);
-  size_t consumed = 0;
-  EXPECT_EQ(p.ParseBody(std::string_view(text).substr(head.head_len), &consumed),
-            ParseStatus::kDone);
-  EXPECT_EQ(consumed, 12u);
-}
-
 TEST(Http1ResponseParser, NonChunkedCodingIsCloseDelimited) {
   Parsed r = Parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
   ASSERT_EQ(r.status, ParseStatus::kDone) << r.reason;
@@ -175,6 +158,68 @@ TEST(Http1ResponseParser, IdenticalDuplicateContentLengthFolded) {
   ASSERT_EQ(r.status, ParseStatus::kDone) << r.reason;
   EXPECT_EQ(r.head.headers.size(), 1u);
   EXPECT_EQ(r.head.content_length, 3u);
+}
+
+TEST(Http1ResponseParser, ContentLengthListOfIdenticalValues) {
+  for (const char* text : {"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+                           "HTTP/1.1 200 OK\r\nContent-Length: 5,5,5\r\n\r\n",
+                           "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5, 5\r\n\r\n",
+                           "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n"}) {
+    Parsed r = Parse(text);
+    ASSERT_EQ(r.status, ParseStatus::kDone) << text << r.reason;
+    EXPECT_EQ(r.head.body, BodyKind::kContentLength);
+    EXPECT_EQ(r.head.content_length, 5u);
+    ASSERT_EQ(r.head.headers.size(), 1u) << text;
+    EXPECT_EQ(r.head.headers[0].value, "5") << text;
+    EXPECT_TRUE(r.head.keep_alive);
+  }
+}
+
+// RFC 9112 2.2: a recipient MAY accept a bare LF as a line end. Backends are
+// allowed to; the head is rebuilt with CRLF before it reaches a client.
+TEST(Http1ResponseParser, BareLfLineEnds) {
+  for (const char* text : {
+           "HTTP/1.1 200 OK\nContent-Length: 5\nX: a b\n\nhello",
+           "HTTP/1.1 200 OK\r\nContent-Length: 5\nX: a b\r\n\nhello",
+           "HTTP/1.1 200 OK\nContent-Length: 5\r\nX: a b\n\r\nhello",
+           "\nHTTP/1.1 200 OK\nContent-Length: 5\nX: a b\n\nhello",
+       }) {
+    const std::string_view t(text);
+    ResponseParser p;
+    ResponseHead h;
+    // Byte by byte too: the verdict must not depend on how reads split it.
+    for (size_t n = 1; n < t.size() - 5; ++n) {
+      ASSERT_EQ(p.ParseHead(t.substr(0, n), false, &h), ParseStatus::kIncomplete) << t << n;
+    }
+    ASSERT_EQ(p.ParseHead(t, false, &h), ParseStatus::kDone) << t << p.error_reason();
+    EXPECT_EQ(h.status, 200);
+    EXPECT_EQ(h.reason, "OK");
+    EXPECT_EQ(h.head_len, t.size() - 5) << t;
+    ASSERT_EQ(h.headers.size(), 2u);
+    EXPECT_EQ(h.headers[0].name, "Content-Length");
+    EXPECT_EQ(h.headers[0].value, "5");
+    EXPECT_EQ(h.headers[1].name, "X");
+    EXPECT_EQ(h.headers[1].value, "a b");
+    EXPECT_EQ(h.body, BodyKind::kContentLength);
+    size_t consumed = 0;
+    EXPECT_EQ(p.ParseBody(t.substr(h.head_len), &consumed), ParseStatus::kDone);
+    EXPECT_EQ(consumed, 5u);
+  }
+}
+
+// busybox httpd's CGI gateway: "HTTP/1.0 200 OK\r\n" then the script's own
+// bare-LF lines, no framing: the body runs until the connection closes.
+TEST(Http1ResponseParser, Http10CloseDelimitedWithBareLf) {
+  Parsed r = Parse("HTTP/1.0 200 OK\r\nContent-type: text/plain\nX-Cgi: 1\n\nbody");
+  ASSERT_EQ(r.status, ParseStatus::kDone) << r.reason;
+  EXPECT_EQ(r.head.version_minor, 0);
+  EXPECT_EQ(r.head.body, BodyKind::kUntilClose);
+  EXPECT_FALSE(r.head.keep_alive);
+  EXPECT_EQ(r.head.headers.size(), 2u);
+  r = Parse("HTTP/1.1 200\n\n");
+  ASSERT_EQ(r.status, ParseStatus::kDone) << r.reason;
+  EXPECT_EQ(r.head.reason, "");
+  EXPECT_EQ(r.head.body, BodyKind::kUntilClose);
 }
 
 TEST(Http1ResponseParser, MissingReasonPhrase) {
@@ -197,13 +242,40 @@ TEST(Http1ResponseParser, Refused) {
            "HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",
            "HTTP/1.1 200 OK\r\nX : a\r\n\r\n",
            "HTTP/1.1 200 OK\rX: a\r\n\r\n",
-           "HTTP/1.1 200 OK\nX: a\n\n",
+           "HTTP/1.1 200 OK\nX: a\r\r\n\n",
+           "HTTP/1.1 200 OK\nX: a\n b\n\n",
+           "HTTP/1.1 200 OK\nX : a\n\n",
+           // Would desync the client: two framings, or lengths that disagree.
+           "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n",
+           "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n",
+           "HTTP/1.1 200 OK\nContent-Length: 2\nTransfer-Encoding: gzip\n\n",
+           "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+           "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5, 6\r\n\r\n",
+           "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nContent-Length: 6\r\n\r\n",
+           "HTTP/1.1 200 OK\r\nContent-Length: 5, x\r\n\r\n",
+           "HTTP/1.1 200 OK\r\nContent-Length: ,\r\n\r\n",
+           "HTTP/1.1 200 OK\r\nContent-Length:\r\n\r\n",
+           "HTTP/1.1 200 OK\nContent-Length: 3\nContent-Length: 4\n\n",
            "ICY 200 OK\r\n\r\n",
        }) {
     Parsed r = Parse(text);
     EXPECT_EQ(r.status, ParseStatus::kError) << text;
     EXPECT_NE(r.reason, "") << text;
   }
+}
+
+// Upstream connection objects are recycled with their parser: a refused
+// response must not poison the next connection's exchanges.
+TEST(Http1ResponseParser, ResetForgetsAStickyError) {
+  ResponseParser p;
+  ResponseHead h;
+  ASSERT_EQ(p.ParseHead("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", false, &h),
+            ParseStatus::kError);
+  ASSERT_EQ(p.ParseHead("HTTP/1.1 200 OK\r\n\r\n", false, &h), ParseStatus::kError);
+  p.Reset();
+  EXPECT_STREQ(p.error_reason(), "");
+  ASSERT_EQ(p.ParseHead("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", false, &h), ParseStatus::kDone);
+  EXPECT_EQ(h.content_length, 2u);
 }
 
 TEST(Http1ResponseParser, BadChunkIsAnError) {

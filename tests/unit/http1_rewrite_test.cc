@@ -282,15 +282,27 @@ TEST(Http1Rewrite, ClientResponseSwitchingProtocolsKeepsUpgrade) {
             "\r\n");
 }
 
-TEST(Http1Rewrite, ClientResponseWithBothFramingsCarriesOnlyChunked) {
-  EXPECT_EQ(Client("HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n", 1,
-                   true),
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+TEST(Http1Rewrite, ClientResponseEmptyReasonGetsTheStandardOne) {
+  EXPECT_EQ(Client("HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n", 1, false),
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+  EXPECT_EQ(Client("HTTP/1.1 201 \r\nContent-Length: 0\r\n\r\n", 1, false),
+            "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
 }
 
-TEST(Http1Rewrite, ClientResponseEmptyReason) {
-  EXPECT_EQ(Client("HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n", 1, false),
-            "HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n");
+// Whatever line ends, version, reason and Content-Length spelling a backend
+// used, the client gets one canonical head.
+TEST(Http1Rewrite, ClientResponseHeadIsNormalised) {
+  const std::string want = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX: y\r\n\r\n";
+  for (const char* text : {
+           "HTTP/1.1 200 OK\nContent-Length: 5\nX: y\n\n",
+           "HTTP/1.1 200\nContent-Length: 5\r\nX: y\n\r\n",
+           "HTTP/1.0 200 OK\r\nContent-Length: 5\r\nX: y\r\nConnection: keep-alive\r\n\r\n",
+           "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\nX: y\r\n\r\n",
+           "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nX: y\r\n\r\n",
+           "HTTP/1.1 200 OK\nContent-Length: 5,5\nContent-Length: 5\nX: y\n\n",
+       }) {
+    EXPECT_EQ(Client(text, 1, false), want) << text;
+  }
 }
 
 TEST(Http1Rewrite, ErrorResponses) {
