@@ -16,9 +16,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -76,45 +78,56 @@ constexpr int kHandedOff = 0;
 // is queued and reloads at once.
 int ControlLoop(int signal_fd, ktlb::Server& server, ktlb::ConfigReloader& reloader,
                 ktlb::FileWatch& watch, ktlb::UpgradeListener& upgrade) {
-  bool change_pending = watch.TakeChanges();
+  using Clock = std::chrono::steady_clock;
+  // A change reloads once the files have been quiet for kDebounceMs; each
+  // further change pushes it back.
+  std::optional<Clock::time_point> reload_at;
+  if (watch.TakeChanges()) reload_at = Clock::now();
   // WatchdogSec=: ping at half the interval, and only while every worker
   // still turns its loop, so a wedged worker gets the process restarted.
   uint64_t watchdog_us = 0;
   if (sd_watchdog_enabled(0, &watchdog_us) <= 0) watchdog_us = 0;
-  const int watchdog_ms = static_cast<int>(watchdog_us / 2000);
-  auto next_ping = std::chrono::steady_clock::now();
+  const auto watchdog_every = std::chrono::microseconds(watchdog_us / 2);
+  auto next_ping = Clock::now();
   for (;;) {
-    int timeout = change_pending ? kDebounceMs : -1;
-    if (watchdog_ms > 0) {
-      auto now = std::chrono::steady_clock::now();
-      if (now >= next_ping) {
-        if (server.WorkersTurned()) sd_notify(0, "WATCHDOG=1");
-        next_ping = now + std::chrono::milliseconds(watchdog_ms);
-      }
-      int until_ping = static_cast<int>(
-          std::chrono::duration_cast<std::chrono::milliseconds>(next_ping - now).count()) + 1;
-      timeout = timeout < 0 ? until_ping : std::min(timeout, until_ping);
-    }
-    // An fd of -1 is skipped by poll.
-    pollfd fds[3] = {{signal_fd, POLLIN, 0}, {watch.fd(), POLLIN, 0}, {upgrade.fd(), POLLIN, 0}};
-    int n = poll(fds, 3, timeout);
-    if (n < 0) continue;  // EINTR
-    if ((fds[2].revents & POLLIN) && upgrade.HandOff(server.listen_sockets())) return kHandedOff;
-    if (n == 0) {
-      if (!change_pending) continue;  // a watchdog tick
-      // Quiet for kDebounceMs since the last change.
-      change_pending = false;
+    Clock::time_point now = Clock::now();
+    if (reload_at && now >= *reload_at) {
+      reload_at.reset();
       Reload(reloader, "file change");
       WatchConfigFiles(watch, reloader.FilesToWatch());  // it may name other files
       continue;
     }
-    if (fds[1].revents & POLLIN) change_pending |= watch.TakeChanges();
+    if (watchdog_us > 0 && now >= next_ping) {
+      if (server.WorkersTurned()) sd_notify(0, "WATCHDOG=1");
+      next_ping = now + watchdog_every;
+    }
+    int timeout = -1;
+    auto wake_at = [&](Clock::time_point t) {
+      auto ms = std::chrono::ceil<std::chrono::milliseconds>(t - now).count();
+      int v = static_cast<int>(std::max<int64_t>(ms, 0));
+      timeout = timeout < 0 ? v : std::min(timeout, v);
+    };
+    if (reload_at) wake_at(*reload_at);
+    if (watchdog_us > 0) wake_at(next_ping);
+    // An fd of -1 is skipped by poll.
+    pollfd fds[3] = {{signal_fd, POLLIN, 0}, {watch.fd(), POLLIN, 0}, {upgrade.fd(), POLLIN, 0}};
+    if (poll(fds, 3, timeout) < 0) {
+      if (errno != EINTR) {
+        fprintf(stderr, "ktlb: poll: %s\n", strerror(errno));
+        usleep(100 * 1000);
+      }
+      continue;
+    }
+    if ((fds[2].revents & POLLIN) && upgrade.HandOff(&server.listen_sockets())) return kHandedOff;
+    if ((fds[1].revents & POLLIN) && watch.TakeChanges()) {
+      reload_at = Clock::now() + std::chrono::milliseconds(kDebounceMs);
+    }
     if (!(fds[0].revents & POLLIN)) continue;
     signalfd_siginfo si;
     if (read(signal_fd, &si, sizeof si) != sizeof si) continue;
     switch (si.ssi_signo) {
       case SIGHUP:
-        change_pending = false;
+        reload_at.reset();  // this reload reads the changed files too
         Reload(reloader, "SIGHUP");
         WatchConfigFiles(watch, reloader.FilesToWatch());
         break;
@@ -228,39 +241,41 @@ int main(int argc, char** argv) {
     fprintf(stderr, "ktlb: startup failed: %s\n", std::string(s.message()).c_str());
     return 1;
   }
+  const ktlb::Config& cfg = *(*snapshot)->config;
+  // Bound and set up: root is no longer needed. Keys must stay readable by
+  // this user for reloads (README: a group-readable key directory). Before
+  // an upgrade's Ready(): after it the old process is gone.
+  if (!cfg.server.user.empty()) {
+    if (absl::Status s = ktlb::DropPrivileges(cfg.server.uid, cfg.server.gid); !s.ok()) {
+      fprintf(stderr, "ktlb: cannot run as user \"%s\": %s\n", cfg.server.user.c_str(),
+              std::string(s.message()).c_str());
+      server.StopAndWait();  // inherited sockets are shared: not shut down
+      return 1;
+    }
+    fprintf(stderr, "ktlb: running as user %s (uid %u, gid %u)\n", cfg.server.user.c_str(),
+            cfg.server.uid, cfg.server.gid);
+  }
   if (upgrade) {
     // Serving on the inherited sockets: the old process may stop accepting.
-    if (absl::Status s = predecessor.Ready(); !s.ok()) {
-      fprintf(stderr, "ktlb: --upgrade: %s\n", std::string(s.message()).c_str());
-    } else {
-      fprintf(stderr, "ktlb: --upgrade: took over the listening sockets; the old process drains\n");
+    if (absl::Status s = predecessor.Ready(&server.listen_sockets()); !s.ok()) {
+      // The old process serves on; leave it the sockets untouched.
+      fprintf(stderr, "ktlb: --upgrade: %s; exiting\n", std::string(s.message()).c_str());
+      server.StopAndWait(/*handed_off=*/true);
+      return 1;
     }
+    fprintf(stderr, "ktlb: --upgrade: took over the listening sockets; the old process drains\n");
   }
   ktlb::UpgradeListener upgrade_listener;
   if (absl::Status s = upgrade_listener.Open(config_path); !s.ok()) {
-    fprintf(stderr, "ktlb: warning: binary upgrade unavailable: %s\n",
+    fprintf(stderr, "ktlb: WARNING: binary upgrade unavailable: %s\n",
             std::string(s.message()).c_str());
   }
-  const ktlb::Config& cfg = *(*snapshot)->config;
   for (const auto& l : cfg.listeners) {
     fprintf(stderr, "ktlb: listener \"%s\" on %s (%zu workers)\n", l.name.c_str(),
             l.listen.text.c_str(), server.worker_count());
   }
   if (cfg.server.has_admin) {
     fprintf(stderr, "ktlb: admin on http://%s/metrics\n", cfg.server.admin_listen.text.c_str());
-  }
-
-  // Bound and set up: root is no longer needed. Keys must stay readable by
-  // this user for reloads (README: a group-readable key directory).
-  if (!cfg.server.user.empty()) {
-    if (absl::Status s = ktlb::DropPrivileges(cfg.server.uid, cfg.server.gid); !s.ok()) {
-      fprintf(stderr, "ktlb: cannot run as user \"%s\": %s\n", cfg.server.user.c_str(),
-              std::string(s.message()).c_str());
-      server.StopAndWait();
-      return 1;
-    }
-    fprintf(stderr, "ktlb: running as user %s (uid %u, gid %u)\n", cfg.server.user.c_str(),
-            cfg.server.uid, cfg.server.gid);
   }
 
   ktlb::ConfigReloader reloader(config_path, ticket_keys, &server, *snapshot);

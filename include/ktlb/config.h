@@ -72,6 +72,10 @@ struct ServerConfig {
   bool has_admin = false;
   SocketAddress admin_listen;
   Timeouts timeouts;
+  // SIGTERM -> listeners close: /healthz says 503 at once while new
+  // connections are still served (one request each), so L4 health checks
+  // steer clients away first. 0 = close at once.
+  uint32_t drain_grace_ms = 0;
   uint32_t max_request_line = 8192;   // bytes; longer -> 414
   uint32_t max_header_bytes = 32768;  // whole head; larger -> 431
   Http2Settings h2;

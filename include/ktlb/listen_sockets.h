@@ -8,6 +8,7 @@
 // close (startup, reload), never per connection.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <string>
@@ -24,8 +25,17 @@ class ListenSockets {
   // `fd` listens on `address` (a worker owns it; this only lists it).
   void Register(const std::string& address, int fd);
   void Unregister(int fd);
-  // Every registered socket, for the successor.
-  std::vector<std::pair<std::string, int>> List() const;
+  // A duplicate of every registered socket, for the successor (dup'd under
+  // the lock, so a worker closing one meanwhile cannot make the number
+  // name something else).
+  std::vector<std::pair<std::string, UniqueFd>> List() const;
+
+  // --- both ---
+  // True while another process holds these sockets too (a hand-off under
+  // way, or not yet confirmed): then closing a listener must not
+  // shutdown() it, which would stop it for the other process as well.
+  void SetShared(bool shared) { shared_.store(shared, std::memory_order_relaxed); }
+  bool shared() const { return shared_.load(std::memory_order_relaxed); }
 
   // --- the successor ---
   void Inherit(const std::string& address, UniqueFd fd);
@@ -37,6 +47,7 @@ class ListenSockets {
   size_t CloseUntaken();
 
  private:
+  std::atomic<bool> shared_{false};
   mutable std::mutex mu_;
   std::map<int, std::string> registered_;  // fd -> address
   std::multimap<std::string, UniqueFd> inherited_;

@@ -9,7 +9,8 @@ namespace ktlb {
 
 // Sets the supplementary groups to just `gid`, then the gid, then the uid,
 // for every thread of the process (glibc applies set*id to all threads), and
-// checks that root cannot be regained. Root only; an error leaves the
+// checks that root cannot be regained. Nothing to do when the process
+// already runs as uid/gid; otherwise root only. An error leaves the
 // process as it was where it can.
 absl::Status DropPrivileges(uint32_t uid, uint32_t gid);
 

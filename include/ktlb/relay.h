@@ -100,8 +100,8 @@ class Relay : public IoHandler, public DeadlineTarget {
   // The buffer ring was empty: try the recv for `op` again.
   void OnDeferred(uint8_t op) override;
   void OnDeadline(uint8_t kind) override;
-  // Drain: a connection still reading its ClientHello closes now; relays
-  // run on until they end or the drain deadline cuts them.
+  // Drain: nothing is cut; a ClientHello on its way finishes (handshake
+  // timeout), relays run on until they end or the drain deadline cuts them.
   void Drain();
   // The drain deadline cuts this connection: log it if it is open.
   void LogIfOpen(const char* error);

@@ -36,11 +36,13 @@ class Server {
   // Hands every worker `snapshot` for its next accepts (Worker::Swap);
   // returns at once. Live connections finish on the snapshot they began on.
   void Swap(std::shared_ptr<const Snapshot> snapshot);
-  // Swap, then waits until every worker has applied it or refused it (a
-  // listener it cannot bind): an error says how many refused. Those keep
-  // serving the config they had, so the caller should count the reload as
-  // failed.
-  absl::Status Install(std::shared_ptr<const Snapshot> snapshot);
+  // Swap, then waits (up to 10 s) until every worker has applied it or
+  // refused it (a listener it cannot bind; it keeps its config). A worker
+  // still busy after that takes it at its next turn.
+  struct InstallResult {
+    size_t applied = 0, refused = 0, late = 0;
+  };
+  InstallResult Install(std::shared_ptr<const Snapshot> snapshot);
   // SIGUSR1: opens the access log file again (after logrotate moved it) and
   // puts it in place of the old descriptor, which the workers keep using.
   absl::Status ReopenAccessLog();

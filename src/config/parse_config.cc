@@ -199,7 +199,7 @@ absl::Status ReadServer(const Section& s, ServerConfig* server) {
                                           "max_request_line", "max_header_bytes", "access_log", "ticket_keys",
                                           "h2_max_concurrent_streams", "h2_max_header_list_size",
                                           "h2_stream_window", "h2_connection_window",
-                                          "h2_glitch_budget", "user", "group"});
+                                          "h2_glitch_budget", "user", "group", "drain_grace_ms"});
       !st.ok()) {
     return st;
   }
@@ -228,6 +228,10 @@ absl::Status ReadServer(const Section& s, ServerConfig* server) {
   };
   for (const auto& [key, field] : timeouts) {
     if (absl::Status st = s.Uint32(key, 1, kMaxTimeoutMs, field); !st.ok()) return st;
+  }
+  if (absl::Status st = s.Uint32("drain_grace_ms", 0, kMaxTimeoutMs, &server->drain_grace_ms);
+      !st.ok()) {
+    return st;
   }
   if (absl::Status st = s.Uint32("max_request_line", 1, kMaxHeadLimit, &server->max_request_line);
       !st.ok()) {

@@ -1,5 +1,7 @@
 #include "ktlb/listen_sockets.h"
 
+#include <fcntl.h>
+
 namespace ktlb {
 
 void ListenSockets::Register(const std::string& address, int fd) {
@@ -12,10 +14,13 @@ void ListenSockets::Unregister(int fd) {
   registered_.erase(fd);
 }
 
-std::vector<std::pair<std::string, int>> ListenSockets::List() const {
+std::vector<std::pair<std::string, UniqueFd>> ListenSockets::List() const {
   std::lock_guard<std::mutex> lock(mu_);
-  std::vector<std::pair<std::string, int>> out;
-  for (const auto& [fd, address] : registered_) out.emplace_back(address, fd);
+  std::vector<std::pair<std::string, UniqueFd>> out;
+  for (const auto& [fd, address] : registered_) {
+    UniqueFd copy(fcntl(fd, F_DUPFD_CLOEXEC, 0));
+    if (copy) out.emplace_back(address, std::move(copy));
+  }
   return out;
 }
 

@@ -11,6 +11,15 @@
 namespace ktlb {
 
 absl::Status DropPrivileges(uint32_t uid, uint32_t gid) {
+  // Already that user (systemd's User=, or started by it): nothing to drop.
+  if (geteuid() == uid && getuid() == uid && getegid() == gid && getgid() == gid) {
+    return absl::OkStatus();
+  }
+  if (geteuid() != 0) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("running as uid ", geteuid(), ", not root: start ktlb as root or as uid ",
+                     uid, " (without user/group under systemd's User=)"));
+  }
   // Groups first: once the uid is gone, changing them is no longer allowed.
   gid_t groups[1] = {static_cast<gid_t>(gid)};
   if (setgroups(1, groups) != 0) {

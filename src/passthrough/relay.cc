@@ -488,10 +488,11 @@ void Relay::OnDeadline(uint8_t kind) {
 }
 
 void Relay::Drain() {
-  if (state_ == State::kHello) {
-    close_reason_ = "draining";
-    CloseNow();
-  }
+  // A ClientHello on its way is let through, bounded by the handshake
+  // timeout: the client connected before the drain began (or, after a
+  // binary upgrade, to a socket the successor serves too), and closing it
+  // now would reset a connection that did nothing wrong. A relay already
+  // forwarding runs on until either side closes or the drain deadline.
 }
 
 void Relay::CloseNow() {

@@ -66,15 +66,34 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> ConfigReloader::Build() const {
 
 bool ConfigReloader::Reload(const char* trigger) {
   auto snapshot = Build();
-  absl::Status st = snapshot.ok() ? server_->Install(*snapshot) : snapshot.status();
-  if (!st.ok()) {
+  if (!snapshot.ok()) {
     fprintf(stderr, "ktlb: reload (%s) failed, keeping the running config: %s\n", trigger,
-            std::string(st.message()).c_str());
+            std::string(snapshot.status().message()).c_str());
+    Record(false);
+    return false;
+  }
+  Server::InstallResult r = server_->Install(*snapshot);
+  if (r.refused > 0 && r.applied + r.late == 0) {
+    fprintf(stderr, "ktlb: reload (%s) failed, keeping the running config: every worker refused "
+            "it (the worker log above says why)\n", trigger);
     Record(false);
     return false;
   }
   WarnAboutRestartOnly(*running_->config, *(*snapshot)->config);
+  // From here the new config serves, on some workers at least: watch its
+  // files and report its certificates.
   running_ = *std::move(snapshot);
+  if (r.refused > 0) {
+    fprintf(stderr, "ktlb: reload (%s) half done: %zu of %zu workers refused the new config (the "
+            "worker log above says why) and keep the old one; fix it and reload\n", trigger,
+            r.refused, r.refused + r.applied + r.late);
+    Record(false);
+    return false;
+  }
+  if (r.late > 0) {
+    fprintf(stderr, "ktlb: reload (%s): %zu worker(s) busy for 10 s take the new config at their "
+            "next turn\n", trigger, r.late);
+  }
   fprintf(stderr, "ktlb: reload (%s): config %s in service\n", trigger, config_path_.c_str());
   Record(true);
   return true;

@@ -170,7 +170,7 @@ void Server::Swap(std::shared_ptr<const Snapshot> snapshot) {
   for (auto& w : workers_) w->Swap(snapshot);
 }
 
-absl::Status Server::Install(std::shared_ptr<const Snapshot> snapshot) {
+Server::InstallResult Server::Install(std::shared_ptr<const Snapshot> snapshot) {
   std::vector<uint64_t> applied, failed;
   for (const auto& w : workers_) {
     applied.push_back(w->swaps_applied());
@@ -178,31 +178,23 @@ absl::Status Server::Install(std::shared_ptr<const Snapshot> snapshot) {
   }
   Swap(std::move(snapshot));
   // A worker applies a swap at its next loop turn, which the swap's wake-up
-  // starts at once; the bound only matters for a worker stuck in a long
-  // turn, and then the reload is reported rather than waited for.
+  // starts at once; the bound only matters for a worker stuck in a long turn.
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  size_t waiting = 0, refused = 0;
+  InstallResult r;
   do {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    waiting = refused = 0;
+    r = InstallResult{};
     for (size_t i = 0; i < workers_.size(); ++i) {
       if (workers_[i]->swaps_failed() != failed[i]) {
-        ++refused;
-      } else if (workers_[i]->swaps_applied() == applied[i]) {
-        ++waiting;
+        ++r.refused;
+      } else if (workers_[i]->swaps_applied() != applied[i]) {
+        ++r.applied;
+      } else {
+        ++r.late;
       }
     }
-  } while (waiting > 0 && std::chrono::steady_clock::now() < deadline);
-  if (refused > 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        refused, " of ", workers_.size(),
-        " worker(s) could not apply it (the worker log above says why) and keep their config"));
-  }
-  if (waiting > 0) {
-    return absl::DeadlineExceededError(
-        absl::StrCat(waiting, " worker(s) did not take the new config within 10 s"));
-  }
-  return absl::OkStatus();
+  } while (r.late > 0 && std::chrono::steady_clock::now() < deadline);
+  return r;
 }
 
 absl::Status Server::ReopenAccessLog() {

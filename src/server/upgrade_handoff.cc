@@ -83,6 +83,23 @@ std::string ReceiveMessage(int sock, int timeout_ms, UniqueFd* fd = nullptr) {
   return std::string(buf, static_cast<size_t>(n));
 }
 
+// Only root or this process's own user may take or give listening sockets.
+bool PeerIsTrusted(int sock, ucred* cred) {
+  socklen_t len = sizeof *cred;
+  return getsockopt(sock, SOL_SOCKET, SO_PEERCRED, cred, &len) == 0 &&
+         (cred->uid == 0 || cred->uid == geteuid());
+}
+
+bool IsListeningTcpSocket(int fd) {
+  int listening = 0, type = 0;
+  socklen_t len = sizeof listening;
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || listening == 0) {
+    return false;
+  }
+  len = sizeof type;
+  return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM;
+}
+
 }  // namespace
 
 std::string UpgradeSocketName(const std::string& config_path) {
@@ -108,26 +125,31 @@ absl::Status UpgradeListener::Open(const std::string& config_path) {
   return absl::OkStatus();
 }
 
-bool UpgradeListener::HandOff(const ListenSockets& sockets) {
+bool UpgradeListener::HandOff(ListenSockets* sockets) {
   UniqueFd conn(accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
   if (!conn) return false;
   ucred cred{};
-  socklen_t clen = sizeof cred;
-  if (getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0 ||
-      (cred.uid != 0 && cred.uid != geteuid())) {
+  if (!PeerIsTrusted(conn.get(), &cred)) {
     fprintf(stderr, "ktlb: upgrade: refused a connection from uid %u\n", cred.uid);
     return false;
   }
   if (ReceiveMessage(conn.get(), kStepTimeoutMs) != kHello) return false;
-  auto list = sockets.List();
+  auto list = sockets->List();
+  sockets->SetShared(true);
+  bool sent = true;
   for (const auto& [address, fd] : list) {
-    if (!SendMessage(conn.get(), absl::StrCat("L ", address), fd)) return false;
+    sent = sent && SendMessage(conn.get(), absl::StrCat("L ", address), fd.get());
   }
-  if (!SendMessage(conn.get(), absl::StrCat("E ", list.size()))) return false;
-  fprintf(stderr, "ktlb: upgrade: handed %zu listening socket(s) to pid %d; waiting for it\n",
-          list.size(), cred.pid);
-  if (ReceiveMessage(conn.get(), kStepTimeoutMs) != kReady) {
-    fprintf(stderr, "ktlb: upgrade: pid %d did not start; still serving\n", cred.pid);
+  sent = sent && SendMessage(conn.get(), absl::StrCat("E ", list.size()));
+  if (sent) {
+    fprintf(stderr, "ktlb: upgrade: handed %zu listening socket(s) to pid %d; waiting for it\n",
+            list.size(), cred.pid);
+  }
+  if (!sent || ReceiveMessage(conn.get(), kStepTimeoutMs) != kReady) {
+    // Closing the connection tells the successor, which then exits without
+    // touching the sockets (its Ready() fails); they are ours alone again.
+    fprintf(stderr, "ktlb: upgrade: pid %d did not take over; still serving\n", cred.pid);
+    sockets->SetShared(false);
     return false;
   }
   // The name goes with the sockets: the successor answers the next upgrade.
@@ -146,15 +168,33 @@ absl::Status UpgradeClient::TakeOver(const std::string& config_path, ListenSocke
     return absl::UnavailableError(absl::StrCat("no running ktlb answers on @", name, " (",
                                                strerror(errno), ")"));
   }
+  // Abstract names have no permissions: anyone could have bound this one.
+  ucred cred{};
+  if (!PeerIsTrusted(conn_.get(), &cred)) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "@", name, " is held by pid ", cred.pid, " uid ", cred.uid, ", not root or this user"));
+  }
   if (!SendMessage(conn_.get(), kHello)) {
     return absl::UnavailableError(absl::StrCat("@", name, ": ", strerror(errno)));
   }
+  size_t received = 0;
   for (;;) {
     UniqueFd fd;
     std::string m = ReceiveMessage(conn_.get(), kStepTimeoutMs, &fd);
     if (m.rfind("L ", 0) == 0 && fd) {
+      if (!IsListeningTcpSocket(fd.get())) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("the running ktlb sent ", m.substr(2), " but not a listening TCP socket"));
+      }
+      into->SetShared(true);
       into->Inherit(m.substr(2), std::move(fd));
+      ++received;
     } else if (m.rfind("E ", 0) == 0) {
+      size_t announced = 0;
+      if (!absl::SimpleAtoi(m.substr(2), &announced) || announced != received) {
+        return absl::UnavailableError(
+            absl::StrCat("got ", received, " sockets of the ", m.substr(2), " announced"));
+      }
       return absl::OkStatus();
     } else {
       return absl::UnavailableError("the running ktlb stopped handing over its sockets");
@@ -162,11 +202,12 @@ absl::Status UpgradeClient::TakeOver(const std::string& config_path, ListenSocke
   }
 }
 
-absl::Status UpgradeClient::Ready() {
+absl::Status UpgradeClient::Ready(ListenSockets* sockets) {
   if (!SendMessage(conn_.get(), kReady) || ReceiveMessage(conn_.get(), kStepTimeoutMs) != kReleased) {
     return absl::UnavailableError("the old process did not confirm the hand-off");
   }
   conn_.reset();
+  sockets->SetShared(false);
   return absl::OkStatus();
 }
 

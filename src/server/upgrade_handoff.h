@@ -35,7 +35,9 @@ class UpgradeListener {
   // Hands a connected successor every socket in `sockets` and waits (bounded)
   // until it serves. True: it does, the name is released and the caller
   // should drain. False: it went away or took too long; keep serving.
-  bool HandOff(const ListenSockets& sockets);
+  // `sockets` are marked shared from the first one sent until the
+  // successor has them all and serves, or has failed (then not shared).
+  bool HandOff(ListenSockets* sockets);
 
  private:
   UniqueFd fd_;
@@ -43,12 +45,14 @@ class UpgradeListener {
 
 class UpgradeClient {
  public:
-  // Connects to the running process and takes its listening sockets into
-  // `into` (Server::listen_sockets(), before Start).
+  // Connects to the running process (root or our own user only) and takes
+  // its listening sockets into `into` (Server::listen_sockets(), before
+  // Start), marked shared: until Ready() they must not be shut down here.
   absl::Status TakeOver(const std::string& config_path, ListenSockets* into);
   // Tells the predecessor that this process serves; returns once it has
-  // released the upgrade name (so UpgradeListener::Open can take it).
-  absl::Status Ready();
+  // released the upgrade name (so UpgradeListener::Open can take it), and
+  // the sockets are this process's alone.
+  absl::Status Ready(ListenSockets* sockets);
 
  private:
   UniqueFd conn_;

@@ -162,7 +162,9 @@ void Worker::CloseListener(std::unique_ptr<Listener> lp) {
   // (a pending io_uring accept would otherwise keep it listening until the
   // ring goes away); connections still in its backlog are reset. Not when
   // handed off: the socket is the successor's now, backlog and all.
-  if (l.fd && !handed_off_.load(std::memory_order_relaxed)) shutdown(l.fd.get(), SHUT_RDWR);
+  const bool shared = handed_off_.load(std::memory_order_relaxed) ||
+                      (sockets_ != nullptr && sockets_->shared());
+  if (l.fd && !shared) shutdown(l.fd.get(), SHUT_RDWR);
   l.fd.reset();
   if (l.accept_armed) {
     closing_listeners_.push_back(std::move(lp));
@@ -272,7 +274,8 @@ void Worker::Run() {
   ArmWake();
   for (;;) {
     if (stop_requested_.load(std::memory_order_acquire) && !draining_) BeginDrain();
-    if (draining_ && clients_.live() == 0 && tunnels_.live() == 0) break;
+    if (draining_ && !listeners_.empty() && now_ms() >= close_listeners_at_ms_) CloseListeners();
+    if (draining_ && listeners_.empty() && clients_.live() == 0 && tunnels_.live() == 0) break;
     if (draining_ && now_ms() >= drain_deadline_ms_) {
       error_log_.Log(ErrorLog::Level::kWarn, "worker", "%zu: drain timeout, closing %zu connections",
                      id_, clients_.live() + tunnels_.live());
@@ -284,8 +287,9 @@ void Worker::Run() {
     }
     uint32_t wait = kMaxWaitMs;
     if (draining_) {
-      wait = static_cast<uint32_t>(std::min<uint64_t>(
-          wait, drain_deadline_ms_ > now_ms() ? drain_deadline_ms_ - now_ms() : 0));
+      uint64_t until = listeners_.empty() ? drain_deadline_ms_ : close_listeners_at_ms_;
+      wait = static_cast<uint32_t>(
+          std::min<uint64_t>(wait, until > now_ms() ? until - now_ms() : 0));
     }
     loop_.Turn(wait);
     metrics_->loop_turns.Inc();
@@ -312,7 +316,9 @@ void Worker::Run() {
 void Worker::OnAccept(Listener& l, int res, uint32_t flags) {
   if (!(flags & IORING_CQE_F_MORE)) {
     l.accept_armed = false;
-    if (!draining_ && l.fd) ArmAccept(l);
+    // Open: serving, or draining's grace. Not a socket that stopped
+    // listening (EINVAL: shut down elsewhere): that would spin.
+    if (l.fd && res != -EINVAL && res != -ENOTSOCK) ArmAccept(l);
     if (!l.fd) housekeeping_due_ = true;  // a closed listener's accept ended
   }
   if (res < 0) {
@@ -325,12 +331,12 @@ void Worker::OnAccept(Listener& l, int res, uint32_t flags) {
     return;
   }
   // Closed on the way out unless a connection takes it: a socket accepted
-  // just before its listener closed, or while draining, is not served.
+  // just before its listener closed is not served. After a hand-off the
+  // client connected to a socket the successor serves too: it is served
+  // here rather than dropped. During draining's grace the listener is still
+  // open: served (in drain mode: one request, or a GOAWAY'd h2 connection).
   UniqueFd accepted(res);
-  // After a hand-off the client connected to a socket the successor serves
-  // too: it is served here rather than dropped.
   if (!l.fd && !handed_off_.load(std::memory_order_relaxed)) return;
-  if (draining_ && !handed_off_.load(std::memory_order_relaxed)) return;
   sockaddr_storage peer{};
   socklen_t plen = sizeof peer;
   getpeername(res, reinterpret_cast<sockaddr*>(&peer), &plen);
@@ -352,15 +358,25 @@ void Worker::OnAccept(Listener& l, int res, uint32_t flags) {
 
 void Worker::BeginDrain() {
   draining_ = true;
-  drain_deadline_ms_ = now_ms() + config().server.timeouts.drain_ms;
-  std::vector<std::unique_ptr<Listener>> all;
-  all.swap(listeners_);
-  for (auto& l : all) CloseListener(std::move(l));
+  // The grace keeps accepting while /healthz already says 503, so that an L4
+  // balancer's health checks move new connections elsewhere before the port
+  // refuses them (HAProxy's "grace"). Not after a hand-off: the successor
+  // accepts on these sockets already.
+  uint32_t grace = handed_off_.load(std::memory_order_relaxed) ? 0 : config().server.drain_grace_ms;
+  close_listeners_at_ms_ = now_ms() + grace;
+  drain_deadline_ms_ = close_listeners_at_ms_ + config().server.timeouts.drain_ms;
+  if (grace == 0) CloseListeners();
   clients_.ForEachSlot([](Http1Connection* c) { c->Drain(); });
   tunnels_.ForEachSlot([](Tunnel* t) { t->Drain(); });
   for (auto& g : generations_) {
     for (size_t u = 0; u < g->config().upstreams.size(); ++u) g->cluster(u)->Drain();
   }
+}
+
+void Worker::CloseListeners() {
+  std::vector<std::unique_ptr<Listener>> all;
+  all.swap(listeners_);
+  for (auto& l : all) CloseListener(std::move(l));
 }
 
 void Worker::ReleaseClient(Http1Connection* c, Generation* gen) {

@@ -121,6 +121,7 @@ class Worker final : private IoHandler, private passthrough::RelayHost {
   void ArmWake();
   void OnAccept(Listener& l, int res, uint32_t flags);
   void BeginDrain();
+  void CloseListeners();
   // A generation for `snapshot`: TLS contexts, clusters, metrics.
   absl::StatusOr<std::unique_ptr<Generation>> BuildGeneration(
       std::shared_ptr<const Snapshot> snapshot);
@@ -167,6 +168,7 @@ class Worker final : private IoHandler, private passthrough::RelayHost {
   ListenSockets* sockets_;
   bool draining_ = false;
   uint64_t drain_deadline_ms_ = 0;
+  uint64_t close_listeners_at_ms_ = 0;  // draining: end of drain_grace_ms
   // Declared after loop_: destroyed first, but Run() waits for its write.
   AccessLog access_log_;
   uint64_t log_time_at_ = UINT64_MAX;  // now_ms_ when log_time_ was made

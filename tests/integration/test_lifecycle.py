@@ -86,6 +86,44 @@ class LifecycleTest(harness.KtlbTestCase):
             self.assertLess(took, 15.0, "idle keep-alive connection held up shutdown")
             self.assertIsNotNone(c.wait_closed(10))
 
+    def test_quiet_keepalive_connection_gets_one_more_request_while_draining(self):
+        # The keep-alive race: a client may send its next request just as the
+        # drain begins. It is answered (with Connection: close), not cut.
+        k = self.start(drain_timeout_ms="30000")
+        with self.tls(k) as c:
+            c.request("GET", "/")
+            self.assertEqual(c.read_response()[0], 200)
+            k.signal(signal.SIGTERM)
+            time.sleep(0.3)
+            c.request("GET", "/")
+            status, headers, _ = c.read_response()
+            self.assertEqual(status, 200)
+            self.assertEqual(harness.header(headers, "connection"), ["close"])
+            self.assertIsNotNone(c.wait_closed(10))
+        self.assertEqual(self.wait_exit(k, 40)[0], 0)
+
+    def test_drain_grace_keeps_accepting_while_healthz_says_draining(self):
+        k = self.start(drain_grace_ms="2000", drain_timeout_ms="10000")
+        k.signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        deadline = t0 + 5
+        while k.admin_get("/healthz")[0] != 503:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.02)
+        # Within the grace a new connection is still served, one request.
+        with self.tls(k) as c:
+            c.request("GET", "/")
+            status, headers, _ = c.read_response()
+            self.assertEqual(status, 200)
+            self.assertEqual(harness.header(headers, "connection"), ["close"])
+        self.assertLess(time.monotonic() - t0, 2.0, "too slow to test the grace")
+        # After it the port refuses, and the process exits.
+        code, took = self.wait_exit(k, 40)
+        self.assertEqual(code, 0, k.log())
+        self.assertGreaterEqual(time.monotonic() - t0, 2.0)
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", k.port()), timeout=2).close()
+
     def test_drain_timeout_bounds_shutdown(self):
         k = self.start(drain_timeout_ms="1000")
         before = self.o.requests()

@@ -111,7 +111,11 @@ class ServiceTest(harness.KtlbTestCase):
         k = self.ktlb(self.basic_config({"app": [self.o.addr]},
                                         server={"user": f'"{user}"', "group": f'"{group}"',
                                                 "workers": "2"}))
-        self.assertIn(f"running as user {user}", k.log())
+        # The drop follows the bind: the port accepts a moment before it.
+        deadline = time.monotonic() + 10
+        while f"running as user {user}" not in k.log():
+            self.assertLess(time.monotonic(), deadline, k.log())
+            time.sleep(0.02)
         # Every thread (workers, probers, admin) runs as the user, not root.
         for tid in os.listdir(f"/proc/{k.pid}/task"):
             with open(f"/proc/{k.pid}/task/{tid}/status") as f:

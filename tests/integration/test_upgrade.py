@@ -113,6 +113,35 @@ class UpgradeTest(harness.KtlbTestCase):
         self.assertEqual(r.stdout, "200", r.stderr)
         newer.stop()
 
+    def test_failed_successor_leaves_the_old_process_serving(self):
+        old = self.ktlb(self.basic_config({"app": [self.o.addr]}, server={"workers": "2"}))
+        # The new process will fail late in its start, after its workers
+        # accept on the inherited sockets: its admin port is taken.
+        blocker = socket.socket()
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        try:
+            port = blocker.getsockname()[1]
+            with open(old.config_path) as f:
+                text = f.read()
+            with open(old.config_path, "w") as f:
+                f.write(text.replace(f'admin_listen = "{old.admin}"',
+                                     f'admin_listen = "127.0.0.1:{port}"'))
+            new = self.successor(old)
+            self.assertEqual(new.proc.wait(timeout=60), 1, new.log())
+            new.stopped = True
+            self.assertIn("startup failed: admin_listen", new.log())
+        finally:
+            blocker.close()
+        # The old one never stopped and still accepts on every socket it had.
+        self.assertTrue(old.running())
+        url, resolve = self.url(old)
+        for _ in range(20):
+            r = subprocess.run(["curl", "-sS", "--cacert", self.ca, *resolve, "-o", "/dev/null",
+                                "-w", "%{http_code}", url], capture_output=True, text=True)
+            self.assertEqual(r.stdout, "200", r.stderr + old.log())
+        old.stop()
+
     def test_upgrade_without_a_running_process_fails_clearly(self):
         path = os.path.join(self.tmp, "lonely.toml")
         with open(path, "w") as f:
