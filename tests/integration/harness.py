@@ -23,6 +23,7 @@ import atexit
 import fcntl
 import hashlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -129,17 +130,41 @@ def _spawn(argv, log_path, **kw):
 _HANDED_OUT = set()
 
 
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL = _ephemeral_range()
+_PORT_RNG = random.Random(os.getpid() ^ int(time.time() * 1000))
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that was free a moment ago, and never handed
-    out before by this process: the kernel may offer a just-closed port again,
-    and one config must not get the same port for two listeners."""
+    out before by this process (one config must not get the same port for
+    two listeners).
+
+    Picked below the kernel's ephemeral range: a port from that range can be
+    taken a moment later as the source port of some outgoing connection (the
+    suite runs load generators in parallel), and a listener then cannot bind
+    it. Below the range only another listener can take it."""
+    lo = 10000
+    hi = max(lo + 1000, _EPHEMERAL[0] - 1)
     while True:
+        port = _PORT_RNG.randrange(lo, hi)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
 
 
 def split_addr(addr):
