@@ -32,6 +32,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 import unittest
@@ -460,6 +461,72 @@ class Ktlb:
             if v >= at_least or time.monotonic() > deadline:
                 return v
             time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------
+# Load while something happens (a reload, an upgrade): wrk (HTTP/1.1
+# keep-alive), h2load (HTTP/2) and a stream of new TLS connections, one
+# request each, so that every kind of client meets the event.
+
+
+class LoadRun:
+    """Starts the load on `port` for `seconds`; stop() returns a summary.
+    Every failure of the new-connection stream is kept as evidence."""
+
+    def __init__(self, port, cafile, seconds, tag):
+        url = f"https://127.0.0.1:{port}/"
+        self.tag = tag
+        self.port, self.cafile = port, cafile
+        self.wrk = subprocess.Popen(["wrk", "-t1", "-c8", f"-d{seconds}s", url],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.h2 = subprocess.Popen(["h2load", "-c4", "-m8", f"-D{seconds}", url],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.ok = 0
+        self.failed = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._new_connections)
+        self._thread.start()
+
+    def _new_connections(self):
+        ctx = ssl.create_default_context(cafile=self.cafile)
+        while not self._stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+                    with ctx.wrap_socket(s, server_hostname="localhost") as t:
+                        t.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                        data = b""
+                        while chunk := t.recv(65536):
+                            data += chunk
+                if data.startswith(b"HTTP/1.1 200"):
+                    self.ok += 1
+                else:
+                    self.failed.append(data[:80])
+            except Exception as e:  # noqa: BLE001 - every failure is the finding
+                self.failed.append(repr(e))
+            time.sleep(0.005)
+
+    def stop(self):
+        """Stops the new connections, waits for wrk and h2load; prints and
+        returns (wrk output, h2load counts {total, done, succeeded, failed,
+        errored, timeout} or None)."""
+        self._stop.set()
+        self._thread.join()
+        wrk_out = self.wrk.communicate(timeout=60)[0]
+        h2_out = self.h2.communicate(timeout=60)[0]
+        m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, "
+                      r"(\d+) failed, (\d+) errored, (\d+) timeout", h2_out)
+        h2 = None
+        if m:
+            h2 = dict(zip(("total", "done", "succeeded", "failed", "errored", "timeout"),
+                          (int(g) for g in m.groups())))
+        print(f"\n[{self.tag}] {self.ok} new TLS connections ok, {len(self.failed)} failed", flush=True)
+        print(f"[{self.tag}] wrk: " + " | ".join(
+            l.strip() for l in wrk_out.splitlines()
+            if "requests in" in l or "Socket errors" in l or "Non-2xx" in l), flush=True)
+        print(f"[{self.tag}] h2load: " + " | ".join(
+            l.strip() for l in h2_out.splitlines() if l.startswith("requests:")), flush=True)
+        self.h2_out = h2_out
+        return wrk_out, h2
 
 
 # ---------------------------------------------------------------------------

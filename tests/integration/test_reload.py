@@ -10,7 +10,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import threading
 import time
 
 import harness
@@ -172,36 +171,7 @@ class ReloadTest(harness.KtlbTestCase):
     def test_reload_every_second_under_load_fails_nothing(self):
         text, live = self.live_config(self.a, listener={"alpn": '["h2", "http/1.1"]'}, workers="2")
         k = self.ktlb(text)
-        url = f"https://127.0.0.1:{k.port()}/"
-        wrk = subprocess.Popen(["wrk", "-t1", "-c8", f"-d{SOAK_S + 2}s", url],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        h2 = subprocess.Popen(["h2load", "-c4", "-m8", f"-D{SOAK_S + 2}", url],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        # New connections all along: every one a full handshake on whatever
-        # certificate is in service, verified against the test root.
-        stop = threading.Event()
-        results = {"ok": 0, "failed": []}
-
-        def handshakes():
-            ctx = ssl.create_default_context(cafile=self.ca)
-            while not stop.is_set():
-                try:
-                    with socket.create_connection(("127.0.0.1", k.port()), timeout=10) as s:
-                        with ctx.wrap_socket(s, server_hostname="localhost") as t:
-                            t.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                            data = b""
-                            while chunk := t.recv(65536):
-                                data += chunk
-                    if not data.startswith(b"HTTP/1.1 200"):
-                        results["failed"].append(data[:80])
-                    else:
-                        results["ok"] += 1
-                except Exception as e:  # noqa: BLE001 - every failure is the finding
-                    results["failed"].append(repr(e))
-                time.sleep(0.01)
-
-        t = threading.Thread(target=handshakes)
-        t.start()
+        load = harness.LoadRun(k.port(), self.ca, SOAK_S + 2, "reload")
         swaps = 0
         try:
             time.sleep(1)
@@ -211,28 +181,17 @@ class ReloadTest(harness.KtlbTestCase):
                 swaps += 1
                 time.sleep(1)
         finally:
-            stop.set()
-            t.join()
-            wrk_out = wrk.communicate(timeout=60)[0]
-            h2_out = h2.communicate(timeout=60)[0]
+            wrk_out, h2 = load.stop()
         reloaded = k.metric("ktlb_config_reloads_total", result="success")
-        print(f"\n[reload] {swaps} certificate swaps in {SOAK_S} s, {reloaded:.0f} reloads; "
-              f"{results['ok']} new TLS connections ok", flush=True)
-        print("[reload] wrk: " + " | ".join(l.strip() for l in wrk_out.splitlines()
-                                            if "requests in" in l or "Socket errors" in l
-                                            or "Non-2xx" in l), flush=True)
-        print("[reload] h2load: " + " | ".join(l.strip() for l in h2_out.splitlines()
-                                              if l.startswith("requests:")), flush=True)
-        self.assertEqual(results["failed"], [])
-        self.assertGreater(results["ok"], SOAK_S)
+        print(f"[reload] {swaps} certificate swaps in {SOAK_S} s, {reloaded:.0f} reloads", flush=True)
+        self.assertEqual(load.failed, [])
+        self.assertGreater(load.ok, SOAK_S)
         self.assertNotIn("Socket errors", wrk_out, wrk_out)
         self.assertNotIn("Non-2xx", wrk_out, wrk_out)
         self.assertRegex(wrk_out, r"\d+ requests in", wrk_out)
-        m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
-                      r"(\d+) errored, (\d+) timeout", h2_out)
-        self.assertIsNotNone(m, h2_out)
-        self.assertGreater(int(m.group(3)), 0, h2_out)
-        self.assertEqual((m.group(4), m.group(5), m.group(6)), ("0", "0", "0"), h2_out)
+        self.assertIsNotNone(h2, load.h2_out)
+        self.assertGreater(h2["succeeded"], 0, load.h2_out)
+        self.assertEqual((h2["failed"], h2["errored"], h2["timeout"]), (0, 0, 0), load.h2_out)
         self.assertEqual(self.reloads(k, "failure"), 0)
         self.assertGreaterEqual(reloaded, swaps // 2)
         failures = {dict(labels)["reason"]: v for (name, labels), v in k.metrics().items()

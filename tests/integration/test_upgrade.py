@@ -3,11 +3,8 @@ of the ktlb running FILE (SCM_RIGHTS), which then drains and exits, and not
 one request or connection fails on the way, under load."""
 
 import os
-import re
 import socket
-import ssl
 import subprocess
-import threading
 import time
 
 import harness
@@ -43,33 +40,7 @@ class UpgradeTest(harness.KtlbTestCase):
         old = self.ktlb(self.basic_config({"app": [self.o.addr]},
                                           listener={"alpn": '["h2", "http/1.1"]'},
                                           server={"workers": "2"}))
-        url = f"https://127.0.0.1:{old.port()}/"
-        wrk = subprocess.Popen(["wrk", "-t1", "-c8", "-d8s", url],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        h2 = subprocess.Popen(["h2load", "-c4", "-m8", "-D8", url],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        stop = threading.Event()
-        results = {"ok": 0, "failed": []}
-
-        def new_connections():
-            ctx = ssl.create_default_context(cafile=self.ca)
-            while not stop.is_set():
-                try:
-                    with socket.create_connection(("127.0.0.1", old.port()), timeout=10) as s:
-                        with ctx.wrap_socket(s, server_hostname="localhost") as t:
-                            t.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                            data = b""
-                            while chunk := t.recv(65536):
-                                data += chunk
-                    if data.startswith(b"HTTP/1.1 200"):
-                        results["ok"] += 1
-                    else:
-                        results["failed"].append(data[:80])
-                except Exception as e:  # noqa: BLE001 - every failure is the finding
-                    results["failed"].append(repr(e))
-
-        t = threading.Thread(target=new_connections)
-        t.start()
+        load = harness.LoadRun(old.port(), self.ca, 8, "upgrade")
         try:
             time.sleep(2)
             new = self.successor(old)
@@ -77,31 +48,20 @@ class UpgradeTest(harness.KtlbTestCase):
             self.assertIn("handed 3 listening socket(s)", old.log())  # one per worker, and admin
         finally:
             time.sleep(1)
-            stop.set()
-            t.join()
-            wrk_out = wrk.communicate(timeout=60)[0]
-            h2_out = h2.communicate(timeout=60)[0]
-        print(f"\n[upgrade] {results['ok']} new TLS connections ok across the hand-off", flush=True)
-        print("[upgrade] wrk: " + " | ".join(l.strip() for l in wrk_out.splitlines()
-                                             if "requests in" in l or "Socket errors" in l
-                                             or "Non-2xx" in l), flush=True)
-        print("[upgrade] h2load: " + " | ".join(l.strip() for l in h2_out.splitlines()
-                                               if l.startswith("requests:")), flush=True)
+            wrk_out, h2 = load.stop()
         self.assertIn("took over the listening sockets", new.log())
-        self.assertEqual(results["failed"], [])
-        self.assertGreater(results["ok"], 10)
+        self.assertEqual(load.failed, [])
+        self.assertGreater(load.ok, 10)
         self.assertNotIn("Socket errors", wrk_out, wrk_out)
         self.assertNotIn("Non-2xx", wrk_out, wrk_out)
-        m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
-                      r"(\d+) errored, (\d+) timeout", h2_out)
-        self.assertIsNotNone(m, h2_out)
+        self.assertIsNotNone(h2, load.h2_out)
         # The old process's h2 connections get GOAWAY. h2load never opens a
         # new connection after one: the requests it then cannot submit it
         # counts as failed and errored (a browser would reconnect). So only
         # what reached ktlb is checked here: nothing timed out, and the
-        # new-connection loop above (h1) lost nothing.
-        self.assertGreater(int(m.group(3)), 0, h2_out)
-        self.assertEqual(m.group(6), "0", h2_out)
+        # new-connection stream above lost nothing.
+        self.assertGreater(h2["succeeded"], 0, load.h2_out)
+        self.assertEqual(h2["timeout"], 0, load.h2_out)
         # The successor serves, admin included, and can itself be upgraded.
         self.assertEqual(new.admin_get("/healthz")[0], 200)
         self.assertGreater(new.metric("ktlb_connections_accepted_total", listener="public"), 0)
