@@ -22,6 +22,8 @@ void WarnAboutRestartOnly(const Config& old_cfg, const Config& new_cfg) {
     warn("admin_listen");
   }
   if (old_cfg.server.access_log != new_cfg.server.access_log) warn("access_log");
+  if (old_cfg.server.user != new_cfg.server.user) warn("user");
+  if (old_cfg.server.group != new_cfg.server.group) warn("group");
 }
 
 }  // namespace
