@@ -1,4 +1,4 @@
-// ktlb: flags, signals, startup, and the control loop.
+// ktlb: flags, signals, startup; then the control loop (server/control_loop.h).
 //
 //   ktlb --config FILE          run in the foreground, log to stderr
 //   ktlb --check --config FILE  validate and exit 0, or print FILE:LINE: key: problem
@@ -10,17 +10,13 @@
 // config, and so does a change on disk of the config or of a file it names
 // (debounced). SIGUSR1 reopens the access log.
 #include <malloc.h>
-#include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,13 +33,10 @@
 #include "ktlb/tls.h"
 #include "ktlb/unique_fd.h"
 #include "server/config_reloader.h"
+#include "server/control_loop.h"
 #include "server/upgrade_handoff.h"
 
 namespace {
-
-// Files usually change in bursts (certbot writes a key, a cert and a chain
-// and swaps links): wait this long after the last event, then reload once.
-constexpr int kDebounceMs = 200;
 
 void Usage() {
   fprintf(stderr,
@@ -51,97 +44,6 @@ void Usage() {
           "       ktlb --check --config FILE\n"
           "       ktlb --config FILE --upgrade\n"
           "       ktlb --version\n");
-}
-
-void WatchConfigFiles(ktlb::FileWatch& watch, const std::vector<std::string>& files) {
-  if (absl::Status s = watch.Watch(files); !s.ok()) {
-    fprintf(stderr, "ktlb: warning: %s: changes there need a SIGHUP\n",
-            std::string(s.message()).c_str());
-  }
-}
-
-// systemd (Type=notify) learns of each state change; without NOTIFY_SOCKET
-// in the environment these are no-ops.
-bool Reload(ktlb::ConfigReloader& reloader, const char* trigger) {
-  sd_notify(0, "RELOADING=1");
-  bool ok = reloader.Reload(trigger);
-  sd_notifyf(0, "READY=1\nSTATUS=%s", ok ? "config reloaded" : "reload failed; running config kept");
-  return ok;
-}
-
-// ControlLoop's result when a successor took the listening sockets.
-constexpr int kHandedOff = 0;
-
-// Waits for signals and file changes until SIGTERM/SIGINT (returns the
-// signal) or a successor's takeover (returns kHandedOff).
-// `watch` was set up before the running config was read: what changed since
-// is queued and reloads at once.
-int ControlLoop(int signal_fd, ktlb::Server& server, ktlb::ConfigReloader& reloader,
-                ktlb::FileWatch& watch, ktlb::UpgradeListener& upgrade) {
-  using Clock = std::chrono::steady_clock;
-  // A change reloads once the files have been quiet for kDebounceMs; each
-  // further change pushes it back.
-  std::optional<Clock::time_point> reload_at;
-  if (watch.TakeChanges()) reload_at = Clock::now();
-  // WatchdogSec=: ping at half the interval, and only while every worker
-  // still turns its loop, so a wedged worker gets the process restarted.
-  uint64_t watchdog_us = 0;
-  if (sd_watchdog_enabled(0, &watchdog_us) <= 0) watchdog_us = 0;
-  const auto watchdog_every = std::chrono::microseconds(watchdog_us / 2);
-  auto next_ping = Clock::now();
-  for (;;) {
-    Clock::time_point now = Clock::now();
-    if (reload_at && now >= *reload_at) {
-      reload_at.reset();
-      Reload(reloader, "file change");
-      WatchConfigFiles(watch, reloader.FilesToWatch());  // it may name other files
-      continue;
-    }
-    if (watchdog_us > 0 && now >= next_ping) {
-      if (server.WorkersTurned()) sd_notify(0, "WATCHDOG=1");
-      next_ping = now + watchdog_every;
-    }
-    int timeout = -1;
-    auto wake_at = [&](Clock::time_point t) {
-      auto ms = std::chrono::ceil<std::chrono::milliseconds>(t - now).count();
-      int v = static_cast<int>(std::max<int64_t>(ms, 0));
-      timeout = timeout < 0 ? v : std::min(timeout, v);
-    };
-    if (reload_at) wake_at(*reload_at);
-    if (watchdog_us > 0) wake_at(next_ping);
-    // An fd of -1 is skipped by poll.
-    pollfd fds[3] = {{signal_fd, POLLIN, 0}, {watch.fd(), POLLIN, 0}, {upgrade.fd(), POLLIN, 0}};
-    if (poll(fds, 3, timeout) < 0) {
-      if (errno != EINTR) {
-        fprintf(stderr, "ktlb: poll: %s\n", strerror(errno));
-        usleep(100 * 1000);
-      }
-      continue;
-    }
-    if ((fds[2].revents & POLLIN) && upgrade.HandOff(&server.listen_sockets())) return kHandedOff;
-    if ((fds[1].revents & POLLIN) && watch.TakeChanges()) {
-      reload_at = Clock::now() + std::chrono::milliseconds(kDebounceMs);
-    }
-    if (!(fds[0].revents & POLLIN)) continue;
-    signalfd_siginfo si;
-    if (read(signal_fd, &si, sizeof si) != sizeof si) continue;
-    switch (si.ssi_signo) {
-      case SIGHUP:
-        reload_at.reset();  // this reload reads the changed files too
-        Reload(reloader, "SIGHUP");
-        WatchConfigFiles(watch, reloader.FilesToWatch());
-        break;
-      case SIGUSR1:
-        if (absl::Status s = server.ReopenAccessLog(); !s.ok()) {
-          fprintf(stderr, "ktlb: SIGUSR1: %s\n", std::string(s.message()).c_str());
-        } else {
-          fprintf(stderr, "ktlb: SIGUSR1: access log reopened\n");
-        }
-        break;
-      default:
-        return static_cast<int>(si.ssi_signo);
-    }
-  }
 }
 
 }  // namespace
@@ -185,7 +87,7 @@ int main(int argc, char** argv) {
   // Watched from before the files are read: a certificate renewed while
   // ktlb starts is not missed.
   ktlb::FileWatch watch;
-  if (!check) WatchConfigFiles(watch, (*config)->FilesRead());
+  if (!check) ktlb::WatchConfigFiles(watch, (*config)->FilesRead());
   // Certificates are part of validation: a key that does not match its
   // certificate must fail --check too.
   // In-process session-ticket keys (used without [server] ticket_keys): one
@@ -281,11 +183,11 @@ int main(int argc, char** argv) {
   ktlb::ConfigReloader reloader(config_path, ticket_keys, &server, *snapshot);
   reloader.RecordStartup();
   sd_notify(0, "READY=1\nSTATUS=serving");
-  int sig = ControlLoop(signal_fd.get(), server, reloader, watch, upgrade_listener);
-  const char* why = sig == kHandedOff ? "handed off to a new process" : strsignal(sig);
+  int sig = ktlb::ControlLoop(signal_fd.get(), server, reloader, watch, upgrade_listener);
+  const char* why = sig == ktlb::kHandedOff ? "handed off to a new process" : strsignal(sig);
   sd_notifyf(0, "STOPPING=1\nSTATUS=draining (%s)", why);
   fprintf(stderr, "ktlb: %s: draining\n", why);
-  server.StopAndWait(sig == kHandedOff);
+  server.StopAndWait(sig == ktlb::kHandedOff);
   fprintf(stderr, "ktlb: stopped\n");
   return 0;
 }
