@@ -182,6 +182,8 @@ class BackendToleranceTest(harness.KtlbTestCase):
         conf = os.path.join(prefix, "nginx.conf")
         with open(conf, "w") as f:
             f.write(
+                # One process: killed by PID, it leaves no orphaned worker.
+                "master_process off;\n"
                 "worker_processes 1;\n"
                 f"pid {prefix}/nginx.pid;\n"
                 f"error_log {prefix}/logs/error.log info;\n"
