@@ -5,6 +5,7 @@
 //   ktlb-tlsload --connect HOST:PORT [--path /size/100] [-c|--concurrency 32]
 //                [-d|--duration 10] [--resume] [--tls 1.2|1.3] [--sni localhost]
 //                [--curves X25519] [--timeout 5] [--provider-keys]
+//                [-n|--requests N] [--handshake-only]
 //
 // One thread, one epoll loop, `concurrency` slots. Every slot loops: TCP
 // connect, TLS handshake, "GET PATH HTTP/1.1 / Host: SNI / Connection: close",
@@ -24,6 +25,16 @@
 // RSA and EC key-method engine: OpenSSL then takes its legacy decode path
 // (~15 us) and verifies the handshake signature with its built-in legacy
 // RSA/EC methods. Nothing on the wire changes.
+//
+// -n N stops after N completed requests instead of at the end of the duration
+// (the duration is then only a limit). With -c 1 exactly N connections are
+// made, which is what an instruction-count profile of the server wants: two
+// runs with different N, subtracted, give the cost of one connection.
+//
+// --handshake-only sends no request: after the handshake the client sends a
+// close_notify and reads until the server closes, so the server's cost is
+// accept, handshake, session ticket and close, without any HTTP or upstream
+// work. A TLS 1.3 ticket still arrives (and --resume still resumes).
 //
 // Sessions are never offered unless --resume: then every slot offers the
 // newest session it received (the server's TLS 1.3 tickets, or its TLS 1.2
@@ -121,6 +132,8 @@ struct Options {
   double timeout_s = 5;
   bool resume = false;
   bool provider_keys = false;
+  bool handshake_only = false;
+  uint64_t requests = 0;  // 0: run for the duration
   int tls_version = 0;  // 0: 1.2..1.3
 };
 
@@ -155,7 +168,8 @@ double CpuSeconds() {
   std::fputs(
       "usage: ktlb-tlsload --connect HOST:PORT [--path /size/100] [-c|--concurrency 32]\n"
       "                    [-d|--duration 10] [--resume] [--tls 1.2|1.3] [--sni localhost]\n"
-      "                    [--curves X25519] [--timeout 5] [--provider-keys]\n",
+      "                    [--curves X25519] [--timeout 5] [--provider-keys]\n"
+      "                    [-n|--requests N] [--handshake-only]\n",
       why != nullptr ? stderr : stdout);
   std::exit(why != nullptr ? 2 : 0);
 }
@@ -287,7 +301,7 @@ class Loader {
         return 1;
       }
       now_ns_ = NowNs();
-      if (now_ns_ >= end_ns_) break;
+      if (now_ns_ >= end_ns_ || Done()) break;
       for (int i = 0; i < n; ++i) {
         const size_t index = static_cast<size_t>(events[i].data.u64 & 0xffffffffu);
         const auto gen = static_cast<uint32_t>(events[i].data.u64 >> 32);
@@ -295,6 +309,7 @@ class Loader {
         if (s.gen != gen || s.fd < 0) continue;  // stale: the connection is gone
         Drive(index, events[i].events);
       }
+      if (Done()) break;
       if (now_ns_ >= next_scan) {
         Scan();
         next_scan = now_ns_ + kScanIntervalNs;
@@ -307,6 +322,8 @@ class Loader {
   }
 
  private:
+  bool Done() const { return opt_.requests != 0 && stats_.completed >= opt_.requests; }
+
   void Scan() {
     for (size_t i = 0; i < slots_.size(); ++i) {
       Slot& s = slots_[i];
@@ -324,6 +341,8 @@ class Loader {
 
   void StartConnect(size_t index) {
     Slot& s = slots_[index];
+    // -n: no connection beyond the ones the count still needs.
+    if (opt_.requests != 0 && stats_.completed + InFlight() >= opt_.requests) return;
     ++s.gen;
     s.sent = 0;
     s.head_done = false;
@@ -358,6 +377,12 @@ class Loader {
       return;
     }
     s.state = State::kConnecting;
+  }
+
+  uint64_t InFlight() const {
+    uint64_t n = 0;
+    for (const Slot& s : slots_) n += s.fd >= 0 ? 1 : 0;
+    return n;
   }
 
   void ConnectFailed(size_t index) {
@@ -411,6 +436,18 @@ class Loader {
       if (SSL_session_reused(s.ssl)) ++stats_.resumed;
       if (!stats_.described) Describe(s.ssl);
       s.state = State::kWrite;
+      if (opt_.handshake_only) {
+        // close_notify now; the read below sees the ticket, then the
+        // server's close.
+        s.sent = request_.size();
+        s.head_done = true;
+        int r = SSL_shutdown(s.ssl);
+        if (r < 0 && !Retry(s.ssl, r)) {
+          Fail(index, kRead);
+          return;
+        }
+        s.state = State::kRead;
+      }
     }
     if (s.state == State::kWrite) {
       while (s.sent < request_.size()) {
@@ -657,6 +694,14 @@ int main(int argc, char** argv) {
       if (!ParseDouble(value(), &opt.timeout_s)) Usage("bad --timeout");
     } else if (a == "--provider-keys") {
       opt.provider_keys = true;
+    } else if (a == "--handshake-only") {
+      opt.handshake_only = true;
+    } else if (a == "--requests" || a == "-n") {
+      std::string v = value();
+      auto r = std::from_chars(v.data(), v.data() + v.size(), opt.requests);
+      if (r.ec != std::errc() || r.ptr != v.data() + v.size() || opt.requests < 1) {
+        Usage("--requests must be a positive count");
+      }
     } else if (a == "--resume") {
       opt.resume = true;
     } else if (a == "--tls") {
