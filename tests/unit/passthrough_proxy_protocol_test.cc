@@ -7,26 +7,13 @@
 #include <cstring>
 #include <string>
 
+#include "inet_test_util.h"
+
 namespace ktlb::passthrough {
 namespace {
 
-sockaddr_storage V4(const char* ip, uint16_t port) {
-  sockaddr_storage ss{};
-  auto* s = reinterpret_cast<sockaddr_in*>(&ss);
-  s->sin_family = AF_INET;
-  s->sin_port = htons(port);
-  inet_pton(AF_INET, ip, &s->sin_addr);
-  return ss;
-}
-
-sockaddr_storage V6(const char* ip, uint16_t port) {
-  sockaddr_storage ss{};
-  auto* s = reinterpret_cast<sockaddr_in6*>(&ss);
-  s->sin6_family = AF_INET6;
-  s->sin6_port = htons(port);
-  inet_pton(AF_INET6, ip, &s->sin6_addr);
-  return ss;
-}
+using ktlb::testing::V4;
+using ktlb::testing::V6;
 
 std::string Hex(const std::string& s) {
   static const char* d = "0123456789abcdef";
