@@ -15,7 +15,9 @@ Each host is drained in turn: SIGTERM, /healthz answers 503 at once, the checker
 withdraws the host while `drain_grace_ms` still has it accepting, the host
 finishes its connections and exits, is started again and re-added. Under wrk
 (HTTP/1.1 keep-alive), h2load (HTTP/2) and a stream of new TLS connections from
-the client namespace, nothing fails and both hosts serve.
+the client namespace, nothing fails and both hosts serve. h2load connects first,
+alone, so that two of its connections are on the drained host; the drained
+process's access log shows every request it took while draining answered 200.
 
 Everything the test creates (namespaces, veth pairs inside them, addresses from
 the benchmarking range 198.18.0.0/15, nft rules, processes) is removed
