@@ -47,7 +47,7 @@ CHECK_INTERVAL_S = 0.1
 FALL = 2
 RISE = 2
 GRACE_MS = 3000
-PHASE_S = 12  # load per drained host: 1.5 s, the roll (about 5 s), then the restarted host serves
+PHASE_S = 16  # load per drained host: 1.5 s, the roll (4-11 s seen here), then the restarted host serves
 
 HOSTS = {  # name: (router side, host side) of the link, as /24s
     "hostA": ("198.18.1.1", "198.18.1.2"),
@@ -414,15 +414,16 @@ servers = ["{ORIGIN}"]
             readded_at = self.origin_requests(name)
             print(f"\n[drain {name}] after SIGTERM: first 503 seen at {noticed:.2f}s, withdrawn at {withdrawn:.2f}s, "
                   f"exited at {exited:.2f}s, restarted and re-added at {added:.2f}s", flush=True)
-            left = PHASE_S - (time.monotonic() - start)
-            self.assertGreater(left, 1.0, "the drain took too long to see the restarted host serve")
-            time.sleep(left)
+            # The restarted host takes new flows again while the load still runs.
+            while self.origin_requests(name) < readded_at + 20:
+                self.assertLess(time.monotonic() - start, PHASE_S - 0.5,
+                                f"{name} served nothing after it was re-added")
+                time.sleep(0.1)
+            time.sleep(max(0.0, PHASE_S - (time.monotonic() - start)))
             wrk_out, h2 = load.stop()
             self.check_load(load, wrk_out, h2)
             for n in HOSTS:
                 self.assertGreater(self.origin_requests(n), served[n], f"{n} served nothing while {name} rolled")
-            self.assertGreater(self.origin_requests(name), readded_at,
-                               f"{name} served nothing after it was re-added")
         self.assertEqual([(n, what) for _, n, what in lb.events],
                          [(n, "added") for n in HOSTS] +
                          [e for n in HOSTS for e in ((n, "withdrawn"), (n, "added"))])
