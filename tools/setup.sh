@@ -10,6 +10,8 @@ PKGS=(
   curl wrk nghttp2-client nginx-light libnginx-mod-stream haproxy h2o procps iproute2 python3 util-linux
   # adversarial HTTP/2 and WebSocket clients for the integration tests
   python3-h2 python3-websockets
+  # the namespace fleet test's L4 balancer (DNAT + numgen map in a router namespace)
+  nftables
   # kTLS guest harness
   qemu-system-x86 busybox-static cpio kmod
 )

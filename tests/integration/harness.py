@@ -473,32 +473,52 @@ class LoadRun:
     """Starts the load on `port` for `seconds`; stop() returns a summary.
     Every failure of the new-connection stream is kept as evidence."""
 
-    def __init__(self, port, cafile, seconds, tag):
-        url = f"https://127.0.0.1:{port}/"
+    def __init__(self, port, cafile, seconds, tag, host="127.0.0.1", netns=None, h2_connected=None):
+        """`netns` runs the load from inside a network namespace (netns.Netns:
+        `.prefix` runs a command there, `.enter()` moves a thread there)
+        against `host`. `h2_connected`, if given, is called after h2load
+        starts and before anything else does; it may wait for h2load's
+        connections (a flow balancer then spreads them alone, evenly)."""
+        url = f"https://{host}:{port}/"
         self.tag = tag
-        self.port, self.cafile = port, cafile
-        self.wrk = subprocess.Popen(["wrk", "-t1", "-c8", f"-d{seconds}s", url],
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.h2 = subprocess.Popen(["h2load", "-c4", "-m8", f"-D{seconds}", url],
+        self.host, self.port, self.cafile, self.netns = host, port, cafile, netns
+        prefix = list(netns.prefix) if netns else []
+        self.h2 = subprocess.Popen(prefix + ["h2load", "-c4", "-m8", f"-D{seconds}", url],
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if h2_connected:
+            try:
+                h2_connected()
+            except BaseException:
+                _kill(self.h2)
+                raise
+        self.wrk = subprocess.Popen(prefix + ["wrk", "-t1", "-c8", f"-d{seconds}s", url],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.ok = 0
         self.failed = []
+        # New connections answered, by the commonName of the certificate that
+        # answered them: which host of a fleet served each one.
+        self.served_by = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._new_connections)
         self._thread.start()
 
     def _new_connections(self):
+        if self.netns:
+            self.netns.enter()
         ctx = ssl.create_default_context(cafile=self.cafile)
         while not self._stop.is_set():
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+                with socket.create_connection((self.host, self.port), timeout=10) as s:
                     with ctx.wrap_socket(s, server_hostname="localhost") as t:
                         t.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
                         data = b""
                         while chunk := t.recv(65536):
                             data += chunk
+                        subject = dict(rdn[0] for rdn in t.getpeercert()["subject"])
                 if data.startswith(b"HTTP/1.1 200"):
                     self.ok += 1
+                    cn = subject.get("commonName", "")
+                    self.served_by[cn] = self.served_by.get(cn, 0) + 1
                 else:
                     self.failed.append(data[:80])
             except Exception as e:  # noqa: BLE001 - every failure is the finding
