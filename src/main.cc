@@ -8,7 +8,8 @@
 //
 // SIGTERM / SIGINT drain in-flight requests and exit 0. SIGHUP reloads the
 // config, and so does a change on disk of the config or of a file it names
-// (debounced). SIGUSR1 reopens the access log.
+// (debounced). SIGUSR1 reopens the access log. SIGUSR2 starts the binary
+// now at this one's path with --upgrade (a binary upgrade under systemd).
 #include <malloc.h>
 #include <signal.h>
 #include <sys/signalfd.h>
@@ -34,6 +35,7 @@
 #include "ktlb/unique_fd.h"
 #include "server/config_reloader.h"
 #include "server/control_loop.h"
+#include "server/successor.h"
 #include "server/upgrade_handoff.h"
 
 namespace {
@@ -109,11 +111,16 @@ int main(int argc, char** argv) {
   mallopt(M_MMAP_THRESHOLD, 4 << 20);
   mallopt(M_TRIM_THRESHOLD, 64 << 20);
 
+  // Before any thread: the environment is edited.
+  if (upgrade) ktlb::AdoptWatchdog();
+  // The binary's path, read before a package upgrade can replace it.
+  ktlb::Successor successor(config_path);
+
   // Signals are taken by this thread through a signalfd; blocked before the
   // workers start, so they inherit the mask and never see one.
   sigset_t set;
   sigemptyset(&set);
-  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGUSR1}) sigaddset(&set, sig);
+  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2}) sigaddset(&set, sig);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
   ktlb::UniqueFd signal_fd(signalfd(-1, &set, SFD_CLOEXEC));
@@ -158,9 +165,14 @@ int main(int argc, char** argv) {
             cfg.server.uid, cfg.server.gid);
   }
   if (upgrade) {
+    // Under systemd this process becomes the unit's main one before the old
+    // one may exit: the unit would stop (and kill us) if its main process
+    // exited first. Needs NotifyAccess=all; a no-op without NOTIFY_SOCKET.
+    sd_notifyf(0, "MAINPID=%d", static_cast<int>(getpid()));
     // Serving on the inherited sockets: the old process may stop accepting.
     if (absl::Status s = predecessor.Ready(&server.listen_sockets()); !s.ok()) {
       // The old process serves on; leave it the sockets untouched.
+      sd_notifyf(0, "MAINPID=%d", static_cast<int>(predecessor.predecessor_pid()));
       fprintf(stderr, "ktlb: --upgrade: %s; exiting\n", std::string(s.message()).c_str());
       server.StopAndWait(/*handed_off=*/true);
       return 1;
@@ -183,9 +195,12 @@ int main(int argc, char** argv) {
   ktlb::ConfigReloader reloader(config_path, ticket_keys, &server, *snapshot);
   reloader.RecordStartup();
   sd_notify(0, "READY=1\nSTATUS=serving");
-  int sig = ktlb::ControlLoop(signal_fd.get(), server, reloader, watch, upgrade_listener);
+  int sig =
+      ktlb::ControlLoop(signal_fd.get(), server, reloader, watch, upgrade_listener, successor);
   const char* why = sig == ktlb::kHandedOff ? "handed off to a new process" : strsignal(sig);
-  sd_notifyf(0, "STOPPING=1\nSTATUS=draining (%s)", why);
+  // After a hand-off the unit lives on in the successor: STOPPING=1 from
+  // here would stop it (the unit accepts every process's notifications).
+  if (sig != ktlb::kHandedOff) sd_notifyf(0, "STOPPING=1\nSTATUS=draining (%s)", why);
   fprintf(stderr, "ktlb: %s: draining\n", why);
   server.StopAndWait(sig == ktlb::kHandedOff);
   fprintf(stderr, "ktlb: stopped\n");

@@ -43,7 +43,7 @@ void WatchConfigFiles(FileWatch& watch, const std::vector<std::string>& files) {
 }
 
 int ControlLoop(int signal_fd, Server& server, ConfigReloader& reloader, FileWatch& watch,
-                UpgradeListener& upgrade) {
+                UpgradeListener& upgrade, Successor& successor) {
   using Clock = std::chrono::steady_clock;
   // A change reloads once the files have been quiet for kDebounceMs; each
   // further change pushes it back.
@@ -76,8 +76,11 @@ int ControlLoop(int signal_fd, Server& server, ConfigReloader& reloader, FileWat
     if (reload_at) wake_at(*reload_at);
     if (watchdog_us > 0) wake_at(next_ping);
     // An fd of -1 is skipped by poll.
-    pollfd fds[3] = {{signal_fd, POLLIN, 0}, {watch.fd(), POLLIN, 0}, {upgrade.fd(), POLLIN, 0}};
-    if (poll(fds, 3, timeout) < 0) {
+    pollfd fds[4] = {{signal_fd, POLLIN, 0},
+                     {watch.fd(), POLLIN, 0},
+                     {upgrade.fd(), POLLIN, 0},
+                     {successor.fd(), POLLIN, 0}};
+    if (poll(fds, 4, timeout) < 0) {
       if (errno != EINTR) {
         fprintf(stderr, "ktlb: poll: %s\n", strerror(errno));
         usleep(100 * 1000);
@@ -85,6 +88,7 @@ int ControlLoop(int signal_fd, Server& server, ConfigReloader& reloader, FileWat
       continue;
     }
     if ((fds[2].revents & POLLIN) && upgrade.HandOff(&server.listen_sockets())) return kHandedOff;
+    if (fds[3].revents & POLLIN) successor.Reap();
     if ((fds[1].revents & POLLIN) && watch.TakeChanges()) {
       reload_at = Clock::now() + std::chrono::milliseconds(kDebounceMs);
     }
@@ -102,6 +106,13 @@ int ControlLoop(int signal_fd, Server& server, ConfigReloader& reloader, FileWat
           fprintf(stderr, "ktlb: SIGUSR1: %s\n", std::string(s.message()).c_str());
         } else {
           fprintf(stderr, "ktlb: SIGUSR1: access log reopened\n");
+        }
+        break;
+      case SIGUSR2:
+        if (upgrade.fd() < 0) {
+          fprintf(stderr, "ktlb: SIGUSR2: binary upgrade unavailable (no upgrade socket)\n");
+        } else {
+          successor.Spawn();
         }
         break;
       default:

@@ -10,6 +10,7 @@
 #include "config_reloader.h"
 #include "ktlb/file_watch.h"
 #include "ktlb/server.h"
+#include "successor.h"
 #include "upgrade_handoff.h"
 
 namespace ktlb {
@@ -22,11 +23,12 @@ inline constexpr int kHandedOff = 0;
 void WatchConfigFiles(FileWatch& watch, const std::vector<std::string>& files);
 
 // Runs until SIGTERM/SIGINT (returns the signal) or a successor's takeover
-// (returns kHandedOff). SIGHUP reloads, SIGUSR1 reopens the access log.
+// (returns kHandedOff). SIGHUP reloads, SIGUSR1 reopens the access log,
+// SIGUSR2 starts a successor (`successor`) that takes over as an upgrade.
 // `watch` was set up before the running config was read: what changed since
 // is queued and reloads at once. `signal_fd` is a signalfd for SIGTERM,
-// SIGINT, SIGHUP and SIGUSR1, blocked in every thread.
+// SIGINT, SIGHUP, SIGUSR1 and SIGUSR2, blocked in every thread.
 int ControlLoop(int signal_fd, Server& server, ConfigReloader& reloader, FileWatch& watch,
-                UpgradeListener& upgrade);
+                UpgradeListener& upgrade, Successor& successor);
 
 }  // namespace ktlb

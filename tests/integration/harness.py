@@ -360,7 +360,7 @@ class Ktlb:
 
     _seq = 0
 
-    def __init__(self, workdir, config_text, wait=True, args=()):
+    def __init__(self, workdir, config_text, wait=True, args=(), launcher=()):
         Ktlb._seq += 1
         self.workdir = workdir
         self.config_text = config_text
@@ -371,7 +371,10 @@ class Ktlb:
         cfg = tomllib.loads(config_text)
         self.listeners = {l["name"]: l["listen"] for l in cfg.get("listeners", [])}
         self.admin = cfg.get("server", {}).get("admin_listen")
-        self.proc = _spawn([ktlb_bin(), "--config", self.config_path, *args], self.log_path, cwd=workdir)
+        # `launcher`: a command that execs ktlb (argv follows it), e.g. to
+        # set its environment from its own PID as systemd does.
+        self.proc = _spawn([*launcher, ktlb_bin(), "--config", self.config_path, *args],
+                           self.log_path, cwd=workdir)
         self.stopped = False
         if wait:
             self.wait_ready()
@@ -756,11 +759,11 @@ class KtlbTestCase(unittest.TestCase):
         self._test_procs.append(o)
         return o
 
-    def ktlb(self, config_text, wait=True, args=()):
+    def ktlb(self, config_text, wait=True, args=(), launcher=()):
         k = Ktlb.__new__(Ktlb)
         # Register before it starts so that a failing start is still cleaned up.
         try:
-            k.__init__(self.tmp, config_text, wait=wait, args=args)
+            k.__init__(self.tmp, config_text, wait=wait, args=args, launcher=launcher)
         finally:
             if getattr(k, "proc", None) is not None:
                 self._test_procs.append(k)

@@ -1,17 +1,26 @@
 """ktlb as a service: systemd's notify protocol (READY, RELOADING, STOPPING,
-WATCHDOG) spoken to a socket the test holds, the unit file systemd accepts,
-and the privilege drop to `user`/`group` after binding."""
+WATCHDOG, and MAINPID when SIGUSR2 upgrades the binary) spoken to a socket
+the test holds, the unit file systemd accepts, and the privilege drop to
+`user`/`group` after binding."""
 
 import os
 import pwd
+import re
 import grp
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import harness
+
+
+class Notification(str):
+    """One datagram's text; `pid` is its sender's (SCM_CREDENTIALS), as
+    systemd uses it to tell the main process from others."""
+    pid = 0
 
 
 class NotifySocket:
@@ -20,9 +29,20 @@ class NotifySocket:
     def __init__(self, path):
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.sock.bind(path)
         self.sock.settimeout(0.2)
         self.messages = []
+        self.everything = []  # every notification, in order
+
+    def _receive(self):
+        data, ancdata, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+        m = Notification(data.decode())
+        for level, kind, cred in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                m.pid = int.from_bytes(cred[0:4], sys.byteorder)
+        self.messages.append(m)
+        self.everything.append(m)
 
     def wait_for(self, key, timeout=30):
         """Reads datagrams until one holds the line `key` (e.g. "READY=1");
@@ -37,7 +57,16 @@ class NotifySocket:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {key} from ktlb; got {self.messages}")
             try:
-                self.messages.append(self.sock.recv(4096).decode())
+                self._receive()
+            except socket.timeout:
+                pass
+
+    def drain(self, seconds):
+        """Reads whatever comes for `seconds`."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                self._receive()
             except socket.timeout:
                 pass
 
@@ -51,11 +80,11 @@ class ServiceTest(harness.KtlbTestCase):
         super().setUpClass()
         cls.o = cls.class_origin("svc-origin")
 
-    def start_with_env(self, text, env):
+    def start_with_env(self, text, env, launcher=()):
         old = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
-            return self.ktlb(text)
+            return self.ktlb(text, launcher=launcher)
         finally:
             for k, v in old.items():
                 if v is None:
@@ -87,6 +116,97 @@ class ServiceTest(harness.KtlbTestCase):
             k.stop()
         finally:
             n.close()
+
+    def test_sigusr2_upgrade_hands_the_unit_to_the_successor(self):
+        """Under systemd the successor must be the unit's child and say
+        MAINPID= before the old process may exit; the old one must not say
+        STOPPING=1 (it would stop the unit); the watchdog moves along."""
+        n = NotifySocket(os.path.join(self.tmp, "notify-upgrade.sock"))
+        successors = []
+
+        def kill_successors():
+            for pid in successors:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.addCleanup(kill_successors)
+        try:
+            # As systemd starts a unit: WATCHDOG_PID is the main process's PID.
+            launcher = ["/bin/sh", "-c", 'export WATCHDOG_PID=$$; exec "$0" "$@"']
+            old = self.start_with_env(
+                self.basic_config({"app": [self.o.addr]}, server={"workers": "2"}),
+                {"NOTIFY_SOCKET": n.path, "WATCHDOG_USEC": "1000000"}, launcher=launcher)
+            ready = n.wait_for("READY=1")
+            self.assertEqual(ready[-1].pid, old.pid)
+            url, resolve = self.url(old)
+            load = harness.LoadRun(old.port(), self.ca, 4, "sigusr2")
+            try:
+                time.sleep(1)
+                old.signal(signal.SIGUSR2)
+                seen = n.wait_for(f"MAINPID={self._successor_pid(old)}")
+                new_pid = seen[-1].pid
+                successors.append(new_pid)
+                self.assertNotEqual(new_pid, old.pid)
+                # MAINPID comes from the new process itself, before the old exits.
+                self.assertEqual(seen[-1], f"MAINPID={new_pid}")
+                self.assertIsNone(old.proc.poll())
+                ready = n.wait_for("READY=1")
+                self.assertEqual(ready[-1].pid, new_pid)
+                code = old.proc.wait(timeout=40)
+                old.stopped = True
+                self.assertEqual(code, 0, old.log())
+                # The successor's watchdog is its own (WATCHDOG_PID adopted).
+                n.drain(1.5)
+                self.assertTrue(any(m.pid == new_pid and "WATCHDOG=1" in m.splitlines()
+                                    for m in n.everything), n.everything)
+            finally:
+                wrk_out, _ = load.stop()
+            self.assertEqual(load.failed, [])
+            self.assertNotIn("Socket errors", wrk_out, wrk_out)
+            self.assertNotIn("Non-2xx", wrk_out, wrk_out)
+            from_old = [m for m in n.everything if m.pid == old.pid]
+            self.assertFalse(any("STOPPING=1" in m.splitlines() for m in from_old), from_old)
+            # The successor serves, and stops like a main process.
+            r = subprocess.run(["curl", "-sS", "--cacert", self.ca, *resolve, "-o", "/dev/null",
+                                "-w", "%{http_code}", url], capture_output=True, text=True)
+            self.assertEqual(r.stdout, "200", r.stderr)
+            os.kill(new_pid, signal.SIGTERM)
+            seen = n.wait_for("STOPPING=1")
+            self.assertEqual(seen[-1].pid, new_pid)
+            deadline = time.monotonic() + 40
+            while os.path.exists(f"/proc/{new_pid}") and time.monotonic() < deadline:
+                time.sleep(0.05)  # reparented: not ours to wait for
+            self.assertFalse(os.path.exists(f"/proc/{new_pid}"))
+        finally:
+            n.close()
+
+    def _successor_pid(self, old, timeout=30):
+        """The PID the old process logged for the successor it started."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(r"started successor (\d+)", old.log())
+            if m:
+                return int(m.group(1))
+            self.assertLess(time.monotonic(), deadline, old.log())
+            time.sleep(0.02)
+
+    def test_sigusr2_successor_that_fails_leaves_the_old_process_serving(self):
+        old = self.ktlb(self.basic_config({"app": [self.o.addr]}))
+        with open(old.config_path, "a") as f:
+            f.write("\n[bogus]\n")  # the successor reads the file as it is now
+        old.signal(signal.SIGUSR2)
+        deadline = time.monotonic() + 30
+        while "before taking over; still serving" not in old.log():
+            self.assertLess(time.monotonic(), deadline, old.log())
+            time.sleep(0.05)
+        self.assertRegex(old.log(), r"successor \d+ exited with status 1")
+        self.assertTrue(old.running())
+        url, resolve = self.url(old)
+        r = subprocess.run(["curl", "-sS", "--cacert", self.ca, *resolve, "-o", "/dev/null",
+                            "-w", "%{http_code}", url], capture_output=True, text=True)
+        self.assertEqual(r.stdout, "200", r.stderr)
+        old.stop()
 
     def test_unit_file_is_one_systemd_accepts(self):
         if shutil.which("systemd-analyze") is None:
