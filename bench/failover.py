@@ -21,6 +21,7 @@ shows steers it), with retries of failed idempotent requests on another server:
            retries 1, option redispatch 1, retry-on conn-failure empty-response
 
 usage: bench/failover.py [--build build] [--duration 10] [--proxies ktlb,nginx,haproxy]
+                         [--no-kill]
 """
 import argparse
 import os
@@ -41,12 +42,14 @@ CONNECTIONS = 32
 
 def ktlb_proxy(build, d, origins, certs):
     port = run.free_port()
+    admin = run.free_port()
     cfg = os.path.join(d, "ktlb.toml")
     servers = ", ".join(f'"127.0.0.1:{p}"' for p in origins)
     with open(cfg, "w") as f:
         f.write(f"""
 [server]
 workers = 1
+admin_listen = "127.0.0.1:{admin}"
 [[listeners]]
 name = "bench"
 listen = "127.0.0.1:{port}"
@@ -63,7 +66,21 @@ name = "origin"
 servers = [{servers}]
 eject = {{ consecutive_failures = 1, base_ms = 10000, max_ms = 10000 }}
 """)
-    return run.Proxy("ktlb", [os.path.join(build, "ktlb"), "--config", cfg], port, d)
+    p = run.Proxy("ktlb", [os.path.join(build, "ktlb"), "--config", cfg], port, d)
+    p.admin = admin
+    return p
+
+
+def ktlb_counts(proxy):
+    """What ktlb counted of the run: its non-zero upstream failure, retry and
+    ejection series."""
+    import urllib.request
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    text = opener.open(f"http://127.0.0.1:{proxy.admin}/metrics", timeout=5).read().decode()
+    keep = re.compile(r"^ktlb_upstream_(server_failures_total|server_retries_total|"
+                      r"server_ejections_total|retries_budget_exhausted_total|no_server_total)"
+                      r"\{.*\} [1-9]")
+    return [line for line in text.splitlines() if keep.match(line)]
 
 
 def nginx_proxy(d, origins, certs):
@@ -140,14 +157,16 @@ def percentile_ms(text, pct):
 
 
 def measure(proxy, origins, duration, victim):
-    """wrk for `duration` s with one origin SIGKILLed halfway; returns the figures."""
+    """wrk for `duration` s with origin `victim` SIGKILLed halfway (None: no kill);
+    returns the figures."""
     url = f"https://127.0.0.1:{proxy.port}/"
     wrk = subprocess.Popen(["taskset", "-c", run.LOAD_CPU, "wrk", "-t1", f"-c{CONNECTIONS}",
                             f"-d{duration}s", "--latency", url],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(duration / 2)
-    origins[victim].send_signal(signal.SIGKILL)
-    origins[victim].wait()
+    if victim is not None:
+        origins[victim].send_signal(signal.SIGKILL)
+        origins[victim].wait()
     out = wrk.communicate(timeout=duration + 60)[0]
     total = re.search(r"(\d+) requests in", out)
     if not total:
@@ -169,6 +188,8 @@ def main():
     ap.add_argument("--build", default=os.path.join(run.ROOT, "build"))
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--proxies", default="ktlb,nginx,haproxy")
+    ap.add_argument("--no-kill", action="store_true",
+                    help="kill nothing: the same run as a baseline for the latencies")
     args = ap.parse_args()
     args.build = os.path.abspath(args.build)
     d = tempfile.mkdtemp(prefix="ktlb-failover-")
@@ -199,11 +220,14 @@ def main():
             # Warm-up: pools filled, every origin alive.
             subprocess.run(["taskset", "-c", run.LOAD_CPU, "wrk", "-t1", f"-c{CONNECTIONS}",
                             "-d1s", f"https://127.0.0.1:{p.port}/"], capture_output=True)
-            r = measure(p, origins, args.duration, victim=ORIGINS - 1)
+            r = measure(p, origins, args.duration, victim=None if args.no_kill else ORIGINS - 1)
             results[name] = r
             print(f"# {name:8} {r['requests']} requests, {r['non2xx']} non-2xx, "
                   f"{r['socket_errors']} socket errors, p50 {r['p50']:.2f} ms, "
                   f"p99 {r['p99']:.2f} ms, {r['rps']:.0f} req/s", flush=True)
+            if name == "ktlb":
+                for line in ktlb_counts(p):
+                    print(f"#   {line}", flush=True)
         finally:
             p.stop()
             for o in origins:
@@ -211,8 +235,8 @@ def main():
                     o.kill()
                 o.wait()
     print()
-    print(f"one of {ORIGINS} origins SIGKILLed after {args.duration / 2:g} s of a "
-          f"{args.duration} s wrk -c{CONNECTIONS} run")
+    print(f"{'no origin' if args.no_kill else f'one of {ORIGINS} origins'} SIGKILLed after "
+          f"{args.duration / 2:g} s of a {args.duration} s wrk -c{CONNECTIONS} run")
     print("| proxy | requests | failed (non-2xx + socket errors) | p50 ms | p99 ms |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, r in results.items():
