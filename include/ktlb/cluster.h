@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
@@ -71,6 +72,18 @@ class Cluster final : private IoHandler {
   Loop& loop() { return *loop_; }
   ErrorLog& log() { return *log_; }
   UpstreamMetrics& metrics() { return *metrics_; }
+  // Per-server counters: the registry's (SetServerMetrics) or, until then,
+  // the cluster's own (unit tests, clusters built without a registry).
+  ServerMetrics& server_metrics(size_t server) { return *server_metrics_[server]; }
+  // `metrics[i]` for servers_[i]; they outlive the cluster (the registry's).
+  void SetServerMetrics(std::vector<ServerMetrics*> metrics);
+  // An attempt on `server` failed for `why` (ktlb_upstream_server_failures_total).
+  void CountFailure(size_t server, ServerFailure why) {
+    server_metrics_[server]->failures[static_cast<size_t>(why)].Inc();
+  }
+  // The upstream's try_timeout_ms: how long one attempt may wait for its
+  // response head before a safe request moves to another server; 0 = none.
+  uint32_t try_timeout_ms() const { return try_timeout_ms_; }
   void CountTimeout(TimeoutKind k) { timeouts_[static_cast<size_t>(k)].Inc(); }
 
   // The server for a new attempt, skipping `avoid` (a retry) when there is
@@ -116,6 +129,8 @@ class Cluster final : private IoHandler {
   void AttemptStarted(size_t server) {
     ++load_[server].in_flight;
     metrics_->in_flight.Inc();
+    server_metrics_[server]->requests.Inc();
+    server_metrics_[server]->in_flight.Inc();
   }
   // The in-flight count doubles as the connections in use (or connecting)
   // to the server: an attempt holds exactly one. One ending may let a
@@ -123,6 +138,7 @@ class Cluster final : private IoHandler {
   void AttemptEnded(size_t server) {
     --load_[server].in_flight;
     metrics_->in_flight.Dec();
+    server_metrics_[server]->in_flight.Dec();
     if (!queue_.empty()) ScheduleDispatch();
   }
   void RecordLatency(size_t server, uint64_t us, bool failed);
@@ -192,6 +208,9 @@ class Cluster final : private IoHandler {
   bool dispatch_pending_ = false;
   size_t requests_in_flight_ = 0;
   size_t retries_in_flight_ = 0;
+  uint32_t try_timeout_ms_ = 0;
+  std::deque<ServerMetrics> own_server_metrics_;  // by server, until SetServerMetrics
+  std::vector<ServerMetrics*> server_metrics_;    // by server
 };
 
 }  // namespace ktlb::upstream

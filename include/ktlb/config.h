@@ -237,6 +237,12 @@ struct UpstreamConfig {
   // Retries in flight stay below max(3, retry_budget x requests in flight),
   // per cluster and worker; 0 allows only the floor of 3.
   double retry_budget = 0.2;
+  // How long one attempt may wait for its response head (from its start,
+  // connect included; for a request with a body, from the body's end)
+  // before it is given up: a safe request is retried on another server
+  // within retry_budget, any other gets 504. 0 = no per-try limit (only
+  // [server] upstream_response_timeout_ms, which is never retried).
+  uint32_t try_timeout_ms = 0;
 };
 
 struct Config {

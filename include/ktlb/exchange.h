@@ -19,6 +19,7 @@
 
 #include "ktlb/deadline_queue.h"
 #include "ktlb/http1.h"
+#include "ktlb/metrics.h"
 #include "ktlb/unique_fd.h"
 #include "ktlb/upstream_limits.h"
 
@@ -128,7 +129,7 @@ class Exchange final : private DeadlineTarget {
   // deadline counts from the last of them, not from the head.
   void BodyProgress();
   // The whole request body went upstream (the connection may be pooled).
-  void EndBody() { body_done_ = true; }
+  void EndBody();
   size_t RequestBacklog() const;
   // Splice of the request body: the backend socket, once everything queued
   // before the body was sent; else -1.
@@ -174,8 +175,16 @@ class Exchange final : private DeadlineTarget {
   void Attempt(int avoid_server);
   // Starts the attempt on `picked` (a server, or -1: none available).
   void Launch(int picked, int avoid_server);
-  // The queue timeout.
+  // The queue timeout (kQueueTimer) or the try timeout (kTryTimer).
   void OnDeadline(uint8_t kind) override;
+  enum : uint8_t { kQueueTimer = 0, kTryTimer = 1 };
+  // Starts the try timeout of the current attempt, if the upstream has one.
+  void ArmTryTimer();
+  // The attempt on server_ failed for `why`. `sent`: request bytes may have
+  // reached the backend (it had connected); `got_response_bytes`: some of a
+  // response came back; `reused`: it was a pooled keep-alive connection.
+  // Retries elsewhere when that is safe, else fails the exchange.
+  void AttemptFailed(ServerFailure why, bool sent, bool got_response_bytes, bool reused);
   void Fail(ExchangeFailure why, bool response_started);
   // The request is over for the cluster's retry budget.
   void Leave();
@@ -188,6 +197,10 @@ class Exchange final : private DeadlineTarget {
   ExchangeRequest request_;
   int server_ = -1;
   int attempts_ = 0;
+  // A stale pooled connection was replayed on a fresh one: that replay is
+  // not a try of its own, and happens at most once.
+  bool replayed_ = false;
+  DeadlineNode try_timer_;
   bool body_done_ = true;
   bool counted_ = false;  // the attempt is in the cluster's in-flight count
   bool head_seen_ = false;

@@ -24,9 +24,11 @@ namespace ktlb::upstream {
 
 class HealthProber {
  public:
-  // `metrics` (may be null) and `board` outlive the prober.
+  // `metrics` (may be null) and `board` outlive the prober, and so do
+  // `server_metrics` (by server; empty, or null entries: not counted).
   HealthProber(const UpstreamConfig& upstream, std::shared_ptr<HealthBoard> board,
-               UpstreamHealthMetrics* metrics);
+               UpstreamHealthMetrics* metrics,
+               std::vector<ServerHealthMetrics*> server_metrics = {});
   ~HealthProber();  // Stop()
   HealthProber(const HealthProber&) = delete;
   HealthProber& operator=(const HealthProber&) = delete;

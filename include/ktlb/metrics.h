@@ -34,7 +34,7 @@ inline constexpr size_t kMaxReasons = 32;
 
 enum class TimeoutKind : uint8_t {
   kHandshake, kRequestHeader, kKeepalive, kUpstreamConnect, kUpstreamResponse, kDrain,
-  kTunnelIdle, kSend, kCount
+  kTunnelIdle, kSend, kUpstreamTry, kCount
 };
 const char* TimeoutKindLabel(TimeoutKind k);
 
@@ -94,6 +94,67 @@ struct ListenerMetrics {
   H2Metrics h2;
 };
 
+// Why an attempt on one server failed: the reason label of
+// ktlb_upstream_server_failures_total.
+enum class ServerFailure : uint8_t {
+  kConnect,         // refused, unreachable, no socket
+  kConnectTimeout,  // upstream_connect_timeout_ms
+  kTimeout,         // upstream_response_timeout_ms (no byte for that long)
+  kTryTimeout,      // the upstream's try_timeout_ms: no response head in time
+  kReset,           // closed or reset before a response head
+  kBadResponse,     // bytes that were not a usable response head
+  kAborted,         // the response broke after its head went to the client
+  k5xx,             // a response head with status 500..599
+  kCount
+};
+const char* ServerFailureLabel(ServerFailure f);
+
+// Upper bounds of the latency buckets in microseconds (rendered as
+// Prometheus `le` in seconds); one more bucket catches the rest (+Inf).
+// Sub-millisecond first: backends next door answer in tens of microseconds.
+inline constexpr std::array<uint64_t, 15> kLatencyBucketsUs = {
+    250,     500,     1'000,   2'500,     5'000,     10'000,    25'000,    50'000,
+    100'000, 250'000, 500'000, 1'000'000, 2'500'000, 5'000'000, 10'000'000};
+
+// A Prometheus histogram with one writer (the worker): each observation
+// lands in one bucket (not cumulative here; the scrape adds them up), so
+// an observation is two relaxed stores and a short scan.
+struct LatencyHistogram {
+  void Observe(uint64_t us) {
+    size_t i = 0;
+    while (i < kLatencyBucketsUs.size() && us > kLatencyBucketsUs[i]) ++i;
+    buckets[i].Inc();
+    sum_us.Inc(us);
+  }
+  std::array<Counter, kLatencyBucketsUs.size() + 1> buckets;  // the last: +Inf
+  Counter sum_us;
+};
+
+// One worker's counters for one server of one upstream, labelled
+// {upstream, server="ADDR"} (the address as configured or resolved).
+struct ServerMetrics {
+  Counter requests;   // attempts started on the server (passthrough: tunnels)
+  Counter in_flight;  // gauge
+  std::array<Counter, static_cast<size_t>(ServerFailure::kCount)> failures;
+  Counter ejections;  // times this worker ejected it (passive health)
+  // CLOCK_MONOTONIC ms until which this worker's ejection holds (0: none),
+  // so a scrape can tell "ejected now" without the worker doing anything.
+  Counter ejected_until_ms;
+  Counter retries;      // requests that failed here and were retried elsewhere
+  Counter queue_waits;  // attempts that waited for a connection first
+  // From the attempt's start (connect included, for a new connection) to
+  // its response head.
+  LatencyHistogram latency;
+};
+
+// Active health of one server, written by its upstream's prober.
+struct ServerHealthMetrics {
+  Counter went_up;
+  Counter went_down;
+  Counter down;  // gauge: 1 while the checks hold it down
+  bool checked = false;  // a prober counts it (guarded by the registry's lock)
+};
+
 struct UpstreamMetrics {
   Counter requests;
   Counter connect_failures;
@@ -106,6 +167,9 @@ struct UpstreamMetrics {
   Counter queued;     // requests that waited for a connection (max_conns_per_server)
   Counter queue_timeouts;  // ... and got 503: queue_timeout_ms passed or the queue was full
   Counter retries_budget_exhausted;  // retries refused by retry_budget
+  // By the registry's server slot of this upstream (MetricsRegistry::Server);
+  // grown under the registry's lock, never shrunk or moved.
+  std::deque<ServerMetrics> servers;
 };
 
 // Active health of one upstream, written by its one prober thread (never
@@ -115,6 +179,7 @@ struct UpstreamHealthMetrics {
   Counter went_down;
   Counter healthy;  // gauge: servers the checks hold up
   bool checked = false;  // has a prober (guarded by the registry's lock)
+  std::deque<ServerHealthMetrics> servers;  // by server slot, as UpstreamMetrics::servers
 };
 
 struct WorkerMetrics {
@@ -168,6 +233,12 @@ class MetricsRegistry {
   // Worker `worker`'s counters for the listener / upstream `name`.
   ListenerMetrics& Listener(size_t worker, std::string_view name);
   UpstreamMetrics& Upstream(size_t worker, std::string_view name);
+  // Worker `worker`'s counters for server `server` (its address text) of
+  // upstream `upstream`. A server keeps its series across reloads while its
+  // address stays.
+  ServerMetrics& Server(size_t worker, std::string_view upstream, std::string_view server);
+  // The prober's per-server health counters (process-wide).
+  ServerHealthMetrics& ServerHealth(std::string_view upstream, std::string_view server);
   // The process-wide health counters of upstream `name` (for its prober).
   UpstreamHealthMetrics& UpstreamHealth(std::string_view name);
   // A config was put in service (`ok`, at startup or on reload) or a reload
@@ -187,12 +258,17 @@ class MetricsRegistry {
               std::string_view name);
   // The process-wide health families (mu_ held).
   void RenderHealth(std::string* out) const;
+  // The per-server families (mu_ held).
+  void RenderServers(std::string* out) const;
+  size_t ServerSlot(size_t upstream_slot, std::string_view server);  // mu_ held
   void RenderConfig(std::string* out) const;
 
   mutable std::mutex mu_;  // guards the name lists and the workers' deques' sizes
   MetricsLabels labels_;
   std::vector<std::unique_ptr<WorkerMetrics>> workers_;
   std::deque<UpstreamHealthMetrics> health_;  // by upstream slot
+  // Server addresses by upstream slot, then server slot.
+  std::vector<std::vector<std::string>> server_names_;
   ConfigMetrics config_;  // guarded by mu_
 };
 

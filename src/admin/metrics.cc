@@ -3,6 +3,7 @@
 #include <deque>
 
 #include "absl/strings/str_cat.h"
+#include "ktlb/deadline_queue.h"
 
 namespace ktlb {
 
@@ -16,7 +17,23 @@ const char* TimeoutKindLabel(TimeoutKind k) {
     case TimeoutKind::kDrain: return "drain";
     case TimeoutKind::kTunnelIdle: return "tunnel_idle";
     case TimeoutKind::kSend: return "send";
+    case TimeoutKind::kUpstreamTry: return "upstream_try";
     case TimeoutKind::kCount: break;
+  }
+  return "unknown";
+}
+
+const char* ServerFailureLabel(ServerFailure f) {
+  switch (f) {
+    case ServerFailure::kConnect: return "connect";
+    case ServerFailure::kConnectTimeout: return "connect_timeout";
+    case ServerFailure::kTimeout: return "timeout";
+    case ServerFailure::kTryTimeout: return "try_timeout";
+    case ServerFailure::kReset: return "reset";
+    case ServerFailure::kBadResponse: return "bad_response";
+    case ServerFailure::kAborted: return "aborted";
+    case ServerFailure::k5xx: return "5xx";
+    case ServerFailure::kCount: break;
   }
   return "unknown";
 }
@@ -63,6 +80,35 @@ UpstreamHealthMetrics& MetricsRegistry::UpstreamHealth(std::string_view name) {
   while (health_.size() <= slot) health_.emplace_back();
   health_[slot].checked = true;
   return health_[slot];
+}
+
+size_t MetricsRegistry::ServerSlot(size_t upstream_slot, std::string_view server) {
+  if (server_names_.size() <= upstream_slot) server_names_.resize(upstream_slot + 1);
+  return Slot(&server_names_[upstream_slot], server);
+}
+
+ServerMetrics& MetricsRegistry::Server(size_t worker, std::string_view upstream,
+                                       std::string_view server) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const size_t u = Slot(&labels_.upstreams, upstream);
+  const size_t s = ServerSlot(u, server);
+  std::deque<UpstreamMetrics>& ups = workers_[worker]->upstreams;
+  while (ups.size() <= u) ups.emplace_back();
+  std::deque<ServerMetrics>& servers = ups[u].servers;
+  while (servers.size() <= s) servers.emplace_back();
+  return servers[s];
+}
+
+ServerHealthMetrics& MetricsRegistry::ServerHealth(std::string_view upstream,
+                                                   std::string_view server) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const size_t u = Slot(&labels_.upstreams, upstream);
+  const size_t s = ServerSlot(u, server);
+  while (health_.size() <= u) health_.emplace_back();
+  std::deque<ServerHealthMetrics>& servers = health_[u].servers;
+  while (servers.size() <= s) servers.emplace_back();
+  servers[s].checked = true;
+  return servers[s];
 }
 
 namespace {
@@ -288,6 +334,7 @@ std::string MetricsRegistry::Render() const {
                "Retries not made because retry_budget was used up.",
                [](const UpstreamMetrics& m) -> const Counter& { return m.retries_budget_exhausted; });
   RenderHealth(&out);
+  RenderServers(&out);
   RenderConfig(&out);
 
   Family(&out, "ktlb_error_log_lines_total", "counter",
@@ -309,6 +356,122 @@ std::string MetricsRegistry::Render() const {
                     "\n");
   }
   return out;
+}
+
+void MetricsRegistry::RenderServers(std::string* out) const {
+  const auto& U = labels_.upstreams;
+  // Sums one counter of server `s` of upstream `u` over the workers that
+  // registered it.
+  auto sum = [&](size_t u, size_t s, auto pick) {
+    return Sum(workers_, [&](const WorkerMetrics& w) -> const Counter* {
+      if (u >= w.upstreams.size() || s >= w.upstreams[u].servers.size()) return nullptr;
+      return &pick(w.upstreams[u].servers[s]);
+    });
+  };
+  auto labels = [&](size_t u, size_t s) {
+    return absl::StrCat("upstream=\"", U[u], "\",server=\"", server_names_[u][s], "\"");
+  };
+  auto each = [&](auto fn) {
+    for (size_t u = 0; u < server_names_.size() && u < U.size(); ++u) {
+      for (size_t s = 0; s < server_names_[u].size(); ++s) fn(u, s);
+    }
+  };
+  auto simple = [&](const char* name, const char* type, const char* help, auto pick) {
+    Family(out, name, type, help);
+    each([&](size_t u, size_t s) {
+      absl::StrAppend(out, name, "{", labels(u, s), "} ", sum(u, s, pick), "\n");
+    });
+  };
+  simple("ktlb_upstream_server_requests_total", "counter",
+         "Attempts started on a server (a retry counts on the server it went to; passthrough: "
+         "tunnels).",
+         [](const ServerMetrics& m) -> const Counter& { return m.requests; });
+  simple("ktlb_upstream_server_in_flight", "gauge", "Attempts (passthrough: tunnels) on a server now.",
+         [](const ServerMetrics& m) -> const Counter& { return m.in_flight; });
+  Family(out, "ktlb_upstream_server_failures_total", "counter",
+         "Failed attempts on a server, by reason (connect, connect_timeout, timeout, try_timeout, "
+         "reset, bad_response, aborted, 5xx).");
+  each([&](size_t u, size_t s) {
+    for (size_t r = 0; r < static_cast<size_t>(ServerFailure::kCount); ++r) {
+      absl::StrAppend(out, "ktlb_upstream_server_failures_total{", labels(u, s), ",reason=\"",
+                      ServerFailureLabel(static_cast<ServerFailure>(r)), "\"} ",
+                      sum(u, s, [&](const ServerMetrics& m) -> const Counter& {
+                        return m.failures[r];
+                      }),
+                      "\n");
+    }
+  });
+  simple("ktlb_upstream_server_ejections_total", "counter",
+         "Times a worker ejected the server after consecutive failures (passive health).",
+         [](const ServerMetrics& m) -> const Counter& { return m.ejections; });
+  Family(out, "ktlb_upstream_server_ejected", "gauge",
+         "Workers that hold the server ejected now (passive health; each worker ejects on its own).");
+  const uint64_t now_ms = NowMs();
+  each([&](size_t u, size_t s) {
+    uint64_t ejected = 0;
+    for (const auto& w : workers_) {
+      if (u >= w->upstreams.size() || s >= w->upstreams[u].servers.size()) continue;
+      ejected += w->upstreams[u].servers[s].ejected_until_ms.Get() > now_ms ? 1 : 0;
+    }
+    absl::StrAppend(out, "ktlb_upstream_server_ejected{", labels(u, s), "} ", ejected, "\n");
+  });
+  simple("ktlb_upstream_server_retries_total", "counter",
+         "Requests that failed on the server and were retried on another.",
+         [](const ServerMetrics& m) -> const Counter& { return m.retries; });
+  simple("ktlb_upstream_server_queue_waits_total", "counter",
+         "Attempts on the server that first waited for a connection (max_conns_per_server).",
+         [](const ServerMetrics& m) -> const Counter& { return m.queue_waits; });
+
+  const char* const kHist = "ktlb_upstream_server_response_seconds";
+  Family(out, kHist, "histogram",
+         "Time from an attempt's start (its connect included, on a new connection) to the "
+         "server's response head.");
+  each([&](size_t u, size_t s) {
+    const std::string l = labels(u, s);
+    uint64_t cumulative = 0;
+    for (size_t b = 0; b <= kLatencyBucketsUs.size(); ++b) {
+      cumulative += sum(u, s, [&](const ServerMetrics& m) -> const Counter& {
+        return m.latency.buckets[b];
+      });
+      if (b < kLatencyBucketsUs.size()) {
+        absl::StrAppend(out, kHist, "_bucket{", l, ",le=\"",
+                        static_cast<double>(kLatencyBucketsUs[b]) / 1e6, "\"} ", cumulative,
+                        "\n");
+      } else {
+        absl::StrAppend(out, kHist, "_bucket{", l, ",le=\"+Inf\"} ", cumulative, "\n");
+      }
+    }
+    const uint64_t sum_us =
+        sum(u, s, [](const ServerMetrics& m) -> const Counter& { return m.latency.sum_us; });
+    absl::StrAppend(out, kHist, "_sum{", l, "} ", sum_us / 1'000'000, ".",
+                    absl::Dec(sum_us % 1'000'000, absl::kZeroPad6), "\n");
+    // The count is the +Inf bucket, so the two always agree within a scrape.
+    absl::StrAppend(out, kHist, "_count{", l, "} ", cumulative, "\n");
+  });
+
+  // Active checks, per server (upstreams with a prober only).
+  auto health = [&](size_t u, size_t s) -> const ServerHealthMetrics* {
+    if (u >= health_.size() || !health_[u].checked || s >= health_[u].servers.size()) return nullptr;
+    return health_[u].servers[s].checked ? &health_[u].servers[s] : nullptr;
+  };
+  Family(out, "ktlb_upstream_server_healthy", "gauge",
+         "1 while the active health checks hold the server up, 0 while they hold it down.");
+  each([&](size_t u, size_t s) {
+    if (const ServerHealthMetrics* h = health(u, s)) {
+      absl::StrAppend(out, "ktlb_upstream_server_healthy{", labels(u, s), "} ",
+                      h->down.Get() != 0 ? 0 : 1, "\n");
+    }
+  });
+  Family(out, "ktlb_upstream_server_health_changes_total", "counter",
+         "Times the active health checks took the server down or brought it back up.");
+  each([&](size_t u, size_t s) {
+    if (const ServerHealthMetrics* h = health(u, s)) {
+      absl::StrAppend(out, "ktlb_upstream_server_health_changes_total{", labels(u, s),
+                      ",state=\"up\"} ", h->went_up.Get(), "\n",
+                      "ktlb_upstream_server_health_changes_total{", labels(u, s),
+                      ",state=\"down\"} ", h->went_down.Get(), "\n");
+    }
+  });
 }
 
 void MetricsRegistry::RecordConfig(bool ok, int64_t now_s,

@@ -232,6 +232,7 @@ absl::Status ReadRetryBudget(const Section& s, double* out) {
 absl::Status ReadUpstream(const Section& s, NameSet* names, UpstreamConfig* upstream) {
   if (absl::Status st = s.CheckKnownKeys(
           {"name", "servers", "balance", "hash_key", "max_idle_per_server", "proxy_protocol", "health",
+           "try_timeout_ms",
            "eject", "slow_start_ms", "max_conns_per_server", "queue_timeout_ms",
            "retry_budget"});
       !st.ok()) {
@@ -270,6 +271,10 @@ absl::Status ReadUpstream(const Section& s, NameSet* names, UpstreamConfig* upst
   if (absl::Status st = ReadHealth(s, &upstream->health); !st.ok()) return st;
   if (absl::Status st = ReadEject(s, &upstream->eject); !st.ok()) return st;
   if (absl::Status st = s.Uint32("slow_start_ms", 0, kMaxDurationMs, &upstream->slow_start_ms);
+      !st.ok()) {
+    return st;
+  }
+  if (absl::Status st = s.Uint32("try_timeout_ms", 0, kMaxDurationMs, &upstream->try_timeout_ms);
       !st.ok()) {
     return st;
   }

@@ -248,6 +248,7 @@ void Relay::OnConnect(int res) {
     host_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "connect to %s failed: %s",
                            addr.text.c_str(), strerror(-res));
     cluster(upstream_)->metrics().connect_failures.Inc();
+    cluster(upstream_)->CountFailure(static_cast<size_t>(server_), ServerFailure::kConnect);
     // Passive health: a refusing backend is ejected for tunnels too.
     cluster(upstream_)->ReportFailure(static_cast<size_t>(server_));
     close_reason_ = "connect_failed";
@@ -276,6 +277,7 @@ void Relay::OnSend(int res) {
   if (state_ != State::kReplay) return MaybeRelease();
   if (res < 0) {
     cluster(upstream_)->metrics().resets.Inc();
+    cluster(upstream_)->CountFailure(static_cast<size_t>(server_), ServerFailure::kReset);
     close_reason_ = "replay_failed";
     return CloseNow();
   }
@@ -479,6 +481,9 @@ void Relay::OnDeadline(uint8_t kind) {
   }
   if (kind == static_cast<uint8_t>(TimeoutKind::kUpstreamConnect) && upstream_ >= 0) {
     cluster(upstream_)->metrics().timeouts.Inc();
+    if (server_ >= 0) {
+      cluster(upstream_)->CountFailure(static_cast<size_t>(server_), ServerFailure::kConnectTimeout);
+    }
   }
   if (kind < static_cast<uint8_t>(TimeoutKind::kCount)) {
     close_reason_ = TimeoutKindLabel(static_cast<TimeoutKind>(kind));

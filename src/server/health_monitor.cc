@@ -40,8 +40,14 @@ void HealthMonitor::Update(const Config& config) {
     e.key = std::move(key);
     e.board = std::make_shared<upstream::HealthBoard>(u.servers.size(),
                                                       u.health.rise * u.health.interval_ms);
+    std::vector<ServerHealthMetrics*> server_metrics;
+    for (const UpstreamServer& s : u.servers) {
+      server_metrics.push_back(metrics_ != nullptr ? &metrics_->ServerHealth(u.name, s.address.text)
+                                                   : nullptr);
+    }
     e.prober = std::make_unique<upstream::HealthProber>(
-        u, e.board, metrics_ != nullptr ? &metrics_->UpstreamHealth(u.name) : nullptr);
+        u, e.board, metrics_ != nullptr ? &metrics_->UpstreamHealth(u.name) : nullptr,
+        std::move(server_metrics));
     if (!e.prober->Start()) {
       fprintf(stderr, "ktlb: health: upstream \"%s\": cannot start its prober\n", u.name.c_str());
       continue;

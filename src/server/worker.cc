@@ -89,6 +89,11 @@ absl::StatusOr<std::unique_ptr<Generation>> Worker::BuildGeneration(
     gen->clusters_.push_back(std::make_unique<upstream::Cluster>(
         uc, limits, id_, &loop_, &error_log_, &registry_->Upstream(id_, uc.name),
         metrics_->timeouts.data(), health_ != nullptr ? health_->Board(uc) : nullptr));
+    std::vector<ServerMetrics*> server_metrics;
+    for (const UpstreamServer& us : uc.servers) {
+      server_metrics.push_back(&registry_->Server(id_, uc.name, us.address.text));
+    }
+    gen->clusters_.back()->SetServerMetrics(std::move(server_metrics));
   }
   return gen;
 }

@@ -48,7 +48,10 @@ Cluster::Cluster(const UpstreamConfig& config, const Limits& limits, size_t work
       max_conns_(config.max_conns_per_server),
       queue_timeout_ms_(config.queue_timeout_ms),
       retry_budget_(config.retry_budget),
-      below_cap_(config.servers.size()) {
+      below_cap_(config.servers.size()),
+      try_timeout_ms_(config.try_timeout_ms),
+      own_server_metrics_(config.servers.size()) {
+  for (ServerMetrics& m : own_server_metrics_) server_metrics_.push_back(&m);
   slot_.Bind(loop_, this);
   // A board for another server list would index the wrong servers.
   if (health_ != nullptr && health_->size() != config.servers.size()) health_.reset();
@@ -59,6 +62,11 @@ Cluster::Cluster(const UpstreamConfig& config, const Limits& limits, size_t work
   }
   balancer_ = MakeBalancer(config.balance, identities, worker_id);
   idle_.resize(servers_.size());
+}
+
+void Cluster::SetServerMetrics(std::vector<ServerMetrics*> metrics) {
+  if (metrics.size() != servers_.size()) return;  // for another server list
+  server_metrics_ = std::move(metrics);
 }
 
 uint64_t Cluster::NowUs() {
@@ -109,7 +117,10 @@ void Cluster::RefreshAvailability(uint64_t now_ms) {
   for (size_t i = 0; i < servers_.size(); ++i) {
     const bool board_up = health_ == nullptr || health_->up(i);
     // Up again by its checks: the outage that ejected it is over.
-    if (board_up && !board_up_[i]) ejection_[i].Readmit();
+    if (board_up && !board_up_[i]) {
+      ejection_[i].Readmit();
+      server_metrics_[i]->ejected_until_ms.Set(0);
+    }
     board_up_[i] = board_up ? 1 : 0;
     const bool ejected = ejection_[i].ejected(now_ms);
     if (ejected) next_readmit_ms_ = std::min(next_readmit_ms_, ejection_[i].until_ms());
@@ -138,6 +149,8 @@ void Cluster::ReportFailure(size_t server) {
   const uint64_t now_ms = loop_->now_ms();
   if (!ejection_[server].OnFailure(eject_, now_ms)) return;
   metrics_->ejections.Inc();
+  server_metrics_[server]->ejections.Inc();
+  server_metrics_[server]->ejected_until_ms.Set(ejection_[server].until_ms());
   available_.set(server, false);
   next_readmit_ms_ = std::min(next_readmit_ms_, ejection_[server].until_ms());
   log_->Log(ErrorLog::Level::kWarn, "upstream", "upstream \"%s\" server %s ejected for %llu ms",
@@ -164,6 +177,7 @@ constexpr uint64_t kFailedAttemptUs = 1'000'000;
 
 void Cluster::RecordLatency(size_t server, uint64_t us, bool failed) {
   upstream::RecordLatency(&load_[server], failed ? std::max(us, kFailedAttemptUs) : us, NowUs());
+  if (!failed) server_metrics_[server]->latency.Observe(us);
 }
 
 Cluster::~Cluster() = default;

@@ -16,8 +16,10 @@ void Exchange::Start(Cluster* cluster, const ExchangeRequest& request, ExchangeS
   request_ = request;
   server_ = -1;
   attempts_ = 0;
+  replayed_ = false;
   body_done_ = !request.has_body;
   wait_.owner = this;
+  try_timer_.target = this;
   pending_body_.clear();
   live_ = true;
   cluster_->RequestStarted();
@@ -54,7 +56,7 @@ void Exchange::Attempt(int avoid_server) {
     }
     wait_avoid_ = avoid_server;
     queue_timer_.target = this;
-    cluster_->loop().ArmTimer(&queue_timer_, 0, cluster_->queue_timeout_ms());
+    cluster_->loop().ArmTimer(&queue_timer_, kQueueTimer, cluster_->queue_timeout_ms());
     return;
   }
   Launch(picked, avoid_server);
@@ -65,12 +67,30 @@ bool Exchange::ResumeQueued() {
   if (picked == Cluster::kAllAtCap) return false;
   cluster_->Dequeue(this);
   Loop::CancelTimer(&queue_timer_);
+  if (picked >= 0) cluster_->server_metrics(static_cast<size_t>(picked)).queue_waits.Inc();
   Launch(picked, wait_avoid_);
   return true;
 }
 
 void Exchange::OnDeadline(uint8_t kind) {
-  (void)kind;
+  if (kind == kTryTimer) {
+    if (conn_ == nullptr || head_seen_) return;
+    // No response head within try_timeout_ms: this server is given up for
+    // the request (its connection closed: a late answer must not reach the
+    // next request), and AttemptFailed decides whether another may take it.
+    cluster_->metrics().timeouts.Inc();
+    cluster_->CountTimeout(TimeoutKind::kUpstreamTry);
+    cluster_->log().Log(ErrorLog::Level::kWarn, "upstream", "try timeout (%u ms) on %s",
+                        cluster_->try_timeout_ms(),
+                        cluster_->server(static_cast<size_t>(server_)).address.text.c_str());
+    UpstreamConnection* c = conn_;
+    conn_ = nullptr;
+    const bool sent = c->reached_server();
+    c->Abandon();
+    // A pooled connection that never answered is no stale one: the server
+    // took the request and sat on it.
+    return AttemptFailed(ServerFailure::kTryTimeout, sent, false, false);
+  }
   if (!wait_.queued) return;
   cluster_->Dequeue(this);
   pending_body_.clear();
@@ -90,8 +110,10 @@ void Exchange::Launch(int picked, int avoid_server) {
   }
   server_ = picked;
   const size_t server = static_cast<size_t>(picked);
-  // A retry always opens a fresh connection: a pooled one may be just as stale.
-  UpstreamConnection* c = cluster_->Connection(server, avoid_server < 0 && attempts_ == 1);
+  // A retry (or a replay) always opens a fresh connection: a pooled one may
+  // be just as stale.
+  UpstreamConnection* c =
+      cluster_->Connection(server, avoid_server < 0 && attempts_ == 1 && !replayed_);
   if (c == nullptr) {
     pending_body_.clear();
     return OnAttemptFailed(false, false);
@@ -102,6 +124,7 @@ void Exchange::Launch(int picked, int avoid_server) {
   counted_ = true;
   head_seen_ = false;
   attempt_start_us_ = Cluster::NowUs();
+  if (body_done_) ArmTryTimer();
   c->Begin(this);
   if (!pending_body_.empty() && conn_ == c) {
     // Body bytes the client sent while the request waited for a connection.
@@ -111,7 +134,20 @@ void Exchange::Launch(int picked, int avoid_server) {
   }
 }
 
+void Exchange::ArmTryTimer() {
+  if (cluster_->try_timeout_ms() == 0) return;
+  cluster_->loop().ArmTimer(&try_timer_, kTryTimer, cluster_->try_timeout_ms());
+}
+
+void Exchange::EndBody() {
+  // A request body's end starts the wait for the head: an upload is not
+  // timed by the per-try limit.
+  if (!body_done_ && conn_ != nullptr && !head_seen_) ArmTryTimer();
+  body_done_ = true;
+}
+
 void Exchange::EndAttempt() {
+  Loop::CancelTimer(&try_timer_);
   if (!counted_) return;
   counted_ = false;
   cluster_->AttemptEnded(static_cast<size_t>(server_));
@@ -120,7 +156,9 @@ void Exchange::EndAttempt() {
 void Exchange::OnResponseHeadSeen(int status) {
   if (head_seen_ || !counted_) return;
   head_seen_ = true;
+  Loop::CancelTimer(&try_timer_);
   if (status >= 500) {
+    cluster_->CountFailure(static_cast<size_t>(server_), ServerFailure::k5xx);
     cluster_->ReportFailure(static_cast<size_t>(server_));
   } else {
     cluster_->ReportSuccess(static_cast<size_t>(server_));
@@ -132,7 +170,19 @@ void Exchange::OnResponseHeadSeen(int status) {
 void Exchange::OnAttemptFailed(bool timed_out, bool got_response_bytes) {
   UpstreamConnection* failed = conn_;
   conn_ = nullptr;
-  bool reused = failed != nullptr && failed->reused();
+  const bool reused = failed != nullptr && failed->reused();
+  const bool sent = failed != nullptr && failed->reached_server();
+  ServerFailure why = ServerFailure::kConnect;
+  if (timed_out) {
+    why = sent ? ServerFailure::kTimeout : ServerFailure::kConnectTimeout;
+  } else if (sent) {
+    why = got_response_bytes ? ServerFailure::kBadResponse : ServerFailure::kReset;
+  }
+  AttemptFailed(why, sent, got_response_bytes, reused);
+}
+
+void Exchange::AttemptFailed(ServerFailure why, bool sent, bool got_response_bytes, bool reused) {
+  if (server_ >= 0) cluster_->CountFailure(static_cast<size_t>(server_), why);
   // A stale pooled connection says nothing about the server; a refusal,
   // reset or timeout does, and p2c should see it.
   if (counted_ && !reused && !head_seen_) {
@@ -142,13 +192,18 @@ void Exchange::OnAttemptFailed(bool timed_out, bool got_response_bytes) {
     cluster_->ReportFailure(static_cast<size_t>(server_));
   }
   EndAttempt();
-  // Replaying is safe only when nothing of the response was seen and the
-  // whole request is still in hand (no streamed body).
-  bool can_retry = !timed_out && !got_response_bytes && !request_.has_body && attempts_ < 2 &&
-                   (request_.idempotent || reused);
+  // Replaying is safe only when nothing of the response was seen, the whole
+  // request is still in hand (no streamed body), and the backend cannot
+  // have acted on it: an idempotent method, a request that never left (the
+  // connect had not finished), or a pooled connection the backend had
+  // closed. The response timeout (upstream_response_timeout_ms) bounds the
+  // whole request and is never retried; a try timeout is.
+  const bool stale = reused && !replayed_;
+  bool can_retry = why != ServerFailure::kTimeout && !got_response_bytes && !request_.has_body &&
+                   (stale || attempts_ < 2) && (request_.idempotent || !sent || stale);
   // A retry on another server is new load on the cluster: retry_budget
   // bounds it (a stale pooled connection's replay is not one).
-  if (can_retry && !reused && !retrying_) {
+  if (can_retry && !stale && !retrying_) {
     if (cluster_->TryStartRetry()) {
       retrying_ = true;
     } else {
@@ -156,16 +211,28 @@ void Exchange::OnAttemptFailed(bool timed_out, bool got_response_bytes) {
     }
   }
   if (can_retry) {
-    if (!reused) cluster_->metrics().retries.Inc();
-    // A stale pooled connection is retried on a fresh one, maybe the same
-    // server; a refusing server is avoided.
-    return Attempt(reused ? -1 : server_);
+    if (stale) {
+      // A stale pooled connection is replayed on a fresh one, maybe to the
+      // same server: not a try of its own.
+      replayed_ = true;
+      --attempts_;
+      return Attempt(-1);
+    }
+    cluster_->metrics().retries.Inc();
+    cluster_->server_metrics(static_cast<size_t>(server_)).retries.Inc();
+    // A refusing server is avoided.
+    return Attempt(server_);
   }
-  Fail(timed_out ? ExchangeFailure::kTimedOut : ExchangeFailure::kFailed, false);
+  Fail(why == ServerFailure::kConnect || why == ServerFailure::kReset ||
+               why == ServerFailure::kBadResponse
+           ? ExchangeFailure::kFailed
+           : ExchangeFailure::kTimedOut,
+       false);
 }
 
 void Exchange::OnAttemptAborted() {
   conn_ = nullptr;
+  if (counted_) cluster_->CountFailure(static_cast<size_t>(server_), ServerFailure::kAborted);
   EndAttempt();
   Fail(ExchangeFailure::kFailed, true);
 }
@@ -225,6 +292,7 @@ void Exchange::Abandon() {
     Loop::CancelTimer(&queue_timer_);
     pending_body_.clear();
   }
+  Loop::CancelTimer(&try_timer_);
   Leave();
   if (conn_ == nullptr) return;
   UpstreamConnection* c = conn_;

@@ -51,6 +51,7 @@ struct HealthProber::Probe {
   enum class Phase { kIdle, kConnecting, kSending, kReading };
 
   size_t index;  // the server's place in the upstream (and on the board)
+  ServerHealthMetrics* metrics = nullptr;  // may be null
   SocketAddress address;
   HealthCounter counter;
   Phase phase = Phase::kIdle;
@@ -64,7 +65,8 @@ struct HealthProber::Probe {
 };
 
 HealthProber::HealthProber(const UpstreamConfig& upstream, std::shared_ptr<HealthBoard> board,
-                           UpstreamHealthMetrics* metrics)
+                           UpstreamHealthMetrics* metrics,
+                           std::vector<ServerHealthMetrics*> server_metrics)
     : name_(upstream.name),
       config_(upstream.health),
       board_(std::move(board)),
@@ -72,6 +74,12 @@ HealthProber::HealthProber(const UpstreamConfig& upstream, std::shared_ptr<Healt
       rng_(std::random_device{}()) {
   for (const UpstreamServer& s : upstream.servers) {
     probes_.push_back(std::make_unique<Probe>(probes_.size(), s.address, config_));
+    if (probes_.size() <= server_metrics.size()) {
+      probes_.back()->metrics = server_metrics[probes_.size() - 1];
+      // A new prober starts from "up" (the board's start), whatever an
+      // earlier one of the same server last said.
+      if (probes_.back()->metrics != nullptr) probes_.back()->metrics->down.Set(0);
+    }
   }
   if (metrics_ != nullptr) metrics_->healthy.Set(board_->healthy());
 }
@@ -217,6 +225,10 @@ void HealthProber::Finish(Probe& p, bool passed, const std::string& why, uint64_
   if (metrics_ != nullptr) {
     (up ? metrics_->went_up : metrics_->went_down).Inc();
     metrics_->healthy.Set(board_->healthy());
+  }
+  if (p.metrics != nullptr) {
+    (up ? p.metrics->went_up : p.metrics->went_down).Inc();
+    p.metrics->down.Set(up ? 0 : 1);
   }
   // Logged once per change, never per probe: at most one line per server
   // per rise (or fall) x interval.

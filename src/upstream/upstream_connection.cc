@@ -46,6 +46,7 @@ bool UpstreamConnection::Connect(Cluster* cluster, size_t server) {
       false;
   inflight_ = 0;
   reused_ = false;
+  connected_once_ = false;
   exchange_ = nullptr;
   pipe_.Clear();
   // The object (and its parser) may come from the pool after a connection
@@ -131,6 +132,7 @@ void UpstreamConnection::OnConnect(int res) {
     return Fail(false);
   }
   state_ = State::kActive;
+  connected_once_ = true;
   loop_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kUpstreamResponse),
                   cluster_->limits().response_timeout_ms);
   FlushSend();

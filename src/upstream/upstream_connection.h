@@ -49,6 +49,9 @@ class UpstreamConnection final : public IoHandler,
   int fd() const { return fd_.get(); }
   bool connected() const { return state_ == State::kActive; }
   bool reused() const { return reused_; }
+  // The connect succeeded (now or, pooled, earlier): request bytes may have
+  // reached the backend.
+  bool reached_server() const { return connected_once_; }
   size_t SendBacklog() const { return out_.size() + (sending_.size() - sending_off_); }
   // A piped response body (StartPipe): bytes waiting in the pipe, and a
   // splice of up to `max` of them into `fd` (bytes moved, or -errno).
@@ -114,6 +117,7 @@ class UpstreamConnection final : public IoHandler,
   int inflight_ = 0;
 
   bool reused_ = false;
+  bool connected_once_ = false;
   bool got_bytes_ = false;
   bool head_done_ = false;
   bool resp_done_ = false;

@@ -1,7 +1,9 @@
 """Balancers through a real ktlb and several ktlb-origin processes: weights
 1:3 under round robin, maglev on a header keeping each user on one server
 while spreading users, least_conn steering around a busy server, and p2c
-serving from every server."""
+serving from every server. Weights 3:1 within 5% over 4,000 requests.
+Maglev's bound on moved keys (1/N + 2%) is unit-tested
+(tests/unit/upstream_maglev_test.cc)."""
 
 import collections
 import random
@@ -59,6 +61,20 @@ class BalanceTest(harness.KtlbTestCase):
         # interleave, so allow twice that).
         longest = max(len(run) for run in "".join(seen).split("a"))
         self.assertLessEqual(longest, 6, f"not smooth: {''.join(seen)}")
+
+    def test_round_robin_weights_three_to_one_over_4000_requests(self):
+        servers = f'[{{ address = "{self.a.addr}", weight = 3 }}, "{self.b.addr}"]'
+        k = self.ktlb(self.config(servers, 'balance = "round_robin"\n', workers=2))
+        counts = collections.Counter(self.origins_of(k, 4000, connections=8))
+        ratio = counts["a"] / counts["b"]
+        print(f"\n[balance] weights 3:1 over 4,000 requests: {counts['a']}:{counts['b']} "
+              f"= {ratio:.3f}")
+        self.assertAlmostEqual(ratio, 3.0, delta=3.0 * 0.05, msg=str(counts))
+        # The per-server series count the same split.
+        self.assertEqual(k.metric("ktlb_upstream_server_requests_total", upstream="app",
+                                  server=self.a.addr), counts["a"])
+        self.assertEqual(k.metric("ktlb_upstream_server_requests_total", upstream="app",
+                                  server=self.b.addr), counts["b"])
 
     def test_maglev_on_header_keeps_users_and_spreads_them(self):
         servers = f'["{self.a.addr}", "{self.b.addr}", "{self.c.addr}"]'

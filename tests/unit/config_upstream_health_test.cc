@@ -190,4 +190,19 @@ TEST_F(UpstreamHealthConfigTest, LimitsMistakes) {
             At(18) + "upstreams[0].max_conns_per_servers: unknown key");
 }
 
+
+// try_timeout_ms (issue 9, per-try timeout).
+TEST_F(UpstreamHealthConfigTest, TryTimeout) {
+  auto loaded = Load("");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ((*loaded)->upstreams[0].try_timeout_ms, 0u);  // none
+  loaded = Load("try_timeout_ms = 250\n");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ((*loaded)->upstreams[0].try_timeout_ms, 250u);
+  EXPECT_EQ(Error("try_timeout_ms = -5\n"),
+            At(18) + "upstreams[0].try_timeout_ms: must be between 0 and 86400000");
+  EXPECT_EQ(Error("try_timeout_ms = \"1s\"\n"),
+            At(18) + "upstreams[0].try_timeout_ms: expected an integer, got a string");
+}
+
 }  // namespace ktlb
