@@ -67,7 +67,7 @@ struct Http2Settings {
   uint32_t glitch_budget = 1000;
   // Response bytes a connection's streams may hold unsent in all (each
   // stream also stops at upstream::kMaxResponseBacklog): beyond it, streams
-  // holding more than one frame's worth stop reading their backends.
+  // holding any stop reading their backends.
   uint32_t connection_buffer = 4 << 20;
 };
 

@@ -378,7 +378,7 @@ void Http2Connection::Unbuffer(size_t n) {
 }
 
 bool Http2Connection::BudgetAllows(const Http2Stream* s) const {
-  return s->unsent() < kBudgetFloor || buffered_ < gen_->config().server.h2.connection_buffer;
+  return s->unsent() == 0 || buffered_ < gen_->config().server.h2.connection_buffer;
 }
 
 void Http2Connection::WakeBudgetPaused() {

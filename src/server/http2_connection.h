@@ -147,7 +147,10 @@ class Http2Connection final : public IoHandler,
   // --- the connection's response budget (h2_connection_buffer) ---
   // `n` bytes joined s->out (ktlb's own answer, the backend's, a tunnel's).
   void Buffered(Http2Stream* s, size_t n);
-  // Whether s may buffer more response bytes now.
+  // Whether s may buffer more response bytes now: while the connection is
+  // under h2_connection_buffer, or while s holds nothing unsent (so streams
+  // whose clients do not read cannot starve the others). A connection then
+  // holds at most the budget plus one receive buffer per stream.
   bool BudgetAllows(const Http2Stream* s) const;
   // `n` of them left (sent, or dropped with their stream).
   void Unbuffer(size_t n);
@@ -175,9 +178,6 @@ class Http2Connection final : public IoHandler,
   // Stop producing frames while this much waits in the transport.
   static constexpr size_t kOutputHighWater = 256 * 1024;
 
-  // Below this many unsent bytes a stream always may buffer more: one DATA
-  // frame's worth each, so streams the budget waits on cannot starve others.
-  static constexpr size_t kBudgetFloor = 16 * 1024;
   // Returns a closed stream to the pool, or parks it while its tunnel is busy.
   void Recycle(Http2Stream* s);
   void WakeBudgetPaused();

@@ -206,7 +206,7 @@ class Http2AbuseTest(harness.KtlbTestCase):
                 if reset_at is not None and time.monotonic() - start > reset_at + 0.5:
                     break
             self.assertIsNotNone(reset_at, "stream 3 was never cancelled")
-            self.assertLess(reset_at, 3.0)
+            self.assertLess(reset_at, 2.5, "stream 3 outlived send_timeout_ms by far")
             self.assertEqual(c.responses[3].reset, h2raw.CANCEL)
             self.assertEqual(len(c.responses[3].body), 0)
             r1 = c.responses[1]
@@ -243,8 +243,8 @@ class Http2AbuseTest(harness.KtlbTestCase):
         loose = self.buffered_with_shut_windows(k)
         self.assertGreater(loose, 2 << 20)
         k.stop()
-        # ...with one, the connection's streams hold about the budget in all
-        # (plus at most one receive buffer per stream in flight).
+        # ...with one, the connection's streams hold the budget in all, plus
+        # at most one 64 KiB receive buffer per stream.
         k = self.start(h2_connection_buffer=256 * 1024)
         tight = self.buffered_with_shut_windows(k)
         self.assertGreater(tight, 0)
