@@ -227,6 +227,59 @@ class Http2WebSocketTest(harness.KtlbTestCase):
         self.assertNotIn("error", line)
         self.assertGreater(line["bytes"], total)
 
+    def test_a_client_that_does_not_read_backs_the_backend_up(self):
+        # The client's window stays shut while it sends 3 MB for the echo
+        # backend: ktlb holds at most 256 KiB (+ one receive buffer) of the
+        # echo and lets the backend's socket fill instead; once the window
+        # opens, every message comes back intact.
+        k, _ = self.start()
+        with H2Raw(k.addr(), self.ca, settings=[(h2raw.SETTINGS_INITIAL_WINDOW_SIZE, 0)]) as c:
+            c.auto_window = False
+            c.wait(lambda: any(f[0] == h2raw.SETTINGS and not f[1] & h2raw.ACK for f in c.frames), 10)
+            window = self.server_settings(c).get(h2raw.SETTINGS_INITIAL_WINDOW_SIZE, 65535)
+            self.assertEqual(self.open_ws(c, 1).status, 200)
+            rng = random.Random(6455)
+            msgs = [rng.randbytes(65000) for _ in range(48)]
+            data = b"".join(masked_frame(m, 0x2) for m in msgs)
+
+            def credit():  # what ktlb's windows allow us to send on stream 1
+                upd = sum(struct.unpack(">I", f[3])[0] & 0x7FFFFFFF for f in c.frames
+                          if f[0] == h2raw.WINDOW_UPDATE and f[2] == 1)
+                return window + upd - sent
+
+            sent, peak = 0, 0
+            deadline = time.monotonic() + 6
+            next_sample = 0
+            while time.monotonic() < deadline:
+                n = min(credit(), 16384, len(data) - sent)
+                if n > 0:
+                    c.send(frame(h2raw.DATA, 0, 1, data[sent:sent + n]))
+                    sent += n
+                else:
+                    try:
+                        c.read_frame(0.05)
+                    except TimeoutError:
+                        pass
+                if time.monotonic() >= next_sample:
+                    peak = max(peak, k.metric("ktlb_h2_response_buffered_bytes", listener="public"))
+                    next_sample = time.monotonic() + 0.2
+            self.assertGreater(sent, 1 << 20)  # the backend took more than the stream window
+            self.assertGreater(peak, 0)
+            self.assertLessEqual(peak, 256 * 1024 + 64 * 1024)
+            self.assertEqual(len(c.responses[1].body), 0)
+            # Open up: everything sent comes back, in order, and the rest goes through.
+            c.send(h2raw.window_update_frame(0, 2**30) + h2raw.window_update_frame(1, 2**30))
+            ws = WsStream(c, 1)
+            while sent < len(data):
+                n = min(credit(), 16384, len(data) - sent)
+                if n > 0:
+                    c.send(frame(h2raw.DATA, 0, 1, data[sent:sent + n]))
+                    sent += n
+                else:
+                    c.read_frame(10)
+            for i, m in enumerate(msgs):
+                self.assertEqual(ws.recv_message(30), (0x2, m), i)
+
     def test_client_reset_closes_the_tunnel(self):
         k, _ = self.start()
         with self.connect(k) as c:
