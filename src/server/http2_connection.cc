@@ -126,10 +126,7 @@ void Http2Connection::OnCompletion(uint8_t op, int res, uint32_t flags) {
 void Http2Connection::TearDown() {
   if (!closed_) {
     closed_ = true;
-    // Recycle may release a tunnel at once, which looks at live_.
-    std::vector<Http2Stream*> streams;
-    streams.swap(live_);
-    for (Http2Stream* s : streams) {
+    for (Http2Stream* s : live_) {
       if (s->tunnel_live) EndTunnel(s, "aborted");
       if (s->log_pending) LogStream(s, s->status, "aborted");
       s->exchange.Abandon();
@@ -137,6 +134,7 @@ void Http2Connection::TearDown() {
       s->out.clear();
       Recycle(s);
     }
+    live_.clear();
     Unbuffer(buffered_);
     to_start_.clear();
     piped_ = PipedFrame{};

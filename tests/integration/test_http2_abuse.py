@@ -191,8 +191,12 @@ class Http2AbuseTest(harness.KtlbTestCase):
             c.request(3, "/size/100000")
             start = time.monotonic()
             reset_at = None
+            next_update = start
             while time.monotonic() - start < 4:
-                c.send(h2raw.window_update_frame(1, 32768))
+                # 32 KiB every 50 ms: stream 1 progresses steadily, far from its end.
+                if time.monotonic() >= next_update:
+                    c.send(h2raw.window_update_frame(1, 32768))
+                    next_update += 0.05
                 try:
                     c.read_frame(0.05)
                     while c.buf:
