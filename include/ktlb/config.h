@@ -65,6 +65,10 @@ struct Http2Settings {
   uint32_t stream_window = 1 << 20;
   uint32_t connection_window = 16 << 20;
   uint32_t glitch_budget = 1000;
+  // Response bytes a connection's streams may hold unsent in all (each
+  // stream also stops at upstream::kMaxResponseBacklog): beyond it, streams
+  // holding any stop reading their backends.
+  uint32_t connection_buffer = 4 << 20;
 };
 
 struct ServerConfig {

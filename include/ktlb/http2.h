@@ -115,6 +115,11 @@ class RequestHeaders {
   std::string_view path() const { return View(path_); }
   std::string_view authority() const { return View(authority_); }
   bool is_connect() const { return View(method_) == "CONNECT"; }
+  // RFC 8441 extended CONNECT (:protocol set): a tunnel to be opened as an
+  // HTTP/1.1 Upgrade to :protocol on the backend; ToRequestHead maps it to a
+  // GET with head->upgrade and an Upgrade field.
+  bool is_extended_connect() const { return is_connect() && protocol_.set; }
+  std::string_view protocol() const { return View(protocol_); }
   bool has_content_length() const { return content_length_ >= 0; }
 
  private:
@@ -172,6 +177,9 @@ struct Stream {
   bool request_ended = false; // END_STREAM from the client
   bool response_started = false;
   bool response_ended = false;  // the last DATA (or trailers) is queued in nghttp2
+  // An extended CONNECT tunnel (RFC 8441): END_STREAM each way is a
+  // half-close, so ktlb's END_STREAM does not reset the client's side.
+  bool tunnel = false;
   // The response body: bytes waiting for nghttp2's data provider.
   std::string out;
   size_t out_off = 0;
@@ -198,8 +206,8 @@ class SessionOwner {
   // Serialized frames. The owner returns false to stop the session writing
   // more for now (its output is full); the bytes given are taken.
   virtual bool OnOutput(std::string_view bytes) = 0;
-  // Response body bytes left the stream's buffer.
-  virtual void OnResponseDataSent(Stream* s) { (void)s; }
+  // `n` response body bytes left the stream's buffer.
+  virtual void OnResponseDataSent(Stream* s, size_t n) { (void)s, (void)n; }
   // Zero-copy DATA: body bytes the owner holds outside s->out (a pipe from
   // the backend), sent after s->out is empty. SendPipedData writes the
   // frame header and moves `length` payload bytes itself (a splice into a

@@ -70,6 +70,12 @@ struct H2Metrics {
   std::array<Counter, kMaxReasons> goaways;           // sent, by error code
   std::array<Counter, kMaxReasons> glitches;          // by http2::Glitch
   std::array<Counter, kMaxReasons> budget_exhausted;  // by the glitch that ended it
+  // RFC 8441 extended CONNECT streams the backend accepted with 101 (also
+  // counted in ListenerMetrics::websocket_tunnels and its gauge).
+  Counter websocket_tunnels;
+  // Gauge: response bytes HTTP/2 streams hold unsent (h2_connection_buffer
+  // bounds each connection's share).
+  Counter response_buffered;
 };
 
 struct ListenerMetrics {

@@ -265,6 +265,12 @@ std::string MetricsRegistry::Render() const {
                [](const ListenerMetrics& m) -> const Counter& { return m.h2.connections; });
   per_listener("ktlb_h2_streams_total", "counter", "HTTP/2 request streams opened by clients.",
                [](const ListenerMetrics& m) -> const Counter& { return m.h2.streams; });
+  per_listener("ktlb_h2_websocket_tunnels_total", "counter",
+               "HTTP/2 extended CONNECT streams (RFC 8441 WebSocket) the backend accepted with 101.",
+               [](const ListenerMetrics& m) -> const Counter& { return m.h2.websocket_tunnels; });
+  per_listener("ktlb_h2_response_buffered_bytes", "gauge",
+               "Response bytes HTTP/2 streams hold for clients that have not taken them yet.",
+               [](const ListenerMetrics& m) -> const Counter& { return m.h2.response_buffered; });
   reasons("ktlb_h2_refused_streams_total",
           "HTTP/2 requests refused as malformed (RST_STREAM PROTOCOL_ERROR), by RFC 9113 rule.",
           labels_.h2_refusals,

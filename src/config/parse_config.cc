@@ -199,7 +199,8 @@ absl::Status ReadServer(const Section& s, ServerConfig* server) {
                                           "max_request_line", "max_header_bytes", "access_log", "ticket_keys",
                                           "h2_max_concurrent_streams", "h2_max_header_list_size",
                                           "h2_stream_window", "h2_connection_window",
-                                          "h2_glitch_budget", "user", "group", "drain_grace_ms"});
+                                          "h2_glitch_budget", "h2_connection_buffer", "user",
+                                          "group", "drain_grace_ms"});
       !st.ok()) {
     return st;
   }
@@ -249,6 +250,7 @@ absl::Status ReadServer(const Section& s, ServerConfig* server) {
       {"h2_stream_window", 65535, 0x7fffffff, &h2.stream_window},
       {"h2_connection_window", 65535, 0x7fffffff, &h2.connection_window},
       {"h2_glitch_budget", 1, 1000000, &h2.glitch_budget},
+      {"h2_connection_buffer", 65536, 1u << 30, &h2.connection_buffer},
   };
   for (const auto& [key, lo, hi, field] : h2_keys) {
     if (absl::Status st = s.Uint32(key, lo, hi, field); !st.ok()) return st;

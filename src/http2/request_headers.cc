@@ -144,6 +144,9 @@ Refusal RequestHeaders::Add(std::string_view name, std::string_view value) {
       if (nghttp2_check_path(U(value), value.size()) == 0) return Refusal::kBadPseudoValue;
     } else if (name == ":protocol") {
       slot = &protocol_;
+      // An upgrade token (RFC 8441 4, RFC 9110 7.8): it becomes the
+      // backend's Upgrade field.
+      if (nghttp2_check_method(U(value), value.size()) == 0) return Refusal::kBadPseudoValue;
     } else {
       return Refusal::kUnknownPseudo;
     }
@@ -198,7 +201,15 @@ Refusal RequestHeaders::FinishHead(bool end_stream) {
     const bool asterisk = p == "*" && View(method_) == "OPTIONS";
     if (p.empty() || (p[0] != '/' && !asterisk)) return Refusal::kBadPseudoValue;
   }
-  if (protocol_.set && (!scheme_.set || !path_.set || !authority_.set)) return Refusal::kMissingPseudo;
+  if (protocol_.set) {
+    // RFC 8441 4: :scheme, :path and :authority are all required; the
+    // stream's DATA is the tunnel, so a content-length means nothing
+    // (RFC 9110 9.3.6: CONNECT has no content).
+    if (!scheme_.set || !path_.set || !authority_.set) return Refusal::kMissingPseudo;
+    const std::string_view scheme = View(scheme_);
+    if (scheme != "https" && scheme != "http") return Refusal::kBadPseudoValue;
+    if (content_length_ >= 0) return Refusal::kBadContentLength;
+  }
   if (host_.set && authority_.set && !EqualsNoCase(View(host_), View(authority_))) {
     return Refusal::kHostMismatch;
   }
@@ -247,15 +258,29 @@ void RequestHeaders::ToRequestHead(http1::RequestHead* head) {
     cookie.len = static_cast<uint32_t>(arena_.size() - cookie.off);
     cookie.set = true;
   }
-  head->method = View(method_);
+  // Extended CONNECT goes to the backend as an HTTP/1.1 upgrade (RFC 8441 5).
+  head->method = is_extended_connect() ? std::string_view("GET") : View(method_);
   head->target = View(path_);
   head->version_minor = 1;
   head->headers.clear();
   head->host = authority_.set ? View(authority_) : View(host_);
   if (!head->host.empty()) head->headers.push_back(http1::Header{"Host", head->host});
-  for (const Field& f : fields_) head->headers.push_back(http1::Header{View(f.name), View(f.value)});
+  const bool tunnel = is_extended_connect();
+  for (const Field& f : fields_) {
+    // The h2 side of RFC 8441 has no key/accept handshake: the owner adds
+    // the key it generates for the backend's HTTP/1.1 upgrade.
+    if (tunnel && (View(f.name) == "sec-websocket-key" || View(f.name) == "sec-websocket-accept")) {
+      continue;
+    }
+    head->headers.push_back(http1::Header{View(f.name), View(f.value)});
+  }
+  if (tunnel) head->headers.push_back(http1::Header{"Upgrade", View(protocol_)});
   if (cookie.set) head->headers.push_back(http1::Header{"cookie", View(cookie)});
-  if (content_length_ > 0) {
+  if (tunnel) {
+    // What follows the head is the tunnel's, not a request body.
+    head->body = http1::BodyKind::kNone;
+    head->content_length = 0;
+  } else if (content_length_ > 0) {
     head->body = http1::BodyKind::kContentLength;
     head->content_length = static_cast<uint64_t>(content_length_);
   } else if (content_length_ < 0 && body_follows_) {
@@ -273,7 +298,8 @@ void RequestHeaders::ToRequestHead(http1::RequestHead* head) {
                      m == "DELETE";
   head->keep_alive = true;
   head->expect_continue = false;
-  head->upgrade = false;
+  head->upgrade = tunnel;
+  if (tunnel) head->idempotent = false;
   head->head_len = arena_.size() + 32 * head->headers.size();
 }
 

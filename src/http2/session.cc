@@ -102,7 +102,7 @@ nghttp2_option* Options() {
 
 void Stream::ResetStream() {
   id = 0;
-  refused = head_done = request_ended = response_started = response_ended = false;
+  refused = head_done = request_ended = response_started = response_ended = tunnel = false;
   out.clear();
   out_off = 0;
   out_eof = out_deferred = false;
@@ -130,6 +130,8 @@ bool Session::Start(SessionOwner* owner, const Limits& limits, uint64_t now_ms) 
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, limits.stream_window},
       {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, limits.max_header_list_size},
       {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+      // WebSocket over HTTP/2 (RFC 8441): extended CONNECT with :protocol.
+      {NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1},
   };
   nghttp2_submit_settings(ng_, NGHTTP2_FLAG_NONE, settings, sizeof(settings) / sizeof(settings[0]));
   if (limits.connection_window > 65535) {
@@ -340,7 +342,7 @@ int Session::OnFrameSend(const nghttp2_frame* frame) {
     // the server stop the upload with RST_STREAM(NO_ERROR), so the stream
     // does not stay open on a client that never finishes.
     Stream* s = Find(frame->hd.stream_id);
-    if (s != nullptr && !s->request_ended && !s->refused) {
+    if (s != nullptr && !s->request_ended && !s->refused && !s->tunnel) {
       s->refused = true;
       nghttp2_submit_rst_stream(ng_, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_NO_ERROR);
     }
@@ -412,7 +414,7 @@ int Session::SendData(Stream* s, const uint8_t* framehd, size_t length) {
     s->out.erase(0, s->out_off);
     s->out_off = 0;
   }
-  owner_->OnResponseDataSent(s);
+  owner_->OnResponseDataSent(s, length);
   return 0;
 }
 

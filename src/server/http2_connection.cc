@@ -36,6 +36,8 @@ void Http2Connection::Start(Worker* w, Generation* gen, size_t listener, tls::Tr
   inflight_ = 0;
   to_start_.clear();
   live_.clear();
+  buffered_ = 0;
+  backlog_since_ms_ = 0;
   const http2::Limits& limits = gen->config().server.h2;
   gen_->listener_metrics(listener_).h2.connections.Inc();
   transport_->SetOwner(this);
@@ -104,7 +106,7 @@ void Http2Connection::OnReleased() {
 }
 
 void Http2Connection::MaybeRelease() {
-  if (!transport_released_ || inflight_ > 0) return;
+  if (!transport_released_ || inflight_ > 0 || !draining_.empty()) return;
   // An idle slot keeps a few streams for the next connection, not a burst's worth.
   while (free_.size() > 4) free_.pop_back();
   std::string().swap(wbuf_);
@@ -125,13 +127,15 @@ void Http2Connection::TearDown() {
   if (!closed_) {
     closed_ = true;
     for (Http2Stream* s : live_) {
+      if (s->tunnel_live) EndTunnel(s, "aborted");
       if (s->log_pending) LogStream(s, s->status, "aborted");
       s->exchange.Abandon();
       s->early_body.clear();
       s->out.clear();
-      free_.push_back(std::unique_ptr<Http2Stream>(s));
+      Recycle(s);
     }
     live_.clear();
+    Unbuffer(buffered_);
     to_start_.clear();
     piped_ = PipedFrame{};
     session_.Stop();
@@ -227,22 +231,39 @@ void Http2Connection::UpdateTimers() {
   // CONTINUATION) holds a stream open: it gets the request header timeout.
   // Response bytes waiting on the client: its windows (TCP or HTTP/2) must
   // open within the send timeout, counted from the last progress.
+  // Each stream's own wait counts (a stream whose window stays shut is
+  // cancelled even while others make progress), and so does the
+  // transport's: the timer is set for the oldest.
+  const uint64_t now = w_->now_ms();
+  if (transport_->backlog() == 0) {
+    backlog_since_ms_ = 0;
+  } else if (backlog_since_ms_ == 0) {
+    backlog_since_ms_ = now;
+  }
   bool partial_head = false;
-  bool waiting = transport_->backlog() > 0;
+  uint64_t oldest = backlog_since_ms_ != 0 ? backlog_since_ms_ : UINT64_MAX;
   for (Http2Stream* s : live_) {
     partial_head = partial_head || (!s->head_done && !s->refused);
-    waiting = waiting || s->unsent() > 0;
+    if (s->unsent() > 0 && !s->refused) oldest = std::min(oldest, s->progress_ms);
   }
   KeepArmed(&idle_timer_, live_.empty(), TimeoutKind::kKeepalive, t.keepalive_ms);
   KeepArmed(&header_timer_, partial_head, TimeoutKind::kRequestHeader, t.request_header_ms);
-  KeepArmed(&stall_timer_, waiting, TimeoutKind::kSend, t.send_ms);
+  if (oldest == UINT64_MAX) {
+    DeadlineQueue::Cancel(&stall_timer_);
+  } else if (!stall_timer_.armed()) {
+    // Armed early at worst (progress since moves the deadline): OnDeadline
+    // then finds nothing due and UpdateTimers arms it again.
+    const uint64_t due = oldest + t.send_ms;
+    w_->ArmTimer(&stall_timer_, static_cast<uint8_t>(TimeoutKind::kSend),
+                 static_cast<uint32_t>(due > now ? due - now : 0));
+  }
 }
 
 void Http2Connection::OnDeadline(uint8_t kind) {
   if (closed_) return;
   if (kind == kTimerFinalGoaway) return GoAway();
   auto k = static_cast<TimeoutKind>(kind);
-  w_->CountTimeout(k);
+  if (k != TimeoutKind::kSend) w_->CountTimeout(k);
   if (k == TimeoutKind::kKeepalive) return GoAway();
   if (k == TimeoutKind::kRequestHeader) {
     session_.Terminate(NGHTTP2_PROTOCOL_ERROR);
@@ -250,18 +271,28 @@ void Http2Connection::OnDeadline(uint8_t kind) {
     ScheduleSend();
     return;
   }
-  // kSend: the client stopped taking bytes.
-  if (transport_->backlog() > 0) {
+  // kSend: the client stopped taking bytes, on the connection (TCP window)
+  // or on some streams (their HTTP/2 windows).
+  const uint64_t now = w_->now_ms();
+  const uint32_t send_ms = gen_->config().server.timeouts.send_ms;
+  if (backlog_since_ms_ != 0 && now - backlog_since_ms_ >= send_ms && transport_->backlog() > 0) {
+    w_->CountTimeout(k);
     TearDown();
     transport_->Abort();
     return;
   }
+  bool expired = false;
   for (Http2Stream* s : live_) {
-    if (s->unsent() == 0) continue;
+    if (s->unsent() == 0 || s->refused || now - s->progress_ms < send_ms) continue;
+    expired = true;
     if (s->log_pending) LogStream(s, s->status, "send_timeout");
+    if (s->tunnel_live) EndTunnel(s, "send_timeout");
     s->exchange.Abandon();
     session_.ResetStream(s, NGHTTP2_CANCEL);
   }
+  // Counted once per expiry that cancelled something, as before.
+  if (!expired) return UpdateTimers();
+  w_->CountTimeout(k);
   ScheduleSend();
 }
 
@@ -284,6 +315,8 @@ http2::Stream* Http2Connection::OpenStream(int32_t id) {
   p->status = 0;
   p->log_pending = false;
   p->resp_bytes = 0;
+  p->progress_ms = 0;
+  p->budget_paused = p->tunnel_req = p->tunnel_live = false;
   live_.push_back(p);
   gen_->listener_metrics(listener_).h2.streams.Inc();
   DeadlineQueue::Cancel(&idle_timer_);
@@ -303,8 +336,10 @@ void Http2Connection::OnStreamClosed(http2::Stream* stream, uint32_t error_code)
   size_t dropped = s->unconsumed + s->early_body.size();
   if (dropped > 0) session_.ConsumeRequestData(s, dropped);
   s->unconsumed = 0;
+  Unbuffer(s->unsent());
   to_start_.erase(std::remove(to_start_.begin(), to_start_.end(), s), to_start_.end());
   live_.erase(std::remove(live_.begin(), live_.end(), s), live_.end());
+  if (s->tunnel_live) EndTunnel(s, error_code == 0 ? nullptr : "reset");
   if (s->log_pending) LogStream(s, s->status, error_code == 0 ? "aborted" : "reset");
   s->exchange.Abandon();
   s->early_body.clear();
@@ -313,9 +348,51 @@ void Http2Connection::OnStreamClosed(http2::Stream* stream, uint32_t error_code)
   // A pooled stream keeps small buffers, not a past body's.
   if (s->out.capacity() > 64 * 1024) std::string().swap(s->out);
   if (s->early_body.capacity() > 64 * 1024) std::string().swap(s->early_body);
-  free_.push_back(std::unique_ptr<Http2Stream>(s));
+  Recycle(s);
+  WakeBudgetPaused();
   if (live_.empty()) ScheduleSend();  // idle timer, or the close after a drain
 }
+
+void Http2Connection::Recycle(Http2Stream* s) {
+  if (s->relay.busy()) {
+    draining_.push_back(s);  // back in the pool at OnTunnelReleased
+  } else {
+    free_.push_back(std::unique_ptr<Http2Stream>(s));
+  }
+}
+
+void Http2Connection::Buffered(Http2Stream* s, size_t n) {
+  // The send timeout counts from when bytes began to wait, not from the
+  // stream's last progress long ago.
+  if (s->unsent() == n) s->progress_ms = w_->now_ms();
+  buffered_ += n;
+  gen_->listener_metrics(listener_).h2.response_buffered.Inc(n);
+}
+
+void Http2Connection::Unbuffer(size_t n) {
+  n = std::min(n, buffered_);
+  buffered_ -= n;
+  gen_->listener_metrics(listener_).h2.response_buffered.Dec(n);
+}
+
+bool Http2Connection::BudgetAllows(const Http2Stream* s) const {
+  return s->unsent() == 0 || buffered_ < gen_->config().server.h2.connection_buffer;
+}
+
+void Http2Connection::WakeBudgetPaused() {
+  if (buffered_ >= gen_->config().server.h2.connection_buffer / 2) return;
+  for (Http2Stream* s : live_) {
+    if (!s->budget_paused) continue;
+    s->budget_paused = false;
+    if (s->tunnel_live) {
+      s->relay.ResumeDown();
+    } else if (s->exchange.active()) {
+      s->exchange.OnSinkWritable();
+    }
+  }
+}
+
+uint64_t Http2Connection::now_ms() const { return w_->now_ms(); }
 
 void Http2Connection::OnRequestHead(http2::Stream* stream) {
   to_start_.push_back(static_cast<Http2Stream*>(stream));
@@ -334,13 +411,18 @@ bool Http2Connection::OnOutput(std::string_view bytes) {
   return wbuf_.size() < kGather;
 }
 
-void Http2Connection::OnResponseDataSent(http2::Stream* stream) {
+void Http2Connection::OnResponseDataSent(http2::Stream* stream, size_t n) {
   auto* s = static_cast<Http2Stream*>(stream);
-  // Progress: the send timeout counts from here.
-  DeadlineQueue::Cancel(&stall_timer_);
-  if (s->exchange.active() && s->unsent() < upstream::kMaxResponseBacklog / 2) {
+  Unbuffer(n);
+  // Progress: the stream's send timeout counts from here.
+  s->progress_ms = w_->now_ms();
+  if (backlog_since_ms_ != 0) backlog_since_ms_ = s->progress_ms;
+  if (s->tunnel_live) {
+    s->relay.ResumeDown();
+  } else if (s->exchange.active() && s->unsent() < upstream::kMaxResponseBacklog / 2) {
     s->exchange.OnSinkWritable();
   }
+  WakeBudgetPaused();
 }
 
 void Http2Connection::OnRefused(http2::Refusal r) {

@@ -15,6 +15,7 @@
 #include "ktlb/http2.h"
 #include "ktlb/loop.h"
 #include "ktlb/tls_transport.h"
+#include "http2_tunnel.h"
 
 namespace ktlb {
 
@@ -23,7 +24,9 @@ class Worker;
 class Http2Connection;
 
 // One request stream: the session's view of it plus its upstream exchange.
-class Http2Stream final : public http2::Stream, public upstream::ExchangeSink {
+class Http2Stream final : public http2::Stream,
+                          public upstream::ExchangeSink,
+                          public Http2Tunnel::Host {
  public:
   // upstream::ExchangeSink.
   void OnResponseHead(const http1::ResponseHead& head) override;
@@ -32,9 +35,17 @@ class Http2Stream final : public http2::Stream, public upstream::ExchangeSink {
   void OnResponseComplete() override;
   void OnExchangeFailed(upstream::ExchangeFailure why, bool response_started) override;
   void OnRequestWritable() override;
-  size_t ResponseBacklog() const override { return unsent(); }
+  size_t ResponseBacklog() const override;
   bool TakesResponsePipe() const override;
   void OnResponsePiped() override;
+  void OnUpgraded(UniqueFd backend, std::string_view already_read) override;
+  // Http2Tunnel::Host (http2_websocket.cc).
+  bool TunnelDownFull() const override;
+  void OnTunnelDown(std::string_view bytes) override;
+  void OnTunnelDownEnd() override;
+  void OnTunnelUpSent(size_t n) override;
+  void OnTunnelFailed(const char* error) override;
+  void OnTunnelReleased() override;
 
   Http2Connection* conn = nullptr;
   upstream::Exchange exchange;
@@ -53,6 +64,16 @@ class Http2Stream final : public http2::Stream, public upstream::ExchangeSink {
   uint64_t resp_bytes = 0;
   std::string nv_storage;
   std::vector<nghttp2_nv> nva;
+  // Send timeout: when the stream's unsent bytes last moved (or appeared).
+  uint64_t progress_ms = 0;
+  // Paused by the connection's response budget: woken when it frees up.
+  mutable bool budget_paused = false;
+  // RFC 8441 extended CONNECT: the request, and the relay once the backend
+  // answered 101 (tunnel_live: counted in the active gauge).
+  bool tunnel_req = false;
+  bool tunnel_live = false;
+  char ws_key[25] = {};  // Sec-WebSocket-Key ktlb sends the backend
+  Http2Tunnel relay;
 };
 
 class Http2Connection final : public IoHandler,
@@ -99,7 +120,7 @@ class Http2Connection final : public IoHandler,
   void OnRequestEnd(http2::Stream* s) override;
   void OnStreamClosed(http2::Stream* s, uint32_t error_code) override;
   bool OnOutput(std::string_view bytes) override;
-  void OnResponseDataSent(http2::Stream* s) override;
+  void OnResponseDataSent(http2::Stream* s, size_t n) override;
   void OnRefused(http2::Refusal r) override;
   void OnGlitch(http2::Glitch g, bool exhausted) override;
   void OnResetSent(uint32_t code) override;
@@ -123,6 +144,26 @@ class Http2Connection final : public IoHandler,
   // not 0, becomes a retry-after field (503: every server is down).
   void RespondError(Http2Stream* s, int status, const char* error, uint32_t retry_after_s = 0);
   void CountResponse(int status);
+  // --- the connection's response budget (h2_connection_buffer) ---
+  // `n` bytes joined s->out (ktlb's own answer, the backend's, a tunnel's).
+  void Buffered(Http2Stream* s, size_t n);
+  // Whether s may buffer more response bytes now: while the connection is
+  // under h2_connection_buffer, or while s holds nothing unsent (so streams
+  // whose clients do not read cannot starve the others). A connection then
+  // holds at most the budget plus one receive buffer per stream.
+  bool BudgetAllows(const Http2Stream* s) const;
+  // `n` of them left (sent, or dropped with their stream).
+  void Unbuffer(size_t n);
+  // --- RFC 8441 (http2_websocket.cc) ---
+  void PrepareTunnelRequest(Http2Stream* s);
+  // The backend's 101: the client's answer is a 200 (RFC 8441 5).
+  void AcceptTunnelHead(Http2Stream* s, const http1::ResponseHead& head);
+  void StartTunnel(Http2Stream* s, UniqueFd backend, std::string_view already_read);
+  // The stream is over for its tunnel: stop it, log, and keep the stream out
+  // of the pool until the tunnel's operations are back.
+  void EndTunnel(Http2Stream* s, const char* error);
+  void OnTunnelReleased(Http2Stream* s);
+  uint64_t now_ms() const;
 
  private:
   enum Op : uint8_t { kSend = 1, kPollOut };
@@ -137,6 +178,9 @@ class Http2Connection final : public IoHandler,
   // Stop producing frames while this much waits in the transport.
   static constexpr size_t kOutputHighWater = 256 * 1024;
 
+  // Returns a closed stream to the pool, or parks it while its tunnel is busy.
+  void Recycle(Http2Stream* s);
+  void WakeBudgetPaused();
   void StartStreams();
   void StartExchange(Http2Stream* s);
   void Pump();
@@ -184,6 +228,11 @@ class Http2Connection final : public IoHandler,
   std::vector<Http2Stream*> to_start_;  // streams whose exchange starts after this read
   std::vector<Http2Stream*> live_;
   std::vector<std::unique_ptr<Http2Stream>> free_;
+  // Closed streams whose tunnel still has operations in flight.
+  std::vector<Http2Stream*> draining_;
+  size_t buffered_ = 0;  // unsent response bytes over all streams
+  // Since when the transport holds unsent bytes with no DATA made (0: none).
+  uint64_t backlog_since_ms_ = 0;
 };
 
 }  // namespace ktlb

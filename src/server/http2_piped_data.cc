@@ -78,7 +78,8 @@ int Http2Connection::SendPipedData(http2::Stream* stream, const uint8_t* framehd
     }
   }
   piped_ = PipedFrame{};
-  DeadlineQueue::Cancel(&stall_timer_);  // progress
+  s->progress_ms = w_->now_ms();  // progress: the send timeout counts from here
+  if (backlog_since_ms_ != 0) backlog_since_ms_ = s->progress_ms;
   s->exchange.OnSinkWritable();          // room in the pipe: the backend may fill it again
   return 0;
 }

@@ -3,6 +3,7 @@
 // exchange's answer comes back through Http2Stream, the exchange's sink,
 // as HEADERS, DATA and trailers. Also ktlb's own answers (404, 502, 503...)
 // and the stream's access-log line.
+#include <algorithm>
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
@@ -22,7 +23,12 @@ void Http2Connection::StartExchange(Http2Stream* s) {
   s->start_ms = w_->now_ms();
   s->log_pending = w_->access_log().enabled();
   s->request.ToRequestHead(&s->req_head);
-  if (s->request.is_connect()) return RespondError(s, 501, "connect_unsupported");
+  // Plain CONNECT (a TCP tunnel to any host) is not offered; RFC 8441's
+  // extended CONNECT is a WebSocket (or other upgrade) to the route's backend.
+  if (s->request.is_connect() && !s->request.is_extended_connect()) {
+    return RespondError(s, 501, "connect_unsupported");
+  }
+  if (s->request.is_extended_connect()) PrepareTunnelRequest(s);
   std::string_view target = s->req_head.target;
   std::string_view path = target.substr(0, target.find('?'));
   const RouteMatch route =
@@ -50,6 +56,7 @@ void Http2Connection::StartExchange(Http2Stream* s) {
   req.has_body = s->req_head.body != http1::BodyKind::kNone;
   req.idempotent = s->req_head.idempotent;
   req.decode_body = true;
+  req.upgrade = s->tunnel_req;
   if (const HashKeyConfig* key = cluster->hash_key()) {
     upstream::RequestHasher hasher(*key);
     hasher.ClientIp(peer_ip_);
@@ -61,7 +68,8 @@ void Http2Connection::StartExchange(Http2Stream* s) {
   }
   s->exchange_started = true;
   s->exchange.Start(cluster, req, s);
-  if (!s->early_body.empty()) {
+  // A tunnel's early DATA waits for the 101 (StartTunnel): it is not a body.
+  if (!s->early_body.empty() && !s->tunnel_req) {
     std::string early;
     early.swap(s->early_body);
     SendBodyUpstream(s, early);
@@ -71,6 +79,16 @@ void Http2Connection::StartExchange(Http2Stream* s) {
 
 void Http2Connection::OnRequestData(http2::Stream* stream, std::string_view data) {
   auto* s = static_cast<Http2Stream*>(stream);
+  if (s->tunnel_live) {
+    s->unconsumed += data.size();  // given back as the backend takes it
+    s->relay.SendUp(data);
+    return;
+  }
+  if (s->tunnel_req && !s->discard_body) {
+    // Before the backend's 101: held, bounded by the stream's window.
+    s->early_body.append(data);
+    return;
+  }
   if (!s->exchange_started && !s->discard_body) {
     // Bounded by the stream's window: nothing is given back until the
     // backend takes it.
@@ -112,6 +130,7 @@ void Http2Connection::ConsumeBody(Http2Stream* s) {
 
 void Http2Connection::OnRequestEnd(http2::Stream* stream) {
   auto* s = static_cast<Http2Stream*>(stream);
+  if (s->tunnel_live) return s->relay.EndUp();
   if (s->exchange_started) EndBodyUpstream(s);
 }
 
@@ -144,10 +163,12 @@ void Http2Connection::RespondError(Http2Stream* s, int status, const char* error
   }
   s->early_body.clear();
   s->status = status;
+  Unbuffer(s->unsent());
   s->out.clear();
   s->out_off = 0;
   absl::StrAppend(&s->out, status, " ");
   s->out.append(http1::ReasonPhrase(status)).push_back('\n');
+  Buffered(s, s->out.size());
   s->out_eof = true;
   s->resp_bytes = s->out.size();
   http2::BuildErrorFields(status, s->out.size(), retry_after_s, &s->nv_storage, &s->nva);
@@ -194,6 +215,14 @@ void Http2Connection::LogStream(Http2Stream* s, int status, const char* error) {
 
 void Http2Stream::OnResponseHead(const http1::ResponseHead& h) {
   if (refused) return;
+  if (h.status == 101 && tunnel_req) return conn->AcceptTunnelHead(this, h);
+  if (tunnel_req && h.status >= 200) {
+    // The backend refused the upgrade: its answer is the stream's, and
+    // DATA the client sent for the tunnel is dropped.
+    discard_body = true;
+    conn->session().ConsumeRequestData(this, early_body.size());
+    early_body.clear();
+  }
   if (h.status < 200) {
     // 101 has no meaning in HTTP/2; other interim responses pass.
     if (h.status == 101) return;
@@ -213,6 +242,7 @@ void Http2Stream::OnResponseBody(std::string_view bytes) {
   if (refused) return;
   out.append(bytes);
   resp_bytes += bytes.size();
+  conn->Buffered(this, bytes.size());
   conn->session().ResumeData(this);
   conn->ScheduleSend();
 }
@@ -255,6 +285,13 @@ void Http2Stream::OnExchangeFailed(upstream::ExchangeFailure why, bool response_
 }
 
 void Http2Stream::OnRequestWritable() { conn->ConsumeBody(this); }
+
+size_t Http2Stream::ResponseBacklog() const {
+  if (conn->BudgetAllows(this)) return unsent();
+  // The connection's budget is spent: this stream waits until it frees up.
+  budget_paused = true;
+  return upstream::kMaxResponseBacklog;
+}
 
 bool Http2Stream::TakesResponsePipe() const { return !refused && conn->splices_data(); }
 

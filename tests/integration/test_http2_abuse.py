@@ -179,6 +179,83 @@ class Http2AbuseTest(harness.KtlbTestCase):
         # The exchange was cancelled: the upstream connection is closed, not pooled.
         self.assert_served(k)
 
+    def test_stream_with_shut_window_is_cancelled_while_others_progress(self):
+        # The send timeout is each stream's own: stream 3's window never
+        # opens while stream 1's keeps opening a little; stream 3 is
+        # cancelled after send_timeout_ms, stream 1 goes on.
+        k = self.start(send_timeout_ms=800)
+        with self.raw(k, settings=[(h2raw.SETTINGS_INITIAL_WINDOW_SIZE, 0)]) as c:
+            c.auto_window = False
+            c.send(h2raw.window_update_frame(0, 2**30))
+            c.request(1, "/size/30000000")
+            c.request(3, "/size/100000")
+            start = time.monotonic()
+            reset_at = None
+            next_update = start
+            while time.monotonic() - start < 4:
+                # 32 KiB every 50 ms: stream 1 progresses steadily, far from its end.
+                if time.monotonic() >= next_update:
+                    c.send(h2raw.window_update_frame(1, 32768))
+                    next_update += 0.05
+                try:
+                    c.read_frame(0.05)
+                    while c.buf:
+                        c.read_frame(0.05)
+                except TimeoutError:
+                    pass
+                r3 = c.responses.get(3)
+                if reset_at is None and r3 is not None and r3.reset is not None:
+                    reset_at = time.monotonic() - start
+                    got_before = len(c.responses[1].body)
+                if reset_at is not None and time.monotonic() - start > reset_at + 0.5:
+                    break
+            self.assertIsNotNone(reset_at, "stream 3 was never cancelled")
+            self.assertLess(reset_at, 2.5, "stream 3 outlived send_timeout_ms by far")
+            self.assertEqual(c.responses[3].reset, h2raw.CANCEL)
+            self.assertEqual(len(c.responses[3].body), 0)
+            r1 = c.responses[1]
+            self.assertIsNone(r1.reset)
+            self.assertGreater(len(r1.body), got_before)  # still flowing after stream 3's end
+            self.assertIsNone(c.goaway)
+        self.assertEqual(k.metric("ktlb_timeouts_total", kind="send"), 1)
+        self.assert_served(k)
+
+    def buffered_with_shut_windows(self, k, streams=8, size=2000000):
+        """Opens `streams` downloads whose windows stay shut for a while; the
+        most response bytes ktlb held meanwhile; then every body completes."""
+        peak = 0
+        with self.raw(k, settings=[(h2raw.SETTINGS_INITIAL_WINDOW_SIZE, 0)]) as c:
+            c.auto_window = False
+            c.send(h2raw.window_update_frame(0, 2**30))
+            for i in range(streams):
+                c.request(1 + 2 * i, f"/size/{size}")
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                peak = max(peak, k.metric("ktlb_h2_response_buffered_bytes", listener="public"))
+                time.sleep(0.1)
+            for i in range(streams):
+                c.send(h2raw.window_update_frame(1 + 2 * i, 2**30))
+            for i in range(streams):
+                r = c.response(1 + 2 * i, timeout=60)
+                self.assertIsNone(r.reset)
+                self.assertEqual(bytes(r.body), harness.pattern(size), i)
+        return peak
+
+    def test_connection_response_budget(self):
+        # Without a tight budget, 8 streams buffer up to 512 KiB each...
+        k = self.start(h2_connection_buffer=1 << 30)
+        loose = self.buffered_with_shut_windows(k)
+        self.assertGreater(loose, 2 << 20)
+        k.stop()
+        # ...with one, the connection's streams hold the budget in all, plus
+        # at most one 64 KiB receive buffer per stream.
+        k = self.start(h2_connection_buffer=256 * 1024)
+        tight = self.buffered_with_shut_windows(k)
+        self.assertGreater(tight, 0)
+        self.assertLessEqual(tight, 256 * 1024 + 8 * 64 * 1024)
+        self.assertEqual(k.metric("ktlb_h2_response_buffered_bytes", listener="public"), 0)
+        self.assert_served(k)
+
     def test_unfinished_header_block_times_out(self):
         k = self.start(request_header_timeout_ms=500)
         with self.raw(k) as c:

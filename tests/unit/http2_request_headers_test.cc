@@ -138,6 +138,50 @@ TEST(Http2RequestHeaders, MissingPseudo) {
             Refusal::kMissingPseudo);
 }
 
+TEST(Http2RequestHeaders, ExtendedConnectRules) {
+  const std::vector<Field> ws = {{":method", "CONNECT"}, {":protocol", "websocket"},
+                                 {":scheme", "https"}, {":path", "/ws"}, {":authority", "e.test"}};
+  EXPECT_EQ(Validate(ws, false), Refusal::kNone);
+  // :protocol is an upgrade token.
+  EXPECT_EQ(Validate({{":method", "CONNECT"}, {":protocol", "web socket"}}), Refusal::kBadPseudoValue);
+  // A scheme a WebSocket can have.
+  std::vector<Field> ftp = ws;
+  ftp[2].second = "ftp";
+  EXPECT_EQ(Validate(ftp, false), Refusal::kBadPseudoValue);
+  // The stream's DATA is the tunnel: no content-length.
+  EXPECT_EQ(Validate(With(ws, {{"content-length", "0"}}), false), Refusal::kBadContentLength);
+  // :path origin-form as for any request.
+  std::vector<Field> abs = ws;
+  abs[3].second = "http://other.test/ws";
+  EXPECT_EQ(Validate(abs, false), Refusal::kBadPseudoValue);
+}
+
+TEST(Http2RequestHeaders, ExtendedConnectBecomesAnUpgradeGet) {
+  RequestHeaders r;
+  ASSERT_EQ(Validate(&r,
+                     {{":method", "CONNECT"}, {":protocol", "websocket"}, {":scheme", "https"},
+                      {":path", "/ws?x=1"}, {":authority", "e.test"},
+                      {"sec-websocket-version", "13"}, {"sec-websocket-protocol", "chat"},
+                      {"sec-websocket-key", "from-the-client"}},
+                     false),
+            Refusal::kNone);
+  EXPECT_TRUE(r.is_extended_connect());
+  EXPECT_EQ(r.protocol(), "websocket");
+  http1::RequestHead h;
+  r.ToRequestHead(&h);
+  EXPECT_EQ(h.method, "GET");
+  EXPECT_EQ(h.target, "/ws?x=1");
+  EXPECT_TRUE(h.upgrade);
+  EXPECT_FALSE(h.idempotent);
+  EXPECT_EQ(h.body, http1::BodyKind::kNone);
+  EXPECT_EQ(Find(h, "Upgrade"), "websocket");
+  EXPECT_EQ(Find(h, "sec-websocket-version"), "13");
+  EXPECT_EQ(Find(h, "sec-websocket-protocol"), "chat");
+  // The owner makes up the key: the client's (if any) is dropped.
+  EXPECT_EQ(Count(h, "sec-websocket-key"), 0u);
+  EXPECT_EQ(Count(h, "Transfer-Encoding"), 0u);
+}
+
 TEST(Http2RequestHeaders, BadPseudoValues) {
   EXPECT_EQ(Validate({{":method", "G T"}}), Refusal::kBadPseudoValue);
   EXPECT_EQ(Validate({{":method", ""}}), Refusal::kBadPseudoValue);
