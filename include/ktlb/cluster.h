@@ -10,11 +10,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "ktlb/balancer.h"
+#include "ktlb/client_tls.h"
 #include "ktlb/config.h"
 #include "ktlb/ejection.h"
 #include "ktlb/error_log.h"
@@ -148,6 +150,23 @@ class Cluster final : private IoHandler {
   // Drain: closes parked connections and parks no more.
   void Drain();
 
+  // --- upstream TLS (the upstream's `tls`) ---
+  // The snapshot's client context (null: plain TCP); `kernel_ktls`: the
+  // kernel can take TLS keys (the config's ktls then decides).
+  void SetTls(tls::ClientTlsContextPtr ctx, bool kernel_ktls) {
+    tls_ = std::move(ctx);
+    kernel_ktls_ = kernel_ktls;
+  }
+  const tls::ClientTlsContext* tls() const { return tls_.get(); }
+  bool kernel_ktls() const { return kernel_ktls_; }
+  // The session this worker resumes with on `server` (nginx's
+  // proxy_ssl_session_reuse, per worker). Stable addresses: a deque that
+  // only grows, since an SSL in flight points at its slot.
+  tls::SessionSlot* tls_session(size_t server) {
+    while (tls_sessions_.size() <= server) tls_sessions_.emplace_back();
+    return &tls_sessions_[server];
+  }
+
  private:
   void OnCompletion(uint8_t op, int res, uint32_t flags) override;
   // Hands freed connection slots to queued requests, in FIFO order.
@@ -192,6 +211,9 @@ class Cluster final : private IoHandler {
   bool dispatch_pending_ = false;
   size_t requests_in_flight_ = 0;
   size_t retries_in_flight_ = 0;
+  tls::ClientTlsContextPtr tls_;
+  bool kernel_ktls_ = false;
+  std::deque<tls::SessionSlot> tls_sessions_;
 };
 
 }  // namespace ktlb::upstream

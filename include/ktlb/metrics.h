@@ -106,6 +106,13 @@ struct UpstreamMetrics {
   Counter queued;     // requests that waited for a connection (max_conns_per_server)
   Counter queue_timeouts;  // ... and got 503: queue_timeout_ms passed or the queue was full
   Counter retries_budget_exhausted;  // retries refused by retry_budget
+  // Upstream TLS (an upstream with `tls`): the client transports' counters,
+  // and the attempts failed at the TLS stage, by whether the server's
+  // certificate was refused (upstream_tls_verify) or the handshake failed
+  // otherwise (upstream_tls_handshake).
+  TlsMetrics tls;
+  Counter tls_verify_failures;
+  Counter tls_handshake_failures;
 };
 
 // Active health of one upstream, written by its one prober thread (never

@@ -89,6 +89,11 @@ absl::StatusOr<std::unique_ptr<Generation>> Worker::BuildGeneration(
     gen->clusters_.push_back(std::make_unique<upstream::Cluster>(
         uc, limits, id_, &loop_, &error_log_, &registry_->Upstream(id_, uc.name),
         metrics_->timeouts.data(), health_ != nullptr ? health_->Board(uc) : nullptr));
+    // Upstream TLS: the snapshot's context, parallel to cfg.upstreams.
+    const size_t u = static_cast<size_t>(&uc - cfg.upstreams.data());
+    if (u < gen->snapshot().upstream_tls.size() && gen->snapshot().upstream_tls[u] != nullptr) {
+      gen->clusters_.back()->SetTls(gen->snapshot().upstream_tls[u], kernel_ktls_);
+    }
   }
   return gen;
 }

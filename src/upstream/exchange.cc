@@ -204,6 +204,11 @@ size_t Exchange::RequestBacklog() const {
 
 int Exchange::RequestSpliceFd() const { return conn_ != nullptr ? conn_->fd() : -1; }
 
+bool Exchange::RequestSpliceable() const {
+  if (cluster_->tls() == nullptr) return true;
+  return conn_ != nullptr && conn_->fd() >= 0;  // kTLS TX on the backend socket
+}
+
 bool Exchange::RequestSpliceReady() const {
   return conn_ != nullptr && conn_->connected() && conn_->SendBacklog() == 0;
 }
