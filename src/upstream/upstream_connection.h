@@ -112,8 +112,18 @@ class UpstreamConnection final : public IoHandler,
   void BeginHandOver(std::string_view already_read);
   void TryHandOver();
   ExchangeSink* sink() const { return exchange_ != nullptr ? exchange_->sink() : nullptr; }
-  // Whether the response may bypass the channel (splice from the socket).
-  bool SpliceFromBackend() const { return !tls_on_; }
+  // Whether the response may bypass the channel: a plain socket, or a TLS
+  // one whose RX the kernel decrypts (kTLS) with nothing of it read ahead.
+  bool SpliceFromBackend() const {
+    return !tls_on_ || (tls_live_ && tls_->rx_offloaded() && !tls_->recv_inflight() &&
+                        tls_->input().empty() && tls_->input_end() == tls::InputEnd::kNone);
+  }
+  // The socket the response is spliced from.
+  int backend_fd() const { return tls_on_ ? (tls_live_ ? tls_->fd() : -1) : fd_.get(); }
+  // A splice from a kTLS backend stopped at a record that is not data
+  // (EINVAL/EIO: an alert, a KeyUpdate, a ticket) or that the kernel refused:
+  // the transport reads or answers it; true when it took over.
+  bool TlsSpliceStopped();
 
   // --- the TLS channel (upstream_tls.cc) ---
   // After the TCP connect: hands the socket to the transport and starts

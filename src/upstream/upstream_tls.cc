@@ -6,6 +6,8 @@
 // OnInput into OnBytes, and WantsInput carries the client's backpressure.
 #include <openssl/x509.h>
 
+#include <cerrno>
+
 #include "upstream_connection.h"
 
 namespace ktlb::upstream {
@@ -64,13 +66,26 @@ void UpstreamConnection::TlsClose() {
 
 tls::InputWanted UpstreamConnection::WantsInput() const {
   if (state_ == State::kIdle) return tls::InputWanted::kIdle;  // watch for the server closing
-  if (state_ != State::kActive || resp_done_ || sink() == nullptr) return tls::InputWanted::kNo;
+  // A splice reads the socket itself (kTLS RX).
+  if (state_ != State::kActive || resp_done_ || sink() == nullptr || pipe_.active()) {
+    return tls::InputWanted::kNo;
+  }
   if (sink()->ResponseBacklog() >= kMaxResponseBacklog) return tls::InputWanted::kNo;
   return got_bytes_ ? tls::InputWanted::kYes : tls::InputWanted::kIdle;
 }
 
 void UpstreamConnection::OnInput() {
   if (state_ == State::kClosed) return;
+  if (pipe_.active() && tls_->input().empty() && tls_->input_end() == tls::InputEnd::kNone) {
+    // The control record that stopped a splice was read: it goes on.
+    return pipe_mode_ ? PumpPipe() : Pump();
+  }
+  if (pipe_.active() && !tls_->input().empty()) {
+    // Data read around the splice would reach the client out of order.
+    cluster_->log().Log(ErrorLog::Level::kWarn, "upstream", "%s: data record read during a splice",
+                        cluster_->server(server_).address.text.c_str());
+    return Abort();
+  }
   // The plaintext is copied out before parsing: a sink callback may close
   // this connection, which releases the transport's buffer under us.
   std::string_view in = tls_->input();
@@ -85,6 +100,20 @@ void UpstreamConnection::OnInput() {
     // the bytes, like a FIN.
     OnPeerEnd(false);
   }
+}
+
+bool UpstreamConnection::TlsSpliceStopped() {
+  if (!tls_on_ || !tls_live_) return false;
+  const int err = pipe_.error();
+  if (err == EINVAL || err == EIO) {
+    tls_->ReadControlRecord();  // OnInput resumes the splice
+    return true;
+  }
+  if (err == EBADMSG || err == EMSGSIZE) {
+    tls_->FailReceive(err);  // the alert, then OnTransportClosed
+    return true;
+  }
+  return false;
 }
 
 void UpstreamConnection::OnWritable() {
