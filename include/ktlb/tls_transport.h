@@ -3,8 +3,8 @@
 // It owns the socket, the SSL and its BIO, the output queue, the handshake,
 // the kTLS TX/RX install and resync (../shared/KTLS.md), control records
 // (alerts, KeyUpdate), close_notify and the closing linger. Above it sits a
-// protocol (the HTTP/1.1 connection today; HTTP/2 and upstream TLS next),
-// which sees only plaintext and a handful of events through TransportOwner:
+// protocol (the HTTP/1.1 or HTTP/2 connection in the server role; an upstream
+// connection in the client role, StartClient), which sees only plaintext and a handful of events through TransportOwner:
 // handshake done (ALPN, SNI, version, cipher and peer identity copied out,
 // so they outlive the SSL that kTLS lets us free), input arrived, writable,
 // closed with a reason, released. The transport knows no HTTP.

@@ -94,11 +94,11 @@ void Transport::StartClient(const TransportOptions& options, TransportOwner* own
     metrics_->handshake_failures[static_cast<size_t>(HandshakeFailure::kOther)].Inc();
     return CloseBy(CloseReason::kHandshakeFailed);
   }
+  // Without kTLS in the kernel nothing is counted as a fallback: an upstream
+  // connection has no "require" to fail, and the host's lack is logged once.
   if (ktls_allowed_) {
     bio_.ktls = this;
     SSL_set_app_data(ssl_.get(), static_cast<KtlsHooks*>(this));
-  } else if (options.ktls != KtlsMode::kOff && options.kernel_ktls) {
-    FallBack(KtlsFallback::kNoModule);
   }
   loop_->ArmTimer(&timer_, kTimerHandshake, options.handshake_timeout_ms);
   // The client speaks first: the ClientHello goes out now.
