@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "ktlb/balancer.h"
+#include "ktlb/client_tls.h"
 #include "ktlb/config.h"
 #include "ktlb/ejection.h"
 #include "ktlb/error_log.h"
@@ -164,6 +165,23 @@ class Cluster final : private IoHandler {
   // Drain: closes parked connections and parks no more.
   void Drain();
 
+  // --- upstream TLS (the upstream's `tls`) ---
+  // The snapshot's client context (null: plain TCP); `kernel_ktls`: the
+  // kernel can take TLS keys (the config's ktls then decides).
+  void SetTls(tls::ClientTlsContextPtr ctx, bool kernel_ktls) {
+    tls_ = std::move(ctx);
+    kernel_ktls_ = kernel_ktls;
+  }
+  const tls::ClientTlsContext* tls() const { return tls_.get(); }
+  bool kernel_ktls() const { return kernel_ktls_; }
+  // The session this worker resumes with on `server` (nginx's
+  // proxy_ssl_session_reuse, per worker). Stable addresses: a deque that
+  // only grows, since an SSL in flight points at its slot.
+  tls::SessionSlot* tls_session(size_t server) {
+    while (tls_sessions_.size() <= server) tls_sessions_.emplace_back();
+    return &tls_sessions_[server];
+  }
+
  private:
   void OnCompletion(uint8_t op, int res, uint32_t flags) override;
   // Hands freed connection slots to queued requests, in FIFO order.
@@ -211,6 +229,9 @@ class Cluster final : private IoHandler {
   uint32_t try_timeout_ms_ = 0;
   std::deque<ServerMetrics> own_server_metrics_;  // by server, until SetServerMetrics
   std::vector<ServerMetrics*> server_metrics_;    // by server
+  tls::ClientTlsContextPtr tls_;
+  bool kernel_ktls_ = false;
+  std::deque<tls::SessionSlot> tls_sessions_;
 };
 
 }  // namespace ktlb::upstream

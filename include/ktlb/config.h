@@ -185,6 +185,25 @@ struct RouteConfig {
 // What a passthrough listener sends a backend before the client's bytes.
 enum class ProxyProtocol { kNone, kV2 };
 
+// `tls = { ca, sni, verify, cert, key, ktls }` on an upstream: ktlb speaks
+// TLS to its servers (the transport's client role).
+struct UpstreamTlsConfig {
+  bool enabled = false;
+  std::string ca_path;    // "" = the system's default trust store
+  std::string sni;        // "" = no SNI sent; the name checked is then the server's host
+  bool verify = true;     // the server's chain and its name (or IP)
+  std::string cert_path;  // client certificate (with key_path); "" = none
+  std::string key_path;
+  KtlsMode ktls = KtlsMode::kAuto;  // "auto" | "off"
+  // Where it was written ("upstreams[0].tls") and its files' lines, so
+  // problems found in their content are reported as FILE:LINE: key.
+  std::string key;
+  uint32_t line = 0;
+  uint32_t ca_line = 0;
+  uint32_t cert_line = 0;
+  uint32_t key_line = 0;
+};
+
 // One backend of an upstream. `address.text` is also its identity for
 // maglev, so the same list hashes the same on every worker and every host.
 struct UpstreamServer {
@@ -247,6 +266,7 @@ struct UpstreamConfig {
   // within retry_budget, any other gets 504. 0 = no per-try limit (only
   // [server] upstream_response_timeout_ms, which is never retried).
   uint32_t try_timeout_ms = 0;
+  UpstreamTlsConfig tls;
 };
 
 struct Config {

@@ -134,6 +134,9 @@ class Exchange final : private DeadlineTarget {
   // Splice of the request body: the backend socket, once everything queued
   // before the body was sent; else -1.
   int RequestSpliceFd() const;
+  // Whether a request body may be spliced to the backend at all: not while
+  // its bytes must go through a userspace TLS channel.
+  bool RequestSpliceable() const;
   bool RequestSpliceReady() const;
 
   // The client took response bytes: reading may resume.

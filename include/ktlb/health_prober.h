@@ -8,6 +8,9 @@
 // GET of `path` (Host: the server's address) answered 2xx or 3xx. The time
 // between two probes of one server is interval_ms +-10%, drawn afresh each
 // time, so servers, upstreams and ktlb hosts do not probe in lockstep.
+// An upstream with `tls` is probed over TLS with the same settings as its
+// requests (CA, name check, SNI, client certificate), through the prober's
+// own context and one cached session per server.
 #pragma once
 
 #include <memory>
@@ -15,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "ktlb/client_tls.h"
 #include "ktlb/config.h"
 #include "ktlb/health.h"
 #include "ktlb/metrics.h"
@@ -44,10 +48,15 @@ class HealthProber {
   void Begin(Probe& p, uint64_t now_ms);
   void OnReady(Probe& p, short revents, uint64_t now_ms);
   void Finish(Probe& p, bool passed, const std::string& why, uint64_t now_ms);
+  // The TLS steps of a probe: handshake, then the same send and read.
+  void StartTlsProbe(Probe& p, uint64_t now_ms);
+  void OnTlsReady(Probe& p, uint64_t now_ms);
   uint64_t Jittered(uint64_t ms);
 
   std::string name_;
   HealthCheckConfig config_;
+  tls::ClientTlsContextPtr tls_;  // null: plain TCP
+  std::string tls_error_;         // why tls_ could not be built (every probe fails)
   std::vector<std::unique_ptr<Probe>> probes_;  // by server
   std::shared_ptr<HealthBoard> board_;
   UpstreamHealthMetrics* metrics_;

@@ -33,6 +33,7 @@ inline constexpr uint8_t kRecordAlert = 21;
 inline constexpr uint8_t kRecordHandshake = 22;
 inline constexpr uint8_t kRecordApplicationData = 23;
 inline constexpr uint8_t kHandshakeKeyUpdate = 24;  // a handshake message type, not a record type
+inline constexpr uint8_t kHandshakeNewSessionTicket = 4;  // TLS 1.3: server -> client after the handshake
 
 // Exactly the struct tls12_crypto_info_* the kernel takes, as bytes.
 struct KtlsCryptoInfo {

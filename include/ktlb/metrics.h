@@ -105,6 +105,7 @@ struct ListenerMetrics {
 enum class ServerFailure : uint8_t {
   kConnect,         // refused, unreachable, no socket
   kConnectTimeout,  // upstream_connect_timeout_ms
+  kTls,             // the TLS handshake with the server failed (upstream TLS)
   kTimeout,         // upstream_response_timeout_ms (no byte for that long)
   kTryTimeout,      // the upstream's try_timeout_ms: no response head in time
   kReset,           // closed or reset before a response head
@@ -176,6 +177,13 @@ struct UpstreamMetrics {
   // By the registry's server slot of this upstream (MetricsRegistry::Server);
   // grown under the registry's lock, never shrunk or moved.
   std::deque<ServerMetrics> servers;
+  // Upstream TLS (an upstream with `tls`): the client transports' counters,
+  // and the attempts failed at the TLS stage, by whether the server's
+  // certificate was refused (upstream_tls_verify) or the handshake failed
+  // otherwise (upstream_tls_handshake).
+  TlsMetrics tls;
+  Counter tls_verify_failures;
+  Counter tls_handshake_failures;
 };
 
 // Active health of one upstream, written by its one prober thread (never

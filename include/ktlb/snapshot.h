@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "ktlb/client_tls.h"
 #include "ktlb/config.h"
 #include "ktlb/router.h"
 #include "ktlb/tls.h"
@@ -21,6 +22,9 @@ struct Snapshot {
   // Each listener's own client_auth (nullptr: none), parallel to
   // config->listeners.
   std::vector<tls::ClientAuthPtr> listener_client_auth;
+  // Each upstream's TLS client context (nullptr: plain TCP), parallel to
+  // config->upstreams; shared by every worker and the health prober.
+  std::vector<tls::ClientTlsContextPtr> upstream_tls;
 
   Snapshot(std::shared_ptr<const Config> c, std::vector<tls::CertificatePtr> certs,
            const tls::TicketKeys& keys)

@@ -3,8 +3,8 @@
 // It owns the socket, the SSL and its BIO, the output queue, the handshake,
 // the kTLS TX/RX install and resync (../shared/KTLS.md), control records
 // (alerts, KeyUpdate), close_notify and the closing linger. Above it sits a
-// protocol (the HTTP/1.1 connection today; HTTP/2 and upstream TLS next),
-// which sees only plaintext and a handful of events through TransportOwner:
+// protocol (the HTTP/1.1 or HTTP/2 connection in the server role; an upstream
+// connection in the client role, StartClient), which sees only plaintext and a handful of events through TransportOwner:
 // handshake done (ALPN, SNI, version, cipher and peer identity copied out,
 // so they outlive the SSL that kTLS lets us free), input arrived, writable,
 // closed with a reason, released. The transport knows no HTTP.
@@ -20,6 +20,7 @@
 #include <string>
 #include <string_view>
 
+#include "ktlb/client_tls.h"
 #include "ktlb/deadline_queue.h"
 #include "ktlb/error_log.h"
 #include "ktlb/ktls.h"
@@ -138,6 +139,19 @@ class Transport final : public IoHandler, public DeadlineTarget, public KtlsHook
   void StartServer(const TransportOptions& options, TransportOwner* owner, int fd,
                    const ServerTlsContext& ctx, std::string_view peer_label);
 
+  // Client role: takes `fd` (a connected socket to `server_host`, a name or
+  // an IP literal) and sends the ClientHello. The context decides SNI,
+  // verification and ALPN; `session` resumes and receives the server's
+  // session (may be null). OnHandshakeDone once the server is verified; a
+  // failure is kHandshakeFailed, with verify_error() telling a refused
+  // certificate from the rest.
+  void StartClient(const TransportOptions& options, TransportOwner* owner, int fd,
+                   const ClientTlsContext& ctx, std::string_view server_host,
+                   SessionSlot* session, std::string_view peer_label);
+  // Client role: the X509_V_ERR_* that failed the handshake (X509_V_OK:
+  // it failed for another reason, or did not fail).
+  long verify_error() const { return verify_error_; }
+
   // Hands the connection to another protocol object (ALPN chose HTTP/2):
   // every later event goes to `owner`.
   void SetOwner(TransportOwner* owner) { owner_ = owner; }
@@ -207,6 +221,8 @@ class Transport final : public IoHandler, public DeadlineTarget, public KtlsHook
   bool OfferRx(const KtlsCryptoInfo& info) override;
   bool TxTaken() const override { return tx_taken_; }
   bool RxTaken() const override { return false; }  // RX is always installed by us
+  // The secrets are kept by direction (rx_/tx_): the server receives under
+  // the client's secret, a client under the server's.
   void OnClientTrafficSecret(const unsigned char* secret, size_t len) override;
   void OnServerTrafficSecret(const unsigned char* secret, size_t len) override;
   void OnPeerKeyUpdate(bool update_requested) override;
@@ -229,6 +245,10 @@ class Transport final : public IoHandler, public DeadlineTarget, public KtlsHook
   void DriveTls();
   void HandshakeDone();
   void FailHandshake(int ssl_error);
+  // What both roles reset before a connection starts.
+  void Reset(const TransportOptions& options, TransportOwner* owner, int fd,
+             std::string_view peer_label);
+  void StoreSecret(bool rx, const unsigned char* secret, size_t len);
   // A fatal TLS error after the handshake: OpenSSL's alert goes out first.
   void FailProtocol(const char* what);
   // The kernel rejected a record (kTLS RX): send the alert the RFC asks for.
@@ -274,6 +294,8 @@ class Transport final : public IoHandler, public DeadlineTarget, public KtlsHook
   State state_ = State::kIdle;
   DeadlineNode timer_;
   HandshakeInfo info_;
+  bool client_ = false;  // the client role (StartClient)
+  long verify_error_ = 0;  // X509_V_OK
 
   UniqueSsl ssl_;
   BioIo bio_;

@@ -1,6 +1,8 @@
 #include "ktlb/metrics.h"
 
 #include <deque>
+#include <initializer_list>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "ktlb/deadline_queue.h"
@@ -31,6 +33,7 @@ const char* ServerFailureLabel(ServerFailure f) {
     case ServerFailure::kTryTimeout: return "try_timeout";
     case ServerFailure::kReset: return "reset";
     case ServerFailure::kBadResponse: return "bad_response";
+    case ServerFailure::kTls: return "tls";
     case ServerFailure::kAborted: return "aborted";
     case ServerFailure::k5xx: return "5xx";
     case ServerFailure::kCount: break;
@@ -339,6 +342,45 @@ std::string MetricsRegistry::Render() const {
   per_upstream("ktlb_upstream_retries_budget_exhausted_total",
                "Retries not made because retry_budget was used up.",
                [](const UpstreamMetrics& m) -> const Counter& { return m.retries_budget_exhausted; });
+  // Upstream TLS: {upstream, <key>=<label>} series from a few counters each.
+  auto upstream_by = [&](const char* name, const char* help, const char* key,
+                         std::initializer_list<std::pair<const char*, const Counter UpstreamMetrics::*>>
+                             series) {
+    Family(&out, name, "counter", help);
+    for (size_t i = 0; i < U.size(); ++i) {
+      for (const auto& [label, member] : series) {
+        absl::StrAppend(&out, name, "{upstream=\"", U[i], "\",", key, "=\"", label, "\"} ",
+                        SumSlot(workers_, &WorkerMetrics::upstreams, i,
+                                [member](const UpstreamMetrics& m) -> const Counter& {
+                                  return m.*member;
+                                }),
+                        "\n");
+      }
+    }
+  };
+  upstream_by("ktlb_upstream_tls_failures_total",
+              "Upstream attempts failed in the TLS handshake to the server, by stage: the "
+              "server's certificate refused (upstream_tls_verify), or any other failure.",
+              "stage",
+              {{"upstream_tls_verify", &UpstreamMetrics::tls_verify_failures},
+               {"upstream_tls_handshake", &UpstreamMetrics::tls_handshake_failures}});
+  Family(&out, "ktlb_upstream_tls_handshakes_total", "counter",
+         "Completed TLS handshakes to upstream servers by kind (resumed: a cached session).");
+  for (size_t i = 0; i < U.size(); ++i) {
+    for (bool resumed : {false, true}) {
+      absl::StrAppend(&out, "ktlb_upstream_tls_handshakes_total{upstream=\"", U[i], "\",kind=\"",
+                      resumed ? "resumed" : "full", "\"} ",
+                      SumSlot(workers_, &WorkerMetrics::upstreams, i,
+                              [resumed](const UpstreamMetrics& m) -> const Counter& {
+                                return resumed ? m.tls.handshakes_resumed : m.tls.handshakes_full;
+                              }),
+                      "\n");
+    }
+  }
+  per_upstream("ktlb_upstream_ktls_tx_total", "Upstream TLS connections with kernel TLS transmit offload.",
+               [](const UpstreamMetrics& m) -> const Counter& { return m.tls.ktls_tx; });
+  per_upstream("ktlb_upstream_ktls_rx_total", "Upstream TLS connections with kernel TLS receive offload.",
+               [](const UpstreamMetrics& m) -> const Counter& { return m.tls.ktls_rx; });
   RenderHealth(&out);
   RenderServers(&out);
   RenderConfig(&out);

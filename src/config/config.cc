@@ -45,6 +45,11 @@ std::vector<std::string> Config::FilesRead() const {
   }
   for (const ListenerConfig& l : listeners) client_auth(l.client_auth);
   if (!server.ticket_keys.empty()) files.push_back(server.ticket_keys);
+  for (const UpstreamConfig& u : upstreams) {
+    for (const std::string* f : {&u.tls.ca_path, &u.tls.cert_path, &u.tls.key_path}) {
+      if (!f->empty()) files.push_back(*f);
+    }
+  }
   return files;
 }
 

@@ -789,4 +789,11 @@ absl::StatusOr<std::shared_ptr<const Config>> LoadConfigFile(const std::string& 
   return ParseConfig(text, path);
 }
 
+namespace config_internal {
+absl::Status ResolveConfigFile(const Section& s, std::string_view key, const StringNode& node,
+                               std::string* out) {
+  return ResolveReadableFile(s, key, node, out);
+}
+}  // namespace config_internal
+
 }  // namespace ktlb

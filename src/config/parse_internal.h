@@ -239,6 +239,11 @@ absl::Status CheckUnique(const Section& s, std::string_view key, const StringNod
 absl::Status ParseAddressAt(const Section& s, std::string_view key, const StringNode& node,
                             SocketAddress* out);
 
+// Resolves a file path against the config directory and checks that it can
+// be read now (parse_config.cc), so a typo fails `--check`.
+absl::Status ResolveConfigFile(const Section& s, std::string_view key, const StringNode& node,
+                               std::string* out);
+
 // One [[upstreams]] entry (parse_upstream.cc).
 absl::Status ReadUpstream(const Section& s, NameSet* names, UpstreamConfig* upstream);
 

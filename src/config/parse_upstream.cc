@@ -227,6 +227,64 @@ absl::Status ReadRetryBudget(const Section& s, double* out) {
   return absl::OkStatus();
 }
 
+// tls = { ca, sni, verify, cert, key, ktls }: TLS to the servers. The files
+// must be readable now; their content is checked when the snapshot loads
+// them (a CA that holds no certificate, a key that does not match).
+absl::Status ReadUpstreamTls(const Section& up, UpstreamTlsConfig* tls) {
+  absl::StatusOr<const toml::table*> table = up.Table("tls");
+  if (!table.ok()) return table.status();
+  if (*table == nullptr) return absl::OkStatus();
+  const Section s(up.ctx(), **table, up.Key("tls"));
+  if (absl::Status st = s.CheckKnownKeys({"ca", "sni", "verify", "cert", "key", "ktls"}); !st.ok()) {
+    return st;
+  }
+  tls->enabled = true;
+  tls->key = s.path();
+  tls->line = s.line();
+  const std::tuple<std::string_view, std::string*, uint32_t*> files[] = {
+      {"ca", &tls->ca_path, &tls->ca_line},
+      {"cert", &tls->cert_path, &tls->cert_line},
+      {"key", &tls->key_path, &tls->key_line},
+  };
+  for (const auto& [key, path, line] : files) {
+    absl::StatusOr<const StringNode*> node = s.String(key);
+    if (!node.ok()) return node.status();
+    if (*node == nullptr) continue;
+    if ((*node)->get().empty()) return s.ErrorAt(**node, key, "must not be empty");
+    if (absl::Status st = ResolveConfigFile(s, key, **node, path); !st.ok()) return st;
+    *line = LineOf(**node);
+  }
+  // A certificate without its key (or the reverse) cannot be presented.
+  if (tls->cert_path.empty() != tls->key_path.empty()) {
+    const std::string_view given = tls->cert_path.empty() ? "key" : "cert";
+    const std::string_view lacking = tls->cert_path.empty() ? "cert" : "key";
+    return s.ErrorAt(*s.Find(given), given,
+                     absl::StrCat("needs ", Av(lacking), " too (a client certificate and its key)"));
+  }
+  absl::StatusOr<const StringNode*> sni = s.String("sni");
+  if (!sni.ok()) return sni.status();
+  if (*sni != nullptr) {
+    std::string name = absl::AsciiStrToLower(Av((*sni)->get()));
+    if (!name.empty() && name.back() == '.') name.pop_back();
+    // A host name, not a pattern nor an address: it goes into the
+    // ClientHello's server_name and is what the certificate must match.
+    const bool ok = !name.empty() && name.size() <= 253 &&
+                    std::all_of(name.begin(), name.end(), [](char c) {
+                      return absl::ascii_isalnum(c) || c == '-' || c == '.' || c == '_';
+                    }) &&
+                    name.front() != '.' && name.find("..") == std::string::npos;
+    if (!ok) {
+      return s.ErrorAt(**sni, "sni", "must be a host name (letters, digits, '-', '_' and '.')");
+    }
+    tls->sni = std::move(name);
+  }
+  if (absl::Status st = s.Bool("verify", &tls->verify); !st.ok()) return st;
+  // "require" would have to refuse requests when the kernel cannot take a
+  // backend's keys; upstream connections always have the userspace path.
+  return s.Enum<KtlsMode>("ktls", {{"auto", KtlsMode::kAuto}, {"off", KtlsMode::kOff}},
+                          &tls->ktls);
+}
+
 }  // namespace
 
 absl::Status ReadUpstream(const Section& s, NameSet* names, UpstreamConfig* upstream) {
@@ -234,7 +292,7 @@ absl::Status ReadUpstream(const Section& s, NameSet* names, UpstreamConfig* upst
           {"name", "servers", "balance", "hash_key", "max_idle_per_server", "proxy_protocol", "health",
            "try_timeout_ms",
            "eject", "slow_start_ms", "max_conns_per_server", "queue_timeout_ms",
-           "retry_budget"});
+           "retry_budget", "tls"});
       !st.ok()) {
     return st;
   }
@@ -287,6 +345,7 @@ absl::Status ReadUpstream(const Section& s, NameSet* names, UpstreamConfig* upst
       !st.ok()) {
     return st;
   }
+  if (absl::Status st = ReadUpstreamTls(s, &upstream->tls); !st.ok()) return st;
   return ReadRetryBudget(s, &upstream->retry_budget);
 }
 

@@ -33,8 +33,19 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> BuildSnapshot(std::shared_ptr<co
     if (!auth.ok()) return auth.status();
     listener_auth.push_back(*std::move(auth));
   }
+  std::vector<tls::ClientTlsContextPtr> upstream_tls;
+  for (const UpstreamConfig& u : config->upstreams) {
+    if (!u.tls.enabled) {
+      upstream_tls.push_back(nullptr);
+      continue;
+    }
+    auto ctx = tls::ClientTlsContext::Create(u.tls, config->path);
+    if (!ctx.ok()) return ctx.status();
+    upstream_tls.push_back(*std::move(ctx));
+  }
   auto snapshot = std::make_shared<Snapshot>(std::move(config), *std::move(certs), *tickets);
   snapshot->listener_client_auth = std::move(listener_auth);
+  snapshot->upstream_tls = std::move(upstream_tls);
   return std::shared_ptr<const Snapshot>(std::move(snapshot));
 }
 

@@ -11,6 +11,12 @@ std::string HealthMonitor::KeyOf(const UpstreamConfig& u) {
   std::string key = absl::StrCat(static_cast<int>(h.type), " ", h.path, " ", h.interval_ms, " ",
                                  h.timeout_ms, " ", h.rise, " ", h.fall);
   for (const UpstreamServer& s : u.servers) absl::StrAppend(&key, " ", s.address.text);
+  // Probes use the upstream's TLS settings: a change restarts the prober.
+  const UpstreamTlsConfig& t = u.tls;
+  if (t.enabled) {
+    absl::StrAppend(&key, " tls ", t.ca_path, " ", t.sni, " ", t.verify, " ", t.cert_path, " ",
+                    t.key_path);
+  }
   return key;
 }
 

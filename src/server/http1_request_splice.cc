@@ -20,7 +20,8 @@
 namespace ktlb {
 
 void Http1Connection::MaybeSpliceRequestBody() {
-  if (req_pipe_.active() || req_body_done_ || !transport_.rx_offloaded() || !exchange_.active()) {
+  if (req_pipe_.active() || req_body_done_ || !transport_.rx_offloaded() || !exchange_.active() ||
+      !exchange_.RequestSpliceable()) {
     return;
   }
   // Bytes already read, or a read still in flight, come before what the pipe

@@ -94,6 +94,11 @@ absl::StatusOr<std::unique_ptr<Generation>> Worker::BuildGeneration(
       server_metrics.push_back(&registry_->Server(id_, uc.name, us.address.text));
     }
     gen->clusters_.back()->SetServerMetrics(std::move(server_metrics));
+    // Upstream TLS: the snapshot's context, parallel to cfg.upstreams.
+    const size_t u = static_cast<size_t>(&uc - cfg.upstreams.data());
+    if (u < gen->snapshot().upstream_tls.size() && gen->snapshot().upstream_tls[u] != nullptr) {
+      gen->clusters_.back()->SetTls(gen->snapshot().upstream_tls[u], kernel_ktls_);
+    }
   }
   return gen;
 }

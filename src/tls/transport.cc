@@ -25,8 +25,8 @@ constexpr uint8_t kAlertProtocolVersion = 70;
 
 Transport::~Transport() = default;
 
-void Transport::StartServer(const TransportOptions& options, TransportOwner* owner, int fd,
-                            const ServerTlsContext& ctx, std::string_view peer_label) {
+void Transport::Reset(const TransportOptions& options, TransportOwner* owner, int fd,
+                      std::string_view peer_label) {
   loop_ = options.loop;
   slot_.Bind(loop_, this);
   owner_ = owner;
@@ -36,6 +36,7 @@ void Transport::StartServer(const TransportOptions& options, TransportOwner* own
   fd_.reset(fd);
   peer_.assign(peer_label);
   info_ = HandshakeInfo{};
+  verify_error_ = X509_V_OK;
   timer_.target = this;
   bio_ = BioIo{};
   bio_.queue = &out_;
@@ -57,8 +58,14 @@ void Transport::StartServer(const TransportOptions& options, TransportOwner* own
   WipeTrafficSecrets();
   keyupdate_limiter_ = KeyUpdateLimiter();
   exact_need_ = 0;
-  ssl_ = ctx.NewSsl(NewBufferBio(&bio_));
   state_ = State::kHandshake;
+}
+
+void Transport::StartServer(const TransportOptions& options, TransportOwner* owner, int fd,
+                            const ServerTlsContext& ctx, std::string_view peer_label) {
+  client_ = false;
+  Reset(options, owner, fd, peer_label);
+  ssl_ = ctx.NewSsl(NewBufferBio(&bio_));
   if (!ssl_) {
     log_->Log(ErrorLog::Level::kError, "tls", "%s: cannot create an SSL object", peer_.c_str());
     metrics_->handshake_failures[static_cast<size_t>(HandshakeFailure::kOther)].Inc();
@@ -71,6 +78,33 @@ void Transport::StartServer(const TransportOptions& options, TransportOwner* own
     FallBack(KtlsFallback::kNoModule);
   }
   loop_->ArmTimer(&timer_, kTimerHandshake, options.handshake_timeout_ms);
+  ArmRecv();
+}
+
+void Transport::StartClient(const TransportOptions& options, TransportOwner* owner, int fd,
+                            const ClientTlsContext& ctx, std::string_view server_host,
+                            SessionSlot* session, std::string_view peer_label) {
+  client_ = true;
+  TransportOptions o = options;
+  o.preamble = false;  // only a server hears a preamble
+  Reset(o, owner, fd, peer_label);
+  ssl_ = ctx.NewSsl(NewBufferBio(&bio_), server_host, session, ktls_allowed_);
+  if (!ssl_) {
+    log_->Log(ErrorLog::Level::kError, "tls", "%s: cannot create an SSL object", peer_.c_str());
+    metrics_->handshake_failures[static_cast<size_t>(HandshakeFailure::kOther)].Inc();
+    return CloseBy(CloseReason::kHandshakeFailed);
+  }
+  // Without kTLS in the kernel nothing is counted as a fallback: an upstream
+  // connection has no "require" to fail, and the host's lack is logged once.
+  if (ktls_allowed_) {
+    bio_.ktls = this;
+    SSL_set_app_data(ssl_.get(), static_cast<KtlsHooks*>(this));
+  }
+  loop_->ArmTimer(&timer_, kTimerHandshake, options.handshake_timeout_ms);
+  // The client speaks first: the ClientHello goes out now.
+  DriveTls();
+  if (gone()) return;
+  FlushSend();
   ArmRecv();
 }
 
@@ -259,7 +293,7 @@ void Transport::OnRecv(int res, uint32_t flags) {
   if (preamble_pending_ && !TakePreamble(&data)) return;
   // The first TLS byte is in the stash only when a preamble was reassembled
   // there: no TLS byte was handed to OpenSSL yet.
-  if (state_ == State::kHandshake && SSL_in_before(ssl_.get()) &&
+  if (!client_ && state_ == State::kHandshake && SSL_in_before(ssl_.get()) &&
       static_cast<uint8_t>(cipher_stash_.empty() ? data[0] : cipher_stash_[0]) != 0x16) {
     // Not a TLS handshake record: most likely plain HTTP sent to the TLS port.
     metrics_->handshake_failures[static_cast<size_t>(HandshakeFailure::kPlainHttp)].Inc();
@@ -428,7 +462,7 @@ void Transport::HandshakeDone() {
   // Before StartRxOffload, which frees the SSL once both directions are in
   // the kernel.
   CopyPeerIdentity(ssl_.get(), &info_);
-  if (info_.resumed) {
+  if (info_.resumed && !client_) {
     if (std::optional<TicketKeySource> source = ResumedTicketSource(ssl_.get())) {
       metrics_->resumptions[static_cast<size_t>(*source)].Inc();
     }
@@ -439,6 +473,13 @@ void Transport::HandshakeDone() {
 }
 
 void Transport::FailHandshake(int ssl_error) {
+  if (client_) {
+    verify_error_ = SSL_get_verify_result(ssl_.get());
+    if (verify_error_ != X509_V_OK) {
+      log_->Log(ErrorLog::Level::kWarn, "tls", "%s: server certificate refused: %s",
+                peer_.c_str(), X509_verify_cert_error_string(verify_error_));
+    }
+  }
   HandshakeFailure f = ClassifyHandshakeFailure(ssl_.get(), ssl_error);
   metrics_->handshake_failures[static_cast<size_t>(f)].Inc();
   if (f != HandshakeFailure::kClientReset) {

@@ -74,16 +74,21 @@ bool Transport::OfferRx(const KtlsCryptoInfo& info) {
   return false;
 }
 
-void Transport::OnClientTrafficSecret(const unsigned char* secret, size_t len) {
+void Transport::StoreSecret(bool rx, const unsigned char* secret, size_t len) {
+  unsigned char* to = rx ? rx_secret_ : tx_secret_;
   if (len > sizeof rx_secret_) return;
-  memcpy(rx_secret_, secret, len);
-  rx_secret_len_ = len;
+  memcpy(to, secret, len);
+  (rx ? rx_secret_len_ : tx_secret_len_) = len;
+}
+
+// The kernel's TLS_RX/TLS_TX name directions of this socket, the key log
+// names who speaks: a client receives under the server's secret.
+void Transport::OnClientTrafficSecret(const unsigned char* secret, size_t len) {
+  StoreSecret(!client_, secret, len);
 }
 
 void Transport::OnServerTrafficSecret(const unsigned char* secret, size_t len) {
-  if (len > sizeof tx_secret_) return;
-  memcpy(tx_secret_, secret, len);
-  tx_secret_len_ = len;
+  StoreSecret(client_, secret, len);
 }
 
 void Transport::OnPeerKeyUpdate(bool update_requested) {
@@ -366,6 +371,12 @@ void Transport::HandleControlRecord(int type, std::string_view payload) {
       static_cast<uint8_t>(payload[0]) == kHandshakeKeyUpdate) {
     metrics_->ktls_keyupdates.Inc();
     return HandlePeerKeyUpdate(payload);
+  }
+  if (client_ && type == kRecordHandshake && !payload.empty() &&
+      static_cast<uint8_t>(payload[0]) == kHandshakeNewSessionTicket) {
+    // A TLS 1.3 ticket after RX went to the kernel: OpenSSL cannot take it
+    // any more, so this connection's session is simply not kept.
+    return;
   }
   // Any other handshake message (or record type) after the handshake.
   FailWithAlert(kAlertUnexpectedMessage, "record type");

@@ -173,7 +173,9 @@ void Exchange::OnAttemptFailed(bool timed_out, bool got_response_bytes) {
   const bool reused = failed != nullptr && failed->reused();
   const bool sent = failed != nullptr && failed->reached_server();
   ServerFailure why = ServerFailure::kConnect;
-  if (timed_out) {
+  if (failed != nullptr && failed->tls_failed()) {
+    why = ServerFailure::kTls;
+  } else if (timed_out) {
     why = sent ? ServerFailure::kTimeout : ServerFailure::kConnectTimeout;
   } else if (sent) {
     why = got_response_bytes ? ServerFailure::kBadResponse : ServerFailure::kReset;
@@ -270,6 +272,11 @@ size_t Exchange::RequestBacklog() const {
 }
 
 int Exchange::RequestSpliceFd() const { return conn_ != nullptr ? conn_->fd() : -1; }
+
+bool Exchange::RequestSpliceable() const {
+  if (cluster_->tls() == nullptr) return true;
+  return conn_ != nullptr && conn_->fd() >= 0;  // kTLS TX on the backend socket
+}
 
 bool Exchange::RequestSpliceReady() const {
   return conn_ != nullptr && conn_->connected() && conn_->SendBacklog() == 0;

@@ -13,6 +13,10 @@
 #include <random>
 #include <string_view>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
 #include "ktlb/sockets.h"
 
 namespace ktlb::upstream {
@@ -48,7 +52,7 @@ int StatusOf(std::string_view in) {
 struct HealthProber::Probe {
   Probe(size_t i, const SocketAddress& a, const HealthCheckConfig& c)
       : index(i), address(a), counter(c.rise, c.fall) {}
-  enum class Phase { kIdle, kConnecting, kSending, kReading };
+  enum class Phase { kIdle, kConnecting, kHandshaking, kSending, kReading };
 
   size_t index;  // the server's place in the upstream (and on the board)
   ServerHealthMetrics* metrics = nullptr;  // may be null
@@ -62,6 +66,9 @@ struct HealthProber::Probe {
   std::string out;
   size_t out_off = 0;
   std::string in;
+  short events = POLLOUT;  // what the current phase waits for
+  UniqueSsl ssl;            // TLS upstreams, from the connect to the end
+  tls::SessionSlot session;
 };
 
 HealthProber::HealthProber(const UpstreamConfig& upstream, std::shared_ptr<HealthBoard> board,
@@ -72,6 +79,16 @@ HealthProber::HealthProber(const UpstreamConfig& upstream, std::shared_ptr<Healt
       board_(std::move(board)),
       metrics_(metrics),
       rng_(std::random_device{}()) {
+  if (upstream.tls.enabled) {
+    // The probes' own context (the prober outlives snapshots and reloads
+    // restart it when the settings change).
+    auto ctx = tls::ClientTlsContext::Create(upstream.tls, "");
+    if (ctx.ok()) {
+      tls_ = *std::move(ctx);
+    } else {
+      tls_error_ = std::string(ctx.status().message());
+    }
+  }
   for (const UpstreamServer& s : upstream.servers) {
     probes_.push_back(std::make_unique<Probe>(probes_.size(), s.address, config_));
     if (probes_.size() <= server_metrics.size()) {
@@ -132,8 +149,7 @@ void HealthProber::Run() {
         continue;
       }
       next = std::min(next, p.deadline_ms);
-      const short events = p.phase == Probe::Phase::kReading ? POLLIN : POLLOUT;
-      fds.push_back(pollfd{p.fd.get(), events, 0});
+      fds.push_back(pollfd{p.fd.get(), p.events, 0});
       polled.push_back(&p);
     }
     const int timeout = static_cast<int>(next > now ? next - now : 0);
@@ -161,6 +177,7 @@ void HealthProber::Begin(Probe& p, uint64_t now_ms) {
   }
   p.fd.reset(*fd);
   p.phase = Probe::Phase::kConnecting;
+  p.events = POLLOUT;
   if (connect(p.fd.get(), reinterpret_cast<const sockaddr*>(&p.address.storage), p.address.len) ==
           0 ||
       errno == EINPROGRESS) {
@@ -178,12 +195,15 @@ void HealthProber::OnReady(Probe& p, short revents, uint64_t now_ms) {
       if (getsockopt(p.fd.get(), SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
       if (err != 0) return Finish(p, false, strerror(err), now_ms);
       if (config_.type == HealthCheckType::kTcp) return Finish(p, true, "", now_ms);
+      if (!tls_error_.empty()) return Finish(p, false, tls_error_, now_ms);
       p.out = "GET " + config_.path + " HTTP/1.1\r\nHost: " + p.address.text +
               "\r\nUser-Agent: ktlb-health\r\nConnection: close\r\n\r\n";
+      if (tls_ != nullptr) return StartTlsProbe(p, now_ms);
       p.phase = Probe::Phase::kSending;
       [[fallthrough]];
     }
     case Probe::Phase::kSending: {
+      if (p.ssl) return OnTlsReady(p, now_ms);
       const ssize_t n = send(p.fd.get(), p.out.data() + p.out_off, p.out.size() - p.out_off,
                              MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n < 0) {
@@ -191,10 +211,14 @@ void HealthProber::OnReady(Probe& p, short revents, uint64_t now_ms) {
         return Finish(p, false, strerror(errno), now_ms);
       }
       p.out_off += static_cast<size_t>(n);
-      if (p.out_off == p.out.size()) p.phase = Probe::Phase::kReading;
+      if (p.out_off == p.out.size()) {
+        p.phase = Probe::Phase::kReading;
+        p.events = POLLIN;
+      }
       return;
     }
     case Probe::Phase::kReading: {
+      if (p.ssl) return OnTlsReady(p, now_ms);
       char buf[1024];
       const ssize_t n = recv(p.fd.get(), buf, sizeof buf, MSG_DONTWAIT);
       if (n < 0) {
@@ -209,11 +233,88 @@ void HealthProber::OnReady(Probe& p, short revents, uint64_t now_ms) {
       if (status < 400) return Finish(p, true, "", now_ms);
       return Finish(p, false, "status " + std::to_string(status), now_ms);
     }
+    case Probe::Phase::kHandshaking:
+      return OnTlsReady(p, now_ms);
     case Probe::Phase::kIdle: return;
   }
 }
 
+void HealthProber::StartTlsProbe(Probe& p, uint64_t now_ms) {
+  BIO* bio = BIO_new_socket(p.fd.get(), BIO_NOCLOSE);
+  if (bio != nullptr) {
+    std::string_view host = tls::HostOfAddress(p.address.text);
+    p.ssl = tls_->NewSsl(bio, host, &p.session, false);
+  }
+  if (!p.ssl) {
+    ERR_clear_error();
+    return Finish(p, false, "cannot create an SSL object", now_ms);
+  }
+  p.phase = Probe::Phase::kHandshaking;
+  OnTlsReady(p, now_ms);
+}
+
+// One step of a TLS probe on a non-blocking socket: OpenSSL says which way
+// it waits (SSL_ERROR_WANT_READ / WRITE), which becomes the poll event.
+void HealthProber::OnTlsReady(Probe& p, uint64_t now_ms) {
+  SSL* ssl = p.ssl.get();
+  for (;;) {
+    int r = 1;
+    switch (p.phase) {
+      case Probe::Phase::kHandshaking:
+        r = SSL_connect(ssl);
+        if (r == 1) {
+          p.phase = Probe::Phase::kSending;
+          continue;
+        }
+        break;
+      case Probe::Phase::kSending:
+        r = SSL_write(ssl, p.out.data() + p.out_off, static_cast<int>(p.out.size() - p.out_off));
+        if (r > 0) {
+          p.out_off += static_cast<size_t>(r);
+          if (p.out_off == p.out.size()) p.phase = Probe::Phase::kReading;
+          continue;
+        }
+        break;
+      case Probe::Phase::kReading: {
+        char buf[1024];
+        r = SSL_read(ssl, buf, sizeof buf);
+        if (r > 0) {
+          p.in.append(buf, static_cast<size_t>(r));
+          const int status = StatusOf(p.in);
+          if (status == 0) continue;
+          if (status < 0) return Finish(p, false, "not an HTTP response", now_ms);
+          if (status < 400) return Finish(p, true, "", now_ms);
+          return Finish(p, false, "status " + std::to_string(status), now_ms);
+        }
+        break;
+      }
+      default:
+        return;
+    }
+    const int err = SSL_get_error(ssl, r);
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+      p.events = err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT;
+      return;
+    }
+    std::string why = "TLS: ";
+    const long verify = SSL_get_verify_result(ssl);
+    if (p.phase == Probe::Phase::kHandshaking && verify != X509_V_OK) {
+      why += "server certificate refused: ";
+      why += X509_verify_cert_error_string(verify);
+    } else if (err == SSL_ERROR_ZERO_RETURN || err == SSL_ERROR_SYSCALL) {
+      why += p.phase == Probe::Phase::kReading ? "closed without a response" : "connection closed";
+    } else {
+      char reason[160];
+      ERR_error_string_n(ERR_peek_error(), reason, sizeof reason);
+      why += reason;
+    }
+    ERR_clear_error();
+    return Finish(p, false, why, now_ms);
+  }
+}
+
 void HealthProber::Finish(Probe& p, bool passed, const std::string& why, uint64_t now_ms) {
+  p.ssl.reset();  // before the socket it writes to
   p.fd.reset();
   p.phase = Probe::Phase::kIdle;
   // Interval from start to start; a probe that took its whole timeout does

@@ -44,7 +44,7 @@ void UpstreamConnection::PumpPipe() {
     return EndSplice(true);
   }
   uint64_t added = 0;
-  SplicePipe::Status st = pipe_.Fill(fd_.get(), &added);
+  SplicePipe::Status st = pipe_.Fill(backend_fd(), &added);
   if (added > 0) {
     loop_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kUpstreamResponse),
                     cluster_->limits().response_timeout_ms);
@@ -53,8 +53,9 @@ void UpstreamConnection::PumpPipe() {
   }
   switch (st) {
     case SplicePipe::Status::kWaitSource:
-      return ArmPoll(fd_.get(), false);
+      return ArmPoll(backend_fd(), false);
     case SplicePipe::Status::kSourceEnded:
+      if (TlsSpliceStopped()) return;
       cluster_->metrics().resets.Inc();
       return EndSplice(false);
     default:
@@ -92,7 +93,7 @@ void UpstreamConnection::Pump() {
   const int client_fd = sink()->ResponseSpliceFd();
   if (client_fd < 0) return Abort();  // the client side can no longer take spliced bytes
   uint64_t moved = 0;
-  SplicePipe::Status st = pipe_.Run(fd_.get(), client_fd, sink()->ResponseSpliceReady(), &moved);
+  SplicePipe::Status st = pipe_.Run(backend_fd(), client_fd, sink()->ResponseSpliceReady(), &moved);
   if (moved > 0) {
     sink()->OnResponseSpliced(moved);
     if (sink() == nullptr || state_ != State::kActive) return;
@@ -103,13 +104,14 @@ void UpstreamConnection::Pump() {
     case SplicePipe::Status::kDone:
       break;
     case SplicePipe::Status::kWaitSource:
-      return ArmPoll(fd_.get(), false);
+      return ArmPoll(backend_fd(), false);
     case SplicePipe::Status::kWaitSink:
       // Either the socket is full (poll it) or the client still sends what
       // was queued before these bytes (OnSinkWritable resumes us).
       if (sink()->ResponseSpliceReady()) ArmPoll(client_fd, true);
       return;
     case SplicePipe::Status::kSourceEnded:
+      if (TlsSpliceStopped()) return;
       // The backend closed or failed before the promised length.
       cluster_->metrics().resets.Inc();
       return EndSplice(false);
@@ -130,13 +132,13 @@ void UpstreamConnection::Pump() {
 }
 
 void UpstreamConnection::ReadFraming() {
-  FramingStep step = ReadChunkFraming(fd_.get(), *parser_, [this](std::string_view framing) {
+  FramingStep step = ReadChunkFraming(backend_fd(), *parser_, [this](std::string_view framing) {
     sink()->OnResponseBody(framing);
     return sink() != nullptr && state_ == State::kActive;
   });
   switch (step.kind) {
     case FramingStep::kWaitReadable:
-      return ArmPoll(fd_.get(), false);
+      return ArmPoll(backend_fd(), false);
     case FramingStep::kStopped:
       return;
     case FramingStep::kSourceEnded:

@@ -47,12 +47,14 @@ bool UpstreamConnection::Connect(Cluster* cluster, size_t server) {
   inflight_ = 0;
   reused_ = false;
   connected_once_ = false;
+  tls_failed_ = false;
   exchange_ = nullptr;
   pipe_.Clear();
   // The object (and its parser) may come from the pool after a connection
   // whose response was refused: the parser's error is sticky, and a new
   // connection must not inherit it (every exchange would fail with it).
   if (parser_) parser_->Reset();
+  tls_on_ = cluster->tls() != nullptr;
   fd_.reset(StartConnect(*loop_, cluster->server(server).address, Tag(kConnect), cluster->log(),
                      "upstream", cluster->metrics()));
   if (fd_.get() < 0) {
@@ -92,7 +94,13 @@ void UpstreamConnection::Send(std::string_view bytes) {
   if (state_ == State::kActive) FlushSend();
 }
 
+int UpstreamConnection::fd() const {
+  if (!tls_on_) return fd_.get();
+  return tls_live_ && tls_->handshake_done() && tls_->tx_offloaded() ? tls_->fd() : -1;
+}
+
 void UpstreamConnection::ArmRecv() {
+  if (tls_on_) return TlsArmRecv();
   if (recv_inflight_ || fd_.get() < 0) return;
   if (state_ == State::kActive && sink() != nullptr &&
       sink()->ResponseBacklog() >= kMaxResponseBacklog) {
@@ -106,6 +114,7 @@ void UpstreamConnection::ArmRecv() {
 }
 
 void UpstreamConnection::FlushSend() {
+  if (tls_on_) return TlsFlush();
   if (send_inflight_ || fd_.get() < 0 || state_ != State::kActive) return;
   if (sending_off_ >= sending_.size()) {
     sending_.clear();
@@ -131,6 +140,7 @@ void UpstreamConnection::OnConnect(int res) {
     cluster_->metrics().connect_failures.Inc();
     return Fail(false);
   }
+  if (tls_on_) return StartTls();  // kActive once the server is verified
   state_ = State::kActive;
   connected_once_ = true;
   loop_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kUpstreamResponse),
@@ -161,27 +171,39 @@ void UpstreamConnection::OnRecv(int res, uint32_t flags) {
   ProvidedRecv recv(loop_->buffers(), res, flags);
   if (state_ == State::kClosed) return MaybeRelease();
   if (recv.no_buffer()) return loop_->NextTurn(Tag(kRetryRecv));
+  if (res <= 0) return OnPeerEnd(res < 0);
+  OnBytes(recv.data());
+  recv.Recycle();
+}
+
+void UpstreamConnection::OnPeerEnd(bool error) {
   if (state_ == State::kIdle) {
-    // A parked connection heard from its backend: a close, or bytes nobody
-    // asked for. Either way it is not reusable.
+    // A parked connection's backend closed: it is not reusable.
     cluster_->Forget(this);
     return CloseNow();
   }
-  if (res <= 0) {
-    if (head_done_ && parser_ && head_.body == http1::BodyKind::kUntilClose) {
-      // EOF is how this body ends.
-      resp_done_ = true;
-      reusable_ = false;
-      return Finish();
-    }
-    if (res < 0 || !got_bytes_ || head_done_) cluster_->metrics().resets.Inc();
-    return head_done_ ? Abort() : Fail(false);
+  if (state_ != State::kActive) return Fail(false);
+  if (head_done_ && parser_ && head_.body == http1::BodyKind::kUntilClose) {
+    // EOF is how this body ends.
+    resp_done_ = true;
+    reusable_ = false;
+    return Finish();
   }
+  if (error || !got_bytes_ || head_done_) cluster_->metrics().resets.Inc();
+  return head_done_ ? Abort() : Fail(false);
+}
+
+void UpstreamConnection::OnBytes(std::string_view data) {
+  if (state_ == State::kIdle) {
+    // A parked connection heard bytes nobody asked for: not reusable.
+    cluster_->Forget(this);
+    return CloseNow();
+  }
+  if (state_ != State::kActive) return;
   got_bytes_ = true;
   loop_->ArmTimer(&timer_, static_cast<uint8_t>(TimeoutKind::kUpstreamResponse),
                   cluster_->limits().response_timeout_ms);
-  HandleBytes(recv.data());
-  recv.Recycle();
+  HandleBytes(data);
   if (state_ == State::kActive && !resp_done_ && !pipe_.active()) ArmRecv();
 }
 
@@ -213,6 +235,13 @@ void UpstreamConnection::HandleBytes(std::string_view data) {
       size_t consumed_from_data =
           head_buf_.empty() ? head_.head_len : head_.head_len - (head_buf_.size() - data.size());
       const bool switching = head_.status == 101;
+      if (switching && tls_on_) {
+        // The tunnel takes a bare socket, and this one carries TLS.
+        cluster_->log().Log(ErrorLog::Level::kWarn, "upstream",
+                            "101 from a TLS upstream: upgrades over upstream TLS are not supported");
+        cluster_->metrics().resets.Inc();
+        return Fail(false);
+      }
       if (switching && !exchange_->request().upgrade) {
         // Nobody asked to switch: what follows is not HTTP for us to read.
         cluster_->log().Log(ErrorLog::Level::kWarn, "upstream", "101 to a request without Upgrade");
@@ -262,12 +291,12 @@ void UpstreamConnection::HandleBytes(std::string_view data) {
       return Finish();
     }
     if (data.empty() && decode && head_.body == http1::BodyKind::kContentLength &&
-        sink()->TakesResponsePipe()) {
+        SpliceFromBackend() && sink()->TakesResponsePipe()) {
       std::optional<uint64_t> n = SpliceLength(*parser_, true);
       // The sink frames the body itself and splices it out of the pipe.
       if (n) return StartPipe(*n);
     }
-    if (data.empty() && !decode && sink()->ResponseSpliceFd() >= 0) {
+    if (data.empty() && !decode && SpliceFromBackend() && sink()->ResponseSpliceFd() >= 0) {
       std::optional<uint64_t> n =
           SpliceLength(*parser_, head_.body == http1::BodyKind::kContentLength);
       // The rest of a large body (or of a body of large chunks) goes
@@ -400,6 +429,7 @@ void UpstreamConnection::CloseNow() {
   Loop::CancelTimer(&timer_);
   if (connect_inflight_) loop_->Cancel(Tag(kConnect));
   if (fd_.get() >= 0) shutdown(fd_.get(), SHUT_RDWR);
+  if (tls_live_) TlsClose();  // OnReleased follows
   MaybeRelease();
 }
 

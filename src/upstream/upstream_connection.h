@@ -1,6 +1,13 @@
-// A plain TCP connection from a worker to one backend server, carrying one
-// HTTP/1.1 exchange at a time, then parked in its cluster's keep-alive pool.
+// A connection from a worker to one backend server, carrying one HTTP/1.1
+// exchange at a time, then parked in its cluster's keep-alive pool.
 // Private to src/upstream: the rest of ktlb sees Exchange and Cluster.
+//
+// Its bytes go over one of two channels: the plain socket, driven here by
+// io_uring, or (the cluster has `tls`) the TLS transport in its client role
+// (upstream_tls.cc), which owns the socket once the TCP connect is done.
+// Everything above the channel (the HTTP/1.1 framing, pooling, backpressure,
+// timeouts) is one code path: bytes arrive in OnBytes / OnPeerEnd, leave
+// through out_ and FlushSend, and the backlog is SendBacklog().
 #pragma once
 
 #include <cstdint>
@@ -13,13 +20,15 @@
 #include "ktlb/http1.h"
 #include "ktlb/loop.h"
 #include "ktlb/splice_pipe.h"
+#include "ktlb/tls_transport.h"
 #include "ktlb/unique_fd.h"
 
 namespace ktlb::upstream {
 
 class UpstreamConnection final : public IoHandler,
                                  public DeadlineTarget,
-                                 private http1::BodyVisitor {
+                                 private http1::BodyVisitor,
+                                 private tls::TransportOwner {
  public:
   uint32_t slot_index = 0;
   uint16_t generation = 0;
@@ -46,13 +55,20 @@ class UpstreamConnection final : public IoHandler,
   void OnDeadline(uint8_t kind) override;
 
   size_t server() const { return server_; }
-  int fd() const { return fd_.get(); }
+  // The socket a request body may be spliced into: the plain one, or a TLS
+  // one whose TX the kernel encrypts (kTLS); -1 when bytes must go through
+  // the TLS transport.
+  int fd() const;
   bool connected() const { return state_ == State::kActive; }
   bool reused() const { return reused_; }
   // The connect succeeded (now or, pooled, earlier): request bytes may have
   // reached the backend.
   bool reached_server() const { return connected_once_; }
-  size_t SendBacklog() const { return out_.size() + (sending_.size() - sending_off_); }
+  // The TLS handshake with the server failed (no request byte left).
+  bool tls_failed() const { return tls_failed_; }
+  size_t SendBacklog() const {
+    return out_.size() + (sending_.size() - sending_off_) + (tls_live_ ? tls_->backlog() : 0);
+  }
   // A piped response body (StartPipe): bytes waiting in the pipe, and a
   // splice of up to `max` of them into `fd` (bytes moved, or -errno).
   size_t PipedBytes() const { return pipe_mode_ ? pipe_.in_pipe() : 0; }
@@ -66,6 +82,9 @@ class UpstreamConnection final : public IoHandler,
   uint64_t Tag(uint8_t op) const;
   void OnConnect(int res);
   void OnRecv(int res, uint32_t flags);
+  // What either channel received: response bytes, or the end of them.
+  void OnBytes(std::string_view data);
+  void OnPeerEnd(bool error);
   void OnSend(int res);
   void ArmRecv();
   void FlushSend();
@@ -98,6 +117,33 @@ class UpstreamConnection final : public IoHandler,
   void BeginHandOver(std::string_view already_read);
   void TryHandOver();
   ExchangeSink* sink() const { return exchange_ != nullptr ? exchange_->sink() : nullptr; }
+  // Whether the response may bypass the channel: a plain socket, or a TLS
+  // one whose RX the kernel decrypts (kTLS) with nothing of it read ahead.
+  bool SpliceFromBackend() const {
+    return !tls_on_ || (tls_live_ && tls_->rx_offloaded() && !tls_->recv_inflight() &&
+                        tls_->input().empty() && tls_->input_end() == tls::InputEnd::kNone);
+  }
+  // The socket the response is spliced from.
+  int backend_fd() const { return tls_on_ ? (tls_live_ ? tls_->fd() : -1) : fd_.get(); }
+  // A splice from a kTLS backend stopped at a record that is not data
+  // (EINVAL/EIO: an alert, a KeyUpdate, a ticket) or that the kernel refused:
+  // the transport reads or answers it; true when it took over.
+  bool TlsSpliceStopped();
+
+  // --- the TLS channel (upstream_tls.cc) ---
+  // After the TCP connect: hands the socket to the transport and starts
+  // the handshake (the connect timer covers it).
+  void StartTls();
+  void TlsFlush();
+  void TlsArmRecv();
+  void TlsClose();
+  // tls::TransportOwner.
+  void OnHandshakeDone() override;
+  void OnInput() override;
+  void OnWritable() override;
+  void OnTransportClosed(tls::CloseReason why) override;
+  void OnReleased() override;
+  tls::InputWanted WantsInput() const override;
 
   Cluster* cluster_ = nullptr;
   Loop* loop_ = nullptr;
@@ -118,6 +164,7 @@ class UpstreamConnection final : public IoHandler,
 
   bool reused_ = false;
   bool connected_once_ = false;
+  bool tls_failed_ = false;
   bool got_bytes_ = false;
   bool head_done_ = false;
   bool resp_done_ = false;
@@ -133,6 +180,14 @@ class UpstreamConnection final : public IoHandler,
   std::string head_buf_;
   std::string trailer_bytes_;  // a decoded chunked body's trailer section
   std::vector<http1::Header> trailers_;
+
+  // TLS channel: tls_on_ for the life of a connection to a TLS upstream;
+  // tls_live_ while the transport holds the socket (counted in inflight_).
+  // The transport is kept across reuses of this pooled object.
+  std::unique_ptr<tls::Transport> tls_;
+  bool tls_on_ = false;
+  bool tls_live_ = false;
+  std::string tls_rx_;  // plaintext taken from the transport, being parsed
 };
 
 }  // namespace ktlb::upstream
