@@ -147,6 +147,11 @@ class Cluster final : private IoHandler {
   size_t live() const { return connections_.live(); }
   // Drain: closes parked connections and parks no more.
   void Drain();
+  // Takes over what `previous` (the same upstream in the generation this
+  // one replaces: a reload, or new addresses for a host name) learnt about
+  // servers both have, matched by address: ejections and their backoff,
+  // and slow start. A server new to the list starts fresh.
+  void InheritFrom(const Cluster& previous);
 
  private:
   void OnCompletion(uint8_t op, int res, uint32_t flags) override;

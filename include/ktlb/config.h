@@ -186,6 +186,25 @@ enum class ProxyProtocol { kNone, kV2 };
 struct UpstreamServer {
   SocketAddress address;
   uint32_t weight = 1;  // 1..256: its share relative to the others
+  // The host name it was resolved from ("app.internal"), "" when the config
+  // wrote an address. `address.text` is then the resolved "10.0.0.7:9001".
+  std::string host;
+};
+
+// One element of `servers` as written: an address, or a host name that
+// resolves (server_names.h) to any number of addresses, each one server
+// with the entry's weight, as nginx does.
+struct ServerEntry {
+  std::string host;  // the name to resolve; "" when an address was written
+  uint16_t port = 0;
+  uint32_t weight = 1;
+  // Where it was written ("upstreams[0].servers[1]" and its line), for
+  // FILE:LINE: key when the name does not resolve.
+  std::string key;
+  uint32_t line = 0;
+  // An address: that one. A name: the last good answer, sorted by text;
+  // empty until resolved (a config only parsed, as by --check).
+  std::vector<SocketAddress> addresses;
 };
 
 // Active health checks: one prober per upstream per process.
@@ -213,7 +232,14 @@ struct EjectionConfig {
 
 struct UpstreamConfig {
   std::string name;
+  // The servers to balance over: `server_entries` expanded
+  // (ExpandServers), in the order written.
   std::vector<UpstreamServer> servers;
+  std::vector<ServerEntry> server_entries;
+  // Host names in `servers` are resolved again this often, off the workers;
+  // a changed answer puts a new server list in service. 0 = only when the
+  // config is loaded (startup, reload).
+  uint32_t resolve_interval_ms = 30'000;
   BalanceAlgorithm balance = BalanceAlgorithm::kRoundRobin;
   HashKeyConfig hash_key;     // kClientIp by default under maglev
   uint32_t hash_key_line = 0;  // where it was set, for route errors

@@ -117,6 +117,15 @@ struct UpstreamHealthMetrics {
   bool checked = false;  // has a prober (guarded by the registry's lock)
 };
 
+// Host names in an upstream's `servers`, re-resolved by the DNS refresher
+// (one writer: the control thread), by what the answer did.
+struct UpstreamDnsMetrics {
+  Counter changed;    // a new address set, put in service
+  Counter unchanged;
+  Counter failed;     // no answer: the last good addresses stay
+  bool used = false;  // the upstream names a host (guarded by the registry's lock)
+};
+
 struct WorkerMetrics {
   // By the registry's slot for a listener or upstream name (see
   // MetricsRegistry::Listener); grown under the registry's lock, never
@@ -170,6 +179,8 @@ class MetricsRegistry {
   UpstreamMetrics& Upstream(size_t worker, std::string_view name);
   // The process-wide health counters of upstream `name` (for its prober).
   UpstreamHealthMetrics& UpstreamHealth(std::string_view name);
+  // The DNS re-resolution counters of upstream `name` (control thread).
+  UpstreamDnsMetrics& UpstreamDns(std::string_view name);
   // A config was put in service (`ok`, at startup or on reload) or a reload
   // was refused; `certificates` are the running snapshot's (unchanged when
   // refused). `now_s` is unix time.
@@ -187,12 +198,14 @@ class MetricsRegistry {
               std::string_view name);
   // The process-wide health families (mu_ held).
   void RenderHealth(std::string* out) const;
+  void RenderDns(std::string* out) const;
   void RenderConfig(std::string* out) const;
 
   mutable std::mutex mu_;  // guards the name lists and the workers' deques' sizes
   MetricsLabels labels_;
   std::vector<std::unique_ptr<WorkerMetrics>> workers_;
   std::deque<UpstreamHealthMetrics> health_;  // by upstream slot
+  std::deque<UpstreamDnsMetrics> dns_;        // by upstream slot
   ConfigMetrics config_;  // guarded by mu_
 };
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "config_reloader.h"
+#include "dns_refresher.h"
 #include "ktlb/file_watch.h"
 #include "ktlb/server.h"
 #include "upgrade_handoff.h"
@@ -25,8 +26,9 @@ void WatchConfigFiles(FileWatch& watch, const std::vector<std::string>& files);
 // (returns kHandedOff). SIGHUP reloads, SIGUSR1 reopens the access log.
 // `watch` was set up before the running config was read: what changed since
 // is queued and reloads at once. `signal_fd` is a signalfd for SIGTERM,
-// SIGINT, SIGHUP and SIGUSR1, blocked in every thread.
+// SIGINT, SIGHUP and SIGUSR1, blocked in every thread. `dns` re-resolves
+// the running config's host names; its answers are applied here.
 int ControlLoop(int signal_fd, Server& server, ConfigReloader& reloader, FileWatch& watch,
-                UpgradeListener& upgrade);
+                UpgradeListener& upgrade, DnsRefresher& dns);
 
 }  // namespace ktlb

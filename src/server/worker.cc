@@ -89,6 +89,13 @@ absl::StatusOr<std::unique_ptr<Generation>> Worker::BuildGeneration(
     gen->clusters_.push_back(std::make_unique<upstream::Cluster>(
         uc, limits, id_, &loop_, &error_log_, &registry_->Upstream(id_, uc.name),
         metrics_->timeouts.data(), health_ != nullptr ? health_->Board(uc) : nullptr));
+    // A server ejected a moment ago is still failing: a reload, or a host
+    // name's new address set, must not hand it a fresh set of attempts.
+    if (current_ != nullptr) {
+      for (const auto& old : current_->clusters()) {
+        if (old->name() == uc.name) gen->clusters_.back()->InheritFrom(*old);
+      }
+    }
   }
   return gen;
 }

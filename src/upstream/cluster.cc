@@ -134,6 +134,19 @@ bool Cluster::Admit(size_t server, uint64_t now_ms) {
   return draw < SlowStartFactor(elapsed, slow_start_ms_);
 }
 
+void Cluster::InheritFrom(const Cluster& previous) {
+  for (size_t i = 0; i < servers_.size(); ++i) {
+    for (size_t j = 0; j < previous.servers_.size(); ++j) {
+      if (previous.servers_[j].address.text != servers_[i].address.text) continue;
+      ejection_[i] = previous.ejection_[j];
+      back_since_ms_[i] = previous.back_since_ms_[j];
+      available_.set(i, previous.available_.test(j));
+      break;
+    }
+  }
+  next_readmit_ms_ = 0;  // the next Pick recomputes availability
+}
+
 void Cluster::ReportFailure(size_t server) {
   const uint64_t now_ms = loop_->now_ms();
   if (!ejection_[server].OnFailure(eject_, now_ms)) return;

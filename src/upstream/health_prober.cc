@@ -78,6 +78,12 @@ HealthProber::HealthProber(const UpstreamConfig& upstream, std::shared_ptr<Healt
 
 HealthProber::~HealthProber() { Stop(); }
 
+void HealthProber::SeedDown(size_t i) {
+  probes_[i]->counter.SeedDown();
+  board_->Set(i, false);
+  if (metrics_ != nullptr) metrics_->healthy.Set(board_->healthy());
+}
+
 bool HealthProber::Start() {
   wake_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (wake_.get() < 0) return false;
