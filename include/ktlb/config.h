@@ -186,14 +186,12 @@ enum class ProxyProtocol { kNone, kV2 };
 struct UpstreamServer {
   SocketAddress address;
   uint32_t weight = 1;  // 1..256: its share relative to the others
-  // The host name it was resolved from ("app.internal"), "" when the config
-  // wrote an address. `address.text` is then the resolved "10.0.0.7:9001".
-  std::string host;
 };
 
 // One element of `servers` as written: an address, or a host name that
 // resolves (server_names.h) to any number of addresses, each one server
-// with the entry's weight, as nginx does.
+// with the entry's weight, as nginx does; such a server's `address.text` is
+// the resolved address ("10.0.0.7:9001"), its name stays here.
 struct ServerEntry {
   std::string host;  // the name to resolve; "" when an address was written
   uint16_t port = 0;

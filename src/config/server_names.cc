@@ -96,7 +96,7 @@ void ExpandServers(UpstreamConfig* upstream) {
   upstream->servers.clear();
   for (const ServerEntry& e : upstream->server_entries) {
     for (const SocketAddress& a : e.addresses) {
-      upstream->servers.push_back(UpstreamServer{a, e.weight, e.host});
+      upstream->servers.push_back(UpstreamServer{a, e.weight});
     }
   }
 }

@@ -17,6 +17,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import time
 
 import harness
@@ -130,7 +131,10 @@ class DnsServersTest(harness.KtlbTestCase):
                                   result="changed"), 0)
 
         self.write_hosts("127.0.0.3 app.ktlb.test\n")
+        changed_at = time.monotonic()
         self.wait_for("traffic on the new address", lambda: self.origin_of(k) == "b")
+        print(f"\n[dns] new connections reach the new address {time.monotonic() - changed_at:.2f} s "
+              "after the hosts file changed (resolve_interval_ms = 200)", file=sys.stderr)
         for _ in range(5):
             self.assertEqual(self.origin_of(k), "b")
         self.assertEqual(k.metric("ktlb_upstream_dns_resolutions_total", upstream="app",
@@ -161,6 +165,33 @@ class DnsServersTest(harness.KtlbTestCase):
         self.write_hosts("127.0.0.3 app.ktlb.test\n")
         self.wait_for("recovery", lambda: self.origin_of(k) == "b" and self.origin_of(k) == "b")
         self.assertIn('"app.ktlb.test" resolves again', k.log())
+
+    def test_ejection_survives_a_new_address_set(self):
+        """A server ejected before the name's answer grew stays ejected in the
+        new server list: the swap does not hand it fresh attempts."""
+        port = harness.free_port()
+        # 127.0.0.2 has no origin: connects are refused there.
+        self.origin_at("127.0.0.3", port, "b")
+        self.origin_at("127.0.0.4", port, "c")
+        self.write_hosts("127.0.0.2 app.ktlb.test\n127.0.0.3 app.ktlb.test\n")
+        k = self.ktlb(self.config(
+            f'["app.ktlb.test:{port}"]',
+            "resolve_interval_ms = 200\n"
+            "eject = { consecutive_failures = 1, base_ms = 60000, max_ms = 60000 }\n"))
+        for _ in range(4):
+            self.assertEqual(self.origin_of(k), "b")  # refused on .2, retried on .3
+        self.assertEqual(k.metric("ktlb_upstream_ejections_total", upstream="app"), 1)
+        failures = k.metric("ktlb_upstream_connect_failures_total", upstream="app")
+        self.assertGreaterEqual(failures, 1)
+
+        self.write_hosts("127.0.0.2 app.ktlb.test\n127.0.0.3 app.ktlb.test\n"
+                         "127.0.0.4 app.ktlb.test\n")
+        self.wait_for("the third address in service", lambda: self.origin_of(k) == "c")
+        seen = {self.origin_of(k) for _ in range(8)}
+        self.assertEqual(seen, {"b", "c"})
+        self.assertEqual(k.metric("ktlb_upstream_ejections_total", upstream="app"), 1)
+        self.assertEqual(k.metric("ktlb_upstream_connect_failures_total", upstream="app"),
+                         failures, "the ejected server was tried again after the swap")
 
     def test_check_needs_no_dns_and_start_fails_with_file_line(self):
         port = harness.free_port()
