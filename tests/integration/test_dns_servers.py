@@ -36,6 +36,8 @@ def _setns(fd):
 class DnsServersTest(harness.KtlbTestCase):
     def setUp(self):
         super().setUp()
+        if os.geteuid() != 0:
+            self.skipTest("network namespaces need root")
         self.ns = f"ktlbdns{os.getpid()}x{time.monotonic_ns() % 100000}"
         self.ns_dir = f"/etc/netns/{self.ns}"
         self.hosts = os.path.join(self.ns_dir, "hosts")
