@@ -30,6 +30,7 @@
 #include "ktlb/file_watch.h"
 #include "ktlb/privileges.h"
 #include "ktlb/server.h"
+#include "ktlb/server_names.h"
 #include "ktlb/snapshot.h"
 #include "ktlb/tls.h"
 #include "ktlb/unique_fd.h"
@@ -104,6 +105,17 @@ int main(int argc, char** argv) {
   if (check) {
     fprintf(stderr, "%s: ok\n", config_path.c_str());
     return 0;
+  }
+  // Host names in upstreams' servers: resolved now, before anything
+  // listens (--check stops above and never asks DNS). A name that does not
+  // resolve stops the start with FILE:LINE, as nginx does.
+  if (ktlb::HasServerNames(**config)) {
+    auto resolved = ktlb::ResolveServerNames(*config, nullptr, ktlb::ResolveHost, nullptr);
+    if (!resolved.ok()) {
+      fprintf(stderr, "%s\n", std::string(resolved.status().message()).c_str());
+      return 1;
+    }
+    snapshot = ktlb::WithConfig(**snapshot, *resolved);
   }
 
   // Large body buffers are recycled per connection; keep glibc from handing
@@ -195,8 +207,15 @@ int main(int argc, char** argv) {
   ktlb::ConfigReloader reloader(config_path, ticket_keys, &server, *snapshot);
   reloader.RecordStartup();
   sd_notify(0, "READY=1\nSTATUS=serving");
-  int sig =
-      ktlb::ControlLoop(signal_fd.get(), server, reloader, watch, upgrade_listener, successor);
+  ktlb::DnsRefresher dns;
+  if (absl::Status s = dns.Start(); !s.ok()) {
+    fprintf(stderr, "ktlb: WARNING: host names in servers are not re-resolved: %s\n",
+            std::string(s.message()).c_str());
+  }
+  dns.Track(reloader.running_config());
+  int sig = ktlb::ControlLoop(signal_fd.get(), server, reloader, watch, upgrade_listener,
+                              successor, dns);
+  dns.Stop();
   const char* why = sig == ktlb::kHandedOff ? "handed off to a new process" : strsignal(sig);
   // After a hand-off the unit lives on in the successor: STOPPING=1 from
   // here would stop it (the unit accepts every process's notifications).

@@ -40,6 +40,7 @@ int StartConnect(Loop& loop, const SocketAddress& address, uint64_t tag, ErrorLo
 struct Server {
   SocketAddress address;  // .text is how logs and the access log name it
   uint32_t weight = 1;
+  std::string host = "";  // the name it was resolved from, "" for an address
 };
 
 class Cluster final : private IoHandler {
@@ -164,6 +165,11 @@ class Cluster final : private IoHandler {
   size_t live() const { return connections_.live(); }
   // Drain: closes parked connections and parks no more.
   void Drain();
+  // Takes over what `previous` (the same upstream in the generation this
+  // one replaces: a reload, or new addresses for a host name) learnt about
+  // servers both have, matched by address: ejections and their backoff,
+  // and slow start. A server new to the list starts fresh.
+  void InheritFrom(const Cluster& previous);
 
   // --- upstream TLS (the upstream's `tls`) ---
   // The snapshot's client context (null: plain TCP); `kernel_ktls`: the

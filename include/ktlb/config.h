@@ -209,6 +209,26 @@ struct UpstreamTlsConfig {
 struct UpstreamServer {
   SocketAddress address;
   uint32_t weight = 1;  // 1..256: its share relative to the others
+  // The host name it was resolved from ("" for an address): upstream TLS
+  // verifies the server's certificate against it when `sni` is not set.
+  std::string host = "";
+};
+
+// One element of `servers` as written: an address, or a host name that
+// resolves (server_names.h) to any number of addresses, each one server
+// with the entry's weight, as nginx does; such a server's `address.text` is
+// the resolved address ("10.0.0.7:9001"), its name stays here.
+struct ServerEntry {
+  std::string host;  // the name to resolve; "" when an address was written
+  uint16_t port = 0;
+  uint32_t weight = 1;
+  // Where it was written ("upstreams[0].servers[1]" and its line), for
+  // FILE:LINE: key when the name does not resolve.
+  std::string key;
+  uint32_t line = 0;
+  // An address: that one. A name: the last good answer, sorted by text;
+  // empty until resolved (a config only parsed, as by --check).
+  std::vector<SocketAddress> addresses;
 };
 
 // Active health checks: one prober per upstream per process.
@@ -236,7 +256,14 @@ struct EjectionConfig {
 
 struct UpstreamConfig {
   std::string name;
+  // The servers to balance over: `server_entries` expanded
+  // (ExpandServers), in the order written.
   std::vector<UpstreamServer> servers;
+  std::vector<ServerEntry> server_entries;
+  // Host names in `servers` are resolved again this often, off the workers;
+  // a changed answer puts a new server list in service. 0 = only when the
+  // config is loaded (startup, reload).
+  uint32_t resolve_interval_ms = 30'000;
   BalanceAlgorithm balance = BalanceAlgorithm::kRoundRobin;
   HashKeyConfig hash_key;     // kClientIp by default under maglev
   uint32_t hash_key_line = 0;  // where it was set, for route errors

@@ -44,6 +44,9 @@ class HealthCounter {
     }
     return state_ != before && !(before == State::kUnknown && state_ == State::kUp);
   }
+  // Carries a verdict over from an earlier prober of the same server (its
+  // upstream's server list changed): a down server needs `rise` passes.
+  void SeedDown() { state_ = State::kDown; }
   State state() const { return state_; }
   bool down() const { return state_ == State::kDown; }
   // Passes or failures in a row, whichever the last probe was.

@@ -37,6 +37,9 @@ class HealthProber {
   HealthProber(const HealthProber&) = delete;
   HealthProber& operator=(const HealthProber&) = delete;
 
+  // Before Start: server `i` is known down (from the prober this one
+  // replaces); it comes back after `rise` passed probes, as it would have.
+  void SeedDown(size_t i);
   // Starts the thread; false if its wake-up eventfd could not be made.
   bool Start();
   // Wakes the thread and joins it; probes in flight are dropped.

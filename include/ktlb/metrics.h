@@ -196,6 +196,15 @@ struct UpstreamHealthMetrics {
   std::deque<ServerHealthMetrics> servers;  // by server slot, as UpstreamMetrics::servers
 };
 
+// Host names in an upstream's `servers`, re-resolved by the DNS refresher
+// (one writer: the control thread), by what the answer did.
+struct UpstreamDnsMetrics {
+  Counter changed;    // a new address set, put in service
+  Counter unchanged;
+  Counter failed;     // no answer: the last good addresses stay
+  bool used = false;  // the upstream names a host (guarded by the registry's lock)
+};
+
 struct WorkerMetrics {
   // By the registry's slot for a listener or upstream name (see
   // MetricsRegistry::Listener); grown under the registry's lock, never
@@ -255,6 +264,8 @@ class MetricsRegistry {
   ServerHealthMetrics& ServerHealth(std::string_view upstream, std::string_view server);
   // The process-wide health counters of upstream `name` (for its prober).
   UpstreamHealthMetrics& UpstreamHealth(std::string_view name);
+  // The DNS re-resolution counters of upstream `name` (control thread).
+  UpstreamDnsMetrics& UpstreamDns(std::string_view name);
   // A config was put in service (`ok`, at startup or on reload) or a reload
   // was refused; `certificates` are the running snapshot's (unchanged when
   // refused). `now_s` is unix time.
@@ -275,6 +286,7 @@ class MetricsRegistry {
   // The per-server families (mu_ held).
   void RenderServers(std::string* out) const;
   size_t ServerSlot(size_t upstream_slot, std::string_view server);  // mu_ held
+  void RenderDns(std::string* out) const;
   void RenderConfig(std::string* out) const;
 
   mutable std::mutex mu_;  // guards the name lists and the workers' deques' sizes
@@ -283,6 +295,7 @@ class MetricsRegistry {
   std::deque<UpstreamHealthMetrics> health_;  // by upstream slot
   // Server addresses by upstream slot, then server slot.
   std::vector<std::vector<std::string>> server_names_;
+  std::deque<UpstreamDnsMetrics> dns_;        // by upstream slot
   ConfigMetrics config_;  // guarded by mu_
 };
 

@@ -52,4 +52,11 @@ struct Snapshot {
 absl::StatusOr<std::shared_ptr<const Snapshot>> BuildSnapshot(std::shared_ptr<const Config> config,
                                                               const tls::TicketKeys& keys);
 
+// `running` with `config` in its place, sharing everything loaded (the
+// certificates, ticket keys and client CAs it read): for a config that
+// differs only in the servers its host names resolved to, so a DNS change
+// reads no file and picks up no half-written certificate.
+std::shared_ptr<const Snapshot> WithConfig(const Snapshot& running,
+                                           std::shared_ptr<const Config> config);
+
 }  // namespace ktlb

@@ -114,6 +114,14 @@ ServerHealthMetrics& MetricsRegistry::ServerHealth(std::string_view upstream,
   return servers[s];
 }
 
+UpstreamDnsMetrics& MetricsRegistry::UpstreamDns(std::string_view name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  size_t slot = Slot(&labels_.upstreams, name);
+  while (dns_.size() <= slot) dns_.emplace_back();
+  dns_[slot].used = true;
+  return dns_[slot];
+}
+
 namespace {
 
 // Sums one counter over every worker. `pick` gives a worker's counter, or
@@ -383,6 +391,7 @@ std::string MetricsRegistry::Render() const {
                [](const UpstreamMetrics& m) -> const Counter& { return m.tls.ktls_rx; });
   RenderHealth(&out);
   RenderServers(&out);
+  RenderDns(&out);
   RenderConfig(&out);
 
   Family(&out, "ktlb_error_log_lines_total", "counter",
@@ -572,6 +581,23 @@ void MetricsRegistry::RenderHealth(std::string* out) const {
     if (!health_[i].checked) continue;
     absl::StrAppend(out, "ktlb_upstream_servers_healthy{upstream=\"", U[i], "\"} ",
                     health_[i].healthy.Get(), "\n");
+  }
+}
+
+void MetricsRegistry::RenderDns(std::string* out) const {
+  const auto& U = labels_.upstreams;
+  Family(out, "ktlb_upstream_dns_resolutions_total", "counter",
+         "Host names in an upstream's servers resolved again, by result: changed (a new server "
+         "list went in service), unchanged, failed (the last good addresses stay).");
+  for (size_t i = 0; i < dns_.size() && i < U.size(); ++i) {
+    if (!dns_[i].used) continue;
+    for (const auto& [result, counter] :
+         {std::pair<const char*, const Counter*>{"changed", &dns_[i].changed},
+          {"unchanged", &dns_[i].unchanged},
+          {"failed", &dns_[i].failed}}) {
+      absl::StrAppend(out, "ktlb_upstream_dns_resolutions_total{upstream=\"", U[i],
+                      "\",result=\"", result, "\"} ", counter->Get(), "\n");
+    }
   }
 }
 

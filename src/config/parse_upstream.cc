@@ -9,7 +9,9 @@
 #include <tuple>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "ktlb/server_names.h"
 #include "parse_internal.h"
 
 namespace ktlb::config_internal {
@@ -32,37 +34,58 @@ bool IsToken(std::string_view s) {
   });
 }
 
+// The address of one `servers` element: an IPv4 or bracketed IPv6 address
+// (or "localhost", fixed to 127.0.0.1 as everywhere in the config) taken as
+// it is, or a host name, resolved once the config is in hand (never by
+// --check: server_names.h).
+absl::Status ReadServerAddress(const Section& s, const std::string& key, const StringNode& node,
+                               ServerEntry* out) {
+  const std::string& text = node.get();
+  absl::StatusOr<HostPort> split = SplitHostPort(text);
+  if (!split.ok()) return s.ctx().Error(LineOf(node), key, Sv(split.status().message()));
+  if (!split->bracketed && IsHostName(split->host) &&
+      !absl::EqualsIgnoreCase(split->host, "localhost")) {
+    out->host = absl::AsciiStrToLower(split->host);
+    out->port = split->port;
+  } else {
+    absl::StatusOr<SocketAddress> parsed = ParseSocketAddress(text);
+    if (!parsed.ok() && !split->bracketed) {
+      return s.ctx().Error(LineOf(node), key,
+                           absl::StrCat("invalid address ", Quote(text),
+                                        ": host must be an IPv4 address, a bracketed IPv6 "
+                                        "address or a host name"));
+    }
+    if (!parsed.ok()) return s.ctx().Error(LineOf(node), key, Sv(parsed.status().message()));
+    out->port = PortOf(*parsed);
+    out->addresses.push_back(*std::move(parsed));
+  }
+  if (out->port == 0) return s.ctx().Error(LineOf(node), key, "port 0 cannot be connected to");
+  return absl::OkStatus();
+}
+
 // One `servers` element: "host:port", or { address = "host:port", weight = N }
 // when one backend should take a larger share.
-absl::Status ReadServerEntry(const Section& s, size_t i, const toml::node& node, UpstreamServer* out) {
-  const std::string key = s.ElementKey("servers", i);
-  const StringNode* address = node.as_string();
+absl::Status ReadServerEntry(const Section& s, size_t i, const toml::node& node, ServerEntry* out) {
+  out->key = s.ElementKey("servers", i);
+  out->line = LineOf(node);
   if (const toml::table* table = node.as_table(); table != nullptr) {
-    Section t(s.ctx(), *table, key);
+    Section t(s.ctx(), *table, out->key);
     if (absl::Status st = t.CheckKnownKeys({"address", "weight"}); !st.ok()) return st;
     absl::StatusOr<const StringNode*> a = t.RequiredString("address");
     if (!a.ok()) return a.status();
-    address = *a;
     if (absl::Status st = t.Uint32("weight", 1, kMaxServerWeight, &out->weight); !st.ok()) {
       return st;
     }
-    if (absl::Status st = ParseAddressAt(t, "address", *address, &out->address); !st.ok()) {
-      return st;
-    }
-  } else if (address != nullptr) {
-    absl::StatusOr<SocketAddress> parsed = ParseSocketAddress(address->get());
-    if (!parsed.ok()) return s.ctx().Error(LineOf(node), key, Sv(parsed.status().message()));
-    out->address = *std::move(parsed);
-  } else {
-    return s.ctx().Error(LineOf(node), key,
-                         absl::StrCat("expected a string or a table { address, weight }, got ",
-                                      Av(TypeName(node.type()))));
+    out->line = LineOf(**a);
+    out->key += ".address";
+    return ReadServerAddress(s, out->key, **a, out);
   }
-  if (PortOf(out->address) == 0) {
-    return s.ctx().Error(LineOf(*address), node.is_table() ? key + ".address" : key,
-                         "port 0 cannot be connected to");
+  if (const StringNode* address = node.as_string(); address != nullptr) {
+    return ReadServerAddress(s, out->key, *address, out);
   }
-  return absl::OkStatus();
+  return s.ctx().Error(LineOf(node), out->key,
+                       absl::StrCat("expected a string or a table { address, weight }, got ",
+                                    Av(TypeName(node.type()))));
 }
 
 absl::Status ReadServers(const Section& s, UpstreamConfig* upstream) {
@@ -72,11 +95,13 @@ absl::Status ReadServers(const Section& s, UpstreamConfig* upstream) {
   if (servers == nullptr) return s.WrongType(*node, "servers", "an array of servers");
   if (servers->empty()) return s.ErrorAt(*servers, "servers", "must list at least one server");
   for (size_t i = 0; i < servers->size(); ++i) {
-    UpstreamServer server;
-    if (absl::Status st = ReadServerEntry(s, i, (*servers)[i], &server); !st.ok()) return st;
-    upstream->servers.push_back(std::move(server));
+    ServerEntry entry;
+    if (absl::Status st = ReadServerEntry(s, i, (*servers)[i], &entry); !st.ok()) return st;
+    upstream->server_entries.push_back(std::move(entry));
   }
-  return absl::OkStatus();
+  // Names stay unresolved here: their servers join at ResolveServerNames.
+  ExpandServers(upstream);
+  return s.Uint32("resolve_interval_ms", 0, kMaxDurationMs, &upstream->resolve_interval_ms);
 }
 
 // hash_key = "client_ip" | "header:NAME" | "cookie:NAME": what maglev hashes.
@@ -292,7 +317,7 @@ absl::Status ReadUpstream(const Section& s, NameSet* names, UpstreamConfig* upst
           {"name", "servers", "balance", "hash_key", "max_idle_per_server", "proxy_protocol", "health",
            "try_timeout_ms",
            "eject", "slow_start_ms", "max_conns_per_server", "queue_timeout_ms",
-           "retry_budget", "tls"});
+           "retry_budget", "tls", "resolve_interval_ms"});
       !st.ok()) {
     return st;
   }

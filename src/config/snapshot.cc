@@ -49,4 +49,12 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> BuildSnapshot(std::shared_ptr<co
   return std::shared_ptr<const Snapshot>(std::move(snapshot));
 }
 
+std::shared_ptr<const Snapshot> WithConfig(const Snapshot& running,
+                                           std::shared_ptr<const Config> config) {
+  auto snapshot =
+      std::make_shared<Snapshot>(std::move(config), running.certificates, running.ticket_keys);
+  snapshot->listener_client_auth = running.listener_client_auth;
+  return snapshot;
+}
+
 }  // namespace ktlb

@@ -3,7 +3,9 @@
 // Deliberately no DNS: the config is validated before anything listens, and a
 // resolver answer that changes between --check and startup (or between
 // reloads) would make validation meaningless. "localhost" is the one name we
-// accept, because every test config uses it and its meaning is fixed.
+// accept, because every test config uses it and its meaning is fixed. Host
+// names in an upstream's `servers` are the exception, resolved apart
+// (server_names.h) and never by --check.
 
 #include <arpa/inet.h>
 #include <sys/socket.h>
@@ -17,6 +19,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "ktlb/config.h"
+#include "ktlb/server_names.h"
 
 namespace ktlb {
 namespace {
@@ -45,11 +48,10 @@ bool ParsePort(std::string_view s, uint16_t* port) {
 
 }  // namespace
 
-absl::StatusOr<SocketAddress> ParseSocketAddress(std::string_view text) {
+absl::StatusOr<HostPort> SplitHostPort(std::string_view text) {
+  HostPort out;
   std::string_view host;
   std::string_view port_text;
-  bool bracketed = false;
-
   if (!text.empty() && text.front() == '[') {
     const size_t close = text.find(']');
     if (close == std::string_view::npos) return Invalid(text, "missing ']' after IPv6 address");
@@ -59,7 +61,7 @@ absl::StatusOr<SocketAddress> ParseSocketAddress(std::string_view text) {
       return Invalid(text, "expected \":port\" after ']'");
     }
     port_text = rest.substr(1);
-    bracketed = true;
+    out.bracketed = true;
   } else {
     const size_t colon = text.rfind(':');
     if (colon == std::string_view::npos) {
@@ -71,19 +73,27 @@ absl::StatusOr<SocketAddress> ParseSocketAddress(std::string_view text) {
       return Invalid(text, "IPv6 addresses must be in brackets, e.g. \"[::1]:8443\"");
     }
   }
-
   if (host.empty()) return Invalid(text, "missing host");
-  uint16_t port = 0;
-  if (!ParsePort(port_text, &port)) {
+  if (!ParsePort(port_text, &out.port)) {
     return Invalid(text, "port must be a number between 0 and 65535");
   }
+  out.host = std::string(host);
+  return out;
+}
+
+absl::StatusOr<SocketAddress> ParseSocketAddress(std::string_view text) {
+  absl::StatusOr<HostPort> split = SplitHostPort(text);
+  if (!split.ok()) return split.status();
+  const bool bracketed = split->bracketed;
+  const std::string& host = split->host;
+  const uint16_t port = split->port;
 
   SocketAddress out;
   out.text = std::string(text);
   if (bracketed) {
     sockaddr_in6 sin6{};
     // The host part is copied so inet_pton gets a NUL-terminated string.
-    if (inet_pton(AF_INET6, std::string(host).c_str(), &sin6.sin6_addr) != 1) {
+    if (inet_pton(AF_INET6, host.c_str(), &sin6.sin6_addr) != 1) {
       return Invalid(text, "not a valid IPv6 address");
     }
     sin6.sin6_family = AF_INET6;
@@ -94,9 +104,9 @@ absl::StatusOr<SocketAddress> ParseSocketAddress(std::string_view text) {
   }
 
   sockaddr_in sin{};
-  if (absl::EqualsIgnoreCase(absl::string_view(host.data(), host.size()), "localhost")) {
+  if (absl::EqualsIgnoreCase(host, "localhost")) {
     sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  } else if (inet_pton(AF_INET, std::string(host).c_str(), &sin.sin_addr) != 1) {
+  } else if (inet_pton(AF_INET, host.c_str(), &sin.sin_addr) != 1) {
     return Invalid(text, "host must be an IPv4 address, a bracketed IPv6 address or \"localhost\" "
                          "(names are not resolved)");
   }

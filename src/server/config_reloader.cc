@@ -4,6 +4,8 @@
 #include <ctime>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "ktlb/server_names.h"
 
 namespace ktlb {
 
@@ -47,8 +49,15 @@ void ConfigReloader::Record(bool ok) {
 }
 
 absl::StatusOr<std::shared_ptr<const Snapshot>> ConfigReloader::Build() const {
-  auto config = LoadConfigFile(config_path_);
+  auto loaded = LoadConfigFile(config_path_);
+  if (!loaded.ok()) return loaded.status();
+  // Host names are resolved here, on the control thread (a reload waits for
+  // DNS, the workers do not). One that does not resolve keeps the running
+  // config's answer when it has one.
+  std::vector<std::string> notes;
+  auto config = ResolveServerNames(*loaded, running_->config.get(), ResolveHost, &notes);
   if (!config.ok()) return config.status();
+  for (const std::string& n : notes) fprintf(stderr, "ktlb: reload: %s\n", n.c_str());
   auto snapshot = BuildSnapshot(*config, keys_);
   if (!snapshot.ok()) return snapshot.status();
   // What a worker would build, built once here: a TLS setting OpenSSL
@@ -98,6 +107,72 @@ bool ConfigReloader::Reload(const char* trigger) {
   }
   fprintf(stderr, "ktlb: reload (%s): config %s in service\n", trigger, config_path_.c_str());
   Record(true);
+  return true;
+}
+
+namespace {
+
+std::string AddressList(const std::vector<SocketAddress>& addresses) {
+  return absl::StrJoin(addresses, ", ", [](std::string* out, const SocketAddress& a) {
+    out->append(a.text);
+  });
+}
+
+}  // namespace
+
+bool ConfigReloader::ApplyDnsAnswers(std::vector<DnsAnswer> answers) {
+  std::shared_ptr<Config> next;  // a copy of the running config, once something changed
+  for (DnsAnswer& a : answers) {
+    const Config& cfg = next ? *next : *running_->config;
+    const UpstreamConfig* u = cfg.FindUpstream(a.upstream);
+    const ServerEntry* entry = nullptr;
+    if (u != nullptr) {
+      for (const ServerEntry& e : u->server_entries) {
+        if (e.host == a.host && e.port == a.port) entry = &e;
+      }
+    }
+    if (entry == nullptr) continue;  // asked for a config reloaded since
+    UpstreamDnsMetrics& m = server_->mutable_metrics().UpstreamDns(a.upstream);
+    const std::string name = absl::StrCat(a.host, ":", a.port);
+    const std::string id = absl::StrCat(a.upstream, " ", name);
+    if (!a.addresses.ok()) {
+      m.failed.Inc();
+      if (dns_failing_.insert(id).second) {
+        fprintf(stderr, "ktlb: dns: upstream \"%s\": cannot resolve \"%s\" (%s): keeping %s\n",
+                a.upstream.c_str(), a.host.c_str(), std::string(a.addresses.status().message()).c_str(),
+                AddressList(entry->addresses).c_str());
+      }
+      continue;
+    }
+    if (dns_failing_.erase(id) > 0) {
+      fprintf(stderr, "ktlb: dns: upstream \"%s\": \"%s\" resolves again\n", a.upstream.c_str(),
+              a.host.c_str());
+    }
+    NormalizeAddresses(&*a.addresses);
+    if (SameAddresses(entry->addresses, *a.addresses)) {
+      m.unchanged.Inc();
+      continue;
+    }
+    const std::string before = AddressList(entry->addresses);
+    if (!next) next = std::make_shared<Config>(*running_->config);
+    for (UpstreamConfig& nu : next->upstreams) {
+      if (nu.name == a.upstream) MergeAnswer(&nu, a.host, a.port, *a.addresses);
+    }
+    m.changed.Inc();
+    fprintf(stderr, "ktlb: dns: upstream \"%s\": %s is now %s (was %s)\n", a.upstream.c_str(),
+            name.c_str(), AddressList(*a.addresses).c_str(), before.c_str());
+  }
+  if (!next) return false;
+  std::shared_ptr<const Snapshot> snapshot = WithConfig(*running_, std::move(next));
+  Server::InstallResult r = server_->Install(snapshot);
+  if (r.refused > 0 && r.applied + r.late == 0) {
+    // Nothing but the servers differ, so this is unexpected; the answers
+    // come again at the next interval.
+    fprintf(stderr, "ktlb: dns: every worker refused the new server list (the worker log above "
+            "says why); keeping the running one\n");
+    return false;
+  }
+  running_ = std::move(snapshot);
   return true;
 }
 

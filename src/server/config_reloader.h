@@ -9,6 +9,7 @@
 #pragma once
 
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "ktlb/server.h"
 #include "ktlb/snapshot.h"
 #include "ktlb/tls.h"
+#include "dns_refresher.h"
 
 namespace ktlb {
 
@@ -33,6 +35,14 @@ class ConfigReloader {
   bool Reload(const char* trigger);
   // The files whose change should trigger a reload: those of the running config.
   std::vector<std::string> FilesToWatch() const { return running_->config->FilesRead(); }
+  const Config& running_config() const { return *running_->config; }
+  // Merges re-resolved host names into the running config. When a name's
+  // address set changed, the workers get a snapshot with the new servers
+  // (everything else shared with the running one), one log line per change;
+  // a name that stops resolving keeps its last good addresses (logged when
+  // it starts failing and when it recovers). Every answer is counted in
+  // ktlb_upstream_dns_resolutions_total. True if a new snapshot went in.
+  bool ApplyDnsAnswers(std::vector<DnsAnswer> answers);
 
  private:
   absl::StatusOr<std::shared_ptr<const Snapshot>> Build() const;
@@ -42,6 +52,8 @@ class ConfigReloader {
   tls::TicketKeys keys_;
   Server* server_;
   std::shared_ptr<const Snapshot> running_;
+  // "upstream host:port" of names whose last lookup failed: logged once.
+  std::set<std::string> dns_failing_;
 };
 
 }  // namespace ktlb

@@ -43,7 +43,7 @@ void WatchConfigFiles(FileWatch& watch, const std::vector<std::string>& files) {
 }
 
 int ControlLoop(int signal_fd, Server& server, ConfigReloader& reloader, FileWatch& watch,
-                UpgradeListener& upgrade, Successor& successor) {
+                UpgradeListener& upgrade, Successor& successor, DnsRefresher& dns) {
   using Clock = std::chrono::steady_clock;
   // A change reloads once the files have been quiet for kDebounceMs; each
   // further change pushes it back.
@@ -61,6 +61,7 @@ int ControlLoop(int signal_fd, Server& server, ConfigReloader& reloader, FileWat
       reload_at.reset();
       Reload(reloader, "file change");
       WatchConfigFiles(watch, reloader.FilesToWatch());  // it may name other files
+      dns.Track(reloader.running_config());
       continue;
     }
     if (watchdog_us > 0 && now >= next_ping) {
@@ -76,11 +77,12 @@ int ControlLoop(int signal_fd, Server& server, ConfigReloader& reloader, FileWat
     if (reload_at) wake_at(*reload_at);
     if (watchdog_us > 0) wake_at(next_ping);
     // An fd of -1 is skipped by poll.
-    pollfd fds[4] = {{signal_fd, POLLIN, 0},
+    pollfd fds[5] = {{signal_fd, POLLIN, 0},
                      {watch.fd(), POLLIN, 0},
                      {upgrade.fd(), POLLIN, 0},
-                     {successor.fd(), POLLIN, 0}};
-    if (poll(fds, 4, timeout) < 0) {
+                     {successor.fd(), POLLIN, 0},
+                     {dns.fd(), POLLIN, 0}};
+    if (poll(fds, 5, timeout) < 0) {
       if (errno != EINTR) {
         fprintf(stderr, "ktlb: poll: %s\n", strerror(errno));
         usleep(100 * 1000);
@@ -89,6 +91,7 @@ int ControlLoop(int signal_fd, Server& server, ConfigReloader& reloader, FileWat
     }
     if ((fds[2].revents & POLLIN) && upgrade.HandOff(&server.listen_sockets())) return kHandedOff;
     if (fds[3].revents & POLLIN) successor.Reap();
+    if (fds[4].revents & POLLIN) reloader.ApplyDnsAnswers(dns.TakeAnswers());
     if ((fds[1].revents & POLLIN) && watch.TakeChanges()) {
       reload_at = Clock::now() + std::chrono::milliseconds(kDebounceMs);
     }
@@ -100,6 +103,7 @@ int ControlLoop(int signal_fd, Server& server, ConfigReloader& reloader, FileWat
         reload_at.reset();  // this reload reads the changed files too
         Reload(reloader, "SIGHUP");
         WatchConfigFiles(watch, reloader.FilesToWatch());
+        dns.Track(reloader.running_config());
         break;
       case SIGUSR1:
         if (absl::Status s = server.ReopenAccessLog(); !s.ok()) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "config_reloader.h"
+#include "dns_refresher.h"
 #include "ktlb/file_watch.h"
 #include "ktlb/server.h"
 #include "successor.h"
@@ -27,8 +28,9 @@ void WatchConfigFiles(FileWatch& watch, const std::vector<std::string>& files);
 // SIGUSR2 starts a successor (`successor`) that takes over as an upgrade.
 // `watch` was set up before the running config was read: what changed since
 // is queued and reloads at once. `signal_fd` is a signalfd for SIGTERM,
-// SIGINT, SIGHUP, SIGUSR1 and SIGUSR2, blocked in every thread.
+// SIGINT, SIGHUP, SIGUSR1 and SIGUSR2, blocked in every thread. `dns`
+// re-resolves the running config's host names; its answers are applied here.
 int ControlLoop(int signal_fd, Server& server, ConfigReloader& reloader, FileWatch& watch,
-                UpgradeListener& upgrade, Successor& successor);
+                UpgradeListener& upgrade, Successor& successor, DnsRefresher& dns);
 
 }  // namespace ktlb

@@ -36,14 +36,9 @@ void HealthMonitor::Update(const Config& config) {
       old.erase(it);
       continue;
     }
-    // A changed upstream: its old prober stops before the new one starts,
-    // so the health metrics of the name have one writer at a time.
-    if (it != old.end()) {
-      it->second.prober->Stop();
-      old.erase(it);
-    }
     Entry e;
     e.key = std::move(key);
+    for (const UpstreamServer& s : u.servers) e.servers.push_back(s.address.text);
     e.board = std::make_shared<upstream::HealthBoard>(u.servers.size(),
                                                       u.health.rise * u.health.interval_ms);
     std::vector<ServerHealthMetrics*> server_metrics;
@@ -51,9 +46,23 @@ void HealthMonitor::Update(const Config& config) {
       server_metrics.push_back(metrics_ != nullptr ? &metrics_->ServerHealth(u.name, s.address.text)
                                                    : nullptr);
     }
+    // A changed upstream: its old prober stops before the new one starts,
+    // so the health metrics of the name have one writer at a time.
+    if (it != old.end()) it->second.prober->Stop();
     e.prober = std::make_unique<upstream::HealthProber>(
         u, e.board, metrics_ != nullptr ? &metrics_->UpstreamHealth(u.name) : nullptr,
         std::move(server_metrics));
+    if (it != old.end()) {
+      // Servers that stay (a host name's answer grew, a weight changed)
+      // keep being down rather than taking traffic until their first probe.
+      const Entry& before = it->second;
+      for (size_t i = 0; i < e.servers.size(); ++i) {
+        for (size_t j = 0; j < before.servers.size(); ++j) {
+          if (before.servers[j] == e.servers[i] && !before.board->up(j)) e.prober->SeedDown(i);
+        }
+      }
+      old.erase(it);
+    }
     if (!e.prober->Start()) {
       fprintf(stderr, "ktlb: health: upstream \"%s\": cannot start its prober\n", u.name.c_str());
       continue;

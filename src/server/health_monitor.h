@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "ktlb/config.h"
 #include "ktlb/health.h"
@@ -27,7 +28,8 @@ class HealthMonitor {
   HealthMonitor& operator=(const HealthMonitor&) = delete;
 
   // Probes `config`'s upstreams from now on: unchanged ones keep their
-  // prober and board, others get new ones (all servers up until probed),
+  // prober and board, others get new ones (all servers up until probed,
+  // except those the old board of the same upstream held down),
   // probers of upstreams gone or changed stop. Generations built before
   // keep the boards they hold, frozen.
   void Update(const Config& config);
@@ -39,6 +41,7 @@ class HealthMonitor {
  private:
   struct Entry {
     std::string key;  // servers and check settings: a change makes a new board
+    std::vector<std::string> servers;  // addresses, by board index
     std::shared_ptr<upstream::HealthBoard> board;
     std::unique_ptr<upstream::HealthProber> prober;
   };

@@ -99,6 +99,13 @@ absl::StatusOr<std::unique_ptr<Generation>> Worker::BuildGeneration(
     if (u < gen->snapshot().upstream_tls.size() && gen->snapshot().upstream_tls[u] != nullptr) {
       gen->clusters_.back()->SetTls(gen->snapshot().upstream_tls[u], kernel_ktls_);
     }
+    // A server ejected a moment ago is still failing: a reload, or a host
+    // name's new address set, must not hand it a fresh set of attempts.
+    if (current_ != nullptr) {
+      for (const auto& old : current_->clusters()) {
+        if (old->name() == uc.name) gen->clusters_.back()->InheritFrom(*old);
+      }
+    }
   }
   return gen;
 }

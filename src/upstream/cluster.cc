@@ -57,7 +57,7 @@ Cluster::Cluster(const UpstreamConfig& config, const Limits& limits, size_t work
   if (health_ != nullptr && health_->size() != config.servers.size()) health_.reset();
   std::vector<BalancerServer> identities;
   for (const UpstreamServer& s : config.servers) {
-    servers_.push_back(Server{s.address, s.weight});
+    servers_.push_back(Server{s.address, s.weight, s.host});
     identities.push_back(BalancerServer{s.address.text, s.weight});
   }
   balancer_ = MakeBalancer(config.balance, identities, worker_id);
@@ -143,6 +143,19 @@ bool Cluster::Admit(size_t server, uint64_t now_ms) {
   rng_ = rng_ * 6364136223846793005ULL + 1442695040888963407ULL;
   const double draw = static_cast<double>(rng_ >> 11) / static_cast<double>(1ULL << 53);
   return draw < SlowStartFactor(elapsed, slow_start_ms_);
+}
+
+void Cluster::InheritFrom(const Cluster& previous) {
+  for (size_t i = 0; i < servers_.size(); ++i) {
+    for (size_t j = 0; j < previous.servers_.size(); ++j) {
+      if (previous.servers_[j].address.text != servers_[i].address.text) continue;
+      ejection_[i] = previous.ejection_[j];
+      back_since_ms_[i] = previous.back_since_ms_[j];
+      available_.set(i, previous.available_.test(j));
+      break;
+    }
+  }
+  next_readmit_ms_ = 0;  // the next Pick recomputes availability
 }
 
 void Cluster::ReportFailure(size_t server) {

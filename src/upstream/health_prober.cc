@@ -57,6 +57,7 @@ struct HealthProber::Probe {
   size_t index;  // the server's place in the upstream (and on the board)
   ServerHealthMetrics* metrics = nullptr;  // may be null
   SocketAddress address;
+  std::string host;  // the name it was resolved from, "" for an address
   HealthCounter counter;
   Phase phase = Phase::kIdle;
   UniqueFd fd;
@@ -91,6 +92,7 @@ HealthProber::HealthProber(const UpstreamConfig& upstream, std::shared_ptr<Healt
   }
   for (const UpstreamServer& s : upstream.servers) {
     probes_.push_back(std::make_unique<Probe>(probes_.size(), s.address, config_));
+    probes_.back()->host = s.host;
     if (probes_.size() <= server_metrics.size()) {
       probes_.back()->metrics = server_metrics[probes_.size() - 1];
       // A new prober starts from "up" (the board's start), whatever an
@@ -102,6 +104,12 @@ HealthProber::HealthProber(const UpstreamConfig& upstream, std::shared_ptr<Healt
 }
 
 HealthProber::~HealthProber() { Stop(); }
+
+void HealthProber::SeedDown(size_t i) {
+  probes_[i]->counter.SeedDown();
+  board_->Set(i, false);
+  if (metrics_ != nullptr) metrics_->healthy.Set(board_->healthy());
+}
 
 bool HealthProber::Start() {
   wake_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -242,7 +250,8 @@ void HealthProber::OnReady(Probe& p, short revents, uint64_t now_ms) {
 void HealthProber::StartTlsProbe(Probe& p, uint64_t now_ms) {
   BIO* bio = BIO_new_socket(p.fd.get(), BIO_NOCLOSE);
   if (bio != nullptr) {
-    std::string_view host = tls::HostOfAddress(p.address.text);
+    std::string_view host =
+        p.host.empty() ? tls::HostOfAddress(p.address.text) : std::string_view(p.host);
     p.ssl = tls_->NewSsl(bio, host, &p.session, false);
   }
   if (!p.ssl) {

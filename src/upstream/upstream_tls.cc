@@ -27,7 +27,9 @@ void UpstreamConnection::StartTls() {
   tls_live_ = true;
   ++inflight_;  // the transport, until OnReleased
   tls_->StartClient(o, this, fd_.release(), *cluster_->tls(),
-                    tls::HostOfAddress(server.address.text), cluster_->tls_session(server_),
+                    server.host.empty() ? tls::HostOfAddress(server.address.text)
+                                        : std::string_view(server.host),
+                    cluster_->tls_session(server_),
                     server.address.text);
 }
 

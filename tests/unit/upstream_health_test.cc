@@ -35,6 +35,18 @@ TEST(HealthCounterTest, FirstProbeDecidesThenRiseAndFall) {
   EXPECT_EQ(c.streak(), 2u);
 }
 
+TEST(HealthCounterTest, SeededDownNeedsRisePasses) {
+  // A server the prober this one replaces held down (its upstream's server
+  // list changed): it does not come back on one pass, as an unknown would.
+  HealthCounter c(2, 3);
+  c.SeedDown();
+  EXPECT_TRUE(c.down());
+  EXPECT_FALSE(c.Record(true));
+  EXPECT_TRUE(c.down());
+  EXPECT_TRUE(c.Record(true));  // rise = 2: a change, reported and published
+  EXPECT_FALSE(c.down());
+}
+
 TEST(HealthCounterTest, RiseAndFallOfOne) {
   HealthCounter c(1, 1);
   EXPECT_FALSE(c.Record(true));
