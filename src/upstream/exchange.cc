@@ -226,7 +226,7 @@ void Exchange::AttemptFailed(ServerFailure why, bool sent, bool got_response_byt
     return Attempt(server_);
   }
   Fail(why == ServerFailure::kConnect || why == ServerFailure::kReset ||
-               why == ServerFailure::kBadResponse
+               why == ServerFailure::kBadResponse || why == ServerFailure::kTls
            ? ExchangeFailure::kFailed
            : ExchangeFailure::kTimedOut,
        false);

@@ -185,6 +185,8 @@ class UpstreamTlsTest(harness.KtlbTestCase):
         self.assertEqual(status, 502, body)
         self.assertGreaterEqual(self.failures(k, "upstream_tls_verify"), 1)
         self.assertIn("upstream_tls_verify", k.log())
+        # Per server too: no request byte left, so the reason is the handshake.
+        self.assertGreaterEqual(k.metric("ktlb_upstream_server_failures_total", reason="tls"), 1)
 
     def test_wrong_name_is_refused(self):
         # SNI and the name checked: a name the certificate does not carry.
