@@ -1,5 +1,6 @@
 #include "ktlb/relay.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -502,7 +503,18 @@ void Relay::OnKernelReadable(Direction& d) {
     close_reason_ = "sockmap_unpaired";
     return CloseNow();
   }
-  if (errno == EAGAIN || errno == EWOULDBLOCK) return ArmPoll(d, true);
+  if (errno == EAGAIN || errno == EWOULDBLOCK) {
+    // Only the end matters: POLLIN would wake ktlb for every segment the
+    // verdict takes (and then finds nothing), POLLRDHUP only for the FIN
+    // (POLLERR and POLLHUP always wake it).
+    if (d.src_polled) return;
+    io_uring_sqe* sqe = loop().Sqe();
+    io_uring_prep_poll_add(sqe, d.src, POLLRDHUP);
+    io_uring_sqe_set_data64(sqe, Tag(d.poll_src));
+    d.src_polled = true;
+    ++inflight_;
+    return;
+  }
   if (errno != ECONNRESET && errno != EPIPE) {
     host_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "relay read failed: %s",
                            strerror(errno));
