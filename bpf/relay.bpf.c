@@ -30,6 +30,13 @@ struct {
 
 SEC("sk_skb/stream_verdict")
 int relay_verdict(struct __sk_buff *skb) {
+  // A segment that carries only the FIN comes here with no bytes (tcp_read_skb
+  // hands every skb to the verdict). Redirected, it reaches the peer's psock
+  // backlog, whose send of 0 bytes counts as a broken pipe: EPIPE on the peer
+  // and every byte still queued behind it lost. ktlb learns of the FIN from
+  // the socket itself (RCV_SHUTDOWN is set before the verdict runs) and passes
+  // it on once the bytes before it are out, so this skb is dropped here.
+  if (skb->len == 0) return SK_DROP;
   __u64 cookie = bpf_get_socket_cookie(skb);
   __u64 *peer = bpf_map_lookup_elem(&relay_peer, &cookie);
   if (peer == 0) return SK_PASS;

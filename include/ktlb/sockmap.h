@@ -70,15 +70,22 @@ void SetProcessSockmap(std::unique_ptr<Sockmap> sockmap);
 uint64_t TcpBytesReceived(int fd);
 uint64_t TcpBytesWritten(int fd);
 
-// One direction of a kernel relay is drained when every byte its source
-// received beyond what ktlb read itself has been written into its sink
-// beyond what was written there before the pairing. Until then a FIN must
+// The bytes the kernel redirected from a source socket: what it received
+// (tcpi_bytes_received, which counts a received FIN as one more byte: it is
+// rcv_nxt's advance) less what ktlb read from it itself before pairing. 0
+// when the counter is not there to read (a failed socket).
+inline uint64_t RedirectedBytes(uint64_t src_received, uint64_t src_read_by_ktlb,
+                                bool fin_received) {
+  const uint64_t data = fin_received && src_received > 0 ? src_received - 1 : src_received;
+  return data > src_read_by_ktlb ? data - src_read_by_ktlb : 0;
+}
+
+// One direction of a kernel relay is drained when every byte redirected from
+// its source has been written into its sink (counted from the pairing: the
+// sink's tcpi_bytes_acked + SIOCOUTQ then and now). Until then a FIN must
 // wait: the rest is still in the psock's backlog.
-inline bool RedirectDrained(uint64_t src_received, uint64_t src_read_by_ktlb,
-                            uint64_t dst_written, uint64_t dst_written_at_pairing) {
-  const uint64_t redirected_in = src_received - src_read_by_ktlb;
-  const uint64_t redirected_out = dst_written - dst_written_at_pairing;
-  return redirected_out >= redirected_in;
+inline bool RedirectDrained(uint64_t redirected_in, uint64_t written_out) {
+  return written_out >= redirected_in;
 }
 
 }  // namespace ktlb::passthrough

@@ -527,8 +527,8 @@ void Relay::CheckKernelDrain(Direction& d) {
   // A FIN seen here may have overtaken redirected bytes still in the psock's
   // backlog (the sink's send buffer was full): shutting the sink now would
   // cut them off. It waits until the sink has been given all of them.
-  if (!RedirectDrained(TcpBytesReceived(d.src), d.ktlb_read, TcpBytesWritten(d.dst),
-                       d.dst_written_at_pairing)) {
+  if (!RedirectDrained(RedirectedBytes(TcpBytesReceived(d.src), d.ktlb_read, true),
+                       TcpBytesWritten(d.dst) - d.dst_written_at_pairing)) {
     return loop().ArmTimer(&drain_timer_, kKernelDrainCheck, kKernelDrainRecheckMs);
   }
   CountKernelMoved();
@@ -538,9 +538,7 @@ void Relay::CheckKernelDrain(Direction& d) {
 bool Relay::CountKernelMoved() {
   bool any = false;
   for (Direction* d : {&up_, &down_}) {
-    const uint64_t received = TcpBytesReceived(d->src);  // 0 if the socket failed
-    if (received <= d->ktlb_read) continue;
-    const uint64_t redirected = received - d->ktlb_read;
+    const uint64_t redirected = RedirectedBytes(TcpBytesReceived(d->src), d->ktlb_read, d->eof);
     if (redirected > d->kernel_counted) {
       CountMoved(*d, redirected - d->kernel_counted);
       d->kernel_counted = redirected;

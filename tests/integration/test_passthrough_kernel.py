@@ -15,20 +15,8 @@ import ssl
 import threading
 import time
 
-import unittest
-
 import harness
 
-# Found on Linux 6.18 while writing this test: when the receiver of the redirected
-# bytes reads slowly (its socket's send buffer fills), the psock backlog stops with
-# EPIPE set as the sink socket's error and the bytes queued in it are lost; ktlb then
-# sees the error and resets the relay. Reproduced 3 of 3 runs here, before any FIN is
-# passed on (the drain check never fired). Until that is understood, sockmap stays
-# opt-in (default "splice") and these cases run only when asked for.
-SOCKMAP_CASES = unittest.skipUnless(
-    os.environ.get("KTLB_TEST_SOCKMAP") == "1",
-    "sockmap loses bytes under backpressure on this kernel (see the note above); "
-    "KTLB_TEST_SOCKMAP=1 runs it")
 
 SIZE = int(os.environ.get("KTLB_TEST_KERNEL_RELAY_BYTES", 30 * 1000 * 1000))
 CHUNK = 256 * 1024
@@ -176,14 +164,12 @@ servers = ["127.0.0.1:{backend.getsockname()[1]}"]
         line = lines[0]
         self.assertNotIn("error", line)  # both directions ended with a FIN
         self.assertEqual(line["bytes_up"], len(hello) + SIZE)
-        self.assertEqual(line["bytes_down"], SIZE)
+        self.assertEqual(line["bytes_down"], 90 + SIZE)
         self.assertEqual(line.get("sockmap", False), forwarding == "sockmap")
 
-    @SOCKMAP_CASES
     def test_sockmap_client_half_closes_first(self):
         self.exchange("sockmap", client_first=True)
 
-    @SOCKMAP_CASES
     def test_sockmap_backend_half_closes_first(self):
         self.exchange("sockmap", client_first=False)
 
