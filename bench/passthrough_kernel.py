@@ -12,7 +12,11 @@ real ClientHello for routing, then streams). Modes run alternately, --rounds tim
 medians are printed. Other load on the machine shows up in the totals: compare modes
 within one run, never across runs.
 
+--connections N measures short connections instead (ClientHello + 1 KiB each way, then
+close), per 10,000 connections.
+
 usage: bench/passthrough_kernel.py [--build build] [--bytes 1000000000] [--rounds 5]
+                                   [--connections N]
 """
 import argparse
 import os
@@ -82,6 +86,35 @@ def transfer(port, backend, nbytes):
     t.join()
 
 
+def short_connections(port, backend, count):
+    """count connections, each: ClientHello, 1 KiB up, 1 KiB back, both close."""
+    hello = client_hello()
+    up = b"\x17" * 1024
+
+    def serve():
+        for _ in range(count):
+            s, _ = backend.accept()
+            got = 0
+            while got < len(hello) + len(up):
+                got += len(s.recv(65536))
+            s.sendall(up)
+            s.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    for _ in range(count):
+        c = socket.create_connection(("127.0.0.1", port))
+        c.sendall(hello + up)
+        got = 0
+        while True:
+            b = c.recv(65536)
+            if not b:
+                break
+            got += len(b)
+        c.close()
+    t.join()
+
+
 def start_ktlb(build, d, mode, backend_port):
     port = socket.socket()
     port.bind(("127.0.0.1", 0))
@@ -124,6 +157,8 @@ def main():
     ap.add_argument("--build", default="build")
     ap.add_argument("--bytes", type=int, default=1_000_000_000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=0,
+                    help="instead of one bulk upload: this many short connections per run")
     a = ap.parse_args()
     hz = os.sysconf("SC_CLK_TCK")
     d = tempfile.mkdtemp(prefix="ktlb-bench-kernel-")
@@ -139,12 +174,11 @@ def main():
                 port = bport if mode == "direct" else procs[mode][1]
                 k0 = proc_cpu(procs[mode][0].pid) if mode != "direct" else 0.0
                 j0, t0 = busy_jiffies(), time.monotonic()
-                if mode == "direct":
-                    # Same bytes, no relay: the client talks to the sink itself.
-                    c = socket.create_connection(("127.0.0.1", bport))
-                    c.close()
-                    backend.accept()[0].close()
-                transfer(port, backend, a.bytes)
+                if a.connections:
+                    short_connections(port, backend, a.connections)
+                else:
+                    # (direct: same bytes, no relay, the client talks to the sink itself.)
+                    transfer(port, backend, a.bytes)
                 j1, t1 = busy_jiffies(), time.monotonic()
                 k1 = proc_cpu(procs[mode][0].pid) if mode != "direct" else 0.0
                 results[mode]["total"].append((j1 - j0) / hz)
@@ -154,10 +188,12 @@ def main():
         for proc, _ in procs.values():
             proc.terminate()
             proc.wait()
-    gb = a.bytes / 1e9
+    gb = a.connections / 1e4 if a.connections else a.bytes / 1e9
+    unit = "10k connections" if a.connections else "GB"
     direct = statistics.median(results["direct"]["total"])
-    print(f"{a.bytes} bytes per run, {a.rounds} alternating rounds, medians "
-          f"(CPU seconds per GB; 'added' = total minus the direct run)")
+    what = f"{a.connections} connections" if a.connections else f"{a.bytes} bytes"
+    print(f"{what} per run, {a.rounds} alternating rounds, medians "
+          f"(CPU seconds per {unit}; 'added' = total minus the direct run)")
     print(f"{'mode':8} {'wall s':>7} {'machine':>8} {'added':>7} {'ktlb':>6}")
     for mode in ("direct", "splice", "sockmap"):
         r = results[mode]
