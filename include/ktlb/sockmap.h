@@ -44,7 +44,9 @@ class Sockmap {
   // already waiting in either socket's receive queue are forwarded too, in
   // order. `a` goes in first: it must be the side that is quiet now (the
   // client, waiting for the ServerHello the backend may be sending). False
-  // when the map is full or the kernel refuses: nothing was changed then.
+  // when the map is full or the kernel refuses: the entries made are undone
+  // (if `b` could not go in, `a` was in the map for a moment; a byte the
+  // client sent in that moment, which TLS clients do not, would be lost).
   bool Pair(int a, int b, SockmapPair* out, std::string* error);
   // Forgets the pairing (before the sockets close; a closing socket leaves
   // the socket map by itself).
