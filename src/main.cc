@@ -32,6 +32,7 @@
 #include "ktlb/server.h"
 #include "ktlb/server_names.h"
 #include "ktlb/snapshot.h"
+#include "ktlb/sockmap.h"
 #include "ktlb/tls.h"
 #include "ktlb/unique_fd.h"
 #include "server/config_reloader.h"
@@ -148,6 +149,25 @@ int main(int argc, char** argv) {
     fprintf(stderr, "ktlb: warning: open-file limit is %llu (raise the hard RLIMIT_NOFILE, "
             "e.g. LimitNOFILE=1048576 in the systemd unit; see tools/sysctl-tuning.sh)\n",
             static_cast<unsigned long long>(fds.soft));
+  }
+
+  // Passthrough in the kernel: loaded once for the process, here, before the
+  // workers start and before root is dropped.
+  const ktlb::Config& startup_cfg = *(*snapshot)->config;
+  if (startup_cfg.server.passthrough_forwarding != ktlb::PassthroughForwarding::kSplice) {
+    auto sockmap = ktlb::passthrough::Sockmap::Load();
+    if (sockmap.ok()) {
+      ktlb::passthrough::SetProcessSockmap(std::move(*sockmap));
+      fprintf(stderr, "ktlb: passthrough relays forward by sockmap (BPF)\n");
+    } else if (startup_cfg.server.passthrough_forwarding ==
+               ktlb::PassthroughForwarding::kSockmap) {
+      fprintf(stderr, "ktlb: passthrough_forwarding = \"sockmap\": %s\n",
+              std::string(sockmap.status().message()).c_str());
+      return 1;
+    } else {
+      fprintf(stderr, "ktlb: passthrough relays splice: BPF sockmap unavailable (%s)\n",
+              std::string(sockmap.status().message()).c_str());
+    }
   }
 
   ktlb::Server server(*snapshot);

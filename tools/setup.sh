@@ -5,7 +5,7 @@ set -euo pipefail
 
 PKGS=(
   build-essential cmake pkg-config ninja-build clang libclang-rt-14-dev
-  libssl-dev openssl liburing-dev node-llhttp libabsl-dev libnghttp2-dev
+  libssl-dev openssl liburing-dev node-llhttp libabsl-dev libnghttp2-dev libbpf-dev
   libtomlplusplus-dev libsystemd-dev libgtest-dev libgmock-dev libbenchmark-dev
   curl wrk nghttp2-client nginx-light libnginx-mod-stream haproxy h2o procps iproute2 python3 util-linux
   # adversarial HTTP/2 and WebSocket clients for the integration tests

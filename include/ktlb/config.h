@@ -71,8 +71,17 @@ struct Http2Settings {
   uint32_t connection_buffer = 4 << 20;
 };
 
+// How passthrough relays move bytes once the ClientHello is replayed
+// (`[server] passthrough_forwarding`; read at startup only).
+//   kSplice:  socket -> pipe -> socket in ktlb's workers.
+//   kSockmap: a BPF stream-verdict program redirects them in the kernel;
+//             ktlb does not start when it cannot be loaded.
+//   kAuto:    sockmap where it loads, splice otherwise (logged once).
+enum class PassthroughForwarding { kSplice, kSockmap, kAuto };
+
 struct ServerConfig {
   uint32_t workers = 0;  // 0 = one per online CPU, resolved at startup
+  PassthroughForwarding passthrough_forwarding = PassthroughForwarding::kSplice;
   bool has_admin = false;
   SocketAddress admin_listen;
   Timeouts timeouts;

@@ -10,6 +10,12 @@
 // direction switches for good to splice mode (socket -> pipe -> socket), and
 // the bytes no longer enter ktlb's memory.
 //
+// Where the process loaded the BPF relay (ktlb/sockmap.h), a relay instead
+// pairs its two sockets in the socket map once the replay is written, and
+// from then on the kernel forwards every byte; ktlb only waits for each
+// direction's end, and passes the FIN on once the kernel has written every
+// byte that came before it.
+//
 // The relay knows its owner only through RelayHost (the loop, the logs, the
 // timeout counters, and where to hand it back when it is done) and the
 // RelayContext it starts with (what the config generation it was accepted on
@@ -36,6 +42,7 @@
 #include "ktlb/metrics.h"
 #include "ktlb/proxy_header_stage.h"
 #include "ktlb/router.h"
+#include "ktlb/sockmap.h"
 #include "ktlb/splice_pipe.h"
 #include "ktlb/unique_fd.h"
 
@@ -140,7 +147,15 @@ class Relay : public IoHandler, public DeadlineTarget {
     // connection of the loop and must never wait on one slow peer.
     std::string spill;
     bool spilling = false;
+    // Kernel mode: bytes ktlb read from src itself (the ClientHello), what
+    // had been written into dst when the sockets were paired (the replay),
+    // and the redirected bytes counted so far.
+    uint64_t ktlb_read = 0;
+    uint64_t dst_written_at_pairing = 0;
+    uint64_t kernel_counted = 0;
   };
+  // The timer kind of the kernel-mode drain check (past every TimeoutKind).
+  static constexpr uint8_t kKernelDrainCheck = 0xf0;
 
   uint64_t Tag(RelayOp op) const;
   Loop& loop() const { return host_->loop(); }
@@ -168,6 +183,15 @@ class Relay : public IoHandler, public DeadlineTarget {
   void SendCopied(Direction& d);
   void EndDirection(Direction& d);  // its source ended and everything was sent
   void CountMoved(Direction& d, uint64_t n);
+  // Kernel mode (sockmap): pair the sockets; false leaves the relay to splice.
+  bool StartKernelRelay();
+  // d's source is readable: its end (FIN or reset), or bytes the kernel
+  // kept back.
+  void OnKernelReadable(Direction& d);
+  // d's source ended: pass the FIN on once every byte before it is out.
+  void CheckKernelDrain(Direction& d);
+  // Counts the bytes the kernel moved since the last call; true if any.
+  bool CountKernelMoved();
   void ArmTimer(TimeoutKind kind, uint32_t duration_ms);
   Direction& DirectionOf(RelayOp op) {
     return op == RelayOp::kClientIn || op == RelayOp::kBackendOut || op == RelayOp::kUpRecv ||
@@ -200,6 +224,11 @@ class Relay : public IoHandler, public DeadlineTarget {
   sockaddr_storage local_{};
   ProxyHeaderStage proxy_header_;
   DeadlineNode timer_;
+  // Kernel mode: the sockets are in the socket map; drain_timer_ re-checks
+  // a direction whose FIN waits for redirected bytes.
+  bool kernel_ = false;
+  SockmapPair pair_;
+  DeadlineNode drain_timer_;
 
   uint64_t start_ms_ = 0;
   const char* close_reason_ = nullptr;  // why it ends, when not a clean end of both directions

@@ -200,7 +200,7 @@ absl::Status ReadServer(const Section& s, ServerConfig* server) {
                                           "h2_max_concurrent_streams", "h2_max_header_list_size",
                                           "h2_stream_window", "h2_connection_window",
                                           "h2_glitch_budget", "h2_connection_buffer", "user",
-                                          "group", "drain_grace_ms"});
+                                          "group", "drain_grace_ms", "passthrough_forwarding"});
       !st.ok()) {
     return st;
   }
@@ -254,6 +254,21 @@ absl::Status ReadServer(const Section& s, ServerConfig* server) {
   };
   for (const auto& [key, lo, hi, field] : h2_keys) {
     if (absl::Status st = s.Uint32(key, lo, hi, field); !st.ok()) return st;
+  }
+  absl::StatusOr<const StringNode*> fwd = s.String("passthrough_forwarding");
+  if (!fwd.ok()) return fwd.status();
+  if (*fwd != nullptr) {
+    const std::string& v = (*fwd)->get();
+    if (v == "splice") {
+      server->passthrough_forwarding = PassthroughForwarding::kSplice;
+    } else if (v == "sockmap") {
+      server->passthrough_forwarding = PassthroughForwarding::kSockmap;
+    } else if (v == "auto") {
+      server->passthrough_forwarding = PassthroughForwarding::kAuto;
+    } else {
+      return s.ErrorAt(**fwd, "passthrough_forwarding",
+                       "must be \"splice\", \"sockmap\" or \"auto\"");
+    }
   }
   absl::StatusOr<const StringNode*> log = s.String("access_log");
   if (!log.ok()) return log.status();

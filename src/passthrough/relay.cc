@@ -1,9 +1,11 @@
 #include "ktlb/relay.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -21,6 +23,11 @@ namespace {
 // one again when its source is readable. Unbounded length: a tunnel carries
 // bytes until one side ends it.
 constexpr uint64_t kStream = UINT64_MAX;
+// How often a kernel relay looks again whether the bytes ahead of a FIN
+// are out of the psock's backlog (there is no event for it).
+constexpr uint32_t kKernelDrainRecheckMs = 1;
+// A failed pairing (a full socket map) is logged once per process.
+std::atomic<bool> pairing_failure_logged{false};
 }  // namespace
 
 uint64_t Relay::Tag(RelayOp op) const { return slot_.Tag(static_cast<uint8_t>(op)); }
@@ -66,6 +73,9 @@ void Relay::Start(RelayHost* host, const RelayContext& ctx, int fd, const sockad
   inflight_ = 0;
   recv_inflight_ = false;
   timer_.target = this;
+  drain_timer_.target = this;
+  kernel_ = false;
+  pair_ = SockmapPair{};
   hello_.clear();
   hello_parser_ = ClientHelloParser();
   sent_ = 0;
@@ -111,6 +121,7 @@ void Relay::OnRecv(int res, uint32_t flags) {
     return CloseNow();
   }
   hello_.append(recv.data());
+  up_.ktlb_read += recv.data().size();
   recv.Recycle();
   if (proxy_header_.pending() && !TakeProxyHeader()) return;
   ClientHello hello;
@@ -294,6 +305,7 @@ void Relay::StartRelay() {
   down_.src = up_fd_.get();
   down_.dst = fd_.get();
   ArmTimer(TimeoutKind::kTunnelIdle, timeouts().tunnel_idle_ms);
+  if (ProcessSockmap() != nullptr && StartKernelRelay()) return;
   Forward(up_);
   if (state_ == State::kRelay) Forward(down_);
 }
@@ -451,6 +463,93 @@ void Relay::Pump(Direction& d) {
   }
 }
 
+bool Relay::StartKernelRelay() {
+  // Nothing else writes into either socket until they are paired: what is
+  // there now is what ktlb wrote (the replay, and nothing to the client).
+  up_.dst_written_at_pairing = TcpBytesWritten(up_.dst);
+  down_.dst_written_at_pairing = TcpBytesWritten(down_.dst);
+  std::string error;
+  // The client goes in first: it waits for the ServerHello and sends
+  // nothing, while the backend may be answering right now.
+  if (!ProcessSockmap()->Pair(fd_.get(), up_fd_.get(), &pair_, &error)) {
+    if (!pairing_failure_logged.exchange(true)) {
+      host_->error_log().Log(ErrorLog::Level::kWarn, "passthrough",
+                             "sockmap pairing failed (%s): relays splice instead (logged once)",
+                             error.c_str());
+    }
+    return false;
+  }
+  kernel_ = true;
+  OnKernelReadable(up_);
+  if (state_ == State::kRelay) OnKernelReadable(down_);
+  return true;
+}
+
+void Relay::OnKernelReadable(Direction& d) {
+  if (state_ != State::kRelay || d.eof) return;
+  // The verdict took every byte received: all the source can still show a
+  // reader is its end. MSG_PEEK leaves anything else where it is.
+  char byte;
+  ssize_t n = recv(d.src, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n == 0) {
+    d.eof = true;
+    return CheckKernelDrain(d);
+  }
+  if (n > 0) {
+    // Bytes the verdict could not redirect (they arrived in the moment
+    // between the two sockets' inserts): forwarding them now could put them
+    // after later ones, so the relay is reset rather than reorder a stream.
+    host_->error_log().Log(ErrorLog::Level::kWarn, "passthrough",
+                           "%s:%u: bytes kept back from the kernel relay: reset",
+                           AddressIp(peer_).c_str(), AddressPort(peer_));
+    close_reason_ = "sockmap_unpaired";
+    return CloseNow();
+  }
+  if (errno == EAGAIN || errno == EWOULDBLOCK) {
+    // Only the end matters: POLLIN would wake ktlb for every segment the
+    // verdict takes (and then finds nothing), POLLRDHUP only for the FIN
+    // (POLLERR and POLLHUP always wake it).
+    if (d.src_polled) return;
+    io_uring_sqe* sqe = loop().Sqe();
+    io_uring_prep_poll_add(sqe, d.src, POLLRDHUP);
+    io_uring_sqe_set_data64(sqe, Tag(d.poll_src));
+    d.src_polled = true;
+    ++inflight_;
+    return;
+  }
+  if (errno != ECONNRESET && errno != EPIPE) {
+    host_->error_log().Log(ErrorLog::Level::kWarn, "passthrough", "relay read failed: %s",
+                           strerror(errno));
+  }
+  CloseNow();
+}
+
+void Relay::CheckKernelDrain(Direction& d) {
+  if (state_ != State::kRelay || d.done) return;
+  // A FIN seen here may have overtaken redirected bytes still in the psock's
+  // backlog (the sink's send buffer was full): shutting the sink now would
+  // cut them off. It waits until the sink has been given all of them.
+  if (!RedirectDrained(RedirectedBytes(TcpBytesReceived(d.src), d.ktlb_read, true),
+                       TcpBytesWritten(d.dst) - d.dst_written_at_pairing)) {
+    return loop().ArmTimer(&drain_timer_, kKernelDrainCheck, kKernelDrainRecheckMs);
+  }
+  CountKernelMoved();
+  EndDirection(d);
+}
+
+bool Relay::CountKernelMoved() {
+  bool any = false;
+  for (Direction* d : {&up_, &down_}) {
+    const uint64_t redirected = RedirectedBytes(TcpBytesReceived(d->src), d->ktlb_read, d->eof);
+    if (redirected > d->kernel_counted) {
+      CountMoved(*d, redirected - d->kernel_counted);
+      d->kernel_counted = redirected;
+      any = true;
+    }
+  }
+  return any;
+}
+
 bool* Relay::PolledFlag(RelayOp op) {
   switch (op) {
     case RelayOp::kClientIn: return &up_.src_polled;
@@ -470,12 +569,24 @@ void Relay::OnPoll(RelayOp op, int res) {
   if (bool* flag = PolledFlag(op)) *flag = false;
   --inflight_;
   if (state_ != State::kRelay) return MaybeRelease();
-  (void)res;  // errors show up in the next splice
+  (void)res;  // errors show up in the next splice (or recv)
+  if (kernel_) return OnKernelReadable(DirectionOf(op));
   Pump(DirectionOf(op));
 }
 
 void Relay::OnDeadline(uint8_t kind) {
   if (state_ == State::kClosed) return;
+  if (kind == kKernelDrainCheck) {
+    for (Direction* d : {&up_, &down_}) {
+      if (d->eof && state_ == State::kRelay) CheckKernelDrain(*d);
+    }
+    return;
+  }
+  // The kernel moves a kernel relay's bytes without telling ktlb: idle only
+  // if its counters did not move either (CountMoved re-arms the timer).
+  if (kind == static_cast<uint8_t>(TimeoutKind::kTunnelIdle) && kernel_ && CountKernelMoved()) {
+    return;
+  }
   if (kind < static_cast<uint8_t>(TimeoutKind::kCount)) {
     host_->CountTimeout(static_cast<TimeoutKind>(kind));
   }
@@ -505,6 +616,13 @@ void Relay::CloseNow() {
   // Connections that never sent a byte (port probes, health checks) are not
   // logged, as haproxy's "option dontlognull".
   const bool null_connection = state_ == State::kHello && hello_.empty();
+  if (kernel_) {
+    CountKernelMoved();
+    // Before the sockets close: a closing socket leaves the socket map by
+    // itself, its peer entry does not.
+    ProcessSockmap()->Unpair(&pair_);
+    DeadlineQueue::Cancel(&drain_timer_);
+  }
   if (host_->access_log().enabled() && !null_connection) {
     const bool clean = state_ == State::kRelay && up_.done && down_.done;
     LogTunnel(close_reason_ != nullptr ? close_reason_ : clean ? nullptr : "reset");
@@ -537,6 +655,7 @@ void Relay::LogTunnel(const char* error) {
   if (out == nullptr) return;
   absl::StrAppend(out, ",\"passthrough\":true,\"bytes_up\":", up_.bytes,
                   ",\"bytes_down\":", down_.bytes, ",\"ms\":", loop().now_ms() - start_ms_);
+  if (kernel_) absl::StrAppend(out, ",\"sockmap\":true");  // forwarded by the kernel
   std::string_view upstream, server;
   if (upstream_ >= 0) {
     const upstream::Cluster* c = cluster(static_cast<size_t>(upstream_));

@@ -87,6 +87,10 @@ def server_table(**overrides):
     """The body of a [server] table: TEST_TIMEOUTS_MS with `overrides`
     ({key: toml literal}) on top, one "key = value" line each."""
     keys = {k: str(v) for k, v in TEST_TIMEOUTS_MS.items()}
+    # The passthrough tests run with either forwarding mode
+    # (KTLB_PASSTHROUGH_FORWARDING=sockmap|splice|auto; unset = the default).
+    if os.environ.get("KTLB_PASSTHROUGH_FORWARDING"):
+        keys["passthrough_forwarding"] = '"%s"' % os.environ["KTLB_PASSTHROUGH_FORWARDING"]
     keys.update(overrides)
     return "".join(f"{k} = {v}\n" for k, v in keys.items())
 

@@ -348,6 +348,23 @@ TEST_F(ConfigParseTest, BadMode) {
             At(4) + "listeners[0].mode: must be \"terminate\" or \"passthrough\"");
 }
 
+TEST_F(ConfigParseTest, PassthroughForwarding) {
+  absl::StatusOr<std::shared_ptr<const Config>> dflt = Load(kMinimal);
+  ASSERT_TRUE(dflt.ok()) << dflt.status();
+  EXPECT_EQ((*dflt)->server.passthrough_forwarding, PassthroughForwarding::kSplice);
+  for (const auto& [text, want] :
+       {std::pair{"splice", PassthroughForwarding::kSplice},
+        std::pair{"sockmap", PassthroughForwarding::kSockmap},
+        std::pair{"auto", PassthroughForwarding::kAuto}}) {
+    absl::StatusOr<std::shared_ptr<const Config>> loaded = Load(
+        "[server]\npassthrough_forwarding = \"" + std::string(text) + "\"\n" + std::string(kMinimal));
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    EXPECT_EQ((*loaded)->server.passthrough_forwarding, want) << text;
+  }
+  EXPECT_EQ(Error("[server]\npassthrough_forwarding = \"ebpf\"\n" + std::string(kMinimal)),
+            At(2) + "server.passthrough_forwarding: must be \"splice\", \"sockmap\" or \"auto\"");
+}
+
 TEST_F(ConfigParseTest, BadKtlsAndUnknownSni) {
   EXPECT_EQ(Error(Edit(kMinimal, "certificates = [\"site\"]",
                        "certificates = [\"site\"]\nktls = \"on\"")),
