@@ -197,18 +197,21 @@ int main(int argc, char** argv) {
             cfg.server.uid, cfg.server.gid);
   }
   if (upgrade) {
-    // Under systemd this process becomes the unit's main one before the old
-    // one may exit: the unit would stop (and kill us) if its main process
-    // exited first. Needs NotifyAccess=all; a no-op without NOTIFY_SOCKET.
-    sd_notifyf(0, "MAINPID=%d", static_cast<int>(getpid()));
     // Serving on the inherited sockets: the old process may stop accepting.
     if (absl::Status s = predecessor.Ready(&server.listen_sockets()); !s.ok()) {
       // The old process serves on; leave it the sockets untouched.
-      sd_notifyf(0, "MAINPID=%d", static_cast<int>(predecessor.predecessor_pid()));
       fprintf(stderr, "ktlb: --upgrade: %s; exiting\n", std::string(s.message()).c_str());
       server.StopAndWait(/*handed_off=*/true);
       return 1;
     }
+    // Under systemd this process becomes the unit's main one now, before
+    // the old one can finish draining: the unit would stop (and kill us)
+    // if its main process exited first. systemd reads notifications before
+    // child exits, and a drain takes far longer than this datagram. Not
+    // before Ready(): a successor failing in between would take the unit
+    // down, old process included. Needs NotifyAccess=all; a no-op without
+    // NOTIFY_SOCKET.
+    sd_notifyf(0, "MAINPID=%d", static_cast<int>(getpid()));
     fprintf(stderr, "ktlb: --upgrade: took over the listening sockets; the old process drains\n");
   }
   ktlb::UpgradeListener upgrade_listener;

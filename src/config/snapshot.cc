@@ -53,7 +53,11 @@ std::shared_ptr<const Snapshot> WithConfig(const Snapshot& running,
                                            std::shared_ptr<const Config> config) {
   auto snapshot =
       std::make_shared<Snapshot>(std::move(config), running.certificates, running.ticket_keys);
+  // Every loaded field but the config and the router built from it: a field
+  // left out here silently disappears at startup and on each DNS change
+  // (upstream TLS did: requests went out in plaintext).
   snapshot->listener_client_auth = running.listener_client_auth;
+  snapshot->upstream_tls = running.upstream_tls;
   return snapshot;
 }
 

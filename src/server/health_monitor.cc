@@ -1,10 +1,26 @@
 #include "health_monitor.h"
 
+#include <sys/stat.h>
+
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
 
 namespace ktlb {
+
+namespace {
+
+// Which version of a file the prober's TLS context read: a CA or client
+// certificate renewed in place (same path) must restart the prober, or it
+// probes with the old one until every server looks down.
+std::string FileVersion(const std::string& path) {
+  struct stat st;
+  if (path.empty() || stat(path.c_str(), &st) != 0) return "-";
+  return absl::StrCat(st.st_dev, ":", st.st_ino, ":", st.st_size, ":", st.st_mtim.tv_sec, ".",
+                      st.st_mtim.tv_nsec);
+}
+
+}  // namespace
 
 std::string HealthMonitor::KeyOf(const UpstreamConfig& u) {
   const HealthCheckConfig& h = u.health;
@@ -15,7 +31,8 @@ std::string HealthMonitor::KeyOf(const UpstreamConfig& u) {
   const UpstreamTlsConfig& t = u.tls;
   if (t.enabled) {
     absl::StrAppend(&key, " tls ", t.ca_path, " ", t.sni, " ", t.verify, " ", t.cert_path, " ",
-                    t.key_path);
+                    t.key_path, " ", FileVersion(t.ca_path), " ", FileVersion(t.cert_path), " ",
+                    FileVersion(t.key_path));
   }
   return key;
 }

@@ -40,6 +40,7 @@ Successor::Successor(std::string config_path)
     : binary_(SelfExecutable()), config_path_(std::move(config_path)) {}
 
 bool Successor::Spawn() {
+  Reap();  // one that exited unseen (no pidfd) does not block this one
   if (pid_ > 0) {
     fprintf(stderr, "ktlb: SIGUSR2: successor %d is still starting; ignored\n", pid_);
     return false;

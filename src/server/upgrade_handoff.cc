@@ -174,7 +174,6 @@ absl::Status UpgradeClient::TakeOver(const std::string& config_path, ListenSocke
     return absl::PermissionDeniedError(absl::StrCat(
         "@", name, " is held by pid ", cred.pid, " uid ", cred.uid, ", not root or this user"));
   }
-  predecessor_pid_ = cred.pid;
   if (!SendMessage(conn_.get(), kHello)) {
     return absl::UnavailableError(absl::StrCat("@", name, ": ", strerror(errno)));
   }

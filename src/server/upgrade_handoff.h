@@ -15,8 +15,6 @@
 // the same user may connect (SO_PEERCRED), as the sockets are worth having.
 #pragma once
 
-#include <sys/types.h>
-
 #include <string>
 
 #include "absl/status/status.h"
@@ -55,12 +53,9 @@ class UpgradeClient {
   // released the upgrade name (so UpgradeListener::Open can take it), and
   // the sockets are this process's alone.
   absl::Status Ready(ListenSockets* sockets);
-  // The running process that handed over (SO_PEERCRED at TakeOver).
-  pid_t predecessor_pid() const { return predecessor_pid_; }
 
  private:
   UniqueFd conn_;
-  pid_t predecessor_pid_ = 0;
 };
 
 }  // namespace ktlb

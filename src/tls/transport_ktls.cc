@@ -289,6 +289,10 @@ void Transport::FinishRxOffload() {
 
 void Transport::MaybeDropSsl() {
   if (!ssl_ || !tx_active_ || !rx_active_) return;
+  // A healthy connection, not a failed one: without a shutdown mark,
+  // SSL_free takes the session for a bad one and makes it not resumable,
+  // and a client role could never resume the session it keeps.
+  SSL_set_shutdown(ssl_.get(), SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
   ssl_.reset();  // frees the BIO too; bio_ itself belongs to us
   bio_.in = {};
   metrics_->ktls_ssl_released.Inc();

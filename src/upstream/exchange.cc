@@ -23,6 +23,15 @@ void Exchange::Start(Cluster* cluster, const ExchangeRequest& request, ExchangeS
   pending_body_.clear();
   live_ = true;
   cluster_->RequestStarted();
+  if (request.upgrade && cluster->tls() != nullptr) {
+    // A tunnel takes a bare backend socket, and a TLS upstream's carries
+    // TLS: refused before any server is tried, so that such requests never
+    // count against (and eject) healthy servers.
+    cluster->log().Log(ErrorLog::Level::kWarn, "upstream",
+                       "%s: upgrades (WebSocket) over upstream TLS are not supported",
+                       cluster->name().c_str());
+    return Fail(ExchangeFailure::kFailed, false);
+  }
   Attempt(-1);
 }
 

@@ -108,6 +108,7 @@ HealthProber::~HealthProber() { Stop(); }
 void HealthProber::SeedDown(size_t i) {
   probes_[i]->counter.SeedDown();
   board_->Set(i, false);
+  if (probes_[i]->metrics != nullptr) probes_[i]->metrics->down.Set(1);
   if (metrics_ != nullptr) metrics_->healthy.Set(board_->healthy());
 }
 
@@ -323,6 +324,9 @@ void HealthProber::OnTlsReady(Probe& p, uint64_t now_ms) {
 }
 
 void HealthProber::Finish(Probe& p, bool passed, const std::string& why, uint64_t now_ms) {
+  // A probe that passed ends a good session: mark it shut down, or
+  // SSL_free makes it not resumable and every probe does a full handshake.
+  if (passed && p.ssl) SSL_set_shutdown(p.ssl.get(), SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
   p.ssl.reset();  // before the socket it writes to
   p.fd.reset();
   p.phase = Probe::Phase::kIdle;
