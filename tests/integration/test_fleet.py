@@ -1,5 +1,6 @@
 """A fleet behind an L4 balancer, in network namespaces: a rolling restart of
-two ktlb hosts under load fails no request.
+two ktlb hosts under load fails no request, and a session made on one host
+resumes on the other (one ticket_keys file for the fleet).
 
     client --- router --- hostA (ktlb + origin)
                      \\--- hostB (ktlb + origin)
@@ -160,6 +161,10 @@ class FleetTest(harness.KtlbTestCase):
         super().setUpClass()
         for name in HOSTS:
             cls.host_certs(name)
+        # The fleet's session-ticket keys, shared by every host (nginx's
+        # ssl_session_ticket_key format: 80-byte records).
+        with open(os.path.join(cls.tmp, "fleet.keys"), "wb") as f:
+            f.write(os.urandom(160))
 
     @classmethod
     def host_certs(cls, name):
@@ -211,7 +216,7 @@ class FleetTest(harness.KtlbTestCase):
         router.sysctl("net.ipv4.ip_forward", 1)
         self.config = ("[server]\n" + harness.server_table(
             workers=1, admin_listen=f'"0.0.0.0:{ADMIN_PORT}"', drain_grace_ms=GRACE_MS,
-            access_log='"access.log"') + f"""
+            access_log='"access.log"', ticket_keys='"../fleet.keys"') + f"""
 [[listeners]]
 name = "public"
 listen = "0.0.0.0:{PORT}"
@@ -388,6 +393,43 @@ servers = ["{ORIGIN}"]
         self.assertIsNotNone(m, load.h2_out)
         self.assertGreater(int(m.group(1)), 0, load.h2_out)
         self.assertEqual((m.group(3), m.group(4)), ("0", "0"), load.h2_out)
+
+    def visit(self, host_ip, flag, sess_in=None, sess_out=None):
+        """One s_client connection from the client namespace straight to a
+        host, carrying one request; returns "New" or "Reused". -ign_eof reads
+        until ktlb closes, so a TLS 1.3 ticket reaches -sess_out."""
+        argv = ["openssl", "s_client", "-connect", f"{host_ip}:{PORT}", "-servername", "localhost",
+                "-CAfile", self.ca, flag, "-ign_eof"]
+        if sess_in:
+            argv += ["-sess_in", sess_in]
+        if sess_out:
+            argv += ["-sess_out", sess_out]
+        r = subprocess.run(self.ns["client"].prefix + argv, capture_output=True, timeout=60,
+                           input=b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        out = (r.stdout + r.stderr).decode(errors="replace")
+        self.assertIn("200 OK", out, out)
+        m = re.search(r"^(New|Reused), TLSv1\.\d", out, re.M)
+        self.assertIsNotNone(m, out)
+        return m.group(1)
+
+    def test_sessions_resume_across_hosts(self):
+        for name in HOSTS:
+            self.start_origin(name)
+            self.start_ktlb(name)
+        sess = os.path.join(self.tmp, "fleet.sess")
+        a, b = HOSTS["hostA"][1], HOSTS["hostB"][1]
+        for flag in ("-tls1_3", "-tls1_2"):
+            # As when the balancer re-hashes a returning client to another host.
+            self.assertEqual(self.visit(a, flag, sess_out=sess), "New")
+            self.assertEqual(self.visit(b, flag, sess_in=sess), "Reused", f"{flag}: B did not resume A's session")
+            self.assertEqual(self.visit(b, flag, sess_out=sess), "New")
+            self.assertEqual(self.visit(a, flag, sess_in=sess), "Reused", f"{flag}: A did not resume B's session")
+        for name in HOSTS:
+            k = self.ktlbs[name]
+            self.assertGreaterEqual(
+                self.ns["router"].call(lambda ip=HOSTS[name][1]: harness.metric_value(harness.parse_prometheus(
+                    harness.http_get(f"http://{ip}:{ADMIN_PORT}/metrics", timeout=5)[2].decode()),
+                    "ktlb_tls_resumptions_total", source="ticket_file")), 2, k.log())
 
     def test_rolling_restart_behind_l4_balancer(self):
         for name in HOSTS:
