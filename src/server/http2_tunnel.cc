@@ -22,7 +22,7 @@ void Http2Tunnel::Start(const Options& options, Host* host, UniqueFd backend,
   backend_ = std::move(backend);
   open_ = true;
   inflight_ = 0;
-  recv_inflight_ = send_inflight_ = backend_eof_ = client_eof_ = up_shut_ = false;
+  recv_inflight_ = send_inflight_ = backend_eof_ = client_eof_ = up_shut_ = finishing_ = false;
   out_.clear();
   sending_.clear();
   sending_off_ = 0;
@@ -52,7 +52,7 @@ void Http2Tunnel::EndUp() {
 void Http2Tunnel::ResumeDown() { ArmRecv(); }
 
 void Http2Tunnel::ArmRecv() {
-  if (!open_ || recv_inflight_ || backend_eof_ || host_->TunnelDownFull()) return;
+  if (!open_ || finishing_ || recv_inflight_ || backend_eof_ || host_->TunnelDownFull()) return;
   loop_->PrepRecv(backend_.get(), slot_.Tag(kRecv), true);
   recv_inflight_ = true;
   ++inflight_;
@@ -67,6 +67,12 @@ void Http2Tunnel::OnRecv(int res, uint32_t flags) {
   }
   if (res == -ENOBUFS) {
     loop_->NextTurn(slot_.Tag(kRetryRecv));
+    return;
+  }
+  if (finishing_) {
+    // The stream is gone: backend bytes have nowhere to go. No new recv.
+    if (res > 0) loop_->buffers().RecycleFrom(flags);
+    if (res <= 0) backend_eof_ = true;
     return;
   }
   if (res < 0) return Fail("upstream_reset");
@@ -112,7 +118,7 @@ void Http2Tunnel::OnSend(int res) {
   }
   sending_off_ += static_cast<size_t>(res);
   Touch();
-  host_->OnTunnelUpSent(static_cast<size_t>(res));
+  if (!finishing_) host_->OnTunnelUpSent(static_cast<size_t>(res));
   FlushUp();
 }
 
@@ -120,6 +126,7 @@ void Http2Tunnel::MaybeShutUp() {
   if (!open_ || !client_eof_ || up_shut_ || send_inflight_ || up_backlog() > 0) return;
   up_shut_ = true;
   shutdown(backend_.get(), SHUT_WR);
+  if (finishing_) Stop();  // everything the client sent has left
 }
 
 void Http2Tunnel::Touch() { loop_->ArmTimer(&timer_, kTimerIdle, idle_ms_); }
@@ -144,13 +151,23 @@ void Http2Tunnel::OnDeferred(uint8_t op) {
 
 void Http2Tunnel::Fail(const char* error) {
   if (!open_) return;
+  if (finishing_) return Stop();  // the stream is gone: nobody to tell
   host_->OnTunnelFailed(error);  // the host resets the stream and calls Stop
   Stop();
+}
+
+void Http2Tunnel::Finish() {
+  if (!open_ || finishing_) return;
+  if (!client_eof_ || up_shut_) return Stop();
+  finishing_ = true;
+  Touch();
+  if (!send_inflight_) FlushUp();  // and MaybeShutUp, which stops once all has left
 }
 
 void Http2Tunnel::Stop() {
   if (!open_) return;
   open_ = false;
+  finishing_ = false;
   Loop::CancelTimer(&timer_);
   // In-flight operations complete once the socket is shut down; it is
   // closed when the last one is back.

@@ -67,6 +67,11 @@ class Http2Tunnel final : public IoHandler, public DeadlineTarget {
   void ResumeDown();
   // Ends the relay (the stream closed): no host call but OnTunnelReleased follows.
   void Stop();
+  // The stream closed cleanly (both END_STREAMs): what the client sent last
+  // still reaches the backend, then its socket is half-closed and the relay
+  // stops, bounded by the idle timeout. Like Stop, no host call but
+  // OnTunnelReleased follows.
+  void Finish();
 
   bool open() const { return open_; }
   bool busy() const { return inflight_ > 0 || backend_.valid(); }
@@ -104,6 +109,7 @@ class Http2Tunnel final : public IoHandler, public DeadlineTarget {
   bool backend_eof_ = false;
   bool client_eof_ = false;
   bool up_shut_ = false;
+  bool finishing_ = false;  // Finish(): the host is gone, the up bytes drain
   std::string out_;      // client -> backend, queued
   std::string sending_;  // ... in the send in flight
   size_t sending_off_ = 0;

@@ -99,7 +99,13 @@ void Http2Connection::StartTunnel(Http2Stream* s, UniqueFd backend,
 void Http2Connection::EndTunnel(Http2Stream* s, const char* error) {
   if (!s->tunnel_live) return;
   s->tunnel_live = false;
-  s->relay.Stop();
+  // A clean close may leave the client's last bytes (a WebSocket Close
+  // frame) on their way to the backend: they go first.
+  if (error == nullptr) {
+    s->relay.Finish();
+  } else {
+    s->relay.Stop();
+  }
   ListenerMetrics& m = gen_->listener_metrics(listener_);
   m.websocket_tunnels_active.Dec();
   CountResponse(200);

@@ -13,8 +13,10 @@ import json
 import os
 import random
 import struct
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import h2raw
@@ -279,6 +281,50 @@ class Http2WebSocketTest(harness.KtlbTestCase):
                     c.read_frame(10)
             for i, m in enumerate(msgs):
                 self.assertEqual(ws.recv_message(30), (0x2, m), i)
+
+    def test_client_bytes_after_the_backend_half_closed_reach_it(self):
+        """The backend switches, half-closes at once, and reads on: the h2
+        stream ends on ktlb's side first, then the client sends its last
+        bytes with END_STREAM. The stream is then closed, and those bytes
+        (typically a WebSocket Close frame) must still reach the backend."""
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(1)
+        lsock.settimeout(20)
+        got = {}
+
+        def backend():
+            conn, _ = lsock.accept()
+            conn.settimeout(20)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n")
+            conn.shutdown(socket.SHUT_WR)
+            rest = head.split(b"\r\n\r\n", 1)[1]
+            while True:
+                b = conn.recv(65536)
+                if not b:
+                    break
+                rest += b
+            got["bytes"] = rest
+            conn.close()
+        t = threading.Thread(target=backend, daemon=True)
+        t.start()
+        self.addCleanup(lsock.close)
+        addr = "127.0.0.1:%d" % lsock.getsockname()[1]
+        k = self.ktlb(self.basic_config({"half": [addr], "app": [self.o.addr]}, listener=H2,
+                                        routes=[{"path_prefix": "/ws/", "upstream": "half"},
+                                                {"upstream": "app"}]))
+        last = masked_frame(b"goodbye", 0x8) * 200  # a few KiB, more than one send
+        with self.connect(k) as c:
+            self.assertEqual(self.open_ws(c, 1).status, 200)
+            c.wait(lambda: c.responses[1].ended, 15)  # the backend's half-close
+            WsStream(c, 1).send(last, end_stream=True)
+            t.join(20)
+        self.assertFalse(t.is_alive(), "the backend never saw the end of the tunnel")
+        self.assertEqual(got.get("bytes"), last)
 
     def test_client_reset_closes_the_tunnel(self):
         k, _ = self.start()
