@@ -356,7 +356,10 @@ std::string MetricsRegistry::Render() const {
                              series) {
     Family(&out, name, "counter", help);
     for (size_t i = 0; i < U.size(); ++i) {
-      for (const auto& [label, member] : series) {
+      for (const auto& entry : series) {
+        // Named, not a structured binding: clang 14 cannot capture those.
+        const char* label = entry.first;
+        const Counter UpstreamMetrics::*member = entry.second;
         absl::StrAppend(&out, name, "{upstream=\"", U[i], "\",", key, "=\"", label, "\"} ",
                         SumSlot(workers_, &WorkerMetrics::upstreams, i,
                                 [member](const UpstreamMetrics& m) -> const Counter& {
